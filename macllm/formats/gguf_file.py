@@ -1,0 +1,62 @@
+"""Reading a GGUF file: tensors through MLX's native loader, metadata as plain Python values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+from macllm.errors import MacllmError
+
+GGUF_MAGIC = b"GGUF"
+
+
+def _plain(value):
+    """MLX returns scalar and array metadata as mx.array; convert to Python/numpy."""
+    if isinstance(value, mx.array):
+        if value.ndim == 0:
+            return value.item()
+        return np.array(value)
+    return value
+
+
+def check_gguf_header(path: Path) -> None:
+    if not path.exists():
+        raise MacllmError(f"model file not found: {path}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != GGUF_MAGIC:
+        raise MacllmError(f"{path} is not a GGUF file (bad magic bytes); pass a .gguf file or a model folder")
+
+
+def read_gguf_metadata_only(path: Path) -> dict:
+    """Metadata without materialising tensors (uses the gguf package's memory-mapped reader)."""
+    import gguf
+
+    check_gguf_header(path)
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as e:  # the gguf package raises many kinds on a damaged file
+        raise MacllmError(f"{path} is a damaged GGUF file ({type(e).__name__}); download it again") from None
+    meta = {}
+    for key, field in reader.fields.items():
+        try:
+            meta[key] = field.contents()
+        except Exception:
+            continue
+    return meta
+
+
+def read_gguf(path: Path) -> tuple[dict[str, mx.array], dict]:
+    """Tensors (quantized ones split into weight/scales/biases by MLX) and metadata."""
+    path = Path(path)
+    check_gguf_header(path)
+    try:
+        weights, metadata = mx.load(str(path), return_metadata=True)
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "type" in msg.lower() and "support" in msg.lower():
+            raise MacllmError(f"{path.name}: {msg}") from None
+        raise MacllmError(f"cannot read {path.name} as GGUF ({msg}); the file may be truncated or damaged") from None
+    return weights, {k: _plain(v) for k, v in metadata.items()}

@@ -1,0 +1,58 @@
+"""The `macllm` command. Errors print one line and exit 2; no tracebacks unless MACLLM_DEBUG=1."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import macllm  # noqa: F401  (loads the fast BLAS before anything imports MLX)
+from macllm.commands import chat_cmd, doctor_cmd, generate_cmd, models_cmd, tokenize_cmd
+from macllm.errors import MacllmError
+
+COMMANDS = (chat_cmd, generate_cmd, tokenize_cmd, models_cmd, doctor_cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="macllm",
+        description="A local LLM on your own machine: chat, adapters, fine-tuning and notes. "
+                    "Run without arguments to start chatting with the default model.",
+    )
+    parser.add_argument("--version", action="version", version=f"macllm {macllm.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in COMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    if not argv:
+        argv = ["chat", "--plain"]
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    from macllm import backend
+
+    backend.warn_if_slow_blas()
+    try:
+        return args.run(args) or 0
+    except MacllmError as e:
+        print(f"macllm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nmacllm: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if os.environ.get("MACLLM_DEBUG"):
+            raise
+        print(f"macllm: internal error: {type(e).__name__}: {e} (rerun with MACLLM_DEBUG=1 for details)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

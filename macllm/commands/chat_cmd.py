@@ -1,0 +1,70 @@
+"""`macllm chat`: talk to a model. `--plain` is line mode (the full-screen app arrives with the TUI)."""
+
+from __future__ import annotations
+
+import sys
+
+from macllm.commands.options import add_model_option, add_sampling_options, generation_params
+from macllm.generate import GenerationResult
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("chat", help="chat with a model")
+    add_model_option(p)
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("--plain", action="store_true", help="line-mode chat in this terminal")
+    add_sampling_options(p)
+    p.set_defaults(run=run, max_tokens=512)
+
+
+def run(args) -> int:
+    return run_plain_chat(args)
+
+
+def run_plain_chat(args) -> int:
+    from macllm.engine import Engine
+
+    params = generation_params(args)
+    print(f"Loading {args.model}…", file=sys.stderr)
+    engine = Engine(args.model, keep_quantized=args.keep_quantized)
+    info = engine.info
+    print(f"{info.get('architecture')} · {info.get('parameters', 0) / 1e6:.0f}M parameters · {info.get('compute')}",
+          file=sys.stderr)
+    print("Type a message and press Enter. Ctrl-C stops an answer; Ctrl-D or /quit leaves; /new starts over.",
+          file=sys.stderr)
+    conv = engine.new_conversation(system=args.system)
+    while True:
+        try:
+            line = input("\n> ")
+        except EOFError:
+            print()
+            break
+        except KeyboardInterrupt:
+            print()
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/quit", "/exit"):
+            break
+        if text == "/new":
+            conv = engine.new_conversation(system=args.system)
+            print("(new chat)", file=sys.stderr)
+            continue
+        stream = engine.chat(conv, text, params)
+        try:
+            for event in stream:
+                if isinstance(event, GenerationResult):
+                    s = event.stats
+                    mark = " (stopped)" if event.finish_reason == "cancelled" else ""
+                    print(f"\n[{s.generation_tokens} tokens, {s.generation_tps:.1f} tok/s, first token "
+                          f"{s.ttft_s * 1000:.0f} ms]{mark}", file=sys.stderr)
+                elif event.text:
+                    sys.stdout.write(event.text)
+                    sys.stdout.flush()
+        except KeyboardInterrupt:
+            stream.cancel()
+            stream.result()
+            print("\n(stopped)", file=sys.stderr)
+    engine.close()
+    return 0

@@ -1,0 +1,56 @@
+"""`macllm generate`: one completion, streamed to the terminal or printed as JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from macllm.commands.options import add_model_option, add_sampling_options, generation_params, read_text_arg
+from macllm.generate import GenerationResult
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("generate", help="generate text from a prompt")
+    add_model_option(p)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--prompt", "-p", help="the prompt text")
+    src.add_argument("--prompt-file", help="read the prompt from a file")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    p.add_argument("--system", help="system prompt (with --chat)")
+    add_sampling_options(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object with text, tokens and stats")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from macllm.engine import Engine
+
+    prompt = read_text_arg(args.prompt, args.prompt_file)
+    params = generation_params(args)
+    engine = Engine(args.model, keep_quantized=args.keep_quantized, progress=not args.json)
+    if args.chat:
+        stream = engine.chat(engine.new_conversation(system=args.system), prompt, params)
+    else:
+        stream = engine.generate(prompt, params)
+    result = None
+    for event in stream:
+        if isinstance(event, GenerationResult):
+            result = event
+        elif not args.json and event.text:
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+    s = result.stats
+    if args.json:
+        print(json.dumps({
+            "text": result.text, "token_ids": result.token_ids, "prompt_tokens": s.prompt_tokens,
+            "generation_tokens": s.generation_tokens, "prompt_tps": round(s.prompt_tps, 2),
+            "generation_tps": round(s.generation_tps, 2), "ttft_s": round(s.ttft_s, 4),
+            "peak_memory_mb": round(s.peak_memory_mb, 1), "finish_reason": result.finish_reason,
+        }, ensure_ascii=False))
+    else:
+        print()
+        print(f"[{s.prompt_tokens} prompt tokens at {s.prompt_tps:.1f} tok/s, {s.generation_tokens} generated "
+              f"at {s.generation_tps:.1f} tok/s, first token {s.ttft_s * 1000:.0f} ms, "
+              f"peak {s.peak_memory_mb:.0f} MB, {result.finish_reason}]", file=sys.stderr)
+    engine.close()
+    return 0

@@ -1,0 +1,198 @@
+"""Engine: owns the model, tokenizer and conversations on ONE thread.
+
+MLX streams belong to the thread that created them, so every MLX call for a model happens on the
+engine thread. Callers on any thread submit work and receive token events through a TokenStream.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from concurrent.futures import Future
+from typing import Callable, Iterator
+
+from macllm.conversation import Conversation
+from macllm.errors import MacllmError
+from macllm.generate import GenerationParams, GenerationResult, TokenEvent, stream_generate
+
+_DONE = object()
+
+
+class TokenStream:
+    """Iterate to receive TokenEvents then a GenerationResult; `cancel()` from any thread."""
+
+    def __init__(self):
+        self._events: queue.Queue = queue.Queue()
+        self.cancelled = threading.Event()
+        self._result: GenerationResult | None = None
+        self._error: BaseException | None = None
+        self._finished = threading.Event()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def _put(self, event) -> None:
+        if isinstance(event, GenerationResult):
+            self._result = event
+        self._events.put(event)
+
+    def _fail(self, error: BaseException) -> None:
+        self._error = error
+        self._events.put(_DONE)
+        self._finished.set()
+
+    def _close(self) -> None:
+        self._events.put(_DONE)
+        self._finished.set()
+
+    def __iter__(self) -> Iterator[TokenEvent | GenerationResult]:
+        while True:
+            event = self._events.get()
+            if event is _DONE:
+                if self._error is not None:
+                    raise self._error
+                return
+            yield event
+
+    def result(self, timeout: float | None = None) -> GenerationResult:
+        """Block until generation ends (consumes nothing; events stay available to iterate)."""
+        if not self._finished.wait(timeout):
+            raise TimeoutError("generation did not finish in time")
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+class Engine:
+    def __init__(self, model: str | None = None, keep_quantized: bool = False, progress: bool = True):
+        self._jobs: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="macllm-engine", daemon=True)
+        self._thread.start()
+        self.loaded = None
+        self.conversations: dict[str, Conversation] = {}
+        if model is not None:
+            self.load(model, keep_quantized=keep_quantized, progress=progress).result()
+
+    # --- the engine thread ---------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            fn, future = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as e:  # delivered to the caller, never kills the thread
+                future.set_exception(e)
+
+    def submit(self, fn: Callable, *args, **kwargs) -> Future:
+        """Run fn on the engine thread; the Future carries its result or exception."""
+        future: Future = Future()
+        self._jobs.put((lambda: fn(*args, **kwargs), future))
+        return future
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout=10)
+
+    # --- model ----------------------------------------------------------------------------
+    def load(self, source: str, keep_quantized: bool = False, progress: bool = True) -> Future:
+        def job():
+            from macllm.loader import load_model
+
+            loaded = load_model(source, keep_quantized=keep_quantized, progress=progress)
+            self.loaded = loaded
+            for conv in self.conversations.values():
+                conv.invalidate_cache()
+            return loaded.info
+
+        return self.submit(job)
+
+    def _require_model(self):
+        if self.loaded is None:
+            raise MacllmError("no model is loaded")
+        return self.loaded
+
+    @property
+    def info(self) -> dict:
+        return dict(self.loaded.info) if self.loaded else {}
+
+    @property
+    def tokenizer(self):
+        return self._require_model().tokenizer
+
+    def tokenize(self, text: str, add_bos: bool | None = None) -> list[int]:
+        return self.submit(lambda: self._require_model().tokenizer.encode(text, add_bos=add_bos)).result()
+
+    # --- generation -----------------------------------------------------------------------
+    def _stream_job(self, make_prompt: Callable, params: GenerationParams, conv: Conversation | None
+                    ) -> TokenStream:
+        stream = TokenStream()
+
+        def job():
+            try:
+                loaded = self._require_model()
+                prompt = make_prompt(loaded.tokenizer)
+                cache = conv.cache if conv is not None else None
+                cached = conv.cached_tokens if conv is not None else None
+                if conv is not None and cache is None:
+                    from macllm.cache import make_cache
+
+                    cache = conv.cache = make_cache(loaded.model)
+                for event in stream_generate(loaded.model, loaded.tokenizer, prompt, params, cache=cache,
+                                             cached=cached, cancel=stream.cancelled):
+                    if isinstance(event, GenerationResult) and conv is not None:
+                        conv.cached_tokens = event.fed_tokens
+                        conv.messages.append({"role": "assistant", "content": event.text,
+                                              "finish_reason": event.finish_reason})
+                    stream._put(event)
+                stream._close()
+            except BaseException as e:
+                if conv is not None:
+                    conv.invalidate_cache()  # a failed step may have left the cache half-updated
+                stream._fail(e)
+
+        self.submit(job)
+        return stream
+
+    def generate(self, prompt: str | list[int], params: GenerationParams | None = None) -> TokenStream:
+        """Raw completion: a string is tokenized as-is (special-token strings honoured)."""
+        params = params or GenerationParams()
+
+        def make_prompt(tok):
+            return list(prompt) if isinstance(prompt, list) else tok.encode(prompt)
+
+        return self._stream_job(make_prompt, params, None)
+
+    def new_conversation(self, system: str | None = None) -> str:
+        conv = Conversation(system=system)
+        self.conversations[conv.id] = conv
+        return conv.id
+
+    def conversation(self, conv_id: str) -> Conversation:
+        try:
+            return self.conversations[conv_id]
+        except KeyError:
+            raise MacllmError(f"no conversation with id {conv_id}") from None
+
+    def chat(self, conv_id: str, text: str, params: GenerationParams | None = None) -> TokenStream:
+        """Add a user message and stream the assistant's answer; the reply is appended when done."""
+        conv = self.conversation(conv_id)
+        conv.messages.append({"role": "user", "content": text})
+        return self.reply(conv_id, params)
+
+    def reply(self, conv_id: str, params: GenerationParams | None = None) -> TokenStream:
+        """Answer the conversation as it stands (after a regenerate or an edit)."""
+        conv = self.conversation(conv_id)
+        params = params or GenerationParams()
+
+        def make_prompt(tok):
+            rendered = tok.apply_chat_template(conv.template_messages(), add_generation_prompt=True)
+            return tok.encode(rendered)
+
+        return self._stream_job(make_prompt, params, conv)
+
+    def chat_tokens(self, conv_id: str) -> list[int]:
+        return list(self.conversation(conv_id).cached_tokens)

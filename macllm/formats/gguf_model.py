@@ -1,0 +1,161 @@
+"""GGUF -> (ModelConfig, weights under mlx-lm / Hugging Face names, metadata)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import mlx.core as mx
+
+from macllm.config import ModelConfig
+from macllm.errors import MacllmError
+from macllm.formats.gguf_file import read_gguf, read_gguf_metadata_only
+
+NATIVE_TYPES = ("F32", "F16", "Q4_0", "Q4_1", "Q8_0")
+
+_LAYER_NAMES = {
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+}
+_TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+_BLOCK = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias|scales|biases)$")
+_TOP = re.compile(r"^([a-z_]+)\.(weight|bias|scales|biases)$")
+
+# llama.cpp's converter permutes q/k rows of these architectures for its interleaved rope.
+_PERMUTED_QK = {"llama", "mistral"}
+
+
+def hf_name(name: str) -> str | None:
+    m = _BLOCK.match(name)
+    if m:
+        layer, part, kind = m.groups()
+        if part not in _LAYER_NAMES:
+            return None
+        return f"model.layers.{layer}.{_LAYER_NAMES[part]}.{kind}"
+    m = _TOP.match(name)
+    if m and m.group(1) in _TOP_NAMES:
+        return f"{_TOP_NAMES[m.group(1)]}.{m.group(2)}"
+    return None
+
+
+def unpermute_rows(x: mx.array, n_heads: int) -> mx.array:
+    """Undo llama.cpp's q/k row permutation so weights are in Hugging Face (half-split rope) order."""
+    rows = x.shape[0]
+    rest = x.shape[1:]
+    return x.reshape(n_heads, rows // n_heads // 2, 2, *rest).swapaxes(1, 2).reshape(x.shape)
+
+
+def config_from_metadata(meta: dict, weights: dict) -> ModelConfig:
+    arch = meta.get("general.architecture")
+    if arch is None:
+        raise MacllmError("GGUF has no general.architecture metadata; the file is not a model")
+    from macllm.models import model_class
+
+    model_class(arch)  # raises a clear error for unsupported architectures
+
+    def get(key, default=None):
+        return meta.get(f"{arch}.{key}", default)
+
+    n_heads = get("attention.head_count")
+    hidden = get("embedding_length")
+    tokens = meta.get("tokenizer.ggml.tokens")
+    vocab = get("vocab_size") or (len(tokens) if tokens is not None else None)
+    if None in (n_heads, hidden, vocab, get("block_count"), get("feed_forward_length")):
+        raise MacllmError(f"GGUF is missing {arch} hyper-parameters (block_count, embedding_length, ...)")
+    rope_scaling = None
+    if get("rope.scaling.type") == "linear" and get("rope.scaling.factor"):
+        rope_scaling = {"rope_type": "linear", "factor": float(get("rope.scaling.factor"))}
+    return ModelConfig(
+        model_type=arch,
+        hidden_size=int(hidden),
+        num_hidden_layers=int(get("block_count")),
+        intermediate_size=int(get("feed_forward_length")),
+        num_attention_heads=int(n_heads),
+        num_key_value_heads=int(get("attention.head_count_kv", n_heads)),
+        head_dim=int(get("attention.key_length", hidden // n_heads)),
+        vocab_size=int(vocab),
+        rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_theta=float(get("rope.freq_base", 10000.0)),
+        rope_scaling=rope_scaling,
+        max_position_embeddings=int(get("context_length", 4096)),
+        tie_word_embeddings="output.weight" not in weights,
+        attention_bias=arch == "qwen2",
+    )
+
+
+def _explain_load_failure(path: Path, err: MacllmError) -> MacllmError:
+    """mx.load refuses tensor types it cannot read; name them so the user knows what is wrong."""
+    try:
+        import gguf
+
+        reader = gguf.GGUFReader(str(path))
+        bad = sorted({t.tensor_type.name for t in reader.tensors} - set(NATIVE_TYPES))
+    except Exception:
+        return err
+    if bad:
+        return MacllmError(
+            f"{path.name} uses GGUF tensor type(s) {', '.join(bad)}, not supported yet "
+            f"(supported: {', '.join(NATIVE_TYPES)})"
+        )
+    return err
+
+
+def load_gguf_model(path: Path) -> tuple[ModelConfig, dict[str, mx.array], dict, mx.array | None]:
+    """Returns config, weights (HF names, quantized triples kept), metadata, rope periods if stored."""
+    try:
+        raw, meta = read_gguf(path)
+    except MacllmError as e:
+        raise _explain_load_failure(Path(path), e) from None
+    cfg = config_from_metadata(meta, raw)
+    weights: dict[str, mx.array] = {}
+    rope_periods = None
+    for name, value in raw.items():
+        if name == "rope_freqs.weight":
+            # Llama 3 files store per-pair frequency factors; mx.fast.rope takes periods.
+            dims = cfg.head_dim
+            base_periods = cfg.rope_theta ** (mx.arange(0, dims, 2, dtype=mx.float32) / dims)
+            rope_periods = base_periods * value.astype(mx.float32)
+            continue
+        target = hf_name(name)
+        if target is None:
+            continue
+        if cfg.model_type in _PERMUTED_QK and (".q_proj." in target or ".k_proj." in target):
+            heads = cfg.num_attention_heads if ".q_proj." in target else cfg.num_key_value_heads
+            value = unpermute_rows(value, heads)
+        weights[target] = value
+    cfg.quantization = quantization_from_weights(weights)
+    return cfg, weights, meta, rope_periods
+
+
+def quantization_from_weights(weights: dict[str, mx.array]) -> dict | None:
+    """GGUF's native quantized types all use groups of 32; bits follow from packed width."""
+    per_layer = {}
+    for name, scales in weights.items():
+        if not name.endswith(".scales"):
+            continue
+        prefix = name[: -len(".scales")]
+        packed = weights[prefix + ".weight"]
+        bits = packed.shape[-1] // scales.shape[-1]
+        per_layer[prefix] = {"group_size": 32, "bits": int(bits)}
+    if not per_layer:
+        return None
+    common = max(set(map(lambda q: q["bits"], per_layer.values())),
+                 key=lambda b: sum(q["bits"] == b for q in per_layer.values()))
+    quant: dict = {"group_size": 32, "bits": common}
+    for prefix, q in per_layer.items():
+        if q["bits"] != common:
+            quant[prefix] = q
+    return quant
+
+
+def gguf_summary(path: Path) -> dict:
+    """Architecture and sizes for `macllm models`, without loading tensors."""
+    meta = read_gguf_metadata_only(path)
+    return {"architecture": meta.get("general.architecture"), "name": meta.get("general.name")}

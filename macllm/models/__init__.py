@@ -1,0 +1,17 @@
+"""Architectures by name. Each module defines `Model(config)` with mlx-lm compatible parameter names."""
+
+from __future__ import annotations
+
+from macllm.errors import MacllmError
+
+SUPPORTED = ("llama", "mistral", "qwen2")
+
+
+def model_class(model_type: str):
+    if model_type in ("llama", "mistral", "qwen2"):
+        from macllm.models import llama
+
+        return llama.Model
+    raise MacllmError(
+        f"unsupported model architecture '{model_type}' (supported: {', '.join(SUPPORTED)})"
+    )

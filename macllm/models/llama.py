@@ -1,0 +1,105 @@
+"""The Llama family (llama, mistral, qwen2): pre-norm decoder with GQA attention, RoPE and SwiGLU."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from macllm.config import ModelConfig
+from macllm.models.rope import RoPE
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, rope_periods: mx.array | None = None):
+        super().__init__()
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv_heads = cfg.num_key_value_heads
+        self.head_dim = cfg.head_dim
+        self.scale = self.head_dim ** -0.5
+        dim, bias = cfg.hidden_size, cfg.attention_bias
+        self.q_proj = nn.Linear(dim, self.n_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(dim, self.n_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(dim, self.n_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, dim, bias=False)
+        self.rope = RoPE(self.head_dim, cfg.rope_theta, cfg.rope_scaling, periods=rope_periods)
+
+    def __call__(self, x: mx.array, mask, cache) -> mx.array:
+        b, length, _ = x.shape
+        q = self.q_proj(x).reshape(b, length, self.n_heads, -1).transpose(0, 2, 1, 3)
+        k = self.k_proj(x).reshape(b, length, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        v = self.v_proj(x).reshape(b, length, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        offset = cache.offset if cache is not None else 0
+        q = self.rope(q, offset)
+        k = self.rope(k, offset)
+        if cache is not None:
+            k, v = cache.update(k, v)
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(b, length, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=False)
+        self.up_proj = nn.Linear(dim, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, rope_periods: mx.array | None = None):
+        super().__init__()
+        self.self_attn = Attention(cfg, rope_periods)
+        self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size)
+        self.input_layernorm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.post_attention_layernorm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+
+    def __call__(self, x: mx.array, mask, cache) -> mx.array:
+        h = x + self.self_attn(self.input_layernorm(x), mask, cache)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class LlamaBody(nn.Module):
+    def __init__(self, cfg: ModelConfig, rope_periods: mx.array | None = None):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = [DecoderLayer(cfg, rope_periods) for _ in range(cfg.num_hidden_layers)]
+        self.norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+
+    def __call__(self, tokens: mx.array, cache) -> mx.array:
+        h = self.embed_tokens(tokens)
+        # One query row attends to everything cached; several need the causal mask.
+        mask = "causal" if h.shape[1] > 1 else None
+        for i, layer in enumerate(self.layers):
+            h = layer(h, mask, cache[i] if cache is not None else None)
+        return self.norm(h)
+
+
+class Model(nn.Module):
+    """tokens (B, L) -> logits (B, L, vocab), or only the last position's when `last_only`."""
+
+    def __init__(self, cfg: ModelConfig, rope_periods: mx.array | None = None):
+        super().__init__()
+        self.config = cfg
+        self.model_type = cfg.model_type
+        self.model = LlamaBody(cfg, rope_periods)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.model.layers)
+
+    @property
+    def layers(self):
+        return self.model.layers
+
+    def __call__(self, tokens: mx.array, cache=None, last_only: bool = False) -> mx.array:
+        h = self.model(tokens, cache)
+        if last_only:
+            h = h[:, -1:, :]
+        if self.config.tie_word_embeddings:
+            return self.model.embed_tokens.as_linear(h)
+        return self.lm_head(h)

@@ -1,0 +1,78 @@
+"""Turning logits into the next token: greedy, temperature, top-k, top-p, min-p, repetition penalty.
+
+Randomness comes from an explicit key split per step, so a seed reproduces an answer exactly no matter
+what else uses MLX's global random state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    repetition_window: int = 64
+    seed: int | None = None
+
+
+def apply_repetition_penalty(logits: mx.array, recent: list[int], penalty: float) -> mx.array:
+    """CTRL-style: shrink positive logits and grow negative ones of recently seen tokens."""
+    if penalty == 1.0 or not recent:
+        return logits
+    ids = mx.array(sorted(set(recent)))
+    picked = logits[..., ids]
+    picked = mx.where(picked > 0, picked / penalty, picked * penalty)
+    logits[..., ids] = picked
+    return logits
+
+
+def filter_logprobs(logprobs: mx.array, top_k: int, top_p: float, min_p: float) -> mx.array:
+    """Mask (to -inf) tokens outside top-k, outside the top-p nucleus, or below min_p * max prob."""
+    neg_inf = mx.array(-float("inf"), logprobs.dtype)
+    vocab = logprobs.shape[-1]
+    if 0 < top_k < vocab:
+        kth = mx.sort(logprobs, axis=-1)[..., vocab - top_k][..., None]
+        logprobs = mx.where(logprobs < kth, neg_inf, logprobs)
+    if min_p > 0.0:
+        top = logprobs.max(axis=-1, keepdims=True)
+        logprobs = mx.where(logprobs < top + mx.log(mx.array(min_p)), neg_inf, logprobs)
+    if top_p < 1.0:
+        order = mx.argsort(-logprobs, axis=-1)
+        sorted_lp = mx.take_along_axis(logprobs, order, axis=-1)
+        probs = mx.softmax(sorted_lp, axis=-1)
+        # Keep a token if the mass *before* it is still under top_p (the first token always stays).
+        before = mx.cumsum(probs, axis=-1) - probs
+        keep_sorted = before < top_p
+        keep = mx.put_along_axis(mx.zeros_like(keep_sorted), order, keep_sorted, axis=-1)
+        logprobs = mx.where(keep, logprobs, neg_inf)
+    return logprobs
+
+
+class Sampler:
+    def __init__(self, params: SamplingParams):
+        self.params = params
+        self._key = mx.random.key(params.seed) if params.seed is not None else None
+
+    def _next_key(self):
+        if self._key is None:
+            return None
+        self._key, sub = mx.random.split(self._key)
+        return sub
+
+    def __call__(self, logits: mx.array, recent: list[int] | None = None) -> tuple[mx.array, mx.array]:
+        """logits (1, vocab) -> (token (1,), logprobs (1, vocab) of the unfiltered distribution)."""
+        p = self.params
+        logits = apply_repetition_penalty(logits, recent or [], p.repetition_penalty)
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        if p.temperature <= 0.0:
+            return mx.argmax(logprobs, axis=-1), logprobs
+        scaled = filter_logprobs(logprobs / p.temperature, p.top_k, p.top_p, p.min_p)
+        token = mx.random.categorical(scaled, axis=-1, key=self._next_key())
+        return token, logprobs

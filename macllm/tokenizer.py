@@ -104,6 +104,15 @@ class Tokenizer:
     # -- ids <-> text ---------------------------------------------------------
 
     @property
+    def hf_tokenizer(self):
+        """The underlying `tokenizers.Tokenizer` (for saving a tokenizer.json)."""
+        return self._hf
+
+    def token_string(self, token_id: int | None) -> str:
+        """The vocabulary entry itself (e.g. '<|im_end|>' or 'Ġhello'); '' for None."""
+        return self._token_text(token_id)
+
+    @property
     def vocab_size(self) -> int:
         return self._hf.get_vocab_size(with_added_tokens=True)
 

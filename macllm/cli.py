@@ -13,8 +13,25 @@ from macllm.errors import MacllmError
 COMMANDS = (chat_cmd, generate_cmd, tokenize_cmd, models_cmd, doctor_cmd)
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Usage mistakes get the same one-line `macllm: error:` as every other bad input, not a usage dump."""
+
+    def error(self, message: str):
+        print(f"macllm: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
+def settle_mlx_random_state() -> None:
+    """MLX aborts at process exit ("terminate called without an active exception") when its global
+    random key is still an unevaluated array built on another thread, as model init on the engine
+    thread leaves it. Evaluating it here lets the process exit cleanly."""
+    mx = sys.modules.get("mlx.core")
+    if mx is not None:
+        mx.eval(mx.random.state)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="macllm",
         description="A local LLM on your own machine: chat, adapters, fine-tuning and notes. "
                     "Run without arguments to start chatting with the default model.",
@@ -52,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"macllm: internal error: {type(e).__name__}: {e} (rerun with MACLLM_DEBUG=1 for details)",
               file=sys.stderr)
         return 1
+    finally:
+        settle_mlx_random_state()
 
 
 if __name__ == "__main__":

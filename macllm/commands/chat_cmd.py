@@ -32,7 +32,15 @@ def run_plain_chat(args) -> int:
           file=sys.stderr)
     print("Type a message and press Enter. Ctrl-C stops an answer; Ctrl-D or /quit leaves; /new starts over.",
           file=sys.stderr)
-    conv = engine.new_conversation(system=args.system)
+    try:
+        chat_loop(engine, args.system, params)
+    finally:
+        engine.close()
+    return 0
+
+
+def chat_loop(engine, system: str | None, params) -> None:
+    conv = engine.new_conversation(system=system)
     while True:
         try:
             line = input("\n> ")
@@ -48,7 +56,7 @@ def run_plain_chat(args) -> int:
         if text in ("/quit", "/exit"):
             break
         if text == "/new":
-            conv = engine.new_conversation(system=args.system)
+            conv = engine.new_conversation(system=system)
             print("(new chat)", file=sys.stderr)
             continue
         stream = engine.chat(conv, text, params)
@@ -66,5 +74,3 @@ def run_plain_chat(args) -> int:
             stream.cancel()
             stream.result()
             print("\n(stopped)", file=sys.stderr)
-    engine.close()
-    return 0

@@ -28,6 +28,19 @@ def run(args) -> int:
     prompt = read_text_arg(args.prompt, args.prompt_file)
     params = generation_params(args)
     engine = Engine(args.model, keep_quantized=args.keep_quantized, progress=not args.json)
+    try:
+        result = complete(engine, args, prompt, params)
+    finally:
+        engine.close()
+    if args.json:
+        print_json(result)
+    else:
+        print_stats(result)
+    return 0
+
+
+def complete(engine, args, prompt: str, params) -> GenerationResult:
+    """Run the prompt; stream text to stdout unless --json. Returns the final result."""
     if args.chat:
         stream = engine.chat(engine.new_conversation(system=args.system), prompt, params)
     else:
@@ -39,18 +52,22 @@ def run(args) -> int:
         elif not args.json and event.text:
             sys.stdout.write(event.text)
             sys.stdout.flush()
+    return result
+
+
+def print_json(result: GenerationResult) -> None:
     s = result.stats
-    if args.json:
-        print(json.dumps({
-            "text": result.text, "token_ids": result.token_ids, "prompt_tokens": s.prompt_tokens,
-            "generation_tokens": s.generation_tokens, "prompt_tps": round(s.prompt_tps, 2),
-            "generation_tps": round(s.generation_tps, 2), "ttft_s": round(s.ttft_s, 4),
-            "peak_memory_mb": round(s.peak_memory_mb, 1), "finish_reason": result.finish_reason,
-        }, ensure_ascii=False))
-    else:
-        print()
-        print(f"[{s.prompt_tokens} prompt tokens at {s.prompt_tps:.1f} tok/s, {s.generation_tokens} generated "
-              f"at {s.generation_tps:.1f} tok/s, first token {s.ttft_s * 1000:.0f} ms, "
-              f"peak {s.peak_memory_mb:.0f} MB, {result.finish_reason}]", file=sys.stderr)
-    engine.close()
-    return 0
+    print(json.dumps({
+        "text": result.text, "token_ids": result.token_ids, "prompt_tokens": s.prompt_tokens,
+        "generation_tokens": s.generation_tokens, "prompt_tps": round(s.prompt_tps, 2),
+        "generation_tps": round(s.generation_tps, 2), "ttft_s": round(s.ttft_s, 4),
+        "peak_memory_mb": round(s.peak_memory_mb, 1), "finish_reason": result.finish_reason,
+    }, ensure_ascii=False))
+
+
+def print_stats(result: GenerationResult) -> None:
+    s = result.stats
+    print()
+    print(f"[{s.prompt_tokens} prompt tokens at {s.prompt_tps:.1f} tok/s, {s.generation_tokens} generated "
+          f"at {s.generation_tps:.1f} tok/s, first token {s.ttft_s * 1000:.0f} ms, "
+          f"peak {s.peak_memory_mb:.0f} MB, {result.finish_reason}]", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from macllm.catalog import DEFAULT_MODEL
@@ -29,13 +30,27 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
 
 
+def sampling_problem(args) -> str | None:
+    """What is wrong with the sampling options, naming the flag, or None. NaN fails every check."""
+    if not args.max_tokens >= 1:
+        return f"--max-tokens must be at least 1, got {args.max_tokens}"
+    if not 0 <= args.temp < math.inf:
+        return f"--temp must be 0 (greedy) or a positive number, got {args.temp}"
+    if not 0 < args.top_p <= 1:
+        return f"--top-p must be above 0 and at most 1 (1 = off), got {args.top_p}"
+    if not 0 <= args.min_p < 1:
+        return f"--min-p must be at least 0 and below 1 (0 = off), got {args.min_p}"
+    if not args.top_k >= 0:
+        return f"--top-k must be 0 (off) or a positive count, got {args.top_k}"
+    if not 0 < args.repeat_penalty < math.inf:
+        return f"--repeat-penalty must be a positive number (1 = off), got {args.repeat_penalty}"
+    return None
+
+
 def generation_params(args) -> GenerationParams:
-    if args.max_tokens < 1:
-        raise MacllmError("--max-tokens must be at least 1")
-    if args.temp < 0 or not 0 < args.top_p <= 1 or not 0 <= args.min_p < 1 or args.top_k < 0:
-        raise MacllmError("sampling options out of range (temp >= 0, 0 < top-p <= 1, 0 <= min-p < 1, top-k >= 0)")
-    if args.repeat_penalty <= 0:
-        raise MacllmError("--repeat-penalty must be positive")
+    problem = sampling_problem(args)
+    if problem:
+        raise MacllmError(problem)
     return GenerationParams(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                             repetition_penalty=args.repeat_penalty, seed=args.seed,
                             max_tokens=args.max_tokens, stop_strings=tuple(args.stop))
@@ -44,6 +59,8 @@ def generation_params(args) -> GenerationParams:
 def read_text_arg(text: str | None, file: str | None, what: str = "prompt") -> str:
     if file is not None:
         path = Path(file)
+        if path.is_dir():
+            raise MacllmError(f"{what} file {file} is a folder; pass a text file")
         if not path.is_file():
             raise MacllmError(f"{what} file not found: {file}")
         try:

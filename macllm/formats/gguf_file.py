@@ -58,5 +58,6 @@ def read_gguf(path: Path) -> tuple[dict[str, mx.array], dict]:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "type" in msg.lower() and "support" in msg.lower():
             raise MacllmError(f"{path.name}: {msg}") from None
-        raise MacllmError(f"cannot read {path.name} as GGUF ({msg}); the file may be truncated or damaged") from None
+        raise MacllmError(f"cannot read {path.name} as GGUF ({msg}); the file may be truncated or damaged, "
+                          "download it again") from None
     return weights, {k: _plain(v) for k, v in metadata.items()}

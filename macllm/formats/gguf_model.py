@@ -69,6 +69,9 @@ def config_from_metadata(meta: dict, weights: dict) -> ModelConfig:
     vocab = get("vocab_size") or (len(tokens) if tokens is not None else None)
     if None in (n_heads, hidden, vocab, get("block_count"), get("feed_forward_length")):
         raise MacllmError(f"GGUF is missing {arch} hyper-parameters (block_count, embedding_length, ...)")
+    if min(int(n_heads), int(hidden), int(vocab), int(get("block_count")), int(get("feed_forward_length"))) < 1:
+        raise MacllmError(f"GGUF has a zero or negative {arch} size (head_count, embedding_length, ...); "
+                          "the file is damaged")
     rope_scaling = None
     if get("rope.scaling.type") == "linear" and get("rope.scaling.factor"):
         rope_scaling = {"rope_type": "linear", "factor": float(get("rope.scaling.factor"))}

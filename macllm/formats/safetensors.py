@@ -10,6 +10,10 @@ import mlx.core as mx
 from macllm.config import ModelConfig
 from macllm.errors import MacllmError
 
+# The sizes every architecture reads; a config.json without them cannot describe a model.
+_REQUIRED_SIZES = ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads", "vocab_size")
+_OPTIONAL_SIZES = ("num_key_value_heads", "head_dim", "max_position_embeddings")
+
 # Tensors some checkpoints carry that no architecture here needs (recomputed at run time).
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -19,9 +23,26 @@ def read_config(folder: Path) -> dict:
     if not path.exists():
         raise MacllmError(f"{folder} has no config.json; pass a Hugging Face model folder or a .gguf file")
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MacllmError(f"{path} is not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise MacllmError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); "
+                          "download the model again") from None
+    except UnicodeDecodeError:
+        raise MacllmError(f"{path} is not UTF-8 text; download the model again") from None
+    if not isinstance(raw, dict):
+        raise MacllmError(f"{path} is not a model config (expected a JSON object)")
+    return raw
+
+
+def check_sizes(raw: dict, path: Path) -> None:
+    """Missing or non-integer sizes would otherwise surface as a TypeError deep in model building."""
+    missing = [k for k in _REQUIRED_SIZES if raw.get(k) is None]
+    if missing:
+        raise MacllmError(f"{path} lacks {', '.join(missing)}; it does not describe a complete model")
+    for key in _REQUIRED_SIZES + _OPTIONAL_SIZES:
+        value = raw.get(key)
+        if value is not None and (type(value) is not int or value < 1):
+            raise MacllmError(f"{path}: {key} must be a positive integer, got {value!r}")
 
 
 def weight_files(folder: Path) -> list[Path]:
@@ -62,6 +83,7 @@ def load_folder_model(folder: Path) -> tuple[ModelConfig, dict[str, mx.array]]:
     from macllm.models import model_class
 
     model_class(raw["model_type"])  # clear error for unsupported architectures
+    check_sizes(raw, folder / "config.json")
     cfg = ModelConfig.from_hf_dict(raw)
     weights = read_weights(folder)
     if cfg.tie_word_embeddings:

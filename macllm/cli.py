@@ -21,15 +21,6 @@ class OneLineErrorParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def settle_mlx_random_state() -> None:
-    """MLX aborts at process exit ("terminate called without an active exception") when its global
-    random key is still an unevaluated array built on another thread, as model init on the engine
-    thread leaves it. Evaluating it here lets the process exit cleanly."""
-    mx = sys.modules.get("mlx.core")
-    if mx is not None:
-        mx.eval(mx.random.state)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog="macllm",
@@ -69,8 +60,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"macllm: internal error: {type(e).__name__}: {e} (rerun with MACLLM_DEBUG=1 for details)",
               file=sys.stderr)
         return 1
-    finally:
-        settle_mlx_random_state()
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from macllm.commands.engine_session import running_engine
 from macllm.commands.options import add_model_option, add_sampling_options, generation_params
 from macllm.generate import GenerationResult
 
@@ -22,20 +23,15 @@ def run(args) -> int:
 
 
 def run_plain_chat(args) -> int:
-    from macllm.engine import Engine
-
     params = generation_params(args)
     print(f"Loading {args.model}…", file=sys.stderr)
-    engine = Engine(args.model, keep_quantized=args.keep_quantized)
-    info = engine.info
-    print(f"{info.get('architecture')} · {info.get('parameters', 0) / 1e6:.0f}M parameters · {info.get('compute')}",
-          file=sys.stderr)
-    print("Type a message and press Enter. Ctrl-C stops an answer; Ctrl-D or /quit leaves; /new starts over.",
-          file=sys.stderr)
-    try:
+    with running_engine(args.model, args.keep_quantized) as engine:
+        info = engine.info
+        print(f"{info.get('architecture')} · {info.get('parameters', 0) / 1e6:.0f}M parameters · "
+              f"{info.get('compute')}", file=sys.stderr)
+        print("Type a message and press Enter. Ctrl-C stops an answer; Ctrl-D or /quit leaves; /new starts over.",
+              file=sys.stderr)
         chat_loop(engine, args.system, params)
-    finally:
-        engine.close()
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+from macllm.commands.engine_session import running_engine
 from macllm.commands.options import add_model_option, add_sampling_options, generation_params, read_text_arg
 from macllm.generate import GenerationResult
 
@@ -23,15 +24,10 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from macllm.engine import Engine
-
     prompt = read_text_arg(args.prompt, args.prompt_file)
     params = generation_params(args)
-    engine = Engine(args.model, keep_quantized=args.keep_quantized, progress=not args.json)
-    try:
+    with running_engine(args.model, args.keep_quantized, progress=not args.json) as engine:
         result = complete(engine, args, prompt, params)
-    finally:
-        engine.close()
     if args.json:
         print_json(result)
     else:

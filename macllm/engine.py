@@ -71,13 +71,18 @@ class Engine:
         self.loaded = None
         self.conversations: dict[str, Conversation] = {}
         if model is not None:
-            self.load(model, keep_quantized=keep_quantized, progress=progress).result()
+            try:
+                self.load(model, keep_quantized=keep_quantized, progress=progress).result()
+            except BaseException:
+                self.close()
+                raise
 
     # --- the engine thread ---------------------------------------------------------------
     def _run(self) -> None:
         while True:
             job = self._jobs.get()
             if job is None:
+                self._release_streams()
                 return
             fn, future = job
             if not future.set_running_or_notify_cancel():
@@ -87,6 +92,16 @@ class Engine:
             except BaseException as e:  # delivered to the caller, never kills the thread
                 future.set_exception(e)
 
+    @staticmethod
+    def _release_streams() -> None:
+        """MLX keeps per-thread streams; a thread that ends with them alive aborts the process at exit
+        ("terminate called without an active exception"). Release them on this thread first."""
+        import mlx.core as mx
+
+        clear = getattr(mx, "clear_streams", None)
+        if clear is not None:
+            clear()
+
     def submit(self, fn: Callable, *args, **kwargs) -> Future:
         """Run fn on the engine thread; the Future carries its result or exception."""
         future: Future = Future()
@@ -94,8 +109,15 @@ class Engine:
         return future
 
     def close(self) -> None:
-        self._jobs.put(None)
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # --- model ----------------------------------------------------------------------------
     def load(self, source: str, keep_quantized: bool = False, progress: bool = True) -> Future:

@@ -112,7 +112,7 @@ def stream_generate(model, tokenizer, prompt: list[int], params: GenerationParam
     limit = context_length or getattr(model.config, "max_position_embeddings", None)
     if limit and len(prompt) >= limit:
         raise MacllmError(f"the prompt is {len(prompt)} tokens, longer than the model's context of {limit}; "
-                          "shorten it or start a new chat")
+                          "shorten the prompt")
     if cache is None:
         cache, cached = make_cache(model), []
     cached = list(cached or [])[: cache_length(cache)]

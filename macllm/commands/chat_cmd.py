@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from macllm.commands.engine_session import running_engine
 from macllm.commands.options import add_model_option, add_sampling_options, generation_params
+from macllm.engine import Engine
 from macllm.generate import GenerationResult
 
 
@@ -18,16 +18,21 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run, max_tokens=512)
 
 
+def format_count(n: int) -> str:
+    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M" if n >= 1e6 else f"{n / 1e3:.0f}K"
+
+
 def run(args) -> int:
     return run_plain_chat(args)
 
 
 def run_plain_chat(args) -> int:
     params = generation_params(args)
-    print(f"Loading {args.model}…", file=sys.stderr)
-    with running_engine(args.model, args.keep_quantized) as engine:
+    if sys.stderr.isatty():  # a status line only for people; errors stay one line
+        print(f"Loading {args.model}…", file=sys.stderr)
+    with Engine(args.model, keep_quantized=args.keep_quantized) as engine:
         info = engine.info
-        print(f"{info.get('architecture')} · {info.get('parameters', 0) / 1e6:.0f}M parameters · "
+        print(f"{info.get('architecture')} · {format_count(info.get('parameters', 0))} parameters · "
               f"{info.get('compute')}", file=sys.stderr)
         print("Type a message and press Enter. Ctrl-C stops an answer; Ctrl-D or /quit leaves; /new starts over.",
               file=sys.stderr)

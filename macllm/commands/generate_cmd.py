@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
-from macllm.commands.engine_session import running_engine
 from macllm.commands.options import add_model_option, add_sampling_options, generation_params, read_text_arg
+from macllm.engine import Engine
 from macllm.generate import GenerationResult
 
 
@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     prompt = read_text_arg(args.prompt, args.prompt_file)
     params = generation_params(args)
-    with running_engine(args.model, args.keep_quantized, progress=not args.json) as engine:
+    with Engine(args.model, keep_quantized=args.keep_quantized, progress=not args.json) as engine:
         result = complete(engine, args, prompt, params)
     if args.json:
         print_json(result)

@@ -1,0 +1,92 @@
+"""Our tokenizer and model against llama.cpp, an independent implementation, on the real SmolLM2.
+
+The reference (tests/data/smollm2_llamacpp_reference.json) comes from scripts/record_reference.py.
+Tokenization must match exactly. The model is checked by teacher forcing: feed prompt + llama.cpp's
+greedy continuation once and ask whether our argmax picks llama.cpp's token at each step. llama.cpp
+quantizes activations inside its Q4_1 matmuls, so near-ties may flip; a real bug drops far below 95%.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+import macllm  # noqa: F401  (loads OpenBLAS before MLX)
+import mlx.core as mx
+
+REFERENCE = Path(__file__).resolve().parent / "data" / "smollm2_llamacpp_reference.json"
+MIN_AGREEMENT = 0.95
+
+pytestmark = pytest.mark.real_model
+
+
+def teacher_forced_argmax(model, prompt_ids: list[int], continuation_ids: list[int]) -> list[int]:
+    """Our greedy pick at each continuation position, given the true tokens before it (one forward)."""
+    logits = model(mx.array([prompt_ids + continuation_ids]))
+    # Position i predicts token i + 1: the picks for the continuation start at the prompt's last token.
+    start = len(prompt_ids) - 1
+    return mx.argmax(logits[0, start:start + len(continuation_ids)], axis=-1).tolist()
+
+
+def agreement_table(model, prompts: list[dict]) -> tuple[float, str]:
+    """Overall fraction of positions where our argmax equals the recorded token, and a per-prompt table."""
+    lines, matched, total = [], 0, 0
+    for p in prompts:
+        ours = teacher_forced_argmax(model, p["prompt_ids"], p["continuation_ids"])
+        hits = sum(a == b for a, b in zip(ours, p["continuation_ids"]))
+        misses = [i for i, (a, b) in enumerate(zip(ours, p["continuation_ids"])) if a != b]
+        lines.append(f"  {p['name']:11s} {hits:2d}/{len(ours)}  differs at {misses}" if misses
+                     else f"  {p['name']:11s} {hits:2d}/{len(ours)}")
+        matched, total = matched + hits, total + len(ours)
+    overall = matched / total
+    lines.append(f"  overall     {matched}/{total} = {overall:.2%}")
+    return overall, "\n".join(lines)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def reference(smollm_gguf) -> dict:
+    data = json.loads(REFERENCE.read_text(encoding="utf-8"))
+    # The recorded tokens only describe the file they were recorded from.
+    if _sha256(Path(smollm_gguf)) != data["model_sha256"]:
+        pytest.skip(f"{smollm_gguf} is not the model the llama.cpp reference was recorded from")
+    return data
+
+
+@pytest.fixture(scope="module")
+def smollm_quantized(smollm_gguf):
+    from macllm.loader import load_model
+
+    return load_model(str(smollm_gguf), keep_quantized=True, progress=False)
+
+
+def test_reference_covers_varied_prompts(reference):
+    prompts = reference["prompts"]
+    assert len(prompts) >= 10
+    assert all(len(p["continuation_ids"]) == 32 for p in prompts)
+    assert any("<|im_start|>" in p["text"] for p in prompts)
+
+
+def test_tokenizer_matches_llamacpp(smollm, reference):
+    for p in reference["prompts"]:
+        assert smollm.tokenizer.encode(p["text"]) == p["prompt_ids"], f"prompt {p['name']!r}: {p['text']!r}"
+
+
+@pytest.mark.parametrize("path", ["float32", "quantized"])
+def test_teacher_forced_agreement_with_llamacpp(path, request, reference):
+    loaded = request.getfixturevalue("smollm" if path == "float32" else "smollm_quantized")
+    # Make sure each case really runs the path it names.
+    assert ("quantized" in loaded.info["compute"]) == (path == "quantized"), loaded.info["compute"]
+    overall, table = agreement_table(loaded.model, reference["prompts"])
+    print(f"\nours ({loaded.info['compute']}) vs llama.cpp, teacher forced:\n{table}")
+    assert overall >= MIN_AGREEMENT, f"agreement {overall:.2%} < {MIN_AGREEMENT:.0%}\n{table}"

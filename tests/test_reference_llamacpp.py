@@ -54,13 +54,17 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def load_reference(model_path: Path) -> dict:
+    """The recorded reference; skips the test when `model_path` is not the file it was recorded from."""
+    data = json.loads(REFERENCE.read_text(encoding="utf-8"))
+    if _sha256(Path(model_path)) != data["model_sha256"]:
+        pytest.skip(f"{model_path} is not the model the llama.cpp reference was recorded from")
+    return data
+
+
 @pytest.fixture(scope="module")
 def reference(smollm_gguf) -> dict:
-    data = json.loads(REFERENCE.read_text(encoding="utf-8"))
-    # The recorded tokens only describe the file they were recorded from.
-    if _sha256(Path(smollm_gguf)) != data["model_sha256"]:
-        pytest.skip(f"{smollm_gguf} is not the model the llama.cpp reference was recorded from")
-    return data
+    return load_reference(smollm_gguf)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,108 @@
+"""Our model against mlx-lm on the real SmolLM2, through an mlx-lm folder that we write ourselves.
+
+mlx-lm runs the same MLX kernels on the same quantized weights, so our keep_quantized path should pick
+the same greedy tokens almost everywhere; the float32 path differs only by rounding. This also shows
+that folders from save_mlx_folder load in mlx-lm with the same tokenizer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import macllm  # noqa: F401  (loads OpenBLAS before MLX)
+import mlx.core as mx
+from tests.test_reference_llamacpp import load_reference, teacher_forced_argmax
+
+MIN_AGREEMENT = 0.99
+GENERATED_TOKENS = 20
+GENERATION_PROMPTS = ("prose", "chat_code")  # raw text and chat markup; neither ends within 20 tokens
+
+pytestmark = pytest.mark.real_model
+
+
+@pytest.fixture(scope="module")
+def reference(smollm_gguf) -> dict:
+    return load_reference(smollm_gguf)
+
+
+@pytest.fixture(scope="module")
+def mlx_lm_folder(smollm_gguf, tmp_path_factory) -> Path:
+    from macllm.formats.mlx_folder import save_mlx_folder
+    from macllm.loader import read_model_files
+
+    cfg, weights, tokenizer, rope_periods = read_model_files(Path(smollm_gguf))
+    assert rope_periods is None, "mlx-lm could not be given custom RoPE periods"
+    return save_mlx_folder(cfg, weights, tokenizer, tmp_path_factory.mktemp("mlx-lm") / "smollm2")
+
+
+@pytest.fixture(scope="module")
+def mlx_lm_model(mlx_lm_folder):
+    """(model, tokenizer) as mlx-lm loads our folder."""
+    import mlx_lm
+
+    return mlx_lm.load(str(mlx_lm_folder))
+
+
+@pytest.fixture(scope="module")
+def smollm_quantized(smollm_gguf):
+    from macllm.loader import load_model
+
+    return load_model(str(smollm_gguf), keep_quantized=True, progress=False)
+
+
+@pytest.fixture(scope="module")
+def mlx_lm_picks(mlx_lm_model, reference) -> list[list[int]]:
+    """mlx-lm's teacher-forced argmax for every prompt (computed once: quantized CPU matmuls are slow)."""
+    model, _ = mlx_lm_model
+    return [teacher_forced_argmax(model, p["prompt_ids"], p["continuation_ids"]) for p in reference["prompts"]]
+
+
+def test_mlx_lm_tokenizer_matches_ours(mlx_lm_model, smollm, reference):
+    _, mlx_tokenizer = mlx_lm_model
+    for p in reference["prompts"]:
+        # encode() with its defaults is what mlx-lm itself does with a raw prompt.
+        assert mlx_tokenizer.encode(p["text"]) == smollm.tokenizer.encode(p["text"]), p["name"]
+
+
+@pytest.mark.parametrize("path", ["quantized", "float32"])
+def test_teacher_forced_agreement_with_mlx_lm(path, request, reference, mlx_lm_picks):
+    loaded = request.getfixturevalue("smollm" if path == "float32" else "smollm_quantized")
+    assert loaded.info["compute"].startswith("float32") == (path == "float32"), loaded.info["compute"]
+    lines, matched, total = [], 0, 0
+    for p, theirs in zip(reference["prompts"], mlx_lm_picks):
+        ours = teacher_forced_argmax(loaded.model, p["prompt_ids"], p["continuation_ids"])
+        misses = [i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b]
+        lines.append(f"  {p['name']:11s} {len(ours) - len(misses):2d}/{len(ours)}"
+                     + (f"  differs at {misses}" if misses else ""))
+        matched, total = matched + len(ours) - len(misses), total + len(ours)
+    overall = matched / total
+    table = "\n".join(lines + [f"  overall     {matched}/{total} = {overall:.2%}"])
+    print(f"\nours ({loaded.info['compute']}) vs mlx-lm (quantized), teacher forced:\n{table}")
+    assert overall >= MIN_AGREEMENT, f"agreement {overall:.2%} < {MIN_AGREEMENT:.0%}\n{table}"
+
+
+def mlx_lm_greedy(model, prompt_ids: list[int], n: int, eos: set[int]) -> list[int]:
+    """mlx-lm's greedy tokens (its default sampler is argmax), cut after the first end-of-sequence token
+    as our generation loop stops there."""
+    from mlx_lm.generate import generate_step
+
+    out = []
+    for token, _ in generate_step(mx.array(prompt_ids), model, max_tokens=n):
+        out.append(int(token))
+        if out[-1] in eos:
+            break
+    return out
+
+
+@pytest.mark.parametrize("name", GENERATION_PROMPTS)
+def test_greedy_generation_matches_mlx_lm(name, reference, smollm_quantized, mlx_lm_model):
+    from macllm.generate import GenerationParams, generate
+
+    prompt = next(p for p in reference["prompts"] if p["name"] == name)
+    tokenizer = smollm_quantized.tokenizer
+    ours = generate(smollm_quantized.model, tokenizer, prompt["prompt_ids"],
+                    GenerationParams(max_tokens=GENERATED_TOKENS)).token_ids
+    theirs = mlx_lm_greedy(mlx_lm_model[0], prompt["prompt_ids"], GENERATED_TOKENS, tokenizer.eos_token_ids)
+    assert ours == theirs, f"{name}: ours {tokenizer.decode(ours)!r} vs mlx-lm {tokenizer.decode(theirs)!r}"

@@ -159,18 +159,19 @@ def stream_generate(model, tokenizer, prompt: list[int], params: GenerationParam
         max_new = min(max_new, limit - len(prompt))
 
     while True:
-        tid = token.item()
-        if tid in eos:
-            finish = "stop"
-            generated.append(tid)
-            break
-        generated.append(tid)
-        more = len(generated) < max_new and not (cancel is not None and cancel.is_set())
+        # Queue the next step on the still-lazy token before waiting for it: graph building and the
+        # caller's work overlap with the model's compute.
+        more = len(generated) + 1 < max_new and not (cancel is not None and cancel.is_set())
         if more:
-            # Queue the next step before handing this token out, so the model runs while the caller works.
-            fed.append(tid)
             next_token, next_logprob, next_alts = choose(model(token[None], cache=cache)[:, -1, :])
             mx.async_eval(next_token, next_logprob, next_alts)
+        tid = token.item()
+        generated.append(tid)
+        if more:
+            fed.append(tid)
+        if tid in eos:
+            finish = "stop"
+            break
         text, stopped = stops.feed(detok.add(tid))
         if text:
             text_parts.append(text)

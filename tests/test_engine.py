@@ -75,16 +75,20 @@ def test_cached_turn_equals_fresh_conversation(engine):
 def test_cancel_from_caller_thread(engine):
     stream = engine.generate("hello world", GenerationParams(max_tokens=400))
     count = 0
+    produced_at_cancel = None
     for event in stream:
         if isinstance(event, TokenEvent):
             count += 1
             if count == 2:
                 stream.cancel()
+                # The engine runs ahead of this reader: count what it had produced when we cancelled.
+                produced_at_cancel = count + stream._events.qsize()
         else:
             result = event
     assert result.finish_reason in ("cancelled", "stop")
     if result.finish_reason == "cancelled":
-        assert len(result.token_ids) <= 3
+        # Still delivered: at most the token being handed over and the one step already in flight.
+        assert len(result.token_ids) <= produced_at_cancel + 2
 
 
 def test_errors_reach_the_caller_and_the_engine_survives(engine):

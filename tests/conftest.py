@@ -64,6 +64,19 @@ def smollm(smollm_gguf):
 
 
 @pytest.fixture(scope="session")
+def smollm_quantized(smollm_gguf):
+    """The real model computing with its stored 4-bit weights (slow on CPU: use few tokens)."""
+    from macllm.loader import load_model
+
+    return load_model(str(smollm_gguf), keep_quantized=True, progress=False)
+
+
+def quantized_subset(prompts: list) -> list:
+    """MLX's quantized matmul runs ~1 Gparam/s on CPU; check the quantized path on every third prompt."""
+    return prompts[::3]
+
+
+@pytest.fixture(scope="session")
 def notes_dir() -> Path:
     path = SHARED / "data" / "notes"
     if not path.is_dir():

@@ -13,6 +13,7 @@ import pytest
 
 import macllm  # noqa: F401  (loads OpenBLAS before MLX)
 import mlx.core as mx
+from tests.conftest import quantized_subset
 from tests.test_reference_llamacpp import load_reference, teacher_forced_argmax
 
 MIN_AGREEMENT = 0.99
@@ -27,36 +28,41 @@ def reference(smollm_gguf) -> dict:
     return load_reference(smollm_gguf)
 
 
+def write_mlx_lm_folder(gguf: Path, out: Path, dequantize: bool) -> Path:
+    from macllm.formats.mlx_folder import save_mlx_folder
+    from macllm.loader import dequantize_all, read_model_files
+
+    cfg, weights, tokenizer, rope_periods = read_model_files(gguf)
+    assert rope_periods is None, "mlx-lm could not be given custom RoPE periods"
+    if dequantize:  # the same values in float32: what our CPU fast path computes with
+        weights = dequantize_all(weights, cfg.quantization)
+        cfg.quantization = None
+    return save_mlx_folder(cfg, weights, tokenizer, out)
+
+
 @pytest.fixture(scope="module")
 def mlx_lm_folder(smollm_gguf, tmp_path_factory) -> Path:
-    from macllm.formats.mlx_folder import save_mlx_folder
-    from macllm.loader import read_model_files
-
-    cfg, weights, tokenizer, rope_periods = read_model_files(Path(smollm_gguf))
-    assert rope_periods is None, "mlx-lm could not be given custom RoPE periods"
-    return save_mlx_folder(cfg, weights, tokenizer, tmp_path_factory.mktemp("mlx-lm") / "smollm2")
+    return write_mlx_lm_folder(Path(smollm_gguf), tmp_path_factory.mktemp("mlx-lm") / "smollm2", False)
 
 
 @pytest.fixture(scope="module")
 def mlx_lm_model(mlx_lm_folder):
-    """(model, tokenizer) as mlx-lm loads our folder."""
+    """(model, tokenizer) as mlx-lm loads our folder (weights as stored, 4-bit)."""
     import mlx_lm
 
     return mlx_lm.load(str(mlx_lm_folder))
 
 
 @pytest.fixture(scope="module")
-def smollm_quantized(smollm_gguf):
-    from macllm.loader import load_model
+def mlx_lm_float32_model(smollm_gguf, tmp_path_factory):
+    import mlx_lm
 
-    return load_model(str(smollm_gguf), keep_quantized=True, progress=False)
+    folder = write_mlx_lm_folder(Path(smollm_gguf), tmp_path_factory.mktemp("mlx-lm-f32") / "smollm2", True)
+    return mlx_lm.load(str(folder))
 
 
-@pytest.fixture(scope="module")
-def mlx_lm_picks(mlx_lm_model, reference) -> list[list[int]]:
-    """mlx-lm's teacher-forced argmax for every prompt (computed once: quantized CPU matmuls are slow)."""
-    model, _ = mlx_lm_model
-    return [teacher_forced_argmax(model, p["prompt_ids"], p["continuation_ids"]) for p in reference["prompts"]]
+def mlx_lm_picks(model, prompts) -> list[list[int]]:
+    return [teacher_forced_argmax(model, p["prompt_ids"], p["continuation_ids"]) for p in prompts]
 
 
 def test_mlx_lm_tokenizer_matches_ours(mlx_lm_model, smollm, reference):
@@ -67,11 +73,15 @@ def test_mlx_lm_tokenizer_matches_ours(mlx_lm_model, smollm, reference):
 
 
 @pytest.mark.parametrize("path", ["quantized", "float32"])
-def test_teacher_forced_agreement_with_mlx_lm(path, request, reference, mlx_lm_picks):
+def test_teacher_forced_agreement_with_mlx_lm(path, request, reference):
+    """Like with like: our 4-bit path vs mlx-lm on the 4-bit weights, our float32 path vs mlx-lm on the
+    same weights dequantized to float32."""
     loaded = request.getfixturevalue("smollm" if path == "float32" else "smollm_quantized")
     assert loaded.info["compute"].startswith("float32") == (path == "float32"), loaded.info["compute"]
+    peer = request.getfixturevalue("mlx_lm_float32_model" if path == "float32" else "mlx_lm_model")[0]
+    prompts = reference["prompts"] if path == "float32" else quantized_subset(reference["prompts"])
     lines, matched, total = [], 0, 0
-    for p, theirs in zip(reference["prompts"], mlx_lm_picks):
+    for p, theirs in zip(prompts, mlx_lm_picks(peer, prompts)):
         ours = teacher_forced_argmax(loaded.model, p["prompt_ids"], p["continuation_ids"])
         misses = [i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b]
         lines.append(f"  {p['name']:11s} {len(ours) - len(misses):2d}/{len(ours)}"
@@ -79,7 +89,7 @@ def test_teacher_forced_agreement_with_mlx_lm(path, request, reference, mlx_lm_p
         matched, total = matched + len(ours) - len(misses), total + len(ours)
     overall = matched / total
     table = "\n".join(lines + [f"  overall     {matched}/{total} = {overall:.2%}"])
-    print(f"\nours ({loaded.info['compute']}) vs mlx-lm (quantized), teacher forced:\n{table}")
+    print(f"\nours ({loaded.info['compute']}) vs mlx-lm ({path}), teacher forced:\n{table}")
     assert overall >= MIN_AGREEMENT, f"agreement {overall:.2%} < {MIN_AGREEMENT:.0%}\n{table}"
 
 

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     if not argv:
-        argv = ["chat", "--plain"]
+        argv = ["chat"]
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):
         parser.print_help()

@@ -188,8 +188,9 @@ class Engine:
 
         return self._stream_job(make_prompt, params, None)
 
-    def new_conversation(self, system: str | None = None) -> str:
-        conv = Conversation(system=system)
+    def new_conversation(self, system: str | None = None, messages: list[dict] | None = None) -> str:
+        """Start a conversation, optionally with earlier messages (e.g. restored from disk)."""
+        conv = Conversation(system=system, messages=[dict(m) for m in messages or []])
         self.conversations[conv.id] = conv
         return conv.id
 
@@ -215,6 +216,13 @@ class Engine:
             return tok.encode(rendered)
 
         return self._stream_job(make_prompt, params, conv)
+
+    def close_conversation(self, conv_id: str) -> None:
+        """Forget a conversation and free its KV cache."""
+        self.conversations.pop(conv_id, None)
+
+    def context_used(self, conv_id: str) -> int:
+        return len(self.conversation(conv_id).cached_tokens)
 
     def chat_tokens(self, conv_id: str) -> list[int]:
         return list(self.conversation(conv_id).cached_tokens)

@@ -6,16 +6,18 @@ import sys
 
 from macllm.commands.options import add_model_option, add_sampling_options, generation_params
 from macllm.engine import Engine
+from macllm.errors import MacllmError
 from macllm.generate import GenerationResult
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("chat", help="chat with a model")
+    p = sub.add_parser("chat", help="chat with a model in the full-screen app (--plain: line mode)")
     add_model_option(p)
     p.add_argument("--system", help="system prompt")
     p.add_argument("--plain", action="store_true", help="line-mode chat in this terminal")
     add_sampling_options(p)
-    p.set_defaults(run=run, max_tokens=512)
+    # Chat samples by default: small models loop when greedy.
+    p.set_defaults(run=run, max_tokens=512, temp=0.7, top_p=0.95, min_p=0.05)
 
 
 def format_count(n: int) -> str:
@@ -23,7 +25,26 @@ def format_count(n: int) -> str:
 
 
 def run(args) -> int:
-    return run_plain_chat(args)
+    if args.plain or not sys.stdout.isatty():
+        return run_plain_chat(args)
+    return run_app(args)
+
+
+def run_app(args) -> int:
+    """The full-screen app. The model is fetched first, here in the terminal, so a first download shows
+    pip's progress bar; loading happens inside the app, which is usable at once."""
+    from macllm.hub import resolve_model
+
+    resolve_model(args.model, progress=True)
+    try:
+        from tui.app import MacllmApp
+    except ImportError as e:
+        raise MacllmError(f"the terminal app cannot start ({e}); reinstall macllm or use --plain") from None
+    defaults = {"temperature": args.temp, "top_p": args.top_p, "min_p": args.min_p, "max_tokens": args.max_tokens}
+    if args.system:
+        defaults["system"] = args.system
+    MacllmApp(model=args.model, keep_quantized=args.keep_quantized, default_settings=defaults).run()
+    return 0
 
 
 def run_plain_chat(args) -> int:

@@ -1,0 +1,264 @@
+"""The terminal app, driven with Textual's Pilot on a tiny model."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from macllm.chat_store import ChatStore
+from tui.app import MacllmApp
+from tui.screens.chat import ChatScreen
+from tui.widgets.chat_input import ChatInput
+from tui.widgets.chat_message import ChatMessage
+
+SIZE = (120, 40)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = ChatStore(tmp_path / "chats.sqlite3")
+    yield s
+    s.close()
+
+
+def make_app(tiny_llama_gguf, store, tmp_path, **settings):
+    defaults = {"temperature": 0.0, "max_tokens": 12}
+    defaults.update(settings)
+    return MacllmApp(model=str(tiny_llama_gguf), store=store, export_dir=tmp_path, default_settings=defaults)
+
+
+async def wait_until(pilot, condition, timeout=20.0):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError("timed out waiting for the app")
+        await pilot.pause(0.05)
+
+
+async def ready(pilot):
+    await wait_until(pilot, lambda: pilot.app.bridge.ready and isinstance(pilot.app.screen, ChatScreen))
+    return pilot.app.screen
+
+
+async def send(pilot, text):
+    screen = pilot.app.screen
+    chat_input = screen.query_one(ChatInput)
+    chat_input.text = text
+    chat_input.focus()
+    await pilot.press("enter")
+    await wait_until(pilot, lambda: not pilot.app.bridge.busy and screen.answer_widget is None)
+
+
+@pytest.fixture
+def slow_tokens(monkeypatch):
+    """The tiny model is too quick to interrupt: make each token take ~20 ms."""
+    import time
+
+    from macllm.tokenizer import StreamDecoder
+
+    original = StreamDecoder.add
+
+    def slow_add(self, token_id):
+        time.sleep(0.02)
+        return original(self, token_id)
+
+    monkeypatch.setattr(StreamDecoder, "add", slow_add)
+
+
+def messages(screen):
+    return [(w.role, w.content) for w in screen.query(ChatMessage)]
+
+
+async def test_send_and_stream_answer(tiny_llama_gguf, store, tmp_path):
+    app = make_app(tiny_llama_gguf, store, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await send(pilot, "hello world")
+        shown = messages(screen)
+        assert shown[0] == ("user", "hello world") and shown[1][0] == "assistant"
+        stored = store.messages(screen.chat_id)
+        assert [m.role for m in stored] == ["user", "assistant"]
+        assert stored[1].content == shown[1][1]
+        assert stored[1].meta["stats"]["generation_tokens"] > 0
+        assert screen.status.decode_tps >= 0 and screen.status.context_length == 512
+
+
+async def test_enter_sends_shift_enter_adds_newline(tiny_llama_gguf, store, tmp_path):
+    app = make_app(tiny_llama_gguf, store, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        chat_input = screen.query_one(ChatInput)
+        chat_input.focus()
+        await pilot.press("h", "i", "ctrl+j", "y", "o")
+        assert chat_input.text == "hi\nyo"
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: not app.bridge.busy and screen.answer_widget is None)
+        assert messages(screen)[0] == ("user", "hi\nyo")
+        assert chat_input.text == ""
+
+
+async def test_stop_keeps_partial_answer_marked_stopped(tiny_llama_gguf, store, tmp_path, slow_tokens):
+    app = make_app(tiny_llama_gguf, store, tmp_path, max_tokens=400)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        screen.query_one(ChatInput).text = "hello"
+        screen.query_one(ChatInput).focus()
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: screen.answer_widget is not None and len(screen.answer_widget.tokens) >= 2)
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: not app.bridge.busy and screen.answer_widget is None)
+        last = store.messages(screen.chat_id)[-1]
+        assert last.role == "assistant" and last.finish_reason == "cancelled"
+        assert 2 <= last.meta["stats"]["generation_tokens"] < 400
+        widget = [w for w in screen.query(ChatMessage)][-1]
+        assert widget.has_class("stopped")
+
+
+async def test_keys_are_handled_while_streaming(tiny_llama_gguf, store, tmp_path, slow_tokens):
+    app = make_app(tiny_llama_gguf, store, tmp_path, max_tokens=300)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        chat_input = screen.query_one(ChatInput)
+        chat_input.text = "hello"
+        chat_input.focus()
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: screen.answer_widget is not None and screen.answer_widget.tokens)
+        await pilot.press("a", "b", "c")  # typing the next message while the answer streams
+        assert chat_input.text == "abc"
+        await pilot.press("enter")  # refused politely while busy
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: not app.bridge.busy and screen.answer_widget is None)
+        assert chat_input.text == "abc"
+
+
+async def test_regenerate_replaces_last_answer(tiny_llama_gguf, store, tmp_path):
+    app = make_app(tiny_llama_gguf, store, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await send(pilot, "hello")
+        first = store.messages(screen.chat_id)[-1]
+        await pilot.press("ctrl+r")
+        await wait_until(pilot, lambda: screen.answer_widget is not None or not app.bridge.busy)
+        await wait_until(pilot, lambda: not app.bridge.busy and screen.answer_widget is None)
+        stored = store.messages(screen.chat_id)
+        assert [m.role for m in stored] == ["user", "assistant"]
+        assert stored[-1].created_at > first.created_at and stored[-1].content == first.content  # greedy
+        assert len(screen.query(ChatMessage)) == 2
+
+
+async def test_edit_and_resend_last_message(tiny_llama_gguf, store, tmp_path):
+    app = make_app(tiny_llama_gguf, store, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await send(pilot, "hello")
+        await pilot.press("ctrl+l")
+        chat_input = screen.query_one(ChatInput)
+        assert chat_input.text == "hello"
+        assert store.messages(screen.chat_id) == [] and len(screen.query(ChatMessage)) == 0
+        chat_input.text = "world"
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: not app.bridge.busy and screen.answer_widget is None)
+        assert [m.content for m in store.messages(screen.chat_id)][0] == "world"
+
+
+async def test_new_chat_and_switching(tiny_llama_gguf, store, tmp_path):
+    app = make_app(tiny_llama_gguf, store, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await send(pilot, "first chat")
+        first_id = screen.chat_id
+        await pilot.press("ctrl+n")
+        assert screen.chat_id is None and len(screen.query(ChatMessage)) == 0
+        await send(pilot, "second chat")
+        assert len(store.list_conversations()) == 2
+        await screen.open_chat(first_id)
+        assert messages(screen)[0] == ("user", "first chat")
+
+
+async def test_chats_persist_across_restart(tiny_llama_gguf, tmp_path):
+    path = tmp_path / "chats.sqlite3"
+    store = ChatStore(path)
+    app = make_app(tiny_llama_gguf, store, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await send(pilot, "remember me")
+        answer = messages(app.screen)[1][1]
+    store.close()
+    store2 = ChatStore(path)
+    app2 = make_app(tiny_llama_gguf, store2, tmp_path)
+    async with app2.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        assert messages(screen) == [("user", "remember me"), ("assistant", answer)]
+        assert store2.list_conversations()[0].title == "remember me"
+    store2.close()
+
+
+async def test_token_inspector(tiny_llama_gguf, store, tmp_path):
+    from tui.screens.inspector import TokenInspector
+
+    app = make_app(tiny_llama_gguf, store, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await send(pilot, "hello")
+        await pilot.press("ctrl+t")
+        await pilot.pause()
+        inspector = app.screen
+        assert isinstance(inspector, TokenInspector)
+        n = len(inspector.tokens)
+        assert n == store.messages(screen.chat_id)[-1].meta["stats"]["generation_tokens"]
+        table = inspector.query_one("#alternatives")
+        assert table.row_count == 5
+        await pilot.press("right")
+        assert inspector.strip.selected == min(1, n - 1)
+        await pilot.press("escape")
+        assert app.screen is screen
+
+
+async def test_settings_apply_to_next_answer(tiny_llama_gguf, store, tmp_path):
+    from tui.screens.settings_screen import SettingsScreen
+
+    app = make_app(tiny_llama_gguf, store, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await send(pilot, "hello")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        settings = app.screen
+        assert isinstance(settings, SettingsScreen)
+        settings.query_one("#max_tokens").value = "3"
+        settings.query_one("#system").text = "Be brief."
+        settings.action_save()
+        await pilot.pause()
+        assert screen.settings.max_tokens == 3 and screen.settings.system == "Be brief."
+        assert store.get_conversation(screen.chat_id).settings["max_tokens"] == 3
+        await send(pilot, "again")
+        last = store.messages(screen.chat_id)[-1]
+        assert last.meta["stats"]["generation_tokens"] <= 3
+
+
+async def test_help_and_export(tiny_llama_gguf, store, tmp_path):
+    from tui.screens.help import HelpScreen
+
+    app = make_app(tiny_llama_gguf, store, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await pilot.press("f1")
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        await send(pilot, "hello")
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        exported = list(tmp_path.glob("*.md"))
+        assert len(exported) == 1 and "hello" in exported[0].read_text()
+
+
+async def test_bad_model_opens_picker(store, tmp_path):
+    from tui.screens.model_picker import ModelPicker
+
+    app = MacllmApp(model=str(tmp_path / "missing.gguf"), store=store, export_dir=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, ModelPicker))
+        assert "not found" in app.screen.reason

@@ -1,0 +1,108 @@
+"""The macllm terminal app."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from textual.app import App
+from textual.binding import Binding
+
+from macllm.catalog import DEFAULT_MODEL
+from macllm.chat_store import ChatStore
+
+from tui.bridge import EngineBridge
+from tui.commands import MacllmCommands
+from tui.events import ModelLoadFailed, ModelLoaded
+from tui.screens.chat import ChatScreen
+
+
+class MacllmApp(App):
+    CSS_PATH = "app.tcss"
+    TITLE = "macllm"
+    COMMANDS = App.COMMANDS | {MacllmCommands}
+    BINDINGS = [
+        Binding("f1", "help", "Help"),
+        Binding("ctrl+q", "quit", "Quit"),
+    ]
+
+    def __init__(self, model: str = DEFAULT_MODEL, keep_quantized: bool = False, store: ChatStore | None = None,
+                 export_dir: Path | None = None, default_settings: dict | None = None, engine=None) -> None:
+        super().__init__()
+        self.model_source = model
+        self.keep_quantized = keep_quantized
+        self.store = store or ChatStore()
+        self.export_dir = export_dir or Path.cwd()
+        self.default_settings = dict(default_settings or {})
+        self.bridge = EngineBridge(self, engine)
+
+    def on_mount(self) -> None:
+        self.push_screen(ChatScreen())
+        self.ensure_model(self.model_source)
+
+    # --- model --------------------------------------------------------------------------------
+    def ensure_model(self, source: str) -> None:
+        """Load `source` unless it is what is loaded (or loading) already."""
+        if source and (source != self.bridge.model_source or not (self.bridge.ready or self.bridge.loading)):
+            self.bridge.load_model(source, keep_quantized=self.keep_quantized)
+            self.refresh_status()
+
+    def on_model_loaded(self, message: ModelLoaded) -> None:
+        info = message.info
+        self.notify(f"{info.get('source')} ready · {info.get('compute')}", timeout=3)
+        self.refresh_status()
+
+    def on_model_load_failed(self, message: ModelLoadFailed) -> None:
+        self.notify(message.error, title=f"Could not load {message.source}", severity="error", timeout=8)
+        self.action_pick_model(reason=message.error)
+
+    def refresh_status(self) -> None:
+        if isinstance(self.screen, ChatScreen):
+            self.screen.update_status()
+
+    def model_choices(self) -> list[str]:
+        from macllm.hub import local_models
+
+        return [m["name"] for m in local_models()]
+
+    def action_pick_model(self, reason: str | None = None) -> None:
+        from macllm.hub import local_models
+        from tui.screens.model_picker import ModelPicker
+
+        def chosen(source: str | None) -> None:
+            if source:
+                self.model_source = source
+                if isinstance(self.screen, ChatScreen):
+                    self.screen.settings.model = source
+                self.ensure_model(source)
+
+        self.push_screen(ModelPicker(local_models(), reason), chosen)
+
+    # --- everywhere -----------------------------------------------------------------------
+    def action_help(self) -> None:
+        from tui.screens.help import HelpScreen
+
+        self.push_screen(HelpScreen())
+
+    def copy_text(self, text: str) -> None:
+        """OSC 52 (works over SSH in most terminals); pbcopy as well on macOS."""
+        self.copy_to_clipboard(text)
+        if sys.platform == "darwin" and shutil.which("pbcopy"):
+            subprocess.run(["pbcopy"], input=text.encode(), check=False)
+        self.notify("Copied the last answer.")
+
+    def export_chat(self, chat_id: str) -> Path:
+        title = self.store.get_conversation(chat_id).title
+        safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in title).strip("-")[:40] or "chat"
+        path = self.export_dir / f"{safe}-{datetime.now():%Y%m%d-%H%M%S}.md"
+        tmp = path.with_suffix(".md.partial")
+        tmp.write_text(self.store.export_markdown(chat_id), encoding="utf-8")
+        tmp.replace(path)
+        return path
+
+    async def action_quit(self) -> None:
+        self.bridge.shutdown()
+        self.exit()

@@ -1,0 +1,313 @@
+"""The main screen: saved chats on the left, the conversation, the input, and a status bar."""
+
+from __future__ import annotations
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer
+
+from macllm.chat_store import auto_title
+
+from tui.events import AnswerFailed, AnswerFinished, AnswerToken, ModelLoaded
+from tui.settings import ChatSettings
+from tui.widgets.chat_input import ChatInput
+from tui.widgets.chat_list import ChatList
+from tui.widgets.chat_message import ChatMessage
+from tui.widgets.status_bar import StatusBar
+
+
+class ChatScreen(Screen):
+    BINDINGS = [
+        Binding("escape", "stop", "Stop", show=True),
+        Binding("ctrl+n", "new_chat", "New chat"),
+        Binding("ctrl+r", "regenerate", "Regenerate"),
+        Binding("ctrl+l", "edit_last", "Edit last"),
+        Binding("ctrl+t", "inspect", "Tokens"),
+        Binding("ctrl+s", "settings", "Settings"),
+        Binding("ctrl+b", "toggle_chats", "Chats"),
+        Binding("f2", "rename_chat", "Rename", show=False),
+        Binding("f5", "copy_last", "Copy", show=False),
+        Binding("ctrl+o", "export_chat", "Export", show=False),
+        Binding("f8", "delete_chat", "Delete chat", show=False),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chat_id: str | None = None
+        self.settings = ChatSettings()
+        self.answer_id: int | None = None
+        self.answer_widget: ChatMessage | None = None
+
+    # --- layout ---------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="main"):
+            yield ChatList(id="chats")
+            with Vertical(id="chat-pane"):
+                yield VerticalScroll(id="conversation")
+                yield ChatInput(id="input")
+        yield StatusBar(id="status")
+        yield Footer()
+
+    @property
+    def store(self):
+        return self.app.store
+
+    @property
+    def bridge(self):
+        return self.app.bridge
+
+    @property
+    def conversation(self) -> VerticalScroll:
+        return self.query_one("#conversation", VerticalScroll)
+
+    @property
+    def status(self) -> StatusBar:
+        return self.query_one(StatusBar)
+
+    async def on_mount(self) -> None:
+        self.conversation.anchor()
+        self.query_one(ChatInput).focus()
+        chats = self.store.list_conversations()
+        if chats:
+            await self.open_chat(chats[0].id)
+        else:
+            await self.new_chat()
+
+    # --- chats ----------------------------------------------------------------------------
+    def default_settings(self) -> ChatSettings:
+        return ChatSettings.from_dict(self.app.default_settings, self.app.model_source)
+
+    async def refresh_chat_list(self) -> None:
+        await self.query_one(ChatList).show(self.store.list_conversations(), self.chat_id)
+
+    async def new_chat(self) -> None:
+        self.chat_id = None
+        self.settings = self.default_settings()
+        await self.conversation.remove_children()
+        await self.refresh_chat_list()
+        self.update_status()
+
+    async def open_chat(self, chat_id: str) -> None:
+        stored = self.store.get_conversation(chat_id)
+        self.chat_id = chat_id
+        self.settings = ChatSettings.from_dict(stored.settings, self.app.model_source)
+        await self.conversation.remove_children()
+        widgets = [ChatMessage(m.role, m.content, m.meta, m.finish_reason, m.id)
+                   for m in self.store.messages(chat_id) if m.role != "system"]
+        if widgets:
+            await self.conversation.mount_all(widgets)
+        self.conversation.scroll_end(animate=False)
+        await self.refresh_chat_list()
+        self.app.ensure_model(self.settings.model)
+        self.update_status()
+
+    def ensure_chat(self, first_text: str) -> str:
+        if self.chat_id is None:
+            title = auto_title(first_text)
+            self.chat_id = self.store.create_conversation(title, self.settings.to_dict()).id
+        return self.chat_id
+
+    def stored_messages(self) -> list[dict]:
+        return [{"role": m.role, "content": m.content} for m in self.store.messages(self.chat_id)]
+
+    # --- sending and streaming ------------------------------------------------------------
+    @on(ChatInput.Submitted)
+    async def send(self, event: ChatInput.Submitted) -> None:
+        if self.bridge.busy:
+            self.notify("Still answering: press Esc to stop it first.", severity="warning")
+            return
+        if not self.bridge.ready:
+            self.notify("The model is still loading…", severity="warning")
+            return
+        self.query_one(ChatInput).clear()
+        chat_id = self.ensure_chat(event.text)
+        stored = self.store.add_message(chat_id, "user", event.text)
+        await self.conversation.mount(ChatMessage("user", event.text, message_id=stored.id))
+        await self.start_answer()
+        await self.refresh_chat_list()
+
+    async def start_answer(self) -> None:
+        self.answer_widget = ChatMessage("assistant", meta={"model": self.bridge.info.get("source")})
+        await self.conversation.mount(self.answer_widget)
+        self.conversation.scroll_end(animate=False)
+        system = self.settings.system or None
+        self.answer_id = self.bridge.answer(self.chat_id, system, self.stored_messages(),
+                                            self.settings.generation_params(), target=self)
+        self.status.state = "answering…"
+
+    async def on_answer_token(self, message: AnswerToken) -> None:
+        if message.answer_id != self.answer_id or self.answer_widget is None:
+            return
+        self.answer_widget.tokens.append(message.event)
+        await self.answer_widget.append(message.event.text)
+
+    async def on_answer_finished(self, message: AnswerFinished) -> None:
+        if message.answer_id != self.answer_id or self.answer_widget is None:
+            return
+        result = message.result
+        s = result.stats
+        meta = {"model": self.bridge.info.get("source"), "stats": {
+            "prompt_tokens": s.prompt_tokens, "generation_tokens": s.generation_tokens,
+            "generation_tps": round(s.generation_tps, 2), "ttft_s": round(s.ttft_s, 4)}}
+        widget = self.answer_widget
+        widget.content = result.text
+        await widget.finish(result.finish_reason, meta)
+        stored = self.store.add_message(self.chat_id, "assistant", result.text, result.finish_reason, widget.meta)
+        widget.message_id = stored.id
+        self.answer_id, self.answer_widget = None, None
+        self.status.state = "stopped" if result.finish_reason == "cancelled" else ""
+        self.status.decode_tps = s.generation_tps
+        self.status.ttft_ms = s.ttft_s * 1000
+        self.status.memory_mb = s.peak_memory_mb
+        self.update_status()
+
+    async def on_answer_failed(self, message: AnswerFailed) -> None:
+        if message.answer_id != self.answer_id:
+            return
+        if self.answer_widget is not None:
+            await self.answer_widget.finish("error")
+        self.answer_id, self.answer_widget = None, None
+        self.status.state = ""
+        self.notify(message.error, title="Generation failed", severity="error")
+
+    def on_model_loaded(self, message: ModelLoaded) -> None:
+        self.update_status()
+
+    def update_status(self) -> None:
+        if not self.query(StatusBar):  # not composed yet
+            return
+        info = self.bridge.info
+        self.status.model = (info.get("source") or self.settings.model or "no model") + (
+            "" if self.bridge.ready else " (loading…)")
+        self.status.context_length = info.get("context_length", 0)
+        self.status.context_used = self.bridge.context_used(self.chat_id) if self.chat_id else 0
+
+    # --- actions ----------------------------------------------------------------------------
+    def action_stop(self) -> None:
+        if self.bridge.busy:
+            self.bridge.stop()
+
+    async def action_new_chat(self) -> None:
+        if self.bridge.busy:
+            self.bridge.stop()
+        await self.new_chat()
+        self.query_one(ChatInput).focus()
+
+    def last_message_widget(self, role: str) -> ChatMessage | None:
+        found = [w for w in self.conversation.query(ChatMessage) if w.role == role]
+        return found[-1] if found else None
+
+    async def action_regenerate(self) -> None:
+        if self.bridge.busy or self.chat_id is None or not self.bridge.ready:
+            return
+        messages = self.store.messages(self.chat_id)
+        if not messages or messages[-1].role != "assistant":
+            self.notify("Nothing to regenerate yet.")
+            return
+        self.store.delete_messages_from(self.chat_id, messages[-1].seq)
+        widget = self.last_message_widget("assistant")
+        if widget is not None:
+            await widget.remove()
+        await self.start_answer()
+
+    async def action_edit_last(self) -> None:
+        if self.bridge.busy or self.chat_id is None:
+            return
+        users = [m for m in self.store.messages(self.chat_id) if m.role == "user"]
+        if not users:
+            return
+        last = users[-1]
+        self.store.delete_messages_from(self.chat_id, last.seq)
+        widgets = list(self.conversation.query(ChatMessage))
+        ids = [w.message_id for w in widgets]
+        if last.id in ids:
+            for w in widgets[ids.index(last.id):]:
+                await w.remove()
+        chat_input = self.query_one(ChatInput)
+        chat_input.text = last.content
+        chat_input.focus()
+        chat_input.move_cursor(chat_input.document.end)
+        self.notify("Edit the message and press Enter to resend it.")
+
+    def action_inspect(self) -> None:
+        from tui.screens.inspector import TokenInspector
+
+        widget = self.last_message_widget("assistant")
+        if widget is None or not widget.tokens:
+            self.notify("Token details exist for answers generated in this session.")
+            return
+        self.app.push_screen(TokenInspector(widget.tokens, self.bridge.engine.tokenizer))
+
+    def action_settings(self) -> None:
+        from tui.screens.settings_screen import SettingsScreen
+
+        async def apply(result: ChatSettings | None) -> None:
+            if result is None:
+                return
+            self.settings = result
+            if self.chat_id is not None:
+                self.store.update_settings(self.chat_id, result.to_dict())
+            self.app.ensure_model(result.model)
+            self.notify("Settings apply from the next answer.")
+
+        self.app.push_screen(SettingsScreen(self.settings, self.app.model_choices()), apply)
+
+    def action_toggle_chats(self) -> None:
+        chats = self.query_one(ChatList)
+        chats.display = not chats.display
+
+    @on(ChatList.ChatChosen)
+    async def chat_chosen(self, event: ChatList.ChatChosen) -> None:
+        if event.chat_id == self.chat_id:
+            return
+        if self.bridge.busy:
+            self.bridge.stop()
+        await self.open_chat(event.chat_id)
+
+    def action_rename_chat(self) -> None:
+        from tui.screens.prompt_screen import PromptScreen
+
+        if self.chat_id is None:
+            return
+        current = self.store.get_conversation(self.chat_id).title
+
+        async def rename(title: str | None) -> None:
+            if title:
+                self.store.rename_conversation(self.chat_id, title)
+                await self.refresh_chat_list()
+
+        self.app.push_screen(PromptScreen("Rename chat", current), rename)
+
+    def action_delete_chat(self) -> None:
+        from tui.screens.prompt_screen import ConfirmScreen
+
+        if self.chat_id is None:
+            return
+        title = self.store.get_conversation(self.chat_id).title
+
+        async def delete(yes: bool | None) -> None:
+            if yes:
+                self.bridge.forget(self.chat_id)
+                self.store.delete_conversation(self.chat_id)
+                chats = self.store.list_conversations()
+                if chats:
+                    await self.open_chat(chats[0].id)
+                else:
+                    await self.new_chat()
+
+        self.app.push_screen(ConfirmScreen(f"Delete “{title}”? This cannot be undone."), delete)
+
+    def action_copy_last(self) -> None:
+        widget = self.last_message_widget("assistant")
+        if widget is None:
+            return
+        self.app.copy_text(widget.content)
+
+    def action_export_chat(self) -> None:
+        if self.chat_id is None:
+            return
+        path = self.app.export_chat(self.chat_id)
+        self.notify(f"Exported to {path}")

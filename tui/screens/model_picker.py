@@ -1,0 +1,40 @@
+"""Choose a model: local models and the built-in catalog (shown when loading fails, or on demand)."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Input, Label, OptionList
+from textual.widgets.option_list import Option
+
+
+class ModelPicker(ModalScreen[str | None]):
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
+
+    def __init__(self, models: list[dict], reason: str | None = None) -> None:
+        super().__init__(classes="dialog-screen")
+        self.models = models
+        self.reason = reason
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog picker"):
+            yield Label("Choose a model", classes="dialog-title")
+            if self.reason:
+                yield Label(self.reason, classes="error-text")
+            options = []
+            for m in self.models:
+                status = "downloaded" if m.get("pulled") else "download on first use"
+                detail = " · ".join(str(x) for x in (m.get("architecture"), m.get("params"),
+                                                     m.get("quantization"), status) if x)
+                options.append(Option(f"{m['name']}  [dim]{detail}[/dim]", id=m["name"]))
+            yield OptionList(*options, id="models")
+            yield Label("…or a .gguf path, a model folder or a Hugging Face repo id:")
+            yield Input(placeholder="owner/name or /path/to/model.gguf", id="custom")
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(event.option.id)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value.strip() or None)

@@ -1,0 +1,63 @@
+"""Per-chat settings: model, system prompt, temperature, top-p, min-p, max tokens."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Select, TextArea
+
+from tui.settings import ChatSettings
+
+NUMBER_FIELDS = (  # (attribute, label, type, lower, upper)
+    ("temperature", "Temperature (0 = greedy)", float, 0.0, 5.0),
+    ("top_p", "Top-p (1 = off)", float, 0.01, 1.0),
+    ("min_p", "Min-p (0 = off)", float, 0.0, 0.99),
+    ("max_tokens", "Max tokens", int, 1, 32768),
+)
+
+
+class SettingsScreen(ModalScreen[ChatSettings | None]):
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel"), Binding("ctrl+s", "save", "Save")]
+
+    def __init__(self, settings: ChatSettings, models: list[str]) -> None:
+        super().__init__(classes="dialog-screen")
+        self.settings = settings
+        self.models = list(dict.fromkeys([settings.model, *models]))
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(classes="dialog settings"):
+            yield Label("Chat settings", classes="dialog-title")
+            yield Label("Model")
+            yield Select([(m, m) for m in self.models], value=self.settings.model, allow_blank=False, id="model")
+            yield Label("System prompt")
+            yield TextArea(self.settings.system, id="system", classes="system-prompt")
+            for name, label, _, _, _ in NUMBER_FIELDS:
+                yield Label(label)
+                yield Input(str(getattr(self.settings, name)), id=name)
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Save", variant="primary", id="save")
+                yield Button("Cancel", id="cancel")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "save":
+            self.action_save()
+        else:
+            self.dismiss(None)
+
+    def action_save(self) -> None:
+        values = {"model": self.query_one("#model", Select).value,
+                  "system": self.query_one("#system", TextArea).text.strip()}
+        for name, label, kind, lower, upper in NUMBER_FIELDS:
+            raw = self.query_one(f"#{name}", Input).value.strip()
+            try:
+                value = kind(raw)
+            except ValueError:
+                self.notify(f"{label}: '{raw}' is not a number", severity="error")
+                return
+            if not lower <= value <= upper:
+                self.notify(f"{label} must be between {lower} and {upper}", severity="error")
+                return
+            values[name] = value
+        self.dismiss(ChatSettings(**values))

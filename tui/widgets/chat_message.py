@@ -1,0 +1,63 @@
+"""One message in the conversation: a role label and its Markdown body, streamed for answers."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import Label, Markdown
+
+ROLE_LABELS = {"user": "You", "assistant": "Assistant", "system": "System"}
+
+
+class ChatMessage(Vertical):
+    """`tokens` keeps the answer's token events for the inspector."""
+
+    def __init__(self, role: str, content: str = "", meta: dict | None = None, finish_reason: str | None = None,
+                 message_id: int | None = None) -> None:
+        super().__init__(classes=f"message {role}")
+        self.role = role
+        self.content = content
+        self.meta = dict(meta or {})
+        self.finish_reason = finish_reason
+        self.message_id = message_id
+        self.tokens: list = []
+        self._stream = None
+
+    def compose(self) -> ComposeResult:
+        yield Label(self._label_text(), classes="role")
+        yield Markdown(self.content, classes="body")
+
+    def _label_text(self) -> str:
+        text = ROLE_LABELS.get(self.role, self.role)
+        adapters = self.meta.get("adapters")
+        if adapters:
+            text += "  · " + ", ".join(f"{k}×{v:g}" for k, v in adapters.items())
+        if self.finish_reason == "cancelled":
+            text += "  · stopped"
+        elif self.finish_reason == "error":
+            text += "  · failed"
+        return text
+
+    @property
+    def markdown(self) -> Markdown:
+        return self.query_one(".body", Markdown)
+
+    async def append(self, text: str) -> None:
+        """Stream more text into the body (batched by Textual when it arrives faster than it renders)."""
+        if not text:
+            return
+        self.content += text
+        if self._stream is None:
+            self._stream = Markdown.get_stream(self.markdown)
+        await self._stream.write(text)
+
+    async def finish(self, finish_reason: str | None, meta: dict | None = None) -> None:
+        if self._stream is not None:
+            await self._stream.stop()
+            self._stream = None
+        self.finish_reason = finish_reason
+        if meta:
+            self.meta.update(meta)
+        await self.markdown.update(self.content)
+        self.query_one(".role", Label).update(self._label_text())
+        self.set_class(finish_reason == "cancelled", "stopped")

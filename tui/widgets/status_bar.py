@@ -1,0 +1,30 @@
+"""The bottom status line: model, speed, time to first token, context use, memory."""
+
+from __future__ import annotations
+
+from textual.reactive import reactive
+from textual.widgets import Static
+
+
+class StatusBar(Static):
+    model = reactive("loading…")
+    decode_tps = reactive(0.0)
+    ttft_ms = reactive(0.0)
+    context_used = reactive(0)
+    context_length = reactive(0)
+    memory_mb = reactive(0.0)
+    state = reactive("")
+
+    def render(self) -> str:
+        parts = [self.model]
+        if self.state:
+            parts.append(self.state)
+        if self.decode_tps:
+            parts.append(f"{self.decode_tps:.1f} tok/s")
+        if self.ttft_ms:
+            parts.append(f"first token {self.ttft_ms:.0f} ms")
+        if self.context_length:
+            parts.append(f"context {self.context_used}/{self.context_length}")
+        if self.memory_mb:
+            parts.append(f"{self.memory_mb:.0f} MB")
+        return "  │  ".join(parts)

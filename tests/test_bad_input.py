@@ -155,3 +155,20 @@ def test_unknown_model_name(tmp_path):
 def test_pull_unknown_catalog_name(tmp_path):
     message = error_line(run_macllm(tmp_path, "pull", "no-such-model"))
     assert "no catalog model named no-such-model" in message
+
+
+def test_gguf_with_a_tensor_type_not_supported_yet(tmp_path):
+    import gguf
+    import numpy as np
+    from gguf.quants import quantize
+
+    path = tmp_path / "q5.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(1)
+    q5 = gguf.GGMLQuantizationType.Q5_0
+    writer.add_tensor("blk.0.attn_q.weight", quantize(np.ones((64, 64), np.float32), q5), raw_dtype=q5)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert "tensor type(s) Q5_0, not supported yet" in generate_error(tmp_path, path)

@@ -69,6 +69,7 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name="macllm-engine", daemon=True)
         self._thread.start()
         self.loaded = None
+        self._adapters = None  # AdapterManager for the loaded model, made on first use
         self.conversations: dict[str, Conversation] = {}
         if model is not None:
             try:
@@ -126,8 +127,8 @@ class Engine:
 
             loaded = load_model(source, keep_quantized=keep_quantized, progress=progress)
             self.loaded = loaded
-            for conv in self.conversations.values():
-                conv.invalidate_cache()
+            self._adapters = None  # adapters belong to the model they were loaded onto
+            self._invalidate_caches()
             return loaded.info
 
         return self.submit(job)
@@ -147,6 +148,53 @@ class Engine:
 
     def tokenize(self, text: str, add_bos: bool | None = None) -> list[int]:
         return self.submit(lambda: self._require_model().tokenizer.encode(text, add_bos=add_bos)).result()
+
+    # --- adapters ---------------------------------------------------------------------------
+    # Synchronous: each runs on the engine thread (after any generation in flight) and returns or raises.
+    def _adapter_manager(self):
+        if self._adapters is None:
+            from macllm.lora.manager import AdapterManager
+
+            loaded = self._require_model()
+            self._adapters = AdapterManager(loaded.model, loaded.config, loaded.info.get("source"))
+        return self._adapters
+
+    def load_adapter(self, ref: str, name: str | None = None) -> dict:
+        """Read an adapter (store name or folder) and keep it in memory, inactive. Returns its summary."""
+        def job():
+            from macllm.lora import formats, store
+
+            manager = self._adapter_manager()
+            adapter = formats.read_adapter(store.resolve(ref), name=name)
+            manager.load(adapter)
+            return next(a for a in manager.describe()["loaded"] if a["name"] == adapter.name)
+
+        return self.submit(job).result()
+
+    def set_adapters(self, scales: dict[str, float] | None) -> None:
+        """Activate exactly these loaded adapters ({} or None: none). KV caches computed under the
+        previous set are dropped, so the next turn of every conversation is prefilled again."""
+        def job():
+            if self._adapter_manager().activate(dict(scales or {})):
+                self._invalidate_caches()
+
+        self.submit(job).result()
+
+    def unload_adapter(self, name: str) -> None:
+        def job():
+            if self._adapter_manager().unload(name):
+                self._invalidate_caches()
+
+        self.submit(job).result()
+
+    @property
+    def adapters(self) -> dict:
+        """{"loaded": [summaries], "active": {name: scale}}."""
+        return self.submit(lambda: self._adapter_manager().describe()).result()
+
+    def _invalidate_caches(self) -> None:
+        for conv in self.conversations.values():
+            conv.invalidate_cache()
 
     # --- generation -----------------------------------------------------------------------
     def _stream_job(self, make_prompt: Callable, params: GenerationParams, conv: Conversation | None

@@ -1,0 +1,187 @@
+"""Adapter folders on disk: mlx-lm's format (read + write) and Hugging Face PEFT's (read).
+
+mlx-lm: adapter_config.json {fine_tune_type, num_layers, lora_parameters: {rank, scale, dropout, keys}}
+        + adapters.safetensors with `<module path>.lora_a` (in x rank) and `.lora_b` (rank x out).
+PEFT:   adapter_config.json {peft_type: LORA, r, lora_alpha, target_modules, ...}
+        + adapter_model.safetensors with `base_model.model.<module path>.lora_A.weight` (rank x in) and
+        `.lora_B.weight` (out x rank); scale = lora_alpha / r (or / sqrt(r) with use_rslora).
+Our own extras ride along in mlx-lm's config under "macllm" (mlx-lm ignores unknown keys).
+Every problem is one MacllmError naming the file; nothing is returned half-read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import mlx.core as mx
+
+from macllm.errors import MacllmError
+from macllm.lora.adapter import Adapter
+
+CONFIG = "adapter_config.json"
+MLX_WEIGHTS = "adapters.safetensors"
+PEFT_WEIGHTS = "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."
+
+
+def read_adapter(folder: Path, name: str | None = None) -> Adapter:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MacllmError(f"adapter folder {folder} does not exist")
+    config = _read_config(folder)
+    name = name or folder.name
+    if "peft_type" in config or (folder / PEFT_WEIGHTS).exists():
+        return _read_peft(folder, config, name)
+    return _read_mlx_lm(folder, config, name)
+
+
+def _read_config(folder: Path) -> dict:
+    path = folder / CONFIG
+    if not path.exists():
+        raise MacllmError(f"{folder} has no {CONFIG}; it is not an adapter folder")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MacllmError(f"{path} is not valid JSON ({getattr(e, 'msg', e)})") from None
+    if not isinstance(config, dict):
+        raise MacllmError(f"{path} is not an adapter config (expected a JSON object)")
+    return config
+
+
+def _load_tensors(path: Path) -> dict[str, mx.array]:
+    if not path.exists():
+        raise MacllmError(f"{path.parent} has no {path.name}")
+    try:
+        tensors = mx.load(str(path))
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise MacllmError(f"cannot read {path} ({first}); the file is truncated or damaged") from None
+    if not isinstance(tensors, dict) or not tensors:
+        raise MacllmError(f"{path} holds no tensors")
+    return tensors
+
+
+def _number(config: dict, key: str, path: Path, kind=float):
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+        raise MacllmError(f"{path}: {key} must be a number, got {value!r}")
+    return kind(value)
+
+
+def _pairs(tensors: dict, a_suffix: str, b_suffix: str, strip: str, path: Path) -> dict[str, list]:
+    """module path -> [A-tensor, B-tensor] as stored; every tensor must be one half of a pair."""
+    pairs: dict[str, list] = {}
+    for key, value in tensors.items():
+        body = key[len(strip):] if strip and key.startswith(strip) else key
+        for i, suffix in enumerate((a_suffix, b_suffix)):
+            if body.endswith(suffix):
+                pairs.setdefault(body[: -len(suffix)], [None, None])[i] = value
+                break
+        else:
+            raise MacllmError(f"{path}: tensor {key} is not a LoRA {a_suffix.strip('.')}/{b_suffix.strip('.')} "
+                              f"weight (only LoRA on linear layers is supported)")
+    for module, (a, b) in pairs.items():
+        if a is None or b is None:
+            raise MacllmError(f"{path}: {module} has only one of its two LoRA matrices")
+        if a.ndim != 2 or b.ndim != 2:
+            raise MacllmError(f"{path}: {module} LoRA matrices must be 2-D")
+    return pairs
+
+
+def _check_rank(pairs: dict[str, tuple], rank: int, path: Path) -> None:
+    for module, (a, b) in pairs.items():
+        if a.shape[1] != rank or b.shape[0] != rank:
+            raise MacllmError(f"{path}: {module} has rank {a.shape[1]}x{b.shape[0]} but the config says "
+                              f"rank {rank}")
+
+
+def _read_mlx_lm(folder: Path, config: dict, name: str) -> Adapter:
+    cpath = folder / CONFIG
+    kind = config.get("fine_tune_type", "lora")
+    if kind != "lora":
+        raise MacllmError(f"{cpath}: fine_tune_type {kind!r} is not supported (only LoRA adapters)")
+    params = config.get("lora_parameters")
+    if not isinstance(params, dict):
+        raise MacllmError(f"{cpath} has no lora_parameters block")
+    rank = _number(params, "rank", cpath, int)
+    scale = _number(params, "scale", cpath)
+    dropout = float(params.get("dropout") or 0.0)
+    wpath = folder / MLX_WEIGHTS
+    raw = _pairs(_load_tensors(wpath), ".lora_a", ".lora_b", "", wpath)
+    pairs = {m: (a, b) for m, (a, b) in raw.items()}
+    _check_rank(pairs, rank, wpath)
+    ours = config.get("macllm") if isinstance(config.get("macllm"), dict) else {}
+    return Adapter(
+        name=name, rank=rank, scale=scale, weights=pairs, dropout=dropout,
+        num_layers=config.get("num_layers"), keys=list(params.get("keys") or []),
+        base_model=ours.get("base_model") or config.get("model"),
+        base_fingerprint=ours.get("base_fingerprint"), created=ours.get("created"),
+        training=ours.get("training"), format="mlx-lm", path=folder)
+
+
+def _read_peft(folder: Path, config: dict, name: str) -> Adapter:
+    cpath = folder / CONFIG
+    if str(config.get("peft_type", "LORA")).upper() != "LORA":
+        raise MacllmError(f"{cpath}: peft_type {config.get('peft_type')!r} is not supported (only LORA)")
+    if config.get("rank_pattern") or config.get("alpha_pattern"):
+        raise MacllmError(f"{cpath}: per-layer rank_pattern/alpha_pattern is not supported")
+    if config.get("use_dora"):
+        raise MacllmError(f"{cpath}: DoRA adapters are not supported")
+    rank = _number(config, "r", cpath, int)
+    alpha = _number(config, "lora_alpha", cpath)
+    scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+    wpath = folder / PEFT_WEIGHTS
+    if not wpath.exists() and (folder / MLX_WEIGHTS).exists():
+        raise MacllmError(f"{cpath} is a PEFT config but the folder holds mlx-lm weights")
+    raw = _pairs(_load_tensors(wpath), ".lora_A.weight", ".lora_B.weight", PEFT_PREFIX, wpath)
+    pairs = {m: (a.T, b.T) for m, (a, b) in raw.items()}  # PEFT stores them as nn.Linear weights
+    _check_rank(pairs, rank, wpath)
+    keys = sorted({m.split(".layers.")[-1].split(".", 1)[-1] for m in pairs})
+    return Adapter(
+        name=name, rank=rank, scale=scale, weights=pairs, dropout=float(config.get("lora_dropout") or 0.0),
+        keys=keys, base_model=config.get("base_model_name_or_path"),
+        format="peft", path=folder)
+
+
+def write_adapter(adapter: Adapter, out: Path, num_model_layers: int, overwrite: bool = False) -> Path:
+    """mlx-lm's format, written into a temporary sibling and renamed into place (atomic)."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise MacllmError(f"{out} already exists; choose another name or remove it")
+    layers = adapter.layer_indices
+    # mlx-lm wraps the last `num_layers` layers; cover from the first adapted one to the end.
+    num_layers = num_model_layers - min(layers) if layers else 0
+    keys = adapter.keys or sorted({m.split(".layers.")[-1].split(".", 1)[-1] for m in adapter.weights})
+    config = {
+        "fine_tune_type": "lora",
+        "num_layers": num_layers,
+        "lora_parameters": {"rank": adapter.rank, "scale": adapter.scale, "dropout": adapter.dropout,
+                            "keys": keys},
+        "model": adapter.base_model,
+        "macllm": {"base_model": adapter.base_model, "base_fingerprint": adapter.base_fingerprint,
+                   "created": adapter.created, "training": adapter.training},
+    }
+    tensors = {}
+    for module, (a, b) in adapter.weights.items():
+        tensors[f"{module}.lora_a"] = a
+        tensors[f"{module}.lora_b"] = b
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2))
+        mx.save_safetensors(str(tmp / MLX_WEIGHTS), tensors, metadata={"format": "mlx"})
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise MacllmError(f"could not write {out}: {e.strerror or e}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

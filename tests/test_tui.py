@@ -262,3 +262,41 @@ async def test_bad_model_opens_picker(store, tmp_path):
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: isinstance(app.screen, ModelPicker))
         assert "not found" in app.screen.reason
+
+
+async def test_autoscroll_follows_only_at_the_bottom(tiny_llama_gguf, store, tmp_path, slow_tokens):
+    chat = store.create_conversation("long", {"temperature": 0.0, "max_tokens": 120})
+    for i in range(5):  # history taller than the screen (and within the tiny model's 512-token context)
+        store.add_message(chat.id, "user", f"q{i}")
+        store.add_message(chat.id, "assistant", "\n\n".join(f"p{j}" for j in range(4)))
+    app = make_app(tiny_llama_gguf, store, tmp_path, max_tokens=120)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        conversation = screen.conversation
+        chat_input = screen.query_one(ChatInput)
+        chat_input.text = "again"
+        chat_input.focus()
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: screen.answer_widget is not None and len(screen.answer_widget.tokens) > 3)
+        await pilot.pause(0.1)
+        assert conversation.max_scroll_y > 0
+        assert conversation.scroll_y == conversation.max_scroll_y  # following the stream
+        # What a mouse wheel or scrollbar drag does: release the anchor and move up.
+        conversation.release_anchor()
+        conversation.scroll_to(y=0, animate=False, immediate=True)
+        await wait_until(pilot, lambda: not app.bridge.busy and screen.answer_widget is None)
+        await pilot.pause(0.1)
+        assert conversation.scroll_y == 0 and conversation.max_scroll_y > 0  # the reader stayed put
+
+
+async def test_generation_error_becomes_a_notification(tiny_llama_gguf, store, tmp_path):
+    app = make_app(tiny_llama_gguf, store, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await send(pilot, "xq7 " * 200)  # longer than the tiny model's 512-token context
+        assert any("context" in n.message for n in app._notifications)
+        widget = list(screen.query(ChatMessage))[-1]
+        assert widget.finish_reason == "error"
+        await pilot.press("ctrl+l")  # take the too-long message back, then carry on
+        await send(pilot, "hi")
+        assert store.messages(screen.chat_id)[-1].role == "assistant"

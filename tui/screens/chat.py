@@ -171,7 +171,9 @@ class ChatScreen(Screen):
             await self.answer_widget.finish("error")
         self.answer_id, self.answer_widget = None, None
         self.status.state = ""
-        self.notify(message.error, title="Generation failed", severity="error")
+        hint = " Ctrl+L takes your last message back to edit it; Ctrl+N starts a new chat."
+        self.notify(message.error + (hint if "context" in message.error else ""), title="Generation failed",
+                    severity="error", timeout=10)
 
     def on_model_loaded(self, message: ModelLoaded) -> None:
         self.update_status()
@@ -180,8 +182,8 @@ class ChatScreen(Screen):
         if not self.query(StatusBar):  # not composed yet
             return
         info = self.bridge.info
-        self.status.model = (info.get("source") or self.settings.model or "no model") + (
-            "" if self.bridge.ready else " (loading…)")
+        state = "" if self.bridge.ready else " (loading…)" if self.bridge.loading else " (not loaded)"
+        self.status.model = (info.get("source") or self.settings.model or "no model") + state
         self.status.context_length = info.get("context_length", 0)
         self.status.context_used = self.bridge.context_used(self.chat_id) if self.chat_id else 0
 

@@ -43,7 +43,11 @@ def run_app(args) -> int:
     defaults = {"temperature": args.temp, "top_p": args.top_p, "min_p": args.min_p, "max_tokens": args.max_tokens}
     if args.system:
         defaults["system"] = args.system
-    MacllmApp(model=args.model, keep_quantized=args.keep_quantized, default_settings=defaults).run()
+    app = MacllmApp(model=args.model, keep_quantized=args.keep_quantized, default_settings=defaults)
+    try:
+        app.run()
+    finally:
+        app.bridge.shutdown()  # however the app ended: release the engine thread's MLX streams
     return 0
 
 

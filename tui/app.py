@@ -57,6 +57,7 @@ class MacllmApp(App):
 
     def on_model_load_failed(self, message: ModelLoadFailed) -> None:
         self.notify(message.error, title=f"Could not load {message.source}", severity="error", timeout=8)
+        self.refresh_status()  # before the picker covers the chat screen: it no longer says "loading"
         self.action_pick_model(reason=message.error)
 
     def refresh_status(self) -> None:

@@ -41,7 +41,8 @@ class TokenStrip(Static):
             if i == self.selected:
                 style += " bold underline reverse"
             text.append(visible_piece(piece), style=style)
-            text.append(" ")
+            if not piece.endswith("\n"):  # a gap between tokens, but no stray indent on the next line
+                text.append(" ")
         return text
 
 

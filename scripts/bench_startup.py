@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -31,13 +30,14 @@ POLL_S = 0.05
 
 
 class Tmux:
-    """A tmux server of our own (its own socket), so stopping it touches nothing else."""
+    """A tmux server of our own (its socket in `folder`), so stopping it touches nothing else."""
 
-    def __init__(self) -> None:
-        self.socket = f"macllm-bench-{os.getpid()}"
+    def __init__(self, folder: Path) -> None:
+        self.socket = str(folder / "tmux.sock")
 
     def __call__(self, *args: str) -> str:
-        done = subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True)
+        # -f /dev/null: the user's tmux.conf does not change what is measured.
+        done = subprocess.run(["tmux", "-S", self.socket, "-f", "/dev/null", *args], capture_output=True, text=True)
         return done.stdout
 
     def screen(self) -> str:
@@ -50,11 +50,14 @@ class Tmux:
 def one_run(macllm: str, models: Path, timeout: float) -> dict:
     with tempfile.TemporaryDirectory() as home:
         (Path(home) / "models").symlink_to(models)
-        tmux = Tmux()
-        command = f"env MACLLM_HOME='{home}' LANG=C.UTF-8 '{macllm}' chat"
+        tmux = Tmux(Path(home))
+        exit_file = Path(home) / "exit-code"
+        command = f"env MACLLM_HOME='{home}' LANG=C.UTF-8 '{macllm}' chat; echo $? > '{exit_file}'"
         try:
             start = time.perf_counter()
-            tmux("new-session", "-d", "-s", "bench", "-x", "120", "-y", "40", command)
+            # The pane stays after the app exits, so a crash leaves its message readable.
+            tmux("new-session", "-d", "-s", "bench", "-x", "120", "-y", "40", command, ";",
+                 "set-option", "-t", "bench", "remain-on-exit", "on")
             visible = None
             while time.perf_counter() - start < timeout:
                 text = tmux.screen()
@@ -65,6 +68,8 @@ def one_run(macllm: str, models: Path, timeout: float) -> dict:
                         return {"input_visible_s": round(visible, 3), "model_ready_s": round(now, 3)}
                 if "(not loaded)" in text or "Choose a model" in text:
                     raise RuntimeError(f"the model did not load:\n{text}")
+                if exit_file.exists():
+                    raise RuntimeError(f"the app exited before it was ready:\n{text}")
                 time.sleep(POLL_S)
             raise RuntimeError(f"not ready after {timeout:.0f} s:\n{tmux.screen()}")
         finally:

@@ -12,12 +12,12 @@ cd "$(dirname "$0")/.."
 MACLLM=${MACLLM:-.venv/bin/macllm}
 MODEL=smollm2-135m  # the default model; the app is started without naming it
 ANSWER_TIMEOUT=${SMOKE_ANSWER_TIMEOUT:-60}
-SOCKET=macllm-smoke-$$  # a tmux server of our own: killing it touches nothing else
 SESSION=smoke
 WORK=$(mktemp -d)
+SOCKET=$WORK/tmux.sock  # a tmux server of our own: killing it touches nothing else
 
 say() { printf 'smoke: %s\n' "$*" >&2; }
-t() { tmux -L "$SOCKET" "$@"; }
+t() { tmux -S "$SOCKET" -f /dev/null "$@"; }  # no user tmux.conf: the same screen everywhere
 screen() { t capture-pane -p -t "$SESSION" 2>/dev/null || true; }
 cleanup() {
   t kill-server 2>/dev/null || true
@@ -43,6 +43,7 @@ wait_for() {
     if grep -qE "Choose a model|\(not loaded\)" <<<"$text"; then
       fail "the model did not load"
     fi
+    [ -s "$WORK/exit-code" ] && fail "the app exited early (status $(cat "$WORK/exit-code"))"
     sleep 0.1
   done
   fail "waited ${timeout}s for /$pattern/"
@@ -74,9 +75,8 @@ ln -s "$(cd "$MACLLM_HOME" && pwd)/models" "$APP_HOME/models"
 
 start=$SECONDS
 t new-session -d -s "$SESSION" -x 120 -y 40 \
-  "env MACLLM_HOME='$APP_HOME' LANG=C.UTF-8 '$MACLLM' chat --temp 0; echo \$? > '$WORK/exit-code'"
-# Keep the pane after the app exits, so its last screen stays readable.
-t set-option -t "$SESSION" remain-on-exit on >/dev/null
+  "env MACLLM_HOME='$APP_HOME' LANG=C.UTF-8 '$MACLLM' chat --temp 0; echo \$? > '$WORK/exit-code'" \; \
+  set-option -t "$SESSION" remain-on-exit on >/dev/null  # the pane outlives the app: a crash stays readable
 
 wait_for "$MODEL" 30 "\(loading"
 say "ready after $((SECONDS - start)) s"

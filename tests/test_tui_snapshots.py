@@ -14,6 +14,8 @@ import shutil
 
 import pytest
 
+from macllm import hub
+from macllm.catalog import DEFAULT_MODEL
 from macllm.chat_store import ChatStore
 from tests.test_tui import SIZE, ready, send, wait_until
 from tui.app import MacllmApp
@@ -39,8 +41,11 @@ def greet(name):
 
 @pytest.fixture
 def app_in(tiny_llama_gguf, tmp_path, monkeypatch):
-    """An app factory working in tmp_path: its own home (catalog models only), chat store and model copy."""
+    """An app factory working in tmp_path: its own home (nothing downloaded), chat store and model copy."""
     monkeypatch.setenv("MACLLM_HOME", str(tmp_path / "home"))
+    # The catalog grows; the picker's picture should not change with it. Keep the default model's real entry.
+    all_models = hub.local_models
+    monkeypatch.setattr(hub, "local_models", lambda: [m for m in all_models() if m["name"] == DEFAULT_MODEL])
     monkeypatch.chdir(tmp_path)
     shutil.copy(tiny_llama_gguf, tmp_path / MODEL)
     store = ChatStore(tmp_path / "chats.sqlite3")

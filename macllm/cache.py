@@ -37,6 +37,16 @@ class KVCache:
             self.keys = mx.concatenate([used_k, k_more], axis=2)
             self.values = mx.concatenate([used_v, v_more], axis=2)
 
+    def can_trim(self, n: int) -> bool:
+        return True
+
+    def reset(self) -> None:
+        self.__init__()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a[..., :self.offset, :].nbytes for a in self.state)
+
     def trim(self, n: int) -> int:
         """Forget the last n positions (for regenerate / edited prompts)."""
         n = min(self.offset, n)
@@ -48,14 +58,32 @@ class KVCache:
         return [a for a in (self.keys, self.values) if a is not None]
 
 
-def make_cache(model) -> list[KVCache]:
-    return [KVCache() for _ in range(model.num_layers)]
+def make_cache(model, kv_bits: int | None = None) -> list:
+    """One cache per layer. Models with special layers (Gemma's sliding windows) choose their own;
+    `kv_bits` (or the model's `kv_bits` attribute, set by --kv-bits) stores keys/values quantized."""
+    kv_bits = kv_bits or getattr(model, "kv_bits", None)
+    if hasattr(model, "make_cache"):
+        return model.make_cache(kv_bits)
+    from macllm.cache_quantized import make_full_cache
+
+    return [make_full_cache(kv_bits) for _ in range(model.num_layers)]
 
 
 def cache_length(cache: list[KVCache]) -> int:
     return cache[0].offset if cache else 0
 
 
-def trim_cache(cache: list[KVCache], n: int) -> None:
+def trim_cache(cache: list[KVCache], n: int) -> bool:
+    """Forget the last n positions; if some layer can no longer go back that far (a sliding window
+    that dropped old positions), empty every layer instead and return False."""
+    if all(c.can_trim(n) for c in cache):
+        for c in cache:
+            c.trim(n)
+        return True
     for c in cache:
-        c.trim(n)
+        c.reset()
+    return False
+
+
+def cache_nbytes(cache: list) -> int:
+    return sum(c.nbytes for c in cache)

@@ -118,7 +118,8 @@ def stream_generate(model, tokenizer, prompt: list[int], params: GenerationParam
     cached = list(cached or [])[: cache_length(cache)]
     reuse = common_prefix_length(cached, prompt)
     reuse = min(reuse, len(prompt) - 1)  # at least one token must run to produce logits
-    trim_cache(cache, cache_length(cache) - reuse)
+    if not trim_cache(cache, cache_length(cache) - reuse):
+        reuse = 0  # a sliding-window layer had dropped positions the reused prefix needs
     fed = list(prompt)
     stats = GenerationStats(prompt_tokens=len(prompt), prefilled_tokens=len(prompt) - reuse)
     backend.reset_peak_memory()

@@ -79,10 +79,16 @@ def read_model_files(path: Path):
     from macllm.tokenizer import Tokenizer
 
     if path.is_file():
-        from macllm.formats.gguf_model import load_gguf_model
+        from macllm.formats.gguf_import import import_cache_path, imported_folder
+        from macllm.formats.gguf_model import NeedsImport, load_gguf_model
 
-        cfg, weights, meta, periods = load_gguf_model(path)
-        return cfg, weights, Tokenizer.from_gguf_metadata(meta), periods
+        if not (import_cache_path(path) / "config.json").is_file():
+            try:
+                cfg, weights, meta, periods = load_gguf_model(path)
+                return cfg, weights, Tokenizer.from_gguf_metadata(meta), periods
+            except NeedsImport:
+                pass
+        path = imported_folder(path, progress=True)
     from macllm.formats.safetensors import load_folder_model
 
     cfg, weights = load_folder_model(path)

@@ -160,15 +160,21 @@ def test_pull_unknown_catalog_name(tmp_path):
 def test_gguf_with_a_tensor_type_not_supported_yet(tmp_path):
     import gguf
     import numpy as np
-    from gguf.quants import quantize
 
-    path = tmp_path / "q5.gguf"
+    from tests import tiny_models
+
+    path = tmp_path / "q8k.gguf"
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_block_count(1)
-    q5 = gguf.GGMLQuantizationType.Q5_0
-    writer.add_tensor("blk.0.attn_q.weight", quantize(np.ones((64, 64), np.float32), q5), raw_dtype=q5)
+    writer.add_embedding_length(64)
+    writer.add_feed_forward_length(128)
+    writer.add_head_count(4)
+    writer.add_token_list(tiny_models.tokenizer_metadata()["tokenizer.ggml.tokens"])
+    # Q5_0 and the k-quants are imported now; Q8_K (llama.cpp's internal dot-product type) is not.
+    q8k = gguf.GGMLQuantizationType.Q8_K
+    writer.add_tensor("blk.0.attn_q.weight", np.zeros((64, 292), np.uint8), raw_dtype=q8k)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    assert "tensor type(s) Q5_0, not supported yet" in generate_error(tmp_path, path)
+    assert "uses GGUF type Q8_K, which macllm cannot import yet" in generate_error(tmp_path, path)

@@ -24,6 +24,19 @@ _LAYER_NAMES = {
     "attn_norm": "input_layernorm",
     "ffn_norm": "post_attention_layernorm",
 }
+# Gemma 3 names its norms differently: ffn_norm is the norm *before* the FFN, and there are post-norms.
+_GEMMA3_LAYER_NAMES = {
+    **_LAYER_NAMES,
+    "ffn_norm": "pre_feedforward_layernorm",
+    "post_attention_norm": "post_attention_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+}
+_ARCH_LAYER_NAMES = {"gemma3": _GEMMA3_LAYER_NAMES}
+# llama.cpp's converter stores Gemma norm weights as 1 + w (its norm multiplies by the weight);
+# Hugging Face and mlx-lm keep w and multiply by 1 + w.
+_NORM_SHIFTED = {"gemma3"}
 _TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 _BLOCK = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias|scales|biases)$")
 _TOP = re.compile(r"^([a-z_]+)\.(weight|bias|scales|biases)$")
@@ -32,13 +45,14 @@ _TOP = re.compile(r"^([a-z_]+)\.(weight|bias|scales|biases)$")
 _PERMUTED_QK = {"llama", "mistral"}
 
 
-def hf_name(name: str) -> str | None:
+def hf_name(name: str, arch: str = "llama") -> str | None:
     m = _BLOCK.match(name)
     if m:
         layer, part, kind = m.groups()
-        if part not in _LAYER_NAMES:
+        names = _ARCH_LAYER_NAMES.get(arch, _LAYER_NAMES)
+        if part not in names:
             return None
-        return f"model.layers.{layer}.{_LAYER_NAMES[part]}.{kind}"
+        return f"model.layers.{layer}.{names[part]}.{kind}"
     m = _TOP.match(name)
     if m and m.group(1) in _TOP_NAMES:
         return f"{_TOP_NAMES[m.group(1)]}.{m.group(2)}"
@@ -75,7 +89,7 @@ def config_from_metadata(meta: dict, weights: dict) -> ModelConfig:
     rope_scaling = None
     if get("rope.scaling.type") == "linear" and get("rope.scaling.factor"):
         rope_scaling = {"rope_type": "linear", "factor": float(get("rope.scaling.factor"))}
-    return ModelConfig(
+    cfg = ModelConfig(
         model_type=arch,
         hidden_size=int(hidden),
         num_hidden_layers=int(get("block_count")),
@@ -91,32 +105,71 @@ def config_from_metadata(meta: dict, weights: dict) -> ModelConfig:
         tie_word_embeddings="output.weight" not in weights,
         attention_bias=arch == "qwen2",
     )
+    if arch == "gemma3":
+        _gemma3_settings(cfg, get)
+    return cfg
+
+
+def _gemma3_settings(cfg: ModelConfig, get) -> None:
+    """What llama.cpp assumes for Gemma 3 beyond the metadata, written the way HF's config.json says it."""
+    cfg.model_type = "gemma3_text"  # mlx-lm's name for the text-only model
+    window = get("attention.sliding_window")
+    # llama.cpp hard-codes: every 6th layer global, local rope base 10k; 27B scales queries by
+    # hidden/heads instead of head_dim.
+    scalar = cfg.hidden_size // cfg.num_attention_heads if cfg.num_hidden_layers == 62 else cfg.head_dim
+    cfg.extra.update({
+        "architectures": ["Gemma3ForCausalLM"],
+        "sliding_window": int(window) if window else 512,
+        "sliding_window_pattern": 6,
+        "rope_local_base_freq": 10000.0,
+        "query_pre_attn_scalar": scalar,
+        "final_logit_softcapping": get("final_logit_softcapping"),
+        "hidden_activation": "gelu_pytorch_tanh",
+    })
+
+
+class NeedsImport(MacllmError):
+    """The file has tensor types MLX cannot read natively; gguf_import converts it."""
 
 
 def _explain_load_failure(path: Path, err: MacllmError) -> MacllmError:
-    """mx.load refuses tensor types it cannot read; name them so the user knows what is wrong."""
-    try:
-        import gguf
+    """mx.load refuses tensor types it cannot read: importable ones mean NeedsImport, others are named."""
+    from macllm.formats.gguf_dequant import check_types, type_name
+    from macllm.formats.gguf_header import read_header
 
-        reader = gguf.GGUFReader(str(path))
-        bad = sorted({t.tensor_type.name for t in reader.tensors} - set(NATIVE_TYPES))
-    except Exception:
+    try:
+        _, infos = read_header(path)
+    except MacllmError:
         return err
-    if bad:
-        return MacllmError(
-            f"{path.name} uses GGUF tensor type(s) {', '.join(bad)}, not supported yet "
-            f"(supported: {', '.join(NATIVE_TYPES)})"
-        )
-    return err
+    bad = sorted({type_name(t.type_id) for t in infos} - set(NATIVE_TYPES))
+    if not bad:
+        return err
+    check_types(infos, path)  # raises, naming a type nothing here can read
+    return NeedsImport(f"{path.name} uses GGUF tensor type(s) {', '.join(bad)}")
 
 
 def load_gguf_model(path: Path) -> tuple[ModelConfig, dict[str, mx.array], dict, mx.array | None]:
-    """Returns config, weights (HF names, quantized triples kept), metadata, rope periods if stored."""
+    """Returns config, weights (HF names, quantized triples kept), metadata, rope periods if stored.
+    Raises NeedsImport for files with types only the gguf package can dequantize."""
     try:
         raw, meta = read_gguf(path)
     except MacllmError as e:
         raise _explain_load_failure(Path(path), e) from None
+    return convert_tensors(raw, meta)
+
+
+def load_gguf_dequantized(path: Path) -> tuple[ModelConfig, dict[str, mx.array], dict, mx.array | None]:
+    """Any GGUF, every tensor dequantized to float exactly as llama.cpp computes it (slow: numpy)."""
+    from macllm.formats.gguf_dequant import read_dequantized
+
+    raw, meta, _ = read_dequantized(Path(path))
+    return convert_tensors(raw, meta)
+
+
+def convert_tensors(raw: dict[str, mx.array], meta: dict):
+    """GGUF names and layout -> mlx-lm's; also the config and rope periods."""
     cfg = config_from_metadata(meta, raw)
+    arch = meta.get("general.architecture")
     weights: dict[str, mx.array] = {}
     rope_periods = None
     for name, value in raw.items():
@@ -126,9 +179,11 @@ def load_gguf_model(path: Path) -> tuple[ModelConfig, dict[str, mx.array], dict,
             base_periods = cfg.rope_theta ** (mx.arange(0, dims, 2, dtype=mx.float32) / dims)
             rope_periods = base_periods * value.astype(mx.float32)
             continue
-        target = hf_name(name)
+        target = hf_name(name, arch)
         if target is None:
             continue
+        if arch in _NORM_SHIFTED and target.endswith("norm.weight"):
+            value = value - 1.0
         if cfg.model_type in _PERMUTED_QK and (".q_proj." in target or ".k_proj." in target):
             heads = cfg.num_attention_heads if ".q_proj." in target else cfg.num_key_value_heads
             value = unpermute_rows(value, heads)

@@ -1,8 +1,8 @@
 """Rebuild a HF `tokenizers.Tokenizer` from the vocabulary stored in GGUF metadata.
 
-Only byte-level BPE (`tokenizer.ggml.model == "gpt2"`) is supported here. The
-pre-tokenizer follows `tokenizer.ggml.pre` the way llama.cpp does, so the ids
-we produce match what the model was trained on.
+Two kinds: byte-level BPE (`tokenizer.ggml.model == "gpt2"`), whose pre-tokenizer follows
+`tokenizer.ggml.pre` the way llama.cpp does, and SentencePiece (`"llama"`: tokens, scores, types, byte
+fallback; see gguf_spm.py). Either way the ids match what llama.cpp produces for the same text.
 """
 
 from __future__ import annotations
@@ -43,12 +43,14 @@ def build_hf_tokenizer_from_gguf(metadata: dict) -> HFTokenizer:
         raise MacllmError("GGUF has no tokenizer metadata; use a model folder with tokenizer.json instead")
     model_type = metadata.get("tokenizer.ggml.model", "gpt2")
     if model_type == "llama":
-        raise MacllmError(
-            "this GGUF uses a SentencePiece tokenizer, which arrives with Gemma support; "
-            "use a model with a byte-level BPE tokenizer (e.g. SmolLM2, Llama 3, Qwen2) for now"
-        )
+        from macllm.formats.gguf_spm import build_spm_tokenizer
+
+        hf = build_spm_tokenizer(metadata, [str(t) for t in tokens])
+        _add_whole_tokens(hf, [str(t) for t in tokens], metadata.get("tokenizer.ggml.token_type"))
+        return hf
     if model_type != "gpt2":
-        raise MacllmError(f"GGUF tokenizer model '{model_type}' is not supported (only byte-level BPE 'gpt2')")
+        raise MacllmError(f"GGUF tokenizer model '{model_type}' is not supported "
+                          "(supported: byte-level BPE 'gpt2', SentencePiece 'llama')")
 
     tokens = [str(t) for t in tokens]
     pre = str(metadata.get("tokenizer.ggml.pre", "default"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from macllm.errors import MacllmError
 
-SUPPORTED = ("llama", "mistral", "qwen2")
+SUPPORTED = ("llama", "mistral", "qwen2", "gemma3")
 
 
 def model_class(model_type: str):
@@ -12,6 +12,10 @@ def model_class(model_type: str):
         from macllm.models import llama
 
         return llama.Model
+    if model_type in ("gemma3", "gemma3_text"):
+        from macllm.models import gemma3
+
+        return gemma3.Model
     raise MacllmError(
         f"unsupported model architecture '{model_type}' (supported: {', '.join(SUPPORTED)})"
     )

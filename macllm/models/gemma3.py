@@ -1,0 +1,179 @@
+"""Gemma 3 (text): sliding-window and global attention layers, QK RMSNorm, norms around attention and
+FFN, GELU-tanh gated FFN, embeddings scaled by sqrt(hidden). Parameter names follow mlx-lm's
+gemma3_text, and norm weights are stored Hugging Face style (the norm multiplies by 1 + weight).
+"""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from macllm.cache_rotating import SlidingWindowCache, window_mask
+from macllm.config import ModelConfig
+from macllm.models.rope import RoPE
+
+
+def gemma_settings(cfg: ModelConfig) -> dict:
+    """Gemma-only hyper-parameters (kept in cfg.extra), with Gemma 3's published defaults."""
+    e = cfg.extra
+    return {
+        "sliding_window": int(e.get("sliding_window") or 512),
+        "sliding_window_pattern": int(e.get("sliding_window_pattern") or 6),
+        "rope_local_base_freq": float(e.get("rope_local_base_freq") or 10000.0),
+        "query_pre_attn_scalar": float(e.get("query_pre_attn_scalar") or cfg.head_dim),
+        "final_logit_softcapping": e.get("final_logit_softcapping"),
+        "layer_types": e.get("layer_types"),
+    }
+
+
+def is_sliding_layer(index: int, settings: dict) -> bool:
+    types = settings["layer_types"]
+    if types:
+        return types[index] == "sliding_attention"
+    return (index + 1) % settings["sliding_window_pattern"] != 0
+
+
+class RMSNorm(nn.Module):
+    """Gemma's RMSNorm scales by (1 + weight), so a zero weight is the identity."""
+
+    def __init__(self, dims: int, eps: float):
+        super().__init__()
+        self.weight = mx.zeros((dims,))
+        self.eps = eps
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return mx.fast.rms_norm(x, 1.0 + self.weight, self.eps)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, settings: dict, rope: RoPE):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.scale = settings["query_pre_attn_scalar"] ** -0.5
+        dim = cfg.hidden_size
+        self.q_proj = nn.Linear(dim, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, dim, bias=False)
+        self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+        self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+        self.rope = rope
+
+    def __call__(self, x: mx.array, mask, cache) -> mx.array:
+        b, length, _ = x.shape
+        q = self.q_norm(self.q_proj(x).reshape(b, length, self.n_heads, -1))
+        k = self.k_norm(self.k_proj(x).reshape(b, length, self.n_kv_heads, -1))
+        v = self.v_proj(x).reshape(b, length, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        offset = cache.offset if cache is not None else 0
+        qk = self.rope(mx.concatenate([q, k], axis=2).transpose(0, 2, 1, 3), offset)
+        q, k = qk[:, : self.n_heads], qk[:, self.n_heads:]
+        if cache is not None:
+            k, v = cache.update(k, v)
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(b, length, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=False)
+        self.up_proj = nn.Linear(dim, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.down_proj(nn.gelu_approx(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, settings: dict, rope: RoPE, sliding: bool):
+        super().__init__()
+        self.sliding = sliding
+        self.self_attn = Attention(cfg, settings, rope)
+        self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size)
+        eps = cfg.rms_norm_eps
+        self.input_layernorm = RMSNorm(cfg.hidden_size, eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps)
+        self.pre_feedforward_layernorm = RMSNorm(cfg.hidden_size, eps)
+        self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, eps)
+
+    def __call__(self, x: mx.array, mask, cache) -> mx.array:
+        h = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), mask, cache))
+        return h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))
+
+
+class Gemma3Body(nn.Module):
+    def __init__(self, cfg: ModelConfig, settings: dict):
+        super().__init__()
+        self.window = settings["sliding_window"]
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        # Local layers rotate with their own base and never scale; global layers take the config's scaling.
+        local_rope = RoPE(cfg.head_dim, settings["rope_local_base_freq"])
+        global_rope = RoPE(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+        self.layers = []
+        for i in range(cfg.num_hidden_layers):
+            sliding = is_sliding_layer(i, settings)
+            self.layers.append(DecoderLayer(cfg, settings, local_rope if sliding else global_rope, sliding))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        # llama.cpp scales by sqrt(hidden) in float32 (mlx-lm rounds it to bfloat16 first).
+        self.embed_scale = math.sqrt(cfg.hidden_size)
+
+    def __call__(self, tokens: mx.array, cache) -> mx.array:
+        h = self.embed_tokens(tokens) * self.embed_scale
+        length = h.shape[1]
+        global_mask = "causal" if length > 1 else None
+        sliding_mask = window_mask(length, self._visible_before(cache), self.window)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, sliding_mask if layer.sliding else global_mask, cache[i] if cache is not None else None)
+        return self.norm(h)
+
+    def _visible_before(self, cache) -> int:
+        if cache is None:
+            return 0
+        for layer, c in zip(self.layers, cache):
+            if layer.sliding:
+                return c.visible_before() if isinstance(c, SlidingWindowCache) else c.offset
+        return 0
+
+
+class Model(nn.Module):
+    """tokens (B, L) -> logits (B, L, vocab), or only the last position's when `last_only`."""
+
+    def __init__(self, cfg: ModelConfig, rope_periods: mx.array | None = None):
+        super().__init__()
+        self.config = cfg
+        self.model_type = cfg.model_type
+        self.settings = gemma_settings(cfg)
+        self.model = Gemma3Body(cfg, self.settings)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.model.layers)
+
+    @property
+    def layers(self):
+        return self.model.layers
+
+    def make_cache(self, kv_bits: int | None = None) -> list:
+        """Sliding layers get a bounded cache; global layers the ordinary one (quantized if asked)."""
+        from macllm.cache_quantized import make_full_cache
+
+        return [SlidingWindowCache(self.model.window) if layer.sliding else make_full_cache(kv_bits)
+                for layer in self.model.layers]
+
+    def __call__(self, tokens: mx.array, cache=None, last_only: bool = False) -> mx.array:
+        h = self.model(tokens, cache)
+        if last_only:
+            h = h[:, -1:, :]
+        if self.config.tie_word_embeddings:
+            logits = self.model.embed_tokens.as_linear(h)
+        else:
+            logits = self.lm_head(h)
+        cap = self.settings["final_logit_softcapping"]
+        if cap:
+            logits = mx.tanh(logits / cap) * cap
+        return logits
+

@@ -1,0 +1,132 @@
+"""One training run from start to finish: checks, model, data, resume, Ctrl-C, checkpoints, the result.
+
+Everything that can be refused is refused before the model is loaded. The finished adapter is written
+to the store only at the end (atomically), so a failed or interrupted run never replaces a good
+adapter; its checkpoints live in a hidden work folder next to it until the run finishes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from macllm.errors import MacllmError
+from macllm.lora import checkpoint, formats
+from macllm.lora.distributed import Group
+from macllm.lora.train import Trainer, TrainConfig
+
+EXIT_INTERRUPTED = 130
+
+
+@dataclass
+class RunOptions:
+    model: str
+    data: Path
+    name: str
+    keep_quantized: bool = False
+    resume: bool = False
+    force: bool = False
+    mask_prompt: bool = False
+    val_fraction: float = 0.1
+    out_dir: Path | None = None  # default: the adapter store
+
+
+def adapter_folder(name: str, out_dir: Path | None) -> Path:
+    if not name or "/" in name or "\\" in name or name.startswith(".") or name.strip() != name:
+        raise MacllmError(f"--name {name!r}: use a plain name (letters, digits, - and _), not a path")
+    if out_dir is None:
+        from macllm.paths import adapters_dir
+
+        out_dir = adapters_dir()
+    return Path(out_dir) / name
+
+
+def preflight(opts: RunOptions) -> tuple[Path, Path, Path | None]:
+    """(final folder, work folder, checkpoint to resume from); refuses what would lose something."""
+    data = Path(opts.data).expanduser()
+    if not data.is_dir():
+        raise MacllmError(f"notes folder {data} does not exist or is not a folder")
+    final = adapter_folder(opts.name, opts.out_dir)
+    work = checkpoint.work_dir(final)
+    latest = checkpoint.latest(work) if work.is_dir() else None
+    if opts.resume:
+        if latest is None:
+            raise MacllmError(f"nothing to resume: no checkpoint of {opts.name!r} in {work}")
+        return final, work, latest
+    if final.exists() and not opts.force:
+        raise MacllmError(f"an adapter named {opts.name!r} exists ({final}); choose another --name or add --force")
+    if latest is not None and not opts.force:
+        raise MacllmError(f"an unfinished training of {opts.name!r} exists ({latest.name}); add --resume to "
+                          f"continue it or --force to start over")
+    return final, work, None
+
+
+def run_training(opts: RunOptions, cfg: TrainConfig, emit) -> int:
+    group = Group()
+    report = emit if group.is_main else (lambda event: None)
+    try:
+        return _run(opts, cfg, report, group)
+    except MacllmError as e:
+        report({"event": "error", "message": str(e)})
+        raise
+    except Exception as e:  # reported too, so a reader of the event stream always sees an ending
+        report({"event": "error", "message": f"internal error: {type(e).__name__}: {e}"})
+        raise
+
+
+def _run(opts: RunOptions, cfg: TrainConfig, emit, group: Group) -> int:
+    from macllm.loader import load_model
+    from macllm.lora.data import load_data
+
+    final, work, resume_from = preflight(opts)
+    loaded = load_model(opts.model, keep_quantized=opts.keep_quantized, progress=False)
+    data = load_data(opts.data, loaded.tokenizer, cfg.max_seq, opts.val_fraction, cfg.seed, opts.mask_prompt)
+    trainer = Trainer(loaded, data, cfg, group, emit, base_model=opts.model, name=opts.name)
+    run_info = {**trainer.run_signature(), "name": opts.name, "model": opts.model, "data_dir": str(opts.data),
+                "force": opts.force}
+    if resume_from is not None:
+        saved = checkpoint.read_run(work) or {}
+        if final.exists() and not saved.get("force"):
+            raise MacllmError(f"an adapter named {opts.name!r} exists ({final}); the interrupted run did not "
+                              f"have --force")
+        for key in ("config", "base_fingerprint", "data", "ranks"):
+            if saved.get(key) != run_info[key]:
+                raise MacllmError(f"cannot resume {opts.name!r}: the {key.replace('_', ' ')} differs from the "
+                                  f"interrupted run's (rerun with the same options, or --force to start over)")
+        trainer.restore(*checkpoint.load(resume_from))
+    elif group.is_main and work.exists():
+        shutil.rmtree(work)  # --force: an earlier unfinished run's checkpoints
+    emit({"event": "start", "model": opts.model, "adapter": opts.name, "path": str(final),
+          "compute": loaded.info.get("compute"), "total_iters": trainer.total,
+          "steps_per_epoch": trainer.per_epoch, "resumed_from": trainer.progress.step or None,
+          "ranks": group.size, "data": data.stats, "config": run_info["config"]})
+
+    def save(t: Trainer) -> Path | None:
+        if not group.is_main:
+            return None
+        opt_state, extra, best = t.state_for_checkpoint()
+        path = checkpoint.save(work, t.progress.step, t.adapter(), loaded.config.num_hidden_layers,
+                               opt_state, extra, run_info, best)
+        emit({"event": "checkpoint", "iteration": t.progress.step, "path": str(path)})
+        return path
+
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, lambda *_: trainer.stop.set())
+    try:
+        outcome = trainer.run(on_checkpoint=save)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if outcome == "interrupted":
+        path = save(trainer) if trainer.progress.step else None
+        emit({"event": "stopped", "reason": "interrupted", "iteration": trainer.progress.step,
+              "checkpoint": str(path) if path else None})
+        return EXIT_INTERRUPTED
+    adapter = trainer.final_adapter(outcome, data.stats)
+    if group.is_main:
+        formats.write_adapter(adapter, final, loaded.config.num_hidden_layers, overwrite=True)
+        shutil.rmtree(work, ignore_errors=True)
+    group.barrier()
+    emit({"event": "done", "adapter": str(final), "name": opts.name, "summary": adapter.training})
+    return 0

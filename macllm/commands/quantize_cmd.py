@@ -1,0 +1,36 @@
+"""`macllm quantize SRC OUT`: convert a model to an MLX folder with quantized weights."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from macllm.quantize import BITS, GROUP_SIZES, MIXED_HIGH_PRECISION
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("quantize", help="convert a model (HF folder or any GGUF) to a quantized MLX folder")
+    p.add_argument("source", metavar="SRC", help="a Hugging Face / MLX folder, a .gguf file or a catalog name")
+    p.add_argument("out", metavar="OUT", help="the MLX folder to write (must not exist)")
+    p.add_argument("--bits", type=int, default=4, choices=BITS, help="bits per weight (default 4)")
+    p.add_argument("--group-size", type=int, default=64, choices=GROUP_SIZES,
+                   help="weights sharing one scale and bias (default 64)")
+    p.add_argument("--mixed", action="store_true",
+                   help=f"keep {', '.join(MIXED_HIGH_PRECISION)} at 8 bits")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from macllm.quantize import convert
+
+    summary = convert(args.source, args.out, args.bits, args.group_size, args.mixed, progress=not args.json)
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print(f"wrote {summary['output']}: {args.bits}-bit, group {args.group_size}, "
+          f"{summary['size_bytes'] / 1e6:.1f} MB")
+    if args.mixed:
+        print(f"--mixed: kept {len(summary['higher_precision_layers'])} matrices "
+              f"({', '.join(MIXED_HIGH_PRECISION)}) at 8 bits", file=sys.stderr)
+    return 0

@@ -10,6 +10,8 @@ import sys
 def add_parser(sub) -> None:
     p = sub.add_parser("doctor", help="show backend, device, BLAS, MLX version, memory, cache location")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--kernels", action="store_true",
+                   help="check every fused kernel (reference vs formula, kernel vs reference) and time them")
     p.set_defaults(run=run)
 
 
@@ -18,6 +20,8 @@ def collect() -> dict:
 
     from macllm import backend
     from macllm.paths import macllm_home, models_dir
+
+    from macllm.kernels import paths as kernel_paths
 
     metal = backend.is_metal()
     return {
@@ -34,10 +38,45 @@ def collect() -> dict:
         "float32_budget_gb": round(backend.float32_budget_bytes() / (1 << 30), 1),
         "macllm_home": str(macllm_home()),
         "model_cache": str(models_dir()),
+        "kernels": ", ".join(f"{name}={path}" for name, path in kernel_paths().items()),
     }
 
 
+def _fmt(value, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "ok" if value else "FAIL"
+    if isinstance(value, float):
+        return f"{value:.{digits}e}" if 0 < abs(value) < 1e-2 else f"{value:.{digits}f}"
+    return str(value)
+
+
+def run_kernels(args) -> int:
+    from macllm.kernels import selfcheck
+
+    report = selfcheck.run_all()
+    if args.json:
+        print(json.dumps(report))
+        return 0 if report["ok"] else 1
+    if report["note"]:
+        print(report["note"])
+    cols = [("kernel", "kernel"), ("dtype", "dtype"), ("path", "path"), ("reference_ok", "ref vs formula"),
+            ("parity_ok", "kernel vs ref"), ("reference_us", "ref us"), ("kernel_us", "kernel us"),
+            ("speedup", "speedup")]
+    table = [[h for _, h in cols]] + [[_fmt(r[k]) for k, _ in cols] for r in report["rows"]]
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    for note in report["known_differences"]:
+        print(f"note: {note}")
+    print("all checks passed" if report["ok"] else "some checks FAILED")
+    return 0 if report["ok"] else 1
+
+
 def run(args) -> int:
+    if getattr(args, "kernels", False):
+        return run_kernels(args)
     info = collect()
     if args.json:
         print(json.dumps(info))

@@ -227,9 +227,9 @@ class Trainer:
                 "ranks": self.group.size}
 
     def state_for_checkpoint(self) -> tuple[dict, dict, dict | None]:
-        """(optimizer state, progress and random state, best weights flattened)."""
-        extra = {"progress": asdict(self.progress),
-                 "random": np.asarray(mx.random.state[0]).tolist()}
+        """(optimizer state, progress, best weights flattened). Random state needs no saving: each
+        step reseeds from (seed, step)."""
+        extra = {"progress": asdict(self.progress)}
         best = dict(tree_flatten(self.best)) if self.best is not None else None
         return self.optimizer.state, extra, best
 
@@ -238,7 +238,6 @@ class Trainer:
         self.lora.update({"pairs": pairs})
         self.optimizer.state = tree_map(lambda x: x, optimizer_state)
         self.progress = Progress(**extra["progress"])
-        mx.random.state[0] = mx.array(np.asarray(extra["random"], dtype=np.uint32))
         if best:
             self.best = tree_unflatten(list(best.items()))
         mx.eval(self.lora.parameters(), self.optimizer.state)
@@ -262,6 +261,7 @@ class Trainer:
             started = time.perf_counter()
             rows = [self.data.train[i] for i in self.batch_rows(p.step)]
             tokens, mask, _ = collate(self.group.share(rows))
+            mx.random.seed(cfg.seed * 1_000_003 + p.step)  # dropout: the same masks after a resume
             loss = self._step_fn(tokens, mask)
             mx.eval(loss, self.lora.state, self.optimizer.state)
             took = time.perf_counter() - started

@@ -100,9 +100,9 @@ def read_tokenizer(path: Path):
     from macllm.tokenizer import Tokenizer
 
     if path.is_file():
-        from macllm.formats.gguf_file import read_gguf
+        from macllm.formats.gguf_header import read_header
 
-        _, meta = read_gguf(path)
+        meta, _ = read_header(path)  # reads any tensor type (mx.load refuses k-quants)
         return Tokenizer.from_gguf_metadata(meta)
     return Tokenizer.from_folder(path)
 

@@ -80,3 +80,59 @@ def quantize_weights(weights: dict[str, mx.array], bits: int = 4, group_size: in
         if layer_bits != bits:
             quant[prefix] = {"group_size": group_size, "bits": layer_bits}
     return out, quant
+
+
+def float_weights(path):
+    """(config, float weights, tokenizer) of a model file or folder, whatever its storage."""
+    from pathlib import Path
+
+    from macllm.loader import dequantize_all
+    from macllm.tokenizer import Tokenizer
+
+    path = Path(path)
+    if path.is_file():
+        from macllm.formats.gguf_model import load_gguf_dequantized
+
+        cfg, weights, meta, _ = load_gguf_dequantized(path)  # exact, like llama.cpp's
+        tokenizer = Tokenizer.from_gguf_metadata(meta)
+    else:
+        from macllm.formats.safetensors import load_folder_model
+
+        cfg, weights = load_folder_model(path)
+        tokenizer = Tokenizer.from_folder(path)
+    if cfg.quantization:
+        weights = dequantize_all(_float32_scales(weights), cfg.quantization, mx.float32)
+    for stale in ("quantization_config", "torch_dtype"):
+        cfg.extra.pop(stale, None)
+    return cfg, weights, tokenizer
+
+
+def _float32_scales(weights: dict) -> dict:
+    """Dequantizing with float16 scales would round the result to float16; float32 keeps it exact."""
+    return {k: v.astype(mx.float32) if k.endswith((".scales", ".biases")) else v for k, v in weights.items()}
+
+
+def convert(source: str, out, bits: int = 4, group_size: int = 64, mixed: bool = False,
+            progress: bool = False) -> dict:
+    """A model (HF folder, MLX folder, any GGUF, catalog name) -> an MLX folder quantized as asked.
+    The folder appears only when complete (save_mlx_folder writes a temp sibling, then renames)."""
+    from pathlib import Path
+
+    from macllm.formats.mlx_folder import save_mlx_folder
+    from macllm.hub import resolve_model
+
+    if bits not in BITS:
+        raise MacllmError(f"--bits must be one of {', '.join(map(str, BITS))}, got {bits}")
+    if group_size not in GROUP_SIZES:
+        raise MacllmError(f"--group-size must be one of {', '.join(map(str, GROUP_SIZES))}, got {group_size}")
+    out = Path(out)
+    if out.exists():
+        raise MacllmError(f"{out} already exists; choose another output folder or remove it")
+    cfg, weights, tokenizer = float_weights(resolve_model(source, progress=progress))
+    weights, quant = quantize_weights(weights, bits, group_size, mixed)
+    cfg.quantization = quant
+    save_mlx_folder(cfg, weights, tokenizer, out)
+    kept = sorted(k for k in quant if isinstance(quant[k], dict))
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    return {"output": str(out), "bits": bits, "group_size": group_size, "mixed": mixed,
+            "higher_precision_layers": kept, "size_bytes": size}

@@ -6,6 +6,7 @@ import sys
 
 from macllm.commands.options import (add_adapter_option, add_model_option, add_sampling_options, apply_adapters,
                                      generation_params)
+from macllm.commands.options import set_kv_bits
 from macllm.engine import Engine
 from macllm.errors import MacllmError
 from macllm.generate import GenerationResult
@@ -61,6 +62,7 @@ def run_plain_chat(args) -> int:
     if sys.stderr.isatty():  # a status line only for people; errors stay one line
         print(f"Loading {args.model}…", file=sys.stderr)
     with Engine(args.model, keep_quantized=args.keep_quantized) as engine:
+        set_kv_bits(engine, args.kv_bits)
         apply_adapters(engine, args.adapter)
         info = engine.info
         print(f"{info.get('architecture')} · {format_count(info.get('parameters', 0))} parameters · "

@@ -7,6 +7,7 @@ import sys
 
 from macllm.commands.options import (add_adapter_option, add_model_option, add_sampling_options, apply_adapters,
                                      generation_params, read_text_arg)
+from macllm.commands.options import set_kv_bits
 from macllm.engine import Engine
 from macllm.generate import GenerationResult
 
@@ -29,6 +30,7 @@ def run(args) -> int:
     prompt = read_text_arg(args.prompt, args.prompt_file)
     params = generation_params(args)
     with Engine(args.model, keep_quantized=args.keep_quantized, progress=not args.json) as engine:
+        set_kv_bits(engine, args.kv_bits)
         apply_adapters(engine, args.adapter)
         result = complete(engine, args, prompt, params)
     if args.json:

@@ -17,6 +17,14 @@ def add_model_option(p: argparse.ArgumentParser) -> None:
                         f"(default: {DEFAULT_MODEL})")
     p.add_argument("--keep-quantized", action="store_true",
                    help="on CPU, compute with the stored quantized weights instead of float32 (slower, less memory)")
+    p.add_argument("--kv-bits", type=int, choices=(8, 4), default=None,
+                   help="store the KV cache quantized (group 64) once the context passes 256 tokens")
+
+
+def set_kv_bits(engine, bits: int | None) -> None:
+    """Caches made from now on store keys/values at `bits` (see macllm/cache_quantized.py)."""
+    if bits and engine.loaded is not None:
+        engine.loaded.model.kv_bits = bits
 
 
 def add_sampling_options(p: argparse.ArgumentParser) -> None:

@@ -15,8 +15,6 @@ def add_parser(sub) -> None:
     p.add_argument("--max-tokens", type=int, default=None, help="score only the first N tokens of the file")
     p.add_argument("--context", type=int, default=1024, help="tokens per window (default 1024)")
     p.add_argument("--stride", type=int, default=None, help="window step (default: half the context)")
-    p.add_argument("--kv-bits", type=int, choices=(8, 4), default=None,
-                   help="store the KV cache quantized (group 64) past 256 tokens")
     p.add_argument("--json", action="store_true", help='print {"tokens", "nll", "ppl"}')
     p.set_defaults(run=run)
 

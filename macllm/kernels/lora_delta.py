@@ -11,7 +11,9 @@ import mlx.core as mx
 
 from macllm.kernels._common import SUPPORTED_DTYPES, metal_enabled, scalar
 
-MAX_ROWS = 8    # decode: batch * seq this small; prefill is better served by two matmuls
+# Decode: batch * seq this small (prefill is better served by two matmuls; training, which needs
+# gradients that custom kernels do not have, never calls apply).
+MAX_ROWS = 8
 MAX_RANK = 128  # the kernel holds one float per rank per thread
 THREADS = 256
 COLS_PER_THREAD = 4  # a threadgroup covers THREADS * 4 output columns

@@ -11,6 +11,9 @@ import mlx.core as mx
 from macllm.kernels._common import REDUCE_HEADER, SUPPORTED_DTYPES, metal_enabled, round_up, scalar
 
 MAX_DIM = 32768  # a row lives in registers: at most 32 values per thread at 1024 threads
+# Decode-sized inputs only: prefill is not the bottleneck, and custom kernels have no gradient, so
+# training (whole sequences) must stay on the differentiable reference.
+MAX_ROWS = 8
 
 
 def reference(x: mx.array, r: mx.array, weight: mx.array, eps: float) -> tuple[mx.array, mx.array]:
@@ -91,7 +94,7 @@ def metal(x: mx.array, r: mx.array, weight: mx.array, eps: float) -> tuple[mx.ar
 def supported(x: mx.array, r: mx.array, weight: mx.array) -> bool:
     return (x.dtype in SUPPORTED_DTYPES and r.dtype == x.dtype and weight.dtype == x.dtype
             and r.shape == x.shape and weight.shape == (x.shape[-1],) and x.shape[-1] <= MAX_DIM
-            and x.size > 0)
+            and 0 < x.size // max(1, x.shape[-1]) <= MAX_ROWS)
 
 
 def apply(x: mx.array, r: mx.array, weight: mx.array, eps: float) -> tuple[mx.array, mx.array]:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
+from macllm.kernels import lora_delta
+
 
 class _Slots:
     """Loaded (A, B) pairs by adapter name, and the precomputed active delta."""
@@ -86,9 +88,9 @@ class LoRALinear(nn.Module):
         if active is None:
             return y
         a, b, scale = active
-        if self.training and self.dropout > 0:
-            x = nn.Dropout(self.dropout)(x)
-        z = (x @ a) @ b
-        if scale != 1.0:
-            z = scale * z
-        return y + z.astype(x.dtype)
+        if self.training:
+            # Gradients flow through the reference only (custom kernels have no VJP).
+            if self.dropout > 0:
+                x = nn.Dropout(self.dropout)(x)
+            return lora_delta.reference(y, x, a, b, scale)
+        return lora_delta.apply(y, x, a, b, scale)

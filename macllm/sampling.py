@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
+from macllm.kernels import sample_filter
+
 
 @dataclass
 class SamplingParams:
@@ -77,6 +79,7 @@ class Sampler:
         logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         if p.temperature <= 0.0:
             return mx.argmax(logprobs, axis=-1), logprobs
-        scaled = filter_logprobs(logprobs / p.temperature, p.top_k, p.top_p, p.min_p)
-        token = mx.random.categorical(scaled, axis=-1, key=self._next_key())
+        # Filter + draw: one Metal kernel on a Mac; elsewhere filter_logprobs and the same
+        # inverse-CDF draw mx.random.categorical makes (same key, same token).
+        token = sample_filter.apply(logprobs, p.temperature, p.top_k, p.top_p, p.min_p, key=self._next_key())
         return token, logprobs

@@ -6,6 +6,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from macllm.config import ModelConfig
+from macllm.kernels import residual_rms_norm
 from macllm.models.rope import RoPE
 
 
@@ -58,8 +59,11 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
 
     def __call__(self, x: mx.array, mask, cache) -> mx.array:
-        h = x + self.self_attn(self.input_layernorm(x), mask, cache)
-        return h + self.mlp(self.post_attention_layernorm(h))
+        # The residual add and the post-attention norm: one fused kernel when decoding on Metal.
+        norm = self.post_attention_layernorm
+        h, normed = residual_rms_norm.apply(x, self.self_attn(self.input_layernorm(x), mask, cache),
+                                            norm.weight, norm.eps)
+        return h + self.mlp(normed)
 
 
 class LlamaBody(nn.Module):

@@ -1,0 +1,109 @@
+"""Search a notes index: BM25 (FTS5), exact dense search, or both fused by reciprocal rank fusion."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from macllm.errors import MacllmError
+from macllm.rag.store import Store
+
+MODES = ("hybrid", "bm25", "dense")
+RRF_K = 60  # the usual constant from the RRF paper: damps the head of each list
+CANDIDATES = 50  # per list, before fusion
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    path: str
+    heading: str
+    line_start: int
+    line_end: int
+    score: float
+    text: str
+    chunk_id: int
+
+    def as_json(self) -> dict:
+        row = asdict(self)
+        row.pop("chunk_id")
+        return row
+
+    @property
+    def location(self) -> str:
+        return f"{self.path}:{self.line_start}-{self.line_end}"
+
+
+class Retriever:
+    """Holds the store, the embedder and the embedding matrix (reloaded when the store changes)."""
+
+    def __init__(self, store: Store, embedder):
+        self.store = store
+        self.embedder = embedder
+        self._cache_generation = -1
+        self._ids = np.zeros(0, dtype=np.int64)
+        self._matrix = np.zeros((0, 0), dtype=np.float32)
+        self._paths: list[str] = []
+
+    def is_empty(self) -> bool:
+        return self.store.counts()[1] == 0
+
+    def search(self, query: str, k: int = 10, mode: str = "hybrid", path: str | None = None) -> list[SearchResult]:
+        if mode not in MODES:
+            raise MacllmError(f"unknown search mode {mode!r}; use one of {', '.join(MODES)}")
+        if k < 1:
+            raise MacllmError(f"-k must be at least 1, got {k}")
+        glob = _as_glob(path)
+        n = max(CANDIDATES, k)
+        ranked: list[list[tuple[int, float]]] = []
+        if mode in ("bm25", "hybrid"):
+            ranked.append(self.store.bm25(query, n, glob))
+        if mode in ("dense", "hybrid"):
+            ranked.append(self.dense(query, n, glob))
+        hits = ranked[0][:k] if len(ranked) == 1 else rrf(ranked)[:k]
+        rows = self.store.chunks([i for i, _ in hits])
+        return [SearchResult(r.path, r.heading, r.line_start, r.line_end, score, r.text, r.id)
+                for i, score in hits if (r := rows.get(i))]
+
+    def dense(self, query: str, n: int, glob: str | None = None) -> list[tuple[int, float]]:
+        """Exact nearest chunks by cosine: one matrix-vector product over every embedding."""
+        self._refresh()
+        if not len(self._ids):
+            return []
+        vector = self.embedder.embed([query])[0]
+        scores = self._matrix @ vector
+        if glob:
+            scores = np.where(self._path_mask(glob), scores, -np.inf)
+        n = min(n, len(scores))
+        top = np.argpartition(-scores, n - 1)[:n]
+        top = top[np.argsort(-scores[top])]
+        return [(int(self._ids[i]), float(scores[i])) for i in top if np.isfinite(scores[i])]
+
+    def _refresh(self) -> None:
+        generation = self.store.generation
+        if generation != self._cache_generation:
+            self._ids, self._matrix, self._paths = self.store.embedding_matrix(self.embedder.id)
+            self._cache_generation = generation
+            self._mask_cache: dict[str, np.ndarray] = {}
+
+    def _path_mask(self, glob: str) -> np.ndarray:
+        if glob not in self._mask_cache:
+            self._mask_cache[glob] = np.array([fnmatch.fnmatchcase(p, glob) for p in self._paths], dtype=bool)
+        return self._mask_cache[glob]
+
+
+def rrf(lists: list[list[tuple[int, float]]], k: int = RRF_K) -> list[tuple[int, float]]:
+    """Reciprocal rank fusion: each list adds 1 / (k + rank); best first."""
+    scores: dict[int, float] = {}
+    for ranked in lists:
+        for rank, (item, _) in enumerate(ranked, start=1):
+            scores[item] = scores.get(item, 0.0) + 1.0 / (k + rank)
+    return sorted(scores.items(), key=lambda kv: -kv[1])
+
+
+def _as_glob(path: str | None) -> str | None:
+    """A path filter: a glob as given, or plain text matching anywhere in the path."""
+    if not path:
+        return None
+    return path if any(ch in path for ch in "*?[") else f"*{path}*"

@@ -1,0 +1,253 @@
+"""One notes index = one SQLite file (WAL): files, chunks with embeddings, and an FTS5 table kept in step.
+
+Every write is one transaction (one file's chunks at a time), so a killed indexer leaves a consistent
+store. FTS5 rows share the chunk's id and are written in the same transaction as the chunk.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from macllm.errors import MacllmError
+from macllm.rag.cjk import cjk_terms, fts_query
+
+APPLICATION_ID = 0x6D6C6E78  # "mlnx": tells our index files from other SQLite files
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, mtime_ns INTEGER NOT NULL, size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL  -- '' = must be read again (e.g. the embedder changed)
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY, file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
+    heading TEXT NOT NULL, line_start INTEGER NOT NULL, line_end INTEGER NOT NULL, hash TEXT NOT NULL,
+    text TEXT NOT NULL, embedding BLOB NOT NULL, embedder TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chunks_file ON chunks(file_id);
+CREATE INDEX IF NOT EXISTS chunks_hash ON chunks(hash, embedder);
+-- cjk: CJK runs as overlapping character pairs, so a phrase inside a sentence is findable by BM25
+CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(heading, text, cjk, tokenize='porter unicode61');
+"""
+
+# Keyword weights: a heading match says more than one in the body.
+_BM25_WEIGHTS = (2.0, 1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    id: int
+    path: str
+    heading: str
+    line_start: int
+    line_end: int
+    text: str
+
+
+def damaged(path: Path, error: Exception) -> MacllmError:
+    return MacllmError(f"{path} is not a macllm notes index or is damaged ({error}); "
+                       f"rebuild it with `macllm index DIR --index {path} --rebuild`")
+
+
+class Store:
+    def __init__(self, path: Path | str, create: bool = True):
+        self.path = Path(path)
+        if not self.path.exists() and not create:
+            raise MacllmError(f"no notes index at {self.path}; create it with `macllm index DIR`")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # Autocommit: we open transactions ourselves; any thread may use it (one at a time).
+            self.conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            self._prepare()
+        except sqlite3.DatabaseError as e:
+            raise damaged(self.path, e) from None
+
+    def _prepare(self) -> None:
+        c = self.conn
+        app_id = c.execute("PRAGMA application_id").fetchone()[0]
+        tables = c.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if app_id != APPLICATION_ID and tables:
+            raise sqlite3.DatabaseError("it holds other tables")
+        c.execute("PRAGMA journal_mode=WAL")
+        c.execute("PRAGMA synchronous=NORMAL")  # with WAL: consistent after a crash, maybe minus the last commit
+        c.execute("PRAGMA foreign_keys=ON")
+        c.execute("PRAGMA busy_timeout=5000")
+        if app_id != APPLICATION_ID:
+            with self.transaction():  # statement by statement: executescript would commit early
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    c.execute(statement)
+                c.execute(f"PRAGMA application_id={APPLICATION_ID}")
+                c.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        version = c.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(f"index format {version}, this macllm reads {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def transaction(self):
+        return _Transaction(self.conn)
+
+    # ------------------------------------------------------------------ metadata
+    def meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def _set_meta(self, key: str, value) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, str(value)))
+
+    @property
+    def generation(self) -> int:
+        """Bumped by every write, so cached embedding matrices know when to reload."""
+        return int(self.meta("generation", "0"))
+
+    def _bump(self) -> None:
+        self.conn.execute("INSERT INTO meta(key, value) VALUES ('generation', '1') "
+                          "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1")
+
+    @property
+    def embedder_id(self) -> str | None:
+        return self.meta("embedder")
+
+    def use_embedder(self, embedder_id: str, dim: int) -> bool:
+        """Record the embedder; a different one than before marks every file for re-reading. True if changed."""
+        previous = self.embedder_id
+        if previous == embedder_id:
+            return False
+        with self.transaction():
+            self._set_meta("embedder", embedder_id)
+            self._set_meta("dim", dim)
+            if previous is not None:
+                self.conn.execute("UPDATE files SET sha256=''")
+            self._bump()
+        return previous is not None
+
+    # ------------------------------------------------------------------ files
+    def file_state(self, path: str) -> tuple[int, int, str] | None:
+        """(mtime_ns, size, sha256) as last indexed, or None."""
+        return self.conn.execute("SELECT mtime_ns, size, sha256 FROM files WHERE path=?", (path,)).fetchone()
+
+    def touch_file(self, path: str, mtime_ns: int, size: int) -> None:
+        with self.transaction():
+            self.conn.execute("UPDATE files SET mtime_ns=?, size=? WHERE path=?", (mtime_ns, size, path))
+
+    def known_embeddings(self, hashes: list[str], embedder_id: str) -> dict[str, bytes]:
+        """Embeddings already computed for these chunk hashes by this embedder (in any file)."""
+        found: dict[str, bytes] = {}
+        for start in range(0, len(hashes), 500):
+            part = hashes[start:start + 500]
+            marks = ",".join("?" * len(part))
+            for h, blob in self.conn.execute(
+                    f"SELECT hash, embedding FROM chunks WHERE embedder=? AND hash IN ({marks})", (embedder_id, *part)):
+                found[h] = blob
+        return found
+
+    def replace_file(self, path: str, mtime_ns: int, size: int, sha256: str, chunks, embeddings: list[bytes],
+                     embedder_id: str) -> None:
+        """The file's chunks, all at once: old rows out, new rows in, in one transaction."""
+        c = self.conn
+        with self.transaction():
+            row = c.execute("SELECT id FROM files WHERE path=?", (path,)).fetchone()
+            if row:
+                file_id = row[0]
+                self._delete_chunks(file_id)
+                c.execute("UPDATE files SET mtime_ns=?, size=?, sha256=? WHERE id=?", (mtime_ns, size, sha256, file_id))
+            else:
+                file_id = c.execute("INSERT INTO files(path, mtime_ns, size, sha256) VALUES (?, ?, ?, ?)",
+                                    (path, mtime_ns, size, sha256)).lastrowid
+            for chunk, blob in zip(chunks, embeddings):
+                chunk_id = c.execute(
+                    "INSERT INTO chunks(file_id, heading, line_start, line_end, hash, text, embedding, embedder) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (file_id, chunk.heading, chunk.line_start, chunk.line_end, chunk.hash, chunk.text, blob,
+                     embedder_id)).lastrowid
+                c.execute("INSERT INTO chunks_fts(rowid, heading, text, cjk) VALUES (?, ?, ?, ?)",
+                          (chunk_id, chunk.heading, chunk.text, cjk_terms(f"{chunk.heading}\n{chunk.text}")))
+            self._bump()
+
+    def remove_file(self, path: str) -> None:
+        with self.transaction():
+            row = self.conn.execute("SELECT id FROM files WHERE path=?", (path,)).fetchone()
+            if row:
+                self._delete_chunks(row[0])
+                self.conn.execute("DELETE FROM files WHERE id=?", (row[0],))
+                self._bump()
+
+    def _delete_chunks(self, file_id: int) -> None:
+        self.conn.execute("DELETE FROM chunks_fts WHERE rowid IN (SELECT id FROM chunks WHERE file_id=?)", (file_id,))
+        self.conn.execute("DELETE FROM chunks WHERE file_id=?", (file_id,))
+
+    def paths_under(self, root: str) -> list[str]:
+        prefix = root.rstrip("/") + "/"
+        return [p for (p,) in self.conn.execute(
+            "SELECT path FROM files WHERE substr(path, 1, ?) = ?", (len(prefix), prefix))]
+
+    def counts(self) -> tuple[int, int]:
+        """(files, chunks)."""
+        files = self.conn.execute("SELECT count(*) FROM files").fetchone()[0]
+        chunks = self.conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
+        return files, chunks
+
+    # ------------------------------------------------------------------ reading for search
+    def bm25(self, query: str, n: int, path_glob: str | None = None) -> list[tuple[int, float]]:
+        """[(chunk id, score)] best first; score = -bm25 (higher is better). Empty if the query has no terms."""
+        match = fts_query(query)
+        if not match:
+            return []
+        weights = ", ".join(str(w) for w in _BM25_WEIGHTS)
+        sql = f"SELECT f.rowid, -bm25(chunks_fts, {weights}) AS score FROM chunks_fts f"
+        args: list = [match]
+        if path_glob:
+            sql += " JOIN chunks c ON c.id = f.rowid JOIN files ON files.id = c.file_id WHERE chunks_fts MATCH ? " \
+                   "AND files.path GLOB ?"
+            args.append(path_glob)
+        else:
+            sql += " WHERE chunks_fts MATCH ?"
+        sql += " ORDER BY score DESC LIMIT ?"
+        return [(int(i), float(s)) for i, s in self.conn.execute(sql, (*args, n))]
+
+    def embedding_matrix(self, embedder_id: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """(chunk ids, (n, dim) float32 matrix, file path per row) for chunks embedded by `embedder_id`."""
+        rows = self.conn.execute(
+            "SELECT c.id, c.embedding, f.path FROM chunks c JOIN files f ON f.id = c.file_id WHERE c.embedder=? "
+            "ORDER BY c.id", (embedder_id,)).fetchall()
+        dim = int(self.meta("dim", "0") or 0)
+        if not rows:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, dim), dtype=np.float32), []
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+        return ids, matrix, [r[2] for r in rows]
+
+    def chunks(self, ids: list[int]) -> dict[int, StoredChunk]:
+        found: dict[int, StoredChunk] = {}
+        for start in range(0, len(ids), 500):
+            part = ids[start:start + 500]
+            marks = ",".join("?" * len(part))
+            for row in self.conn.execute(
+                    "SELECT c.id, f.path, c.heading, c.line_start, c.line_end, c.text FROM chunks c "
+                    f"JOIN files f ON f.id = c.file_id WHERE c.id IN ({marks})", part):
+                found[row[0]] = StoredChunk(*row)
+        return found
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error (including KeyboardInterrupt)."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, kind, error, tb):
+        if kind is None:
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("ROLLBACK")
+        return False

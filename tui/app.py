@@ -26,6 +26,8 @@ class MacllmApp(App):
     COMMANDS = App.COMMANDS | {MacllmCommands}
     BINDINGS = [
         Binding("f1", "help", "Help"),
+        Binding("f9", "train", "Train"),
+        Binding("f3", "use_trained_adapter", "Use new adapter", show=False),
         Binding("ctrl+q", "quit", "Quit"),
     ]
 
@@ -38,6 +40,7 @@ class MacllmApp(App):
         self.export_dir = export_dir or Path.cwd()
         self.default_settings = dict(default_settings or {})
         self.bridge = EngineBridge(self, engine)
+        self.trained_adapter: str | None = None  # set when a run on the training screen finishes
 
     def on_mount(self) -> None:
         self.push_screen(ChatScreen())
@@ -81,6 +84,20 @@ class MacllmApp(App):
                 self.ensure_model(source)
 
         self.push_screen(ModelPicker(local_models(), reason), chosen)
+
+    # --- training -----------------------------------------------------------------------------
+    def action_train(self) -> None:
+        """The training screen; installed once, so a run goes on (and keeps its plot) while chatting."""
+        from tui.screens.train import TrainScreen
+
+        if not self.is_screen_installed("train"):
+            self.install_screen(TrainScreen(), "train")
+        if not isinstance(self.screen, TrainScreen):
+            self.push_screen("train")
+
+    def action_use_trained_adapter(self) -> None:
+        if self.trained_adapter:
+            self.bridge.use_adapter(self.trained_adapter)
 
     # --- everywhere -----------------------------------------------------------------------
     def action_help(self) -> None:

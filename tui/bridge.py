@@ -115,6 +115,28 @@ class EngineBridge:
         self.app.run_worker(pump, thread=True, group="answer", exit_on_error=False)
         return answer_id
 
+    # --- adapters ------------------------------------------------------------------------
+    def use_adapter(self, name: str) -> None:
+        """Load `name` from the store (again, if a retrained copy replaced it) and make it the only
+        active adapter; a notification says how it went. Runs off the UI thread."""
+        def swap() -> None:
+            try:
+                if any(a["name"] == name for a in self.engine.adapters["loaded"]):
+                    self.engine.unload_adapter(name)
+                self.engine.load_adapter(name)
+                self.engine.set_adapters({name: 1.0})
+            except BaseException as e:
+                self.app.call_from_thread(self.app.notify, _one_line(e), title="Adapter not loaded",
+                                          severity="error")
+                return
+            self.app.call_from_thread(self.app.notify, f"Using adapter {name!r}.", timeout=4)
+
+        self.app.run_worker(swap, thread=True, group="adapters", exit_on_error=False)
+
+    def set_adapters(self, scales: dict[str, float]) -> None:
+        """Pass-through to Engine.set_adapters (blocks until the engine thread has applied it)."""
+        self.engine.set_adapters(scales)
+
     def stop(self) -> None:
         if self._stream is not None:
             self._stream.cancel()

@@ -21,6 +21,8 @@ ACTIONS = (  # (title, help, screen action)
 )
 APP_ACTIONS = (
     ("Switch model", "Pick a local or catalog model", "pick_model"),
+    ("Train an adapter on notes", "Fine-tune a LoRA adapter on a notes folder (F9)", "train"),
+    ("Use the newly trained adapter", "Swap in the adapter the last training made (F3)", "use_trained_adapter"),
     ("Help", "Keys and what they do (F1)", "help"),
 )
 

@@ -275,7 +275,7 @@ class Trainer:
             self.emit({"event": "step", "iteration": p.step, "total": self.total,
                        "epoch": round(p.step / self.per_epoch, 3), "train_loss": round(p.losses[-1], 5),
                        "learning_rate": float(self.optimizer.learning_rate.item()),
-                       "tokens_per_sec": round(batch_tokens / took, 1), "peak_memory_mb": peak_memory_mb(),
+                       "tokens": batch_tokens, "tokens_per_sec": round(batch_tokens / took, 1), "peak_memory_mb": peak_memory_mb(),
                        "eta_s": round(per_step * (self.total - p.step), 1), "elapsed_s": round(p.elapsed_s, 1)})
             stop_early = False
             if self.data.valid and (p.step % self.eval_every == 0 or p.step == self.total):

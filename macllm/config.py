@@ -38,6 +38,8 @@ class ModelConfig:
         kwargs = {k: v for k, v in d.items() if k in known and v is not None}
         if d.get("model_type") == "qwen2":
             kwargs.setdefault("attention_bias", True)
+        if d.get("model_type") in ("gemma3", "gemma3_text"):
+            kwargs.setdefault("tie_word_embeddings", True)  # Gemma's default; its configs often omit it
         if "quantization_config" in d and "quantization" not in d:
             # mlx-community files sometimes carry both; MLX's own block is `quantization`.
             q = d["quantization_config"]

@@ -58,7 +58,7 @@ def import_gguf(path: Path, out: Path, progress: bool = False) -> Path:
     bits = {}
     for name, type_id in types.items():
         target = hf_name(name, arch)
-        if target and target.endswith(".weight"):
+        if target and target.endswith(".weight") and weights[target].ndim == 2:
             bits[target[: -len(".weight")]] = requantize_bits(type_id)
     common = max(set(bits.values()), key=list(bits.values()).count) if bits else 4
     # Matrices stored as floats (F16, BF16) count as high precision: 8 bits. Norms stay float.

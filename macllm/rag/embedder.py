@@ -18,12 +18,13 @@ _BATCH = 32
 class Embedder:
     """Turns texts into unit vectors. `truncated` counts inputs cut at `max_tokens` so far."""
 
-    def __init__(self, folder: Path | str, batch_size: int = _BATCH):
+    def __init__(self, folder: Path | str, batch_size: int = _BATCH, source: str | None = None):
         import mlx.core as mx
 
         from macllm.models.bert import BertConfig, BertModel, checkpoint_weights
 
         self.folder = Path(folder)
+        self.source = source or str(self.folder)  # what to load it by again (a catalog name stays a name)
         model_dir = self.folder / _transformer_subfolder(self.folder)
         config = _read_json(model_dir / "config.json")
         if config is None:
@@ -60,7 +61,7 @@ class Embedder:
         path = resolve_model(source or DEFAULT_EMBEDDER, progress=progress)
         if not path.is_dir():
             raise MacllmError(f"{source} is a single file; embeddings need a sentence-transformers BERT folder")
-        return cls(path)
+        return cls(path, source=source or DEFAULT_EMBEDDER)
 
     # Content tokens only (no [CLS]/[SEP]); chunking budgets against `content_limit`.
     def count_tokens(self, texts: list[str]) -> list[int]:

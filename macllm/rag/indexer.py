@@ -81,7 +81,7 @@ def index_notes(store: Store, embedder, roots: list[str | Path], progress: bool 
     for root in paths:
         if not root.exists():
             raise MacllmError(f"no such folder: {root}")
-    summary.embedder_changed = store.use_embedder(embedder.id, embedder.dim)
+    summary.embedder_changed = store.use_embedder(embedder.id, embedder.dim, embedder.source)
     truncated_before = embedder.truncated
     notes = find_notes(paths, summary)
     seen = {str(p) for p in notes}

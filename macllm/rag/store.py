@@ -114,13 +114,14 @@ class Store:
     def embedder_id(self) -> str | None:
         return self.meta("embedder")
 
-    def use_embedder(self, embedder_id: str, dim: int) -> bool:
+    def use_embedder(self, embedder_id: str, dim: int, source: str = "") -> bool:
         """Record the embedder; a different one than before marks every file for re-reading. True if changed."""
         previous = self.embedder_id
         if previous == embedder_id:
             return False
         with self.transaction():
             self._set_meta("embedder", embedder_id)
+            self._set_meta("embedder_source", source)
             self._set_meta("dim", dim)
             if previous is not None:
                 self.conn.execute("UPDATE files SET sha256=''")
@@ -251,3 +252,19 @@ class _Transaction:
         else:
             self.conn.execute("ROLLBACK")
         return False
+
+
+def index_path(arg: str | None) -> Path:
+    """--index: a path, or a bare name for $MACLLM_HOME/indexes/NAME.sqlite; default `notes`."""
+    from macllm.paths import macllm_home
+
+    name = arg or "notes"
+    if "/" not in name and "." not in name:
+        return macllm_home() / "indexes" / f"{name}.sqlite"
+    return Path(name).expanduser()
+
+
+def delete_index(path: Path) -> None:
+    """For --rebuild: the file and its WAL companions."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)

@@ -1,0 +1,90 @@
+"""Answers from notes: retrieve, number the chunks, fit them into the model's context, ask for citations.
+
+Works on any Engine (CLI and TUI alike): retrieval runs on the engine thread, like all MLX work.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from macllm.errors import MacllmError
+from macllm.generate import GenerationParams
+from macllm.rag.retrieve import Retriever, SearchResult
+
+SYSTEM_PROMPT = (
+    "You answer questions from the user's own notes. Use only the numbered note excerpts you are given. "
+    "After each statement, cite the excerpts it comes from by number in square brackets, like [1] or [2][3]. "
+    "If the excerpts do not answer the question, say that the notes do not cover it."
+)
+_CITATION = re.compile(r"\[(\d+)\]")
+_SAFETY_TOKENS = 16  # the template's closing tokens and rounding
+
+
+@dataclass
+class Answer:
+    """The streamed reply (iterate `stream`), the sources numbered as in the prompt, and the prompt size."""
+
+    stream: object  # engine.TokenStream
+    sources: list[SearchResult]
+    prompt_tokens: int
+    conversation_id: str
+
+    def cited(self, text: str) -> list[int]:
+        """Source numbers (1-based) that `text` cites, in order, each once, only ones that exist."""
+        numbers = dict.fromkeys(int(n) for n in _CITATION.findall(text))
+        return [n for n in numbers if 1 <= n <= len(self.sources)]
+
+
+def source_label(result: SearchResult) -> str:
+    return f"{result.path}:{result.line_start}-{result.line_end}"
+
+
+def user_message(question: str, sources: list[SearchResult]) -> str:
+    parts = ["Notes:"]
+    for number, r in enumerate(sources, start=1):
+        title = r.path.rsplit("/", 1)[-1] + (f" — {r.heading}" if r.heading else "")
+        parts.append(f"[{number}] {title}\n{r.text}")
+    parts.append(f"Question: {question}\n\nAnswer from the notes above and cite them by number, like [1].")
+    return "\n\n".join(parts)
+
+
+def fit_sources(question: str, results: list[SearchResult], tokenizer, context_length: int,
+                max_new_tokens: int) -> tuple[list[SearchResult], int]:
+    """The best-ranked results whose prompt fits the context with room for the answer; (sources, prompt tokens)."""
+    budget = context_length - max_new_tokens - _SAFETY_TOKENS
+
+    def count(sources):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": user_message(question, sources)}],
+                                             add_generation_prompt=True, system=SYSTEM_PROMPT)
+        return len(tokenizer.encode(text))
+
+    used: list[SearchResult] = []
+    tokens = count(used)
+    if tokens > budget:
+        raise MacllmError(f"the question alone needs {tokens} tokens; the model's context ({context_length}) "
+                          f"leaves {budget} after {max_new_tokens} for the answer; shorten it or lower --max-tokens")
+    for result in results:  # in rank order; a chunk that does not fit is skipped, a smaller one may still fit
+        trial = count(used + [result])
+        if trial <= budget:
+            used.append(result)
+            tokens = trial
+    return used, tokens
+
+
+def ask(engine, retriever: Retriever, question: str, *, k: int = 8, mode: str = "hybrid", path: str | None = None,
+        params: GenerationParams | None = None) -> Answer:
+    """Retrieve, build the cited-answer prompt and start streaming the answer on `engine`."""
+    params = params or GenerationParams(max_tokens=512)
+    if not question.strip():
+        raise MacllmError("the question is empty")
+    if retriever.is_empty():
+        raise MacllmError(f"the notes index {retriever.store.path} is empty; add notes with `macllm index DIR`")
+    results = engine.submit(retriever.search, question, k, mode, path).result()
+    if not results:
+        raise MacllmError("no note matches the question" + (f" under {path}" if path else ""))
+    context_length = int(engine.info.get("context_length") or 2048)
+    sources, prompt_tokens = fit_sources(question, results, engine.tokenizer, context_length, params.max_tokens)
+    conv_id = engine.new_conversation(system=SYSTEM_PROMPT)
+    stream = engine.chat(conv_id, user_message(question, sources), params)
+    return Answer(stream, sources, prompt_tokens, conv_id)

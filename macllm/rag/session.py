@@ -1,0 +1,21 @@
+"""Open an existing index with the embedder it was built with, ready to search."""
+
+from __future__ import annotations
+
+from macllm.errors import MacllmError
+from macllm.rag.retrieve import Retriever
+from macllm.rag.store import Store, index_path
+
+
+def open_retriever(index: str | None, progress: bool = True) -> Retriever:
+    from macllm.rag.embedder import Embedder
+
+    store = Store(index_path(index), create=False)
+    if store.counts()[1] == 0:
+        raise MacllmError(f"the notes index {store.path} is empty; add notes with `macllm index DIR`")
+    source = store.meta("embedder_source") or None
+    embedder = Embedder.load(source, progress=progress)
+    if embedder.id != store.embedder_id:
+        raise MacllmError(f"the embedder {embedder.source} has changed since {store.path} was built; "
+                          f"run `macllm index DIR --index {store.path}` again to re-embed")
+    return Retriever(store, embedder)

@@ -33,6 +33,7 @@ def window_starts(n: int, context: int, stride: int) -> list[tuple[int, int, int
     spans, scored_to = [], 1
     begin = 0
     while scored_to < n:
+        begin = min(begin, scored_to - 1)  # the first scored token needs at least one before it
         end = min(begin + context, n)
         spans.append((begin, end, scored_to))
         scored_to = end

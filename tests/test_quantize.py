@@ -1,0 +1,78 @@
+"""Our affine quantizer and GGUF reader agree (Q4_1 reproduced bit for bit); `macllm quantize` output
+loads in macllm and mlx-lm alike; an interrupted conversion leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import macllm  # noqa: F401  (loads OpenBLAS before MLX)
+import mlx.core as mx
+
+from macllm.cli import main
+from tests import tiny_models
+
+
+def native_triples(path):
+    from macllm.formats.gguf_model import load_gguf_model
+
+    _, weights, _, _ = load_gguf_model(path)
+    return weights
+
+
+def assert_q4_1_reproduced(gguf_path, out):
+    assert main(["quantize", str(gguf_path), str(out), "--bits", "4", "--group-size", "32", "--json"]) == 0
+    ours = mx.load(str(out / "model.safetensors"))
+    theirs = native_triples(gguf_path)
+    q4 = [n[: -len(".scales")] for n, s in theirs.items()
+          if n.endswith(".scales") and theirs[n[: -len(".scales")] + ".weight"].shape[-1] // s.shape[-1] == 4]
+    assert q4
+    for prefix in q4:
+        for part in ("weight", "scales", "biases"):
+            name = f"{prefix}.{part}"
+            assert mx.array_equal(ours[name], theirs[name]).item(), name
+
+
+def test_q4_1_requantized_at_4_bit_group_32_is_identical(tmp_path):
+    path = tiny_models.write_tiny_gguf(tmp_path / "tiny-q4_1.gguf", quant="q4_1")
+    assert_q4_1_reproduced(path, tmp_path / "out")
+
+
+@pytest.mark.real_model
+def test_smollm2_q4_1_reproduced_exactly(smollm_gguf, tmp_path):
+    assert_q4_1_reproduced(smollm_gguf, tmp_path / "out")
+
+
+@pytest.mark.parametrize("flags", [["--bits", "4", "--group-size", "64"], ["--bits", "8"], ["--mixed"]])
+def test_output_loads_in_macllm_and_mlx_lm_alike(tiny_llama_folder, tmp_path, flags, capsys):
+    from mlx_lm import load
+
+    from macllm.loader import load_model
+
+    out = tmp_path / "q"
+    assert main(["quantize", str(tiny_llama_folder), str(out), *flags]) == 0
+    config = json.loads((out / "config.json").read_text())
+    if "--mixed" in flags:
+        assert config["quantization"]["model.layers.0.self_attn.v_proj"]["bits"] == 8
+        assert config["quantization"]["model.layers.0.mlp.down_proj"]["bits"] == 8
+        assert "8 bits" in capsys.readouterr().err
+    ours = load_model(str(out), keep_quantized=True, progress=False)
+    theirs, _ = load(str(out))
+    ids = mx.array([[5, 40, 77, 100, 200, 31]])
+    assert mx.allclose(ours.model(ids), theirs(ids), atol=1e-4).item()
+
+
+def test_interrupted_conversion_leaves_nothing(tiny_llama_folder, tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mx, "save_safetensors", interrupted)
+    assert main(["quantize", str(tiny_llama_folder), str(tmp_path / "out")]) == 130  # Ctrl-C mid-write
+    assert list(tmp_path.iterdir()) == []  # neither OUT nor its temporary sibling
+
+
+def test_existing_output_is_refused(tiny_llama_folder, tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    assert main(["quantize", str(tiny_llama_folder), str(tmp_path / "out")]) == 2
+    assert "already exists" in capsys.readouterr().err

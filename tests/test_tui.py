@@ -300,3 +300,86 @@ async def test_generation_error_becomes_a_notification(tiny_llama_gguf, store, t
         await pilot.press("ctrl+l")  # take the too-long message back, then carry on
         await send(pilot, "hi")
         assert store.messages(screen.chat_id)[-1].role == "assistant"
+
+
+@pytest.fixture
+def tiny_adapters(tiny_llama_gguf, tmp_path, monkeypatch):
+    """Two random adapters for the tiny model in a private store, plus one made for another base."""
+    import dataclasses
+
+    from macllm.loader import read_model_files
+    from macllm.lora import formats
+    from macllm.lora.random_adapter import random_adapter
+
+    monkeypatch.setenv("MACLLM_HOME", str(tmp_path / "home"))
+    from macllm.paths import adapters_dir
+
+    cfg = read_model_files(tiny_llama_gguf)[0]
+    for name, seed in (("alpha", 1), ("beta", 2)):
+        formats.write_adapter(random_adapter(cfg, name, seed=seed, b_std=0.5, base_model="tiny"),
+                              adapters_dir() / name, cfg.num_hidden_layers)
+    other = dataclasses.replace(cfg, hidden_size=cfg.hidden_size * 2)
+    formats.write_adapter(random_adapter(other, "wide", base_model="a wider model"), adapters_dir() / "wide",
+                          other.num_hidden_layers)
+    return ["alpha", "beta"]
+
+
+async def answer_tokens(pilot, screen, text):
+    await send(pilot, text)
+    return list(screen.query(ChatMessage))[-1]
+
+
+async def test_swap_adapter_mid_conversation(tiny_llama_gguf, store, tmp_path, tiny_adapters):
+    from tui.screens.adapters import AdaptersScreen
+
+    app = make_app(tiny_llama_gguf, store, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        base = await answer_tokens(pilot, screen, "hello")
+        await pilot.press("f4")
+        await pilot.pause()
+        panel = app.screen
+        assert isinstance(panel, AdaptersScreen)
+        names = [r["name"] for r in panel.rows]
+        assert {"alpha", "beta", "wide"} <= set(names)
+        assert panel.problems["wide"] and "made for" in panel.problems["wide"]
+        panel.query_one("#adapter-table").move_cursor(row=names.index("alpha"))
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: app.bridge.active_adapters == {"alpha": 1.0})
+        assert any("swapped in" in n.message for n in app._notifications)
+        adapted = await answer_tokens(pilot, screen, "hello")
+        assert adapted.meta["adapters"] == {"alpha": 1.0}
+        stored = store.messages(screen.chat_id)[-1]
+        assert stored.meta["adapters"] == {"alpha": 1.0}
+        assert "alpha" in screen.status.adapters
+        # Base output differs from the adapted one (B is far from zero in these adapters).
+        assert [t.token_id for t in adapted.tokens] != [t.token_id for t in base.tokens]
+        # And back to none: the same as the base answer to the same conversation from scratch.
+        await pilot.press("f4")
+        await pilot.pause()
+        await pilot.press("n")
+        await wait_until(pilot, lambda: app.bridge.active_adapters == {})
+        assert "adapters" not in (await answer_tokens(pilot, screen, "hello")).meta
+
+
+async def test_blend_adapters(tiny_llama_gguf, store, tmp_path, tiny_adapters):
+    app = make_app(tiny_llama_gguf, store, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await pilot.press("f4")
+        await pilot.pause()
+        panel = app.screen
+        table = panel.query_one("#adapter-table")
+        names = [r["name"] for r in panel.rows]
+        table.move_cursor(row=names.index("alpha"))
+        await pilot.press("b")
+        table.move_cursor(row=names.index("beta"))
+        await pilot.press("b", "minus", "minus")
+        table.move_cursor(row=names.index("wide"))
+        await pilot.press("b")  # refused: made for another base
+        assert panel.blend == {"alpha": 1.0, "beta": 0.5}
+        await pilot.press("a")
+        await wait_until(pilot, lambda: app.bridge.active_adapters == {"alpha": 1.0, "beta": 0.5})
+        answer = await answer_tokens(pilot, screen, "hello")
+        assert answer.meta["adapters"] == {"alpha": 1.0, "beta": 0.5}
+        assert app.bridge.engine.adapters["active"] == {"alpha": 1.0, "beta": 0.5}

@@ -16,7 +16,7 @@ from macllm.chat_store import ChatStore
 
 from tui.bridge import EngineBridge
 from tui.commands import MacllmCommands
-from tui.events import ModelLoadFailed, ModelLoaded
+from tui.events import AdaptersChanged, AdaptersFailed, ModelLoadFailed, ModelLoaded
 from tui.screens.chat import ChatScreen
 
 
@@ -32,7 +32,8 @@ class MacllmApp(App):
     ]
 
     def __init__(self, model: str = DEFAULT_MODEL, keep_quantized: bool = False, store: ChatStore | None = None,
-                 export_dir: Path | None = None, default_settings: dict | None = None, engine=None) -> None:
+                 export_dir: Path | None = None, default_settings: dict | None = None, engine=None,
+                 adapters: list[tuple[str, str, float]] | None = None) -> None:
         super().__init__()
         self.model_source = model
         self.keep_quantized = keep_quantized
@@ -41,6 +42,7 @@ class MacllmApp(App):
         self.default_settings = dict(default_settings or {})
         self.bridge = EngineBridge(self, engine)
         self.trained_adapter: str | None = None  # set when a run on the training screen finishes
+        self.startup_adapters = list(adapters or [])  # (ref, name, scale) from `chat --adapter`, once loaded
 
     def on_mount(self) -> None:
         self.push_screen(ChatScreen())
@@ -57,6 +59,18 @@ class MacllmApp(App):
         info = message.info
         self.notify(f"{info.get('source')} ready · {info.get('compute')}", timeout=3)
         self.refresh_status()
+        if self.startup_adapters:
+            self.bridge.apply_adapters({name: scale for _, name, scale in self.startup_adapters},
+                                       refs={name: ref for ref, name, _ in self.startup_adapters})
+            self.startup_adapters = []
+
+    def on_adapters_changed(self, message: AdaptersChanged) -> None:
+        active = ", ".join(f"{k} ×{v:g}" for k, v in message.active.items()) or "none (base model)"
+        self.notify(f"Adapters: {active} · swapped in {message.elapsed_ms:.1f} ms", timeout=4)
+        self.refresh_status()
+
+    def on_adapters_failed(self, message: AdaptersFailed) -> None:
+        self.notify(message.error, title="Adapters unchanged", severity="error", timeout=8)
 
     def on_model_load_failed(self, message: ModelLoadFailed) -> None:
         self.notify(message.error, title=f"Could not load {message.source}", severity="error", timeout=8)

@@ -7,13 +7,15 @@ streams and post Textual messages back, so the UI thread never blocks and never 
 from __future__ import annotations
 
 import itertools
+import time
 from typing import TYPE_CHECKING
 
 from macllm.engine import Engine, TokenStream
 from macllm.errors import MacllmError
 from macllm.generate import GenerationParams, GenerationResult
 
-from tui.events import AnswerFailed, AnswerFinished, AnswerToken, ModelLoaded, ModelLoadFailed
+from tui.events import (AdaptersChanged, AdaptersFailed, AnswerFailed, AnswerFinished, AnswerToken, ModelLoaded,
+                        ModelLoadFailed)
 
 if TYPE_CHECKING:
     from textual.app import App
@@ -30,6 +32,7 @@ class EngineBridge:
         self.app = app
         self.engine = engine or Engine()
         self.model_source: str | None = None
+        self.active_adapters: dict[str, float] = {}  # as last applied; read on the UI thread
         self.loading = False
         self._stream: TokenStream | None = None
         self._answer_ids = itertools.count(1)
@@ -58,6 +61,7 @@ class EngineBridge:
                 return
             self.loading = False
             self._conversations.clear()
+            self.active_adapters = {}  # a new model starts without adapters
             self.app.post_message(ModelLoaded(info))
 
         self.app.run_worker(wait, thread=True, group="model", exit_on_error=False)
@@ -116,26 +120,44 @@ class EngineBridge:
         return answer_id
 
     # --- adapters ------------------------------------------------------------------------
-    def use_adapter(self, name: str) -> None:
-        """Load `name` from the store (again, if a retrained copy replaced it) and make it the only
-        active adapter; a notification says how it went. Runs off the UI thread."""
+    def model_fingerprint(self) -> str | None:
+        """Which base shapes the loaded model has (adapters made for others are refused)."""
+        from macllm.lora.store import fingerprint
+
+        loaded = self.engine.loaded
+        return fingerprint(loaded.config) if loaded is not None else None
+
+    def apply_adapters(self, scales: dict[str, float], reload: tuple[str, ...] = (),
+                       refs: dict[str, str] | None = None) -> None:
+        """Make exactly `scales` active ({} = the base model), loading adapters from the store first as
+        needed (`reload`: names to read from disk again, e.g. just retrained; `refs`: a folder for a
+        name that is not in the store). Off the UI thread; posts
+        AdaptersChanged with the swap time, or AdaptersFailed (the active set is then unchanged)."""
+        scales = {name: float(scale) for name, scale in scales.items()}
+
         def swap() -> None:
             try:
-                if any(a["name"] == name for a in self.engine.adapters["loaded"]):
-                    self.engine.unload_adapter(name)
-                self.engine.load_adapter(name)
-                self.engine.set_adapters({name: 1.0})
+                loaded = {a["name"] for a in self.engine.adapters["loaded"]}
+                for name in scales:
+                    if name in reload and name in loaded:
+                        self.engine.unload_adapter(name)
+                        loaded.discard(name)
+                    if name not in loaded:
+                        self.engine.load_adapter((refs or {}).get(name, name), name=name)
+                started = time.perf_counter()
+                self.engine.set_adapters(scales)
+                elapsed_ms = (time.perf_counter() - started) * 1000
             except BaseException as e:
-                self.app.call_from_thread(self.app.notify, _one_line(e), title="Adapter not loaded",
-                                          severity="error")
+                self.app.post_message(AdaptersFailed(_one_line(e)))
                 return
-            self.app.call_from_thread(self.app.notify, f"Using adapter {name!r}.", timeout=4)
+            self.active_adapters = dict(scales)
+            self.app.post_message(AdaptersChanged(dict(scales), elapsed_ms))
 
         self.app.run_worker(swap, thread=True, group="adapters", exit_on_error=False)
 
-    def set_adapters(self, scales: dict[str, float]) -> None:
-        """Pass-through to Engine.set_adapters (blocks until the engine thread has applied it)."""
-        self.engine.set_adapters(scales)
+    def use_adapter(self, name: str) -> None:
+        """Make `name` (read from the store again, e.g. just trained) the only active adapter."""
+        self.apply_adapters({name: 1.0}, reload=(name,))
 
     def stop(self) -> None:
         if self._stream is not None:

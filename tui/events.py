@@ -39,3 +39,18 @@ class AnswerFailed(Message):
         super().__init__()
         self.answer_id = answer_id
         self.error = error
+
+
+class AdaptersChanged(Message):
+    """The active adapters are now `active` ({} = base model); the swap itself took `elapsed_ms`."""
+
+    def __init__(self, active: dict[str, float], elapsed_ms: float) -> None:
+        super().__init__()
+        self.active = active
+        self.elapsed_ms = elapsed_ms
+
+
+class AdaptersFailed(Message):
+    def __init__(self, error: str) -> None:
+        super().__init__()
+        self.error = error

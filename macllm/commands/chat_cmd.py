@@ -1,12 +1,11 @@
-"""`macllm chat`: talk to a model. `--plain` is line mode (the full-screen app arrives with the TUI)."""
+"""`macllm chat`: the full-screen app on a model (with adapters); `--plain` is line mode."""
 
 from __future__ import annotations
 
 import sys
 
 from macllm.commands.options import (add_adapter_option, add_model_option, add_sampling_options, apply_adapters,
-                                     generation_params)
-from macllm.commands.options import set_kv_bits
+                                     generation_params, parse_adapter_specs, set_kv_bits)
 from macllm.engine import Engine
 from macllm.errors import MacllmError
 from macllm.generate import GenerationResult
@@ -30,9 +29,6 @@ def format_count(n: int) -> str:
 def run(args) -> int:
     if args.plain or not sys.stdout.isatty():
         return run_plain_chat(args)
-    if args.adapter:  # the app's adapter panel is a later issue; line mode applies them today
-        print("(--adapter: using line mode)", file=sys.stderr)
-        return run_plain_chat(args)
     return run_app(args)
 
 
@@ -40,8 +36,12 @@ def run_app(args) -> int:
     """The full-screen app. The model is fetched first, here in the terminal, so a first download shows
     pip's progress bar; loading happens inside the app, which is usable at once."""
     from macllm.hub import resolve_model
+    from macllm.lora import store
 
     resolve_model(args.model, progress=True)
+    adapters = parse_adapter_specs(args.adapter)
+    for ref, _, _ in adapters:
+        store.resolve(ref)  # a missing adapter is a one-line error here, before the screen changes
     try:
         from tui.app import MacllmApp
     except ImportError as e:
@@ -49,7 +49,8 @@ def run_app(args) -> int:
     defaults = {"temperature": args.temp, "top_p": args.top_p, "min_p": args.min_p, "max_tokens": args.max_tokens}
     if args.system:
         defaults["system"] = args.system
-    app = MacllmApp(model=args.model, keep_quantized=args.keep_quantized, default_settings=defaults)
+    app = MacllmApp(model=args.model, keep_quantized=args.keep_quantized, default_settings=defaults,
+                    adapters=adapters)
     try:
         app.run()
     finally:

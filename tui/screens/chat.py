@@ -28,6 +28,7 @@ class ChatScreen(Screen):
         Binding("ctrl+t", "inspect", "Tokens"),
         Binding("ctrl+s", "settings", "Settings"),
         Binding("ctrl+b", "toggle_chats", "Chats"),
+        Binding("f4", "adapters", "Adapters"),
         Binding("f2", "rename_chat", "Rename", show=False),
         Binding("f5", "copy_last", "Copy", show=False),
         Binding("ctrl+o", "export_chat", "Export", show=False),
@@ -130,7 +131,10 @@ class ChatScreen(Screen):
         await self.refresh_chat_list()
 
     async def start_answer(self) -> None:
-        self.answer_widget = ChatMessage("assistant", meta={"model": self.bridge.info.get("source")})
+        meta = {"model": self.bridge.info.get("source")}
+        if self.bridge.active_adapters:  # each answer records which adapters produced it
+            meta["adapters"] = dict(self.bridge.active_adapters)
+        self.answer_widget = ChatMessage("assistant", meta=meta)
         await self.conversation.mount(self.answer_widget)
         self.conversation.scroll_end(animate=False)
         system = self.settings.system or None
@@ -149,7 +153,7 @@ class ChatScreen(Screen):
             return
         result = message.result
         s = result.stats
-        meta = {"model": self.bridge.info.get("source"), "stats": {
+        meta = {"stats": {
             "prompt_tokens": s.prompt_tokens, "generation_tokens": s.generation_tokens,
             "generation_tps": round(s.generation_tps, 2), "ttft_s": round(s.ttft_s, 4)}}
         widget = self.answer_widget
@@ -185,6 +189,7 @@ class ChatScreen(Screen):
         state = "" if self.bridge.ready else " (loading…)" if self.bridge.loading else " (not loaded)"
         self.status.model = (info.get("source") or self.settings.model or "no model") + state
         self.status.context_length = info.get("context_length", 0)
+        self.status.adapters = ", ".join(f"{k}×{v:g}" for k, v in self.bridge.active_adapters.items())
         self.status.context_used = self.bridge.context_used(self.chat_id) if self.chat_id else 0
 
     # --- actions ----------------------------------------------------------------------------
@@ -256,6 +261,21 @@ class ChatScreen(Screen):
             self.notify("Settings apply from the next answer.")
 
         self.app.push_screen(SettingsScreen(self.settings, self.app.model_choices()), apply)
+
+    def action_adapters(self) -> None:
+        from macllm.lora.store import list_adapters
+        from tui.screens.adapters import AdaptersScreen
+
+        if not self.bridge.ready:
+            self.notify("The model is still loading…", severity="warning")
+            return
+
+        def chosen(scales: dict | None) -> None:
+            if scales is not None and scales != self.bridge.active_adapters:
+                self.bridge.apply_adapters(scales)
+
+        self.app.push_screen(AdaptersScreen(list_adapters(), self.bridge.active_adapters,
+                                            self.bridge.model_fingerprint()), chosen)
 
     def action_toggle_chats(self) -> None:
         chats = self.query_one(ChatList)

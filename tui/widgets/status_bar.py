@@ -14,9 +14,10 @@ class StatusBar(Static):
     context_length = reactive(0)
     memory_mb = reactive(0.0)
     state = reactive("")
+    adapters = reactive("")
 
     def render(self) -> str:
-        parts = [self.model]
+        parts = [self.model + (f" + {self.adapters}" if self.adapters else "")]
         if self.state:
             parts.append(self.state)
         if self.decode_tps:

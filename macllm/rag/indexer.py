@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -74,7 +75,9 @@ def find_notes(roots: list[Path], summary: IndexSummary) -> list[Path]:
     return found
 
 
-def index_notes(store: Store, embedder, roots: list[str | Path], progress: bool = False) -> IndexSummary:
+def index_notes(store: Store, embedder, roots: list[str | Path], progress: bool = False,
+                on_file: Callable[[int, int, str], None] | None = None) -> IndexSummary:
+    """Bring the index up to date with the roots. `on_file(done, total, path)` reports progress (the app's bar)."""
     started = time.perf_counter()
     summary = IndexSummary()
     paths = [Path(os.path.abspath(os.path.expanduser(str(r)))) for r in roots]
@@ -90,8 +93,10 @@ def index_notes(store: Store, embedder, roots: list[str | Path], progress: bool 
 
     bar = tqdm(notes, desc="Indexing", unit="file", file=sys.stderr, leave=False,
                disable=not (progress and sys.stderr.isatty()))
-    for path in bar:
+    for done, path in enumerate(bar, start=1):
         _index_file(store, embedder, path, summary)
+        if on_file is not None:
+            on_file(done, len(notes), str(path))
     for root in paths:
         if root.is_dir():
             for stale in store.paths_under(str(root)):

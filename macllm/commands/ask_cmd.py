@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from macllm.commands.options import (add_adapter_option, add_model_option, add_sampling_options, apply_adapters,
-                                     generation_params)
+                                     generation_params, set_kv_bits)
 from macllm.commands.search_cmd import add_search_options
 from macllm.generate import GenerationResult
 
@@ -17,7 +17,8 @@ def add_parser(sub) -> None:
     add_model_option(p)
     add_adapter_option(p)
     add_sampling_options(p)
-    p.set_defaults(run=run, max_tokens=512)
+    # A light repetition penalty: small models loop on greedy answers over long contexts.
+    p.set_defaults(run=run, max_tokens=512, repeat_penalty=1.1)
 
 
 def run(args) -> int:
@@ -28,6 +29,7 @@ def run(args) -> int:
     params = generation_params(args)
     retriever = open_retriever(args.index)  # before the model: an empty or missing index fails fast
     with Engine(args.model, keep_quantized=args.keep_quantized) as engine:
+        set_kv_bits(engine, args.kv_bits)
         apply_adapters(engine, args.adapter)
         answer = ask(engine, retriever, args.question, k=args.k, mode=args.mode, path=args.path, params=params)
         result = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 
 from macllm.commands.options import (add_adapter_option, add_model_option, add_sampling_options, apply_adapters,
@@ -25,13 +26,17 @@ def run(args) -> int:
     from macllm.engine import Engine
     from macllm.rag.answer import ask, source_label
     from macllm.rag.session import open_retriever
+    from macllm.rag.store import damaged
 
     params = generation_params(args)
     retriever = open_retriever(args.index)  # before the model: an empty or missing index fails fast
     with Engine(args.model, keep_quantized=args.keep_quantized) as engine:
         set_kv_bits(engine, args.kv_bits)
         apply_adapters(engine, args.adapter)
-        answer = ask(engine, retriever, args.question, k=args.k, mode=args.mode, path=args.path, params=params)
+        try:
+            answer = ask(engine, retriever, args.question, k=args.k, mode=args.mode, path=args.path, params=params)
+        except sqlite3.DatabaseError as e:
+            raise damaged(retriever.store.path, e) from None
         result = None
         for event in answer.stream:
             if isinstance(event, GenerationResult):

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 from macllm.errors import MacllmError
 from macllm.rag.retrieve import Retriever
-from macllm.rag.store import Store, index_path
+from macllm.rag.store import Store, damaged, index_path
 
 
 def open_retriever(index: str | None, progress: bool = True) -> Retriever:
     from macllm.rag.embedder import Embedder
 
     store = Store(index_path(index), create=False)
-    if store.counts()[1] == 0:
+    try:
+        chunks = store.counts()[1]
+    except sqlite3.DatabaseError as e:
+        raise damaged(store.path, e) from None
+    if chunks == 0:
         raise MacllmError(f"the notes index {store.path} is empty; add notes with `macllm index DIR`")
     source = store.meta("embedder_source") or None
     embedder = Embedder.load(source, progress=progress)

@@ -111,3 +111,19 @@ def test_prompt_fits_context_and_numbers_sources(tiny_llama_folder):
 
     with pytest.raises(MacllmError, match="question alone"):
         fit_sources("long " * 500, results, tok, context_length=300, max_new_tokens=100)
+
+
+def test_store_damaged_past_its_header(capsys, notes, bert, tmp_path):
+    from macllm.rag.indexer import index_notes
+    from macllm.rag.embedder import Embedder
+    from macllm.rag.store import Store
+
+    db = tmp_path / "d.sqlite"
+    store = Store(db)
+    index_notes(store, Embedder(bert), [notes])
+    store.close()  # checkpoints the WAL into the file
+    data = bytearray(db.read_bytes())
+    data[4096:] = b"\xde\xad" * ((len(data) - 4096) // 2)
+    db.write_bytes(bytes(data))
+    code, out, err = run(capsys, "search", "cats", "--index", str(db))
+    assert code == 2 and "--rebuild" in err and len(err.strip().splitlines()) == 1

@@ -383,3 +383,48 @@ async def test_blend_adapters(tiny_llama_gguf, store, tmp_path, tiny_adapters):
         answer = await answer_tokens(pilot, screen, "hello")
         assert answer.meta["adapters"] == {"alpha": 1.0, "beta": 0.5}
         assert app.bridge.engine.adapters["active"] == {"alpha": 1.0, "beta": 0.5}
+
+
+async def test_index_a_folder_and_answer_from_notes_with_citations(tiny_llama_gguf, store, tmp_path, monkeypatch):
+    from textual.widgets import Button, Input, Switch
+
+    from tests.tiny_bert import write_tiny_bert
+    from tui.screens.notes import NotesScreen
+    from tui.screens.sources import ChunkScreen, SourcesScreen
+
+    monkeypatch.setenv("MACLLM_HOME", str(tmp_path / "home"))
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "cats.md").write_text("# Cats\n\nCats purr and sleep all day.\n")
+    (notes / "dogs.md").write_text("# Dogs\n\nDogs bark at the mailman.\n")
+    app = make_app(tiny_llama_gguf, store, tmp_path)
+    app.notes_embedder = str(write_tiny_bert(tmp_path / "tiny-bert"))
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await pilot.press("ctrl+g")
+        await pilot.pause()
+        panel = app.screen
+        assert isinstance(panel, NotesScreen)
+        panel.query_one("#folder", Input).value = str(notes)
+        panel.query_one("#index", Button).press()
+        await wait_until(pilot, lambda: "Done in" in str(panel.query_one("#index-result").render()))
+        assert "2 added" in str(panel.query_one("#index-result").render())
+        assert "2 files" in str(panel.query_one("#index-status").render())
+        panel.query_one(Switch).value = True
+        await pilot.pause()
+        await pilot.press("escape")
+        assert app.notes_mode and "notes" in screen.status.notes
+        await send(pilot, "Which animal purrs?")
+        answer = list(screen.query(ChatMessage))[-1]
+        sources = answer.meta["sources"]
+        assert {s["path"].rsplit("/", 1)[-1] for s in sources} <= {"cats.md", "dogs.md"} and sources
+        assert sources[0]["line_start"] >= 1 and "Sources" in str(answer.query_one(".sources").render())
+        assert store.messages(screen.chat_id)[-1].meta["sources"] == sources
+        await pilot.press("ctrl+f")
+        await pilot.pause()
+        assert isinstance(app.screen, SourcesScreen)
+        await pilot.press("enter")
+        await pilot.pause()
+        chunk = app.screen
+        assert isinstance(chunk, ChunkScreen)
+        assert f":{sources[0]['line_start']}-{sources[0]['line_end']}" in str(chunk.query_one("#chunk-title").render())

@@ -42,6 +42,10 @@ class MacllmApp(App):
         self.default_settings = dict(default_settings or {})
         self.bridge = EngineBridge(self, engine)
         self.trained_adapter: str | None = None  # set when a run on the training screen finishes
+        self.notes_mode = False  # answers come from the notes index, with citations
+        self.notes_index: str | None = None  # None: the default index "notes"
+        self.notes_folder: str | None = None
+        self.notes_embedder: str | None = None  # for a new index; None: MiniLM
         self.startup_adapters = list(adapters or [])  # (ref, name, scale) from `chat --adapter`, once loaded
 
     def on_mount(self) -> None:
@@ -78,8 +82,9 @@ class MacllmApp(App):
         self.action_pick_model(reason=message.error)
 
     def refresh_status(self) -> None:
-        if isinstance(self.screen, ChatScreen):
-            self.screen.update_status()
+        for screen in self.screen_stack:  # the chat screen may be under a dialog
+            if isinstance(screen, ChatScreen):
+                screen.update_status()
 
     def model_choices(self) -> list[str]:
         from macllm.hub import local_models

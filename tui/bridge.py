@@ -14,8 +14,8 @@ from macllm.engine import Engine, TokenStream
 from macllm.errors import MacllmError
 from macllm.generate import GenerationParams, GenerationResult
 
-from tui.events import (AdaptersChanged, AdaptersFailed, AnswerFailed, AnswerFinished, AnswerToken, ModelLoaded,
-                        ModelLoadFailed)
+from tui.events import (AdaptersChanged, AdaptersFailed, AnswerFailed, AnswerFinished, AnswerSources, AnswerToken,
+                        IndexFailed, IndexFinished, IndexProgress, ModelLoaded, ModelLoadFailed)
 
 if TYPE_CHECKING:
     from textual.app import App
@@ -33,6 +33,7 @@ class EngineBridge:
         self.engine = engine or Engine()
         self.model_source: str | None = None
         self.active_adapters: dict[str, float] = {}  # as last applied; read on the UI thread
+        self._retrievers: dict = {}  # notes index -> Retriever, opened on first question
         self.loading = False
         self._stream: TokenStream | None = None
         self._answer_ids = itertools.count(1)
@@ -117,6 +118,74 @@ class EngineBridge:
                     self._stream = None
 
         self.app.run_worker(pump, thread=True, group="answer", exit_on_error=False)
+        return answer_id
+
+    def _pump(self, stream: TokenStream, answer_id: int, target) -> None:
+        """Forward a token stream's events as messages (runs in a thread worker)."""
+        self._stream = stream
+        try:
+            for event in stream:
+                if isinstance(event, GenerationResult):
+                    target.post_message(AnswerFinished(answer_id, event))
+                else:
+                    target.post_message(AnswerToken(answer_id, event))
+        finally:
+            if self._stream is stream:
+                self._stream = None
+
+    # --- notes ---------------------------------------------------------------------------
+    def index_folder(self, folder: str, index: str | None, target, embedder: str | None = None) -> None:
+        """(Re)index a notes folder on the engine thread (the embedder is MLX work too), posting
+        IndexProgress per file, then IndexFinished or IndexFailed. `embedder`: for a new index (an
+        existing one keeps the embedder it was built with); default MiniLM."""
+        def run() -> None:
+            from macllm.rag.embedder import Embedder
+            from macllm.rag.indexer import index_notes
+            from macllm.rag.store import Store, index_path
+
+            def job():
+                store = Store(index_path(index))
+                try:
+                    source = store.meta("embedder_source") or embedder
+                    model = Embedder.load(source or None, progress=False)
+                    return index_notes(store, model, [folder],
+                                       on_file=lambda d, t, p: target.post_message(IndexProgress(d, t, p)))
+                finally:
+                    store.close()
+
+            try:
+                summary = self.engine.submit(job).result()
+            except BaseException as e:
+                target.post_message(IndexFailed(_one_line(e)))
+                return
+            self._retrievers.pop(index, None)  # reopen: the index changed
+            target.post_message(IndexFinished(summary))
+
+        self.app.run_worker(run, thread=True, group="index", exit_on_error=False)
+
+    def ask_notes(self, question: str, index: str | None, params: GenerationParams, target) -> int:
+        """Answer from the notes index with numbered citations; sources are posted before the tokens."""
+        answer_id = next(self._answer_ids)
+        placeholder = self._stream = TokenStream()  # busy (and stoppable) from now on
+
+        def run() -> None:
+            from macllm.rag.answer import ask
+            from macllm.rag.session import open_retriever
+
+            try:
+                retriever = self._retrievers.get(index)
+                if retriever is None:
+                    retriever = self._retrievers[index] = self.engine.submit(open_retriever, index, False).result()
+                answer = ask(self.engine, retriever, question, params=params)
+                if placeholder.cancelled.is_set():  # Esc while we were retrieving
+                    answer.stream.cancel()
+                target.post_message(AnswerSources(answer_id, answer.sources))
+                self._pump(answer.stream, answer_id, target)
+            except BaseException as e:
+                self._stream = None
+                target.post_message(AnswerFailed(answer_id, _one_line(e)))
+
+        self.app.run_worker(run, thread=True, group="answer", exit_on_error=False)
         return answer_id
 
     # --- adapters ------------------------------------------------------------------------

@@ -13,6 +13,8 @@ ACTIONS = (  # (title, help, screen action)
     ("Edit last message", "Put the last message back in the input to edit and resend (Ctrl+L)", "edit_last"),
     ("Token inspector", "Tokens of the last answer with probabilities and alternatives (Ctrl+T)", "inspect"),
     ("Adapters", "Swap or blend LoRA adapters mid-conversation (F4)", "adapters"),
+    ("Notes", "Answer from your notes with citations; index a folder (Ctrl+G)", "notes"),
+    ("Sources of the last notes answer", "Open the cited chunks (Ctrl+F)", "sources"),
     ("Chat settings", "Model, system prompt, temperature, top-p, min-p, max tokens (Ctrl+S)", "settings"),
     ("Rename chat", "Give this chat a title (F2)", "rename_chat"),
     ("Delete chat", "Delete this chat for good (F8)", "delete_chat"),

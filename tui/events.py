@@ -54,3 +54,32 @@ class AdaptersFailed(Message):
     def __init__(self, error: str) -> None:
         super().__init__()
         self.error = error
+
+
+class IndexProgress(Message):
+    def __init__(self, done: int, total: int, path: str) -> None:
+        super().__init__()
+        self.done = done
+        self.total = total
+        self.path = path
+
+
+class IndexFinished(Message):
+    def __init__(self, summary) -> None:
+        super().__init__()
+        self.summary = summary
+
+
+class IndexFailed(Message):
+    def __init__(self, error: str) -> None:
+        super().__init__()
+        self.error = error
+
+
+class AnswerSources(Message):
+    """The numbered note excerpts a notes-mode answer was given (they arrive before its tokens)."""
+
+    def __init__(self, answer_id: int, sources: list) -> None:
+        super().__init__()
+        self.answer_id = answer_id
+        self.sources = sources

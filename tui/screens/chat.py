@@ -11,7 +11,7 @@ from textual.widgets import Footer
 
 from macllm.chat_store import auto_title
 
-from tui.events import AnswerFailed, AnswerFinished, AnswerToken, ModelLoaded
+from tui.events import AnswerFailed, AnswerFinished, AnswerSources, AnswerToken, ModelLoaded
 from tui.settings import ChatSettings
 from tui.widgets.chat_input import ChatInput
 from tui.widgets.chat_list import ChatList
@@ -29,6 +29,8 @@ class ChatScreen(Screen):
         Binding("ctrl+s", "settings", "Settings"),
         Binding("ctrl+b", "toggle_chats", "Chats"),
         Binding("f4", "adapters", "Adapters"),
+        Binding("ctrl+g", "notes", "Notes"),
+        Binding("ctrl+f", "sources", "Sources", show=False),
         Binding("f2", "rename_chat", "Rename", show=False),
         Binding("f5", "copy_last", "Copy", show=False),
         Binding("ctrl+o", "export_chat", "Export", show=False),
@@ -137,10 +139,21 @@ class ChatScreen(Screen):
         self.answer_widget = ChatMessage("assistant", meta=meta)
         await self.conversation.mount(self.answer_widget)
         self.conversation.scroll_end(animate=False)
+        params = self.settings.generation_params()
+        if self.app.notes_mode:  # a single-turn answer from the notes index, with citations
+            question = self.store.messages(self.chat_id)[-1].content
+            self.answer_widget.meta["notes_index"] = self.app.notes_index or "notes"
+            self.answer_id = self.bridge.ask_notes(question, self.app.notes_index, params, target=self)
+            self.status.state = "searching notes…"
+            return
         system = self.settings.system or None
-        self.answer_id = self.bridge.answer(self.chat_id, system, self.stored_messages(),
-                                            self.settings.generation_params(), target=self)
+        self.answer_id = self.bridge.answer(self.chat_id, system, self.stored_messages(), params, target=self)
         self.status.state = "answering…"
+
+    def on_answer_sources(self, message: AnswerSources) -> None:
+        if message.answer_id == self.answer_id and self.answer_widget is not None:
+            self.answer_widget.meta["sources"] = [s.as_json() for s in message.sources]
+            self.status.state = "answering from notes…"
 
     async def on_answer_token(self, message: AnswerToken) -> None:
         if message.answer_id != self.answer_id or self.answer_widget is None:
@@ -190,6 +203,7 @@ class ChatScreen(Screen):
         self.status.model = (info.get("source") or self.settings.model or "no model") + state
         self.status.context_length = info.get("context_length", 0)
         self.status.adapters = ", ".join(f"{k}×{v:g}" for k, v in self.bridge.active_adapters.items())
+        self.status.notes = f"notes: {self.app.notes_index or 'notes'}" if self.app.notes_mode else ""
         self.status.context_used = self.bridge.context_used(self.chat_id) if self.chat_id else 0
 
     # --- actions ----------------------------------------------------------------------------
@@ -261,6 +275,23 @@ class ChatScreen(Screen):
             self.notify("Settings apply from the next answer.")
 
         self.app.push_screen(SettingsScreen(self.settings, self.app.model_choices()), apply)
+
+    def action_notes(self) -> None:
+        from tui.screens.notes import NotesScreen
+
+        self.app.push_screen(NotesScreen(classes="dialog-screen"))
+
+    def action_sources(self) -> None:
+        from macllm.rag.answer import _CITATION
+        from tui.screens.sources import SourcesScreen
+
+        answers = [w for w in self.conversation.query(ChatMessage) if w.meta.get("sources")]
+        if not answers:
+            self.notify("No answer from notes yet: Ctrl+G turns on answers from your notes.")
+            return
+        widget = answers[-1]
+        cited = [int(n) for n in _CITATION.findall(widget.content)]
+        self.app.push_screen(SourcesScreen(widget.meta["sources"], cited))
 
     def action_adapters(self) -> None:
         from macllm.lora.store import list_adapters

@@ -27,6 +27,14 @@ class ChatMessage(Vertical):
     def compose(self) -> ComposeResult:
         yield Label(self._label_text(), classes="role")
         yield Markdown(self.content, classes="body")
+        yield Label(self._sources_text(), classes="sources")
+
+    def _sources_text(self) -> str:
+        sources = self.meta.get("sources") or []
+        if not sources:
+            return ""
+        lines = [f"[{i}] {s['path']}:{s['line_start']}-{s['line_end']}" for i, s in enumerate(sources, start=1)]
+        return "Sources (Ctrl+F to open):\n" + "\n".join(lines)
 
     def _label_text(self) -> str:
         text = ROLE_LABELS.get(self.role, self.role)
@@ -61,4 +69,5 @@ class ChatMessage(Vertical):
             self.meta.update(meta)
         await self.markdown.update(self.content)
         self.query_one(".role", Label).update(self._label_text())
+        self.query_one(".sources", Label).update(self._sources_text())
         self.set_class(finish_reason == "cancelled", "stopped")

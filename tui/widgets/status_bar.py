@@ -15,9 +15,12 @@ class StatusBar(Static):
     memory_mb = reactive(0.0)
     state = reactive("")
     adapters = reactive("")
+    notes = reactive("")
 
     def render(self) -> str:
         parts = [self.model + (f" + {self.adapters}" if self.adapters else "")]
+        if self.notes:
+            parts.append(self.notes)
         if self.state:
             parts.append(self.state)
         if self.decode_tps:

@@ -1,0 +1,105 @@
+"""The notes panel: which index, its status, (re)index a folder with a progress bar, and the switch
+that makes answers come from the notes with numbered citations."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, ProgressBar, Switch
+
+from tui.events import IndexFailed, IndexFinished, IndexProgress
+
+
+def index_status(index: str | None) -> str:
+    from macllm.errors import MacllmError
+    from macllm.rag.store import Store, index_path
+
+    path = index_path(index)
+    if not path.exists():
+        return f"{path} — not created yet: index a folder below."
+    try:
+        store = Store(path, create=False)
+        files, chunks = store.counts()
+        store.close()
+    except MacllmError as e:
+        return str(e)
+    when = dt.datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+    return f"{path} — {files} files, {chunks} chunks, last indexed {when}"
+
+
+class NotesScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape", "close", "Close")]
+
+    def compose(self) -> ComposeResult:
+        app = self.app
+        with Vertical(classes="dialog notes"):
+            yield Label("Notes", classes="dialog-title")
+            with Horizontal(classes="row"):
+                yield Switch(app.notes_mode, id="notes-mode")
+                yield Label("Answer from my notes, with citations")
+            yield Label("Index (a name under $MACLLM_HOME/indexes, or a path)")
+            yield Input(app.notes_index or "notes", id="index-name")
+            yield Label("", id="index-status")
+            yield Label("Folder to (re)index")
+            yield Input(app.notes_folder or str(Path.cwd()), id="folder")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Index", variant="primary", id="index")
+                yield Button("Close", id="close")
+            yield ProgressBar(id="index-progress", show_eta=True)
+            yield Label("", id="index-result")
+
+    def on_mount(self) -> None:
+        self.show_status()
+
+    def index_name(self) -> str | None:
+        return self.query_one("#index-name", Input).value.strip() or None
+
+    def show_status(self) -> None:
+        self.query_one("#index-status", Label).update(index_status(self.index_name()))
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "index-name":
+            self.app.notes_index = self.index_name()
+            self.show_status()
+
+    def on_switch_changed(self, event: Switch.Changed) -> None:
+        self.app.notes_mode = event.value
+        self.app.refresh_status()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "close":
+            self.action_close()
+            return
+        folder = self.query_one("#folder", Input).value.strip()
+        if not folder or not Path(folder).expanduser().is_dir():
+            self.notify(f"{folder or 'nothing'}: not a folder", severity="error")
+            return
+        self.app.notes_folder = folder
+        event.button.disabled = True
+        self.query_one("#index-result", Label).update("Indexing…")
+        self.app.bridge.index_folder(folder, self.index_name(), target=self, embedder=self.app.notes_embedder)
+
+    def on_index_progress(self, message: IndexProgress) -> None:
+        self.query_one(ProgressBar).update(total=message.total, progress=message.done)
+
+    def on_index_finished(self, message: IndexFinished) -> None:
+        s = message.summary
+        skipped = sum(s.skipped.values())
+        self.query_one("#index-result", Label).update(
+            f"Done in {s.seconds:.1f} s: {s.added} added, {s.changed} changed, {s.removed} removed, "
+            f"{s.unchanged} unchanged, {skipped} skipped; {s.total_chunks} chunks.")
+        self.query_one("#index", Button).disabled = False
+        self.show_status()
+
+    def on_index_failed(self, message: IndexFailed) -> None:
+        self.query_one("#index-result", Label).update("")
+        self.query_one("#index", Button).disabled = False
+        self.notify(message.error, title="Indexing failed", severity="error", timeout=8)
+
+    def action_close(self) -> None:
+        self.dismiss(None)

@@ -27,7 +27,9 @@ class ChatMessage(Vertical):
     def compose(self) -> ComposeResult:
         yield Label(self._label_text(), classes="role")
         yield Markdown(self.content, classes="body")
-        yield Label(self._sources_text(), classes="sources")
+        sources = Label(self._sources_text(), classes="sources")
+        sources.display = bool(self.meta.get("sources"))  # no empty row under ordinary messages
+        yield sources
 
     def _sources_text(self) -> str:
         sources = self.meta.get("sources") or []
@@ -69,5 +71,7 @@ class ChatMessage(Vertical):
             self.meta.update(meta)
         await self.markdown.update(self.content)
         self.query_one(".role", Label).update(self._label_text())
-        self.query_one(".sources", Label).update(self._sources_text())
+        sources = self.query_one(".sources", Label)
+        sources.update(self._sources_text())
+        sources.display = bool(self.meta.get("sources"))
         self.set_class(finish_reason == "cancelled", "stopped")

@@ -101,21 +101,13 @@ class EngineBridge:
         target = target or self.app
         conv_id = self.sync_conversation(chat_id, system, messages)
         answer_id = next(self._answer_ids)
-        stream = self.engine.reply(conv_id, params)
-        self._stream = stream
+        stream = self._stream = self.engine.reply(conv_id, params)
 
         def pump() -> None:
             try:
-                for event in stream:
-                    if isinstance(event, GenerationResult):
-                        target.post_message(AnswerFinished(answer_id, event))
-                    else:
-                        target.post_message(AnswerToken(answer_id, event))
+                self._pump(stream, answer_id, target)
             except BaseException as e:
                 target.post_message(AnswerFailed(answer_id, _one_line(e)))
-            finally:
-                if self._stream is stream:
-                    self._stream = None
 
         self.app.run_worker(pump, thread=True, group="answer", exit_on_error=False)
         return answer_id

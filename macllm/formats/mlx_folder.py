@@ -7,15 +7,12 @@ half-made under the target name.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import mlx.core as mx
 
+from macllm.atomic_folder import atomic_folder
 from macllm.config import ModelConfig
-from macllm.errors import MacllmError
 
 
 def write_tokenizer_files(tokenizer, folder: Path) -> None:
@@ -35,11 +32,7 @@ def write_tokenizer_files(tokenizer, folder: Path) -> None:
 def save_mlx_folder(cfg: ModelConfig, weights: dict[str, mx.array], tokenizer, out: Path,
                     overwrite: bool = False) -> Path:
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise MacllmError(f"{out} already exists; choose another output folder or remove it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with atomic_folder(out, overwrite, "choose another output folder or remove it") as tmp:
         config = cfg.to_hf_dict()
         config.setdefault("architectures", ["LlamaForCausalLM"])
         if tokenizer.eos_token_id is not None:
@@ -49,13 +42,4 @@ def save_mlx_folder(cfg: ModelConfig, weights: dict[str, mx.array], tokenizer, o
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
         write_tokenizer_files(tokenizer, tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise MacllmError(f"could not write {out}: {e.strerror or e}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import mlx.core as mx
 
+from macllm.atomic_folder import atomic_folder
 from macllm.errors import MacllmError
 from macllm.lora.adapter import Adapter
 
@@ -151,8 +149,6 @@ def _read_peft(folder: Path, config: dict, name: str) -> Adapter:
 def write_adapter(adapter: Adapter, out: Path, num_model_layers: int, overwrite: bool = False) -> Path:
     """mlx-lm's format, written into a temporary sibling and renamed into place (atomic)."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise MacllmError(f"{out} already exists; choose another name or remove it")
     layers = adapter.layer_indices
     # mlx-lm wraps the last `num_layers` layers; cover from the first adapted one to the end.
     num_layers = num_model_layers - min(layers) if layers else 0
@@ -170,18 +166,7 @@ def write_adapter(adapter: Adapter, out: Path, num_model_layers: int, overwrite:
     for module, (a, b) in adapter.weights.items():
         tensors[f"{module}.lora_a"] = a
         tensors[f"{module}.lora_b"] = b
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with atomic_folder(out, overwrite) as tmp:
         (tmp / CONFIG).write_text(json.dumps(config, indent=2))
         mx.save_safetensors(str(tmp / MLX_WEIGHTS), tensors, metadata={"format": "mlx"})
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise MacllmError(f"could not write {out}: {e.strerror or e}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -1,0 +1,48 @@
+"""Writing a folder so that readers only ever see the old one or the finished new one.
+
+The new folder is filled in a temporary sibling; the old one (if any) is moved aside, the new one
+renamed into place, and only then is the old one removed. A crash at any point leaves either the
+previous folder or the new one under the target name (plus a hidden leftover at worst), never half.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from macllm.errors import MacllmError
+
+
+def replace_folder(new: Path, out: Path) -> None:
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(out, old)
+    os.replace(new, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def atomic_folder(out: Path, overwrite: bool = False, exists_hint: str = "choose another name or remove it"
+                  ) -> Iterator[Path]:
+    """Yields an empty temporary folder to fill; on success it becomes `out`."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise MacllmError(f"{out} already exists; {exists_hint}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield tmp
+        replace_folder(tmp, out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise MacllmError(f"could not write {out}: {e.strerror or e}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

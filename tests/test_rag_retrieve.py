@@ -108,3 +108,23 @@ def test_chinese_phrase_mid_sentence_is_found(tmp_path, embedder):
     plain = store.conn.execute("SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH ?",
                                (f'text : "{phrase}"',)).fetchone()[0]
     assert plain == 0
+
+
+def test_large_index_leaves_very_common_words_out_of_the_keyword_query(tmp_path, embedder, monkeypatch):
+    from macllm.rag import store as store_module
+
+    root = tmp_path / "many"
+    root.mkdir()
+    for i in range(6):
+        (root / f"{i}.txt").write_text(f"common words running everywhere {'rare zebra' if i == 3 else 'plain'}\n")
+    store = Store(tmp_path / "i.sqlite")
+    index_notes(store, embedder, [root])
+    assert store._common_words("common zebra") == frozenset()  # a small index: every word counts
+    monkeypatch.setattr(store_module, "LARGE_INDEX_CHUNKS", 1)
+    monkeypatch.setattr(store_module, "COMMON_WORD_SHARE", 0.5)
+    store._counted = (None, 0)
+    assert store._common_words("common RUNS zebra") == {"common", "runs"}  # stems compared: runs ~ running
+    assert store._common_words("common everywhere") in ({"common"}, {"everywhere"})  # the rarest one stays
+    hits = store.bm25("common zebra", 10)
+    assert len(hits) == 1 and hits[0][0] in {r[0] for r in store.conn.execute("SELECT id FROM chunks")}
+    assert len(store.bm25("common", 10)) == 6

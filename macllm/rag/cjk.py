@@ -29,8 +29,14 @@ def cjk_terms(text: str) -> str:
     return " ".join(" ".join(bigrams(run)) for run in _CJK_RUN.findall(text))
 
 
-def fts_query(query: str) -> str:
-    """An FTS5 MATCH expression: any of the query's words (OR, ranked by BM25), CJK runs as phrases."""
+def query_words(query: str) -> list[str]:
+    """The query's non-CJK words, as the keyword search uses them."""
+    return _WORD.findall(_CJK_RUN.sub(" ", query))
+
+
+def fts_query(query: str, skip: frozenset[str] = frozenset()) -> str:
+    """An FTS5 MATCH expression: any of the query's words (OR, ranked by BM25), CJK runs as phrases.
+    Words in `skip` (lower case) are left out, unless that would leave nothing."""
     terms: list[str] = []
     for run in _CJK_RUN.findall(query):
         pairs = bigrams(run)
@@ -40,10 +46,10 @@ def fts_query(query: str) -> str:
         terms.append('cjk : "' + " ".join(pairs) + '"')  # the exact run scores highest
         if len(pairs) > 1:
             terms.extend(f'cjk : "{pair}"' for pair in dict.fromkeys(pairs))
-    rest = _CJK_RUN.sub(" ", query)
-    words = [w for w in _WORD.findall(rest) if w.lower() not in _STOPWORDS]
-    if not words and not terms:  # only stop words: search them rather than nothing
-        words = _WORD.findall(rest)
+    everything = query_words(query)
+    words = [w for w in everything if w.lower() not in _STOPWORDS and w.lower() not in skip]
+    if not words and not terms:  # only stop words or common words: search them rather than nothing
+        words = [w for w in everything if w.lower() not in _STOPWORDS] or everything
     seen: set[str] = set()
     for word in words:
         if word.lower() not in seen:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from macllm.errors import MacllmError
-from macllm.rag.cjk import cjk_terms, fts_query
+from macllm.rag.cjk import cjk_terms, fts_query, query_words
 
 APPLICATION_ID = 0x6D6C6E78  # "mlnx": tells our index files from other SQLite files
 SCHEMA_VERSION = 1
@@ -37,6 +37,10 @@ CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(heading, text, cjk, tok
 
 # Keyword weights: a heading match says more than one in the body.
 _BM25_WEIGHTS = (2.0, 1.0, 1.0)
+# In a large index, a query word found in over 5% of chunks adds little to BM25 but costs the most time
+# (FTS5 scores every chunk that has any query word), so it is left out of the keyword query.
+LARGE_INDEX_CHUNKS = 20_000
+COMMON_WORD_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -197,7 +201,7 @@ class Store:
     # ------------------------------------------------------------------ reading for search
     def bm25(self, query: str, n: int, path_glob: str | None = None) -> list[tuple[int, float]]:
         """[(chunk id, score)] best first; score = -bm25 (higher is better). Empty if the query has no terms."""
-        match = fts_query(query)
+        match = fts_query(query, skip=self._common_words(query))
         if not match:
             return []
         weights = ", ".join(str(w) for w in _BM25_WEIGHTS)
@@ -211,6 +215,35 @@ class Store:
             sql += " WHERE chunks_fts MATCH ?"
         sql += " ORDER BY score DESC LIMIT ?"
         return [(int(i), float(s)) for i, s in self.conn.execute(sql, (*args, n))]
+
+    def _common_words(self, query: str) -> frozenset[str]:
+        """Lower-cased query words that occur in more than COMMON_WORD_SHARE of a large index's chunks."""
+        chunks = self._chunk_count()
+        words = {w.lower() for w in query_words(query)}
+        if chunks < LARGE_INDEX_CHUNKS or not words:
+            return frozenset()
+        c = self.conn
+        # The index holds porter stems: tokenize the words with the same tokenizer in a scratch table.
+        c.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.query_terms USING fts5(word, tokenize='porter unicode61')")
+        c.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.query_vocab USING fts5vocab(temp, query_terms, 'row')")
+        c.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.chunk_vocab USING fts5vocab(main, chunks_fts, 'row')")
+        common: dict[str, int] = {}
+        for word in words:
+            c.execute("INSERT INTO temp.query_terms(rowid, word) VALUES (1, ?)", (word,))
+            stems = [t for (t,) in c.execute("SELECT term FROM temp.query_vocab")]
+            c.execute("DELETE FROM temp.query_terms")
+            docs = [c.execute("SELECT doc FROM temp.chunk_vocab WHERE term=?", (t,)).fetchone() for t in stems]
+            if stems and all(d and d[0] > COMMON_WORD_SHARE * chunks for d in docs):
+                common[word] = min(d[0] for d in docs)
+        if len(common) == len(words):  # every word is common: keep the rarest one
+            del common[min(common, key=common.get)]
+        return frozenset(common)
+
+    def _chunk_count(self) -> int:
+        generation = self.generation
+        if getattr(self, "_counted", (None, 0))[0] != generation:
+            self._counted = (generation, self.conn.execute("SELECT count(*) FROM chunks").fetchone()[0])
+        return self._counted[1]
 
     def embedding_matrix(self, embedder_id: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """(chunk ids, (n, dim) float32 matrix, file path per row) for chunks embedded by `embedder_id`."""

@@ -34,18 +34,34 @@ def layer_quantization(quant: dict, prefix: str) -> dict:
     return {"group_size": quant["group_size"], "bits": quant["bits"]}
 
 
+_load_streams: list = []
+
+
+def load_streams() -> list:
+    """MLX runs each CPU stream's ops on its own thread, but one stream uses one core: spreading the
+    dequantization of a model over two streams makes loading ~30% faster on the CPU path."""
+    if not _load_streams:
+        if backend.is_metal():
+            _load_streams.append(mx.default_stream(mx.gpu))
+        else:
+            _load_streams.extend(mx.new_stream(mx.cpu) for _ in range(2))
+    return _load_streams
+
+
 def dequantize_all(weights: dict[str, mx.array], quant: dict, dtype=mx.float32) -> dict[str, mx.array]:
     """Quantized (weight, scales, biases) triples -> dense weights; floats cast to `dtype`."""
     out = {}
-    for name, value in weights.items():
+    streams = load_streams()
+    for i, (name, value) in enumerate(weights.items()):
         if name.endswith((".scales", ".biases")):
             continue
+        stream = streams[i % len(streams)]
         prefix = name[: -len(".weight")] if name.endswith(".weight") else None
         if prefix and f"{prefix}.scales" in weights:
             q = layer_quantization(quant, prefix)
             value = mx.dequantize(value, weights[f"{prefix}.scales"], weights.get(f"{prefix}.biases"),
-                                  group_size=q["group_size"], bits=q["bits"])
-        out[name] = value.astype(dtype)
+                                  group_size=q["group_size"], bits=q["bits"], stream=stream)
+        out[name] = value.astype(dtype, stream=stream)
     return out
 
 

@@ -28,6 +28,7 @@ A model running on this machine. Nothing you type leaves it.
 | Ctrl+T | token inspector for the last answer |
 | Ctrl+G | notes: answer from your notes with citations, choose an index, (re)index a folder |
 | Ctrl+F | sources of the last notes answer: open a cited chunk with its path and lines |
+| F9 | train a LoRA adapter on a notes folder; F3 swaps the finished one in |
 | F4 | adapters: swap one in (Enter), blend several (B, +/−, A), or none (N) — mid-conversation |
 | F5 | copy the last answer |
 | Ctrl+O | export this chat as Markdown |

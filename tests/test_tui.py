@@ -428,3 +428,15 @@ async def test_index_a_folder_and_answer_from_notes_with_citations(tiny_llama_gg
         chunk = app.screen
         assert isinstance(chunk, ChunkScreen)
         assert f":{sources[0]['line_start']}-{sources[0]['line_end']}" in str(chunk.query_one("#chunk-title").render())
+
+
+async def test_kv_bits_reach_the_chat_caches(tiny_llama_gguf, store, tmp_path):
+    from macllm.cache_quantized import QuantizedKVCache
+
+    app = MacllmApp(model=str(tiny_llama_gguf), store=store, export_dir=tmp_path,
+                    default_settings={"temperature": 0.0, "max_tokens": 5}, kv_bits=8)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await send(pilot, "hello")
+        conv = next(iter(app.bridge.engine.conversations.values()))
+        assert isinstance(conv.cache[0], QuantizedKVCache)

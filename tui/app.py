@@ -33,7 +33,7 @@ class MacllmApp(App):
 
     def __init__(self, model: str = DEFAULT_MODEL, keep_quantized: bool = False, store: ChatStore | None = None,
                  export_dir: Path | None = None, default_settings: dict | None = None, engine=None,
-                 adapters: list[tuple[str, str, float]] | None = None) -> None:
+                 adapters: list[tuple[str, str, float]] | None = None, kv_bits: int | None = None) -> None:
         super().__init__()
         self.model_source = model
         self.keep_quantized = keep_quantized
@@ -46,7 +46,8 @@ class MacllmApp(App):
         self.notes_index: str | None = None  # None: the default index "notes"
         self.notes_folder: str | None = None
         self.notes_embedder: str | None = None  # for a new index; None: MiniLM
-        self.startup_adapters = list(adapters or [])  # (ref, name, scale) from `chat --adapter`, once loaded
+        self.startup_adapters = list(adapters or [])
+        self.kv_bits = kv_bits  # `chat --kv-bits`: caches of every model loaded in this app  # (ref, name, scale) from `chat --adapter`, once loaded
 
     def on_mount(self) -> None:
         self.push_screen(ChatScreen())
@@ -62,6 +63,10 @@ class MacllmApp(App):
     def on_model_loaded(self, message: ModelLoaded) -> None:
         info = message.info
         self.notify(f"{info.get('source')} ready · {info.get('compute')}", timeout=3)
+        if self.kv_bits:
+            from macllm.commands.options import set_kv_bits
+
+            set_kv_bits(self.bridge.engine, self.kv_bits)
         self.refresh_status()
         if self.startup_adapters:
             self.bridge.apply_adapters({name: scale for _, name, scale in self.startup_adapters},

@@ -50,7 +50,7 @@ def run_app(args) -> int:
     if args.system:
         defaults["system"] = args.system
     app = MacllmApp(model=args.model, keep_quantized=args.keep_quantized, default_settings=defaults,
-                    adapters=adapters)
+                    adapters=adapters, kv_bits=args.kv_bits)
     try:
         app.run()
     finally:

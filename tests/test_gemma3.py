@@ -13,6 +13,7 @@ import macllm  # noqa: F401  (loads OpenBLAS before MLX)
 import mlx.core as mx
 
 from tests import tiny_gemma3
+from tests.conftest import pull_for_tests
 
 REFERENCE = Path(__file__).resolve().parent / "data" / "gemma3_llamacpp_reference.json"
 TOKENS = [2, 270, 280, 290, 275, 285, 262, 293, 281, 289, 265, 271, 295, 288, 277, 268, 291, 284, 279, 296]
@@ -118,24 +119,7 @@ def test_spm_tokenizer_merges_by_score_and_falls_back_to_bytes():
 
 @pytest.fixture(scope="module")
 def gemma_gguf() -> Path:
-    import os
-
-    home = Path(os.environ.get("MACLLM_TEST_HOME", Path.home() / ".cache" / "macllm-test"))
-    old = os.environ.get("MACLLM_HOME")
-    os.environ["MACLLM_HOME"] = str(home)
-    try:
-        from macllm.errors import MacllmError
-        from macllm.hub import pull
-
-        try:
-            return pull("gemma3-270m", progress=False)
-        except MacllmError as e:
-            pytest.skip(f"real model unavailable: {e}")
-    finally:
-        if old is None:
-            os.environ.pop("MACLLM_HOME", None)
-        else:
-            os.environ["MACLLM_HOME"] = old
+    return pull_for_tests("gemma3-270m")
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from tests.conftest import TEST_HOME
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,8 +23,7 @@ def tmux_available() -> bool:
 @pytest.mark.skipif(not tmux_available(), reason="tmux is not installed (and this is not root with apt-get)")
 def test_smoke_in_tmux(smollm_gguf):
     # The same model cache as the smollm_gguf fixture, so the script's pull finds the model there.
-    home = Path(os.environ.get("MACLLM_TEST_HOME", Path.home() / ".cache" / "macllm-test"))
-    env = {**os.environ, "MACLLM_HOME": str(home)}
+    env = {**os.environ, "MACLLM_HOME": str(TEST_HOME)}
     run = subprocess.run(["bash", str(REPO / "scripts" / "smoke_tmux.sh")], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr

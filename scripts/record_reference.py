@@ -98,10 +98,11 @@ def record(model_path: Path) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("model", nargs="?", help="SmolLM2 GGUF (default: pull smollm2-135m)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+def run_cli(argv: list[str] | None, description: str, catalog_name: str, default_out: Path, record_fn) -> int:
+    """The command line both reference scripts share: a model path (default: pull from the catalog) -> JSON."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("model", nargs="?", help=f"the GGUF (default: pull {catalog_name})")
+    parser.add_argument("--out", type=Path, default=default_out)
     args = parser.parse_args(argv)
 
     if args.model:
@@ -110,12 +111,16 @@ def main(argv: list[str] | None = None) -> int:
         import macllm  # noqa: F401  (OpenBLAS before anything loads MLX)
         from macllm.hub import pull
 
-        model_path = pull("smollm2-135m")
-    data = record(model_path)
+        model_path = pull(catalog_name)
+    data = record_fn(model_path)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(argv, __doc__.split("\n")[0], "smollm2-135m", DEFAULT_OUT, record)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ It rewrites tests/data/gemma3_llamacpp_reference.json (use --out to write elsewh
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -60,24 +59,7 @@ def record(model_path: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import json
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("model", nargs="?", help="Gemma 3 270M GGUF (default: pull gemma3-270m)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    args = parser.parse_args(argv)
-    if args.model:
-        model_path = Path(args.model)
-    else:
-        import macllm  # noqa: F401  (OpenBLAS before anything loads MLX)
-        from macllm.hub import pull
-
-        model_path = pull("gemma3-270m")
-    data = record(model_path)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}")
-    return 0
+    return base.run_cli(argv, __doc__.split("\n")[0], "gemma3-270m", DEFAULT_OUT, record)
 
 
 if __name__ == "__main__":

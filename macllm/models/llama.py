@@ -7,6 +7,7 @@ import mlx.nn as nn
 
 from macllm.config import ModelConfig
 from macllm.kernels import residual_rms_norm
+from macllm.models.attention import rotate_cache_attend
 from macllm.models.rope import RoPE
 
 
@@ -29,14 +30,7 @@ class Attention(nn.Module):
         q = self.q_proj(x).reshape(b, length, self.n_heads, -1)
         k = self.k_proj(x).reshape(b, length, self.n_kv_heads, -1)
         v = self.v_proj(x).reshape(b, length, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
-        offset = cache.offset if cache is not None else 0
-        # One rope call for queries and keys together: half the per-op overhead on CPU.
-        qk = self.rope(mx.concatenate([q, k], axis=2).transpose(0, 2, 1, 3), offset)
-        q, k = qk[:, : self.n_heads], qk[:, self.n_heads:]
-        if cache is not None:
-            k, v = cache.update(k, v)
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
-        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(b, length, -1))
+        return self.o_proj(rotate_cache_attend(q, k, v, self.rope, cache, self.scale, mask))
 
 
 class MLP(nn.Module):

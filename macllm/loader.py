@@ -63,8 +63,12 @@ def dequantize_all(weights: dict[str, mx.array], quant: dict, dtype=mx.float32) 
         prefix = name[: -len(".weight")] if name.endswith(".weight") else None
         if prefix and f"{prefix}.scales" in weights:
             q = layer_quantization(quant, prefix)
-            value = mx.dequantize(value, weights[f"{prefix}.scales"], weights.get(f"{prefix}.biases"),
-                                  group_size=q["group_size"], bits=q["bits"], stream=stream)
+            # Scales in the compute dtype: float16 arithmetic would round every weight to float16.
+            scales = weights[f"{prefix}.scales"].astype(dtype, stream=stream)
+            biases = weights.get(f"{prefix}.biases")
+            biases = None if biases is None else biases.astype(dtype, stream=stream)
+            value = mx.dequantize(value, scales, biases, group_size=q["group_size"], bits=q["bits"],
+                                  stream=stream)
         out[name] = value.astype(dtype, stream=stream)
     return out
 

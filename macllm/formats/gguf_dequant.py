@@ -14,7 +14,8 @@ import numpy as np
 from macllm.errors import MacllmError
 from macllm.formats.gguf_header import TensorInfo, read_header
 
-# Re-quantizing: a tensor stored with at least this many bits per weight gets 8 bits, others 4.
+# Re-quantizing (types without an exact MLX layout): a tensor stored with at least this many bits per
+# weight gets 8 bits, others 4.
 HIGH_PRECISION_BITS = 6.0
 
 
@@ -96,4 +97,39 @@ def read_dequantized(path: Path) -> tuple[dict[str, mx.array], dict, dict[str, i
             value = value.astype(np.float32)
         tensors[info.name] = mx.array(value)
         types[info.name] = info.type_id
+    return tensors, meta, types
+
+
+def read_for_import(path: Path) -> tuple[dict[str, mx.array], dict, dict[str, int]]:
+    """Like read_dequantized, but tensors whose type is an exact fit for MLX's affine layout (Q4_0, Q4_1,
+    Q5_0, Q5_1, Q8_0, Q4_K, Q5_K) come back as (weight, scales, biases) triples without any rounding
+    beyond float16 scales; the rest are dequantized to float."""
+    import gguf
+
+    from macllm.formats.gguf_blocks import LAYOUTS, read_exact
+
+    path = Path(path)
+    meta, infos = read_header(path)
+    check_types(infos, path)
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    tensors, types = {}, {}
+    for info in infos:
+        types[info.name] = info.type_id
+        name = type_name(info.type_id)
+        if name in LAYOUTS and len(info.shape) == 2 and info.name.endswith(".weight"):
+            block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[name]]
+            nbytes = int(np.prod(info.shape)) // block * size
+            raw = data[info.offset:info.offset + nbytes]
+            if len(raw) < nbytes:
+                raise MacllmError(f"tensor {info.name} runs past the end of the file; the GGUF is truncated")
+            exact = read_exact(raw, name, info.shape)
+            if exact is not None:
+                packed, scales, biases, _ = exact
+                prefix = info.name[: -len(".weight")]
+                tensors[info.name] = mx.array(packed)
+                tensors[prefix + ".scales"] = mx.array(scales).astype(mx.float16)
+                tensors[prefix + ".biases"] = mx.array(biases).astype(mx.float16)
+                continue
+        value = read_tensor(data, info)
+        tensors[info.name] = mx.array(value.astype(np.float32) if value.dtype == np.float64 else value)
     return tensors, meta, types

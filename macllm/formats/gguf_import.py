@@ -1,9 +1,11 @@
 """Import a GGUF whose tensor types MLX cannot read (k-quants, Q5_0, BF16, ...) into an MLX folder.
 
-Tensors are dequantized with the gguf package and re-quantized to MLX affine 4-bit, group 32 (8-bit for
-tensors stored with 6 or more bits per weight, F16/BF16 included; norms stay float). The folder is cached under
-models_dir()/.imported, keyed by the file's name, size and modification time, so the slow part happens
-once per file.
+Types that are affine groups of 32 (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K) move across without
+rounding: same codes, same scales, at 4, 5 or 8 bits (gguf_blocks). The others are dequantized with the
+gguf package and re-quantized to MLX affine, group 32: 8 bits for tensors stored with 6 or more bits per
+weight (Q6_K, F16, BF16), 4 bits below that (Q2_K, Q3_K, IQ types); norms stay float. The folder is cached
+under models_dir()/.imported, keyed by the file's name, size and modification time and by this recipe's
+version, so the slow part happens once per file.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from macllm.formats.gguf_model import convert_tensors, hf_name
 from macllm.paths import models_dir
 
 GROUP_SIZE = 32
+RECIPE = "v2"  # bump when the import changes, so stale cached folders are not reused
 
 
 def import_cache_path(path: Path) -> Path:
     stat = Path(path).stat()
-    return models_dir() / ".imported" / f"{Path(path).stem}-{stat.st_size}-{stat.st_mtime_ns}"
+    return models_dir() / ".imported" / f"{Path(path).stem}-{stat.st_size}-{stat.st_mtime_ns}-{RECIPE}"
 
 
 def imported_folder(path: Path, progress: bool = False) -> Path:
@@ -45,23 +48,39 @@ def check_importable(path: Path):
 def import_gguf(path: Path, out: Path, progress: bool = False) -> Path:
     import sys
 
-    from macllm.formats.gguf_dequant import read_dequantized, requantize_bits
+    from macllm.formats.gguf_dequant import read_for_import, requantize_bits
     from macllm.formats.mlx_folder import save_mlx_folder
     from macllm.quantize import quantize_weights
 
     tokenizer = check_importable(path)
     if progress:
-        print(f"Importing {Path(path).name} (dequantizing and re-quantizing once)…", file=sys.stderr)
-    raw, meta, types = read_dequantized(Path(path))
+        print(f"Importing {Path(path).name} (once; later loads read the cached copy)…", file=sys.stderr)
+    raw, meta, types = read_for_import(Path(path))
     arch = meta.get("general.architecture")
-    cfg, weights, _, _ = convert_tensors(raw, meta)
+    cfg, weights, _, _ = convert_tensors(raw, meta)  # names, q/k row order; triples carried as they are
+    exact = cfg.quantization or {"group_size": GROUP_SIZE}
     bits = {}
     for name, type_id in types.items():
         target = hf_name(name, arch)
-        if target and target.endswith(".weight") and weights[target].ndim == 2:
+        if target and target.endswith(".weight") and weights[target].ndim == 2 \
+                and target[: -len(".weight")] + ".scales" not in weights:
             bits[target[: -len(".weight")]] = requantize_bits(type_id)
-    common = max(set(bits.values()), key=list(bits.values()).count) if bits else 4
-    # Matrices stored as floats (F16, BF16) count as high precision: 8 bits. Norms stay float.
-    weights, quant = quantize_weights(weights, common, GROUP_SIZE, bits_of=bits.get)
-    cfg.quantization = quant if bits else None
+    weights, requantized = quantize_weights(weights, 4, GROUP_SIZE, bits_of=lambda p: bits.get(p))
+    cfg.quantization = _merge(exact, requantized, bits, weights)
     return save_mlx_folder(cfg, weights, tokenizer, out, overwrite=True)
+
+
+def _merge(exact: dict, requantized: dict, bits: dict, weights: dict) -> dict | None:
+    """One `quantization` block: the most common bits as default, every other layer listed."""
+    per_layer = {k: v["bits"] for k, v in exact.items() if isinstance(v, dict)}
+    for name in weights:
+        prefix = name[: -len(".scales")] if name.endswith(".scales") else None
+        if prefix and prefix not in per_layer:
+            per_layer[prefix] = bits.get(prefix) or exact.get("bits")
+    if not per_layer:
+        return None
+    values = list(per_layer.values())
+    common = max(set(values), key=values.count)
+    quant: dict = {"group_size": GROUP_SIZE, "bits": common}
+    quant.update({p: {"group_size": GROUP_SIZE, "bits": b} for p, b in per_layer.items() if b != common})
+    return quant

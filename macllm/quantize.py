@@ -1,17 +1,12 @@
-"""Affine (min/max) quantization of weight matrices into MLX's packed layout, and whole-model conversion.
-
-Each group of `group_size` values gets scale = (max - min) / (2**bits - 1) and bias = min; values are
-stored as round((w - min) / scale). This is exactly GGUF's Q4_1 recipe, so re-quantizing Q4_1 weights at
-4 bits, group 32 reproduces them bit for bit. (mx.quantize picks scale and bias slightly differently.)
-The packing is MLX's: 32 // bits values per uint32, the first in the lowest bits; mx.dequantize and
-nn.QuantizedLinear read it directly.
+"""Whole-model conversion to MLX's quantized layout: which matrices, at how many bits, and the config's
+`quantization` block that macllm and mlx-lm both read. The per-matrix arithmetic is in affine.py.
 """
 
 from __future__ import annotations
 
 import mlx.core as mx
-import numpy as np
 
+from macllm.affine import affine_quantize
 from macllm.errors import MacllmError
 
 BITS = (4, 8)
@@ -19,32 +14,7 @@ GROUP_SIZES = (32, 64, 128)
 # --mixed keeps these at 8 bits: the embedding/head see every token, and the value and down projections
 # are the most sensitive matrices in published mixed recipes.
 MIXED_HIGH_PRECISION = ("embed_tokens", "lm_head", "v_proj", "down_proj")
-SCALES_DTYPE = mx.float16
-
-
-def affine_quantize(w: mx.array, bits: int = 4, group_size: int = 32,
-                    scales_dtype=SCALES_DTYPE) -> tuple[mx.array, mx.array, mx.array]:
-    """(packed uint32 weights, scales, biases) for a 2-D matrix, MLX layout."""
-    rows, cols = w.shape
-    if cols % group_size:
-        raise MacllmError(f"cannot quantize a matrix of width {cols} in groups of {group_size}")
-    levels = (1 << bits) - 1
-    groups = w.astype(mx.float32).reshape(rows, cols // group_size, group_size)
-    low = groups.min(axis=-1, keepdims=True)
-    high = groups.max(axis=-1, keepdims=True)
-    # Scale in float64 (float32 division can land one float16 step off), then rounded to its stored
-    # precision before the integers are chosen, so they fit what is stored.
-    spread = np.array(high, dtype=np.float64) - np.array(low, dtype=np.float64)
-    scales = mx.array(spread / levels).astype(scales_dtype)
-    biases = low.astype(scales_dtype)
-    s32, b32 = scales.astype(mx.float32), biases.astype(mx.float32)
-    safe = mx.where(s32 == 0, 1.0, s32)
-    q = mx.clip(mx.round((groups - b32) / safe), 0, levels).astype(mx.uint32)
-    per_word = 32 // bits
-    q = q.reshape(rows, cols // per_word, per_word)
-    shifts = mx.arange(per_word, dtype=mx.uint32) * bits
-    packed = (q << shifts).sum(axis=-1).astype(mx.uint32)  # disjoint bit fields: sum == bitwise or
-    return packed, scales.squeeze(-1), biases.squeeze(-1)
+CALIBRATION_TOKENS = 8192
 
 
 def is_quantizable(name: str, value: mx.array, group_size: int) -> bool:
@@ -59,10 +29,12 @@ def bits_for(prefix: str, bits: int, mixed: bool) -> int:
 
 
 def quantize_weights(weights: dict[str, mx.array], bits: int = 4, group_size: int = 64,
-                     mixed: bool = False, bits_of=None) -> tuple[dict[str, mx.array], dict]:
+                     mixed: bool = False, bits_of=None, search: bool = False,
+                     importance: dict[str, mx.array] | None = None) -> tuple[dict[str, mx.array], dict]:
     """Float weights -> quantized triples and the config's `quantization` block (per-layer overrides
     for layers whose bits differ). `bits_of(prefix)` may choose bits per layer instead of `mixed`
-    (None: keep that layer float)."""
+    (None: keep that layer float). `search` and `importance` (per layer prefix) go to affine_quantize."""
+    importance = importance or {}
     out: dict[str, mx.array] = {}
     quant: dict = {"group_size": group_size, "bits": bits}
     for name, value in weights.items():
@@ -74,7 +46,7 @@ def quantize_weights(weights: dict[str, mx.array], bits: int = 4, group_size: in
         if not layer_bits:  # bits_of may keep a layer float
             out[name] = value
             continue
-        packed, scales, biases = affine_quantize(value, layer_bits, group_size)
+        packed, scales, biases = affine_quantize(value, layer_bits, group_size, importance.get(prefix), search)
         mx.eval(packed, scales, biases)  # one matrix at a time keeps peak memory low
         out[name], out[f"{prefix}.scales"], out[f"{prefix}.biases"] = packed, scales, biases
         if layer_bits != bits:
@@ -113,9 +85,12 @@ def _float32_scales(weights: dict) -> dict:
 
 
 def convert(source: str, out, bits: int = 4, group_size: int = 64, mixed: bool = False,
-            progress: bool = False) -> dict:
+            progress: bool = False, search: bool = True, calibrate=None,
+            calibration_tokens: int = CALIBRATION_TOKENS) -> dict:
     """A model (HF folder, MLX folder, any GGUF, catalog name) -> an MLX folder quantized as asked.
+    `calibrate`: a text file or folder whose activations weight the rounding error (see calibration.py).
     The folder appears only when complete (save_mlx_folder writes a temp sibling, then renames)."""
+    import time
     from pathlib import Path
 
     from macllm.formats.mlx_folder import save_mlx_folder
@@ -128,11 +103,32 @@ def convert(source: str, out, bits: int = 4, group_size: int = 64, mixed: bool =
     out = Path(out)
     if out.exists():
         raise MacllmError(f"{out} already exists; choose another output folder or remove it")
+    started = time.perf_counter()
     cfg, weights, tokenizer = float_weights(resolve_model(source, progress=progress))
-    weights, quant = quantize_weights(weights, bits, group_size, mixed)
+    importance, calibrated = None, 0
+    if calibrate is not None:
+        importance, calibrated = _calibrate(cfg, weights, tokenizer, calibrate, calibration_tokens)
+    weights, quant = quantize_weights(weights, bits, group_size, mixed, search=search, importance=importance)
     cfg.quantization = quant
     save_mlx_folder(cfg, weights, tokenizer, out)
     kept = sorted(k for k in quant if isinstance(quant[k], dict))
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     return {"output": str(out), "bits": bits, "group_size": group_size, "mixed": mixed,
-            "higher_precision_layers": kept, "size_bytes": size}
+            "higher_precision_layers": kept, "size_bytes": size,
+            "method": "importance-weighted search" if calibrated else ("search" if search else "min/max"),
+            "calibration_tokens": calibrated, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _calibrate(cfg, weights, tokenizer, text_path, max_tokens: int):
+    """(importance per layer, tokens read) from the float model reading the calibration text."""
+    from macllm.calibration import activation_importance, read_calibration_text
+    from macllm.loader import build_model
+
+    import copy
+
+    ids = tokenizer.encode(read_calibration_text(text_path))[:max_tokens]
+    float_cfg = copy.copy(cfg)
+    float_cfg.quantization = None
+    model, _ = build_model(float_cfg, dict(weights))
+    tied = "lm_head.weight" not in weights
+    return activation_importance(model, ids, tied), len(ids)

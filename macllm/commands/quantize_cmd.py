@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from macllm.quantize import BITS, GROUP_SIZES, MIXED_HIGH_PRECISION
+from macllm.quantize import BITS, CALIBRATION_TOKENS, GROUP_SIZES, MIXED_HIGH_PRECISION
 
 
 def add_parser(sub) -> None:
@@ -17,6 +17,13 @@ def add_parser(sub) -> None:
                    help="weights sharing one scale and bias (default 64)")
     p.add_argument("--mixed", action="store_true",
                    help=f"keep {', '.join(MIXED_HIGH_PRECISION)} at 8 bits")
+    p.add_argument("--calibrate", metavar="TEXT", default=None,
+                   help="a text file or folder of notes: weight the rounding error by how the model's "
+                        "activations use each weight (better 4-bit quality; takes a forward pass)")
+    p.add_argument("--calibration-tokens", type=int, default=CALIBRATION_TOKENS, metavar="N",
+                   help=f"tokens of calibration text to read (default {CALIBRATION_TOKENS})")
+    p.add_argument("--no-search", action="store_true",
+                   help="plain min/max rounding per group (fast; what mx.quantize and mlx-lm do)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(run=run)
 
@@ -24,12 +31,16 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from macllm.quantize import convert
 
-    summary = convert(args.source, args.out, args.bits, args.group_size, args.mixed, progress=not args.json)
+    summary = convert(args.source, args.out, args.bits, args.group_size, args.mixed, progress=not args.json,
+                      search=not args.no_search, calibrate=args.calibrate,
+                      calibration_tokens=args.calibration_tokens)
     if args.json:
         print(json.dumps(summary))
         return 0
     print(f"wrote {summary['output']}: {args.bits}-bit, group {args.group_size}, "
-          f"{summary['size_bytes'] / 1e6:.1f} MB")
+          f"{summary['size_bytes'] / 1e6:.1f} MB, {summary['method']}"
+          + (f" on {summary['calibration_tokens']} tokens" if summary["calibration_tokens"] else "")
+          + f", {summary['seconds']} s")
     if args.mixed:
         print(f"--mixed: kept {len(summary['higher_precision_layers'])} matrices "
               f"({', '.join(MIXED_HIGH_PRECISION)}) at 8 bits", file=sys.stderr)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from macllm.affine import pack_codes
+
 GROUP_SIZE = 32
 
 
@@ -41,22 +43,6 @@ def exact_bits(type_name: str) -> int | None:
     """MLX bits that hold this GGUF type without loss (group 32), or None."""
     layout = LAYOUTS.get(type_name)
     return layout.bits if layout else None
-
-
-def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
-    """Integer codes (rows, cols) -> MLX's packed uint32 words: one little-endian bit stream per row,
-    the first code in the lowest bits (for 2, 4 and 8 bits: 32 // bits codes per word)."""
-    rows, cols = codes.shape
-    if cols * bits % 32:
-        raise ValueError(f"a row of {cols} {bits}-bit codes does not fill whole 32-bit words")
-    if 32 % bits == 0:
-        per_word = 32 // bits
-        shifts = np.arange(per_word, dtype=np.uint32) * bits
-        words = codes.astype(np.uint32).reshape(rows, cols // per_word, per_word) << shifts
-        return np.bitwise_or.reduce(words, axis=-1)
-    planes = (codes.astype(np.uint8)[..., None] >> np.arange(bits, dtype=np.uint8)) & 1
-    stream = planes.reshape(rows, cols * bits)
-    return np.packbits(stream, axis=-1, bitorder="little").view("<u4").reshape(rows, cols * bits // 32)
 
 
 def read_exact(rows_bytes: np.ndarray, type_name: str, shape: tuple[int, ...]):

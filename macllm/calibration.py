@@ -20,22 +20,43 @@ TEXT_SUFFIXES = (".md", ".markdown", ".txt", ".rst")
 
 
 class _Recorder(nn.Module):
-    """Wraps a layer; adds the squares of its inputs to a shared tally on the way through."""
+    """Wraps a layer; adds its inputs' second moments to a shared tally on the way through."""
 
-    def __init__(self, inner: nn.Module, key: str, tally: dict):
+    def __init__(self, inner: nn.Module, key: str, tally: "_Tally"):
         super().__init__()
         self.inner = inner
         self._key, self._tally = key, tally
 
     def __call__(self, x):
-        _record(self._tally, self._key, x)
+        self._tally.record(self._key, x)
         return self.inner(x)
 
 
-def _record(tally: dict, key: str, x: mx.array) -> None:
-    flat = x.astype(mx.float32).reshape(-1, x.shape[-1])
-    squares, count = tally.get(key, (0.0, 0))
-    tally[key] = (squares + mx.square(flat).sum(axis=0), count + flat.shape[0])
+class _Tally:
+    """Per layer: the sum of x*x per input column, and how many rows went in."""
+
+    def __init__(self):
+        self.sums: dict[str, mx.array] = {}
+        self.counts: dict[str, int] = {}
+        # q/k/v (and gate/up) read the very same input array: compute its moment once. The input is
+        # kept alongside, so its id cannot be reused by another array before settle().
+        self._seen: dict[int, tuple[mx.array, mx.array]] = {}
+
+    def record(self, key: str, x: mx.array) -> None:
+        seen = self._seen.get(id(x))
+        if seen is None:
+            flat = x.astype(mx.float32).reshape(-1, x.shape[-1])
+            seen = self._seen[id(x)] = (x, mx.square(flat).sum(axis=0))
+        moment = seen[1]
+        self.sums[key] = self.sums[key] + moment if key in self.sums else moment
+        self.counts[key] = self.counts.get(key, 0) + x.size // x.shape[-1]
+
+    def settle(self) -> None:
+        mx.eval(list(self.sums.values()))
+        self._seen.clear()
+
+    def means(self) -> dict[str, mx.array]:
+        return {key: total / self.counts[key] for key, total in self.sums.items()}
 
 
 def read_calibration_text(path: Path) -> str:
@@ -61,7 +82,7 @@ def activation_importance(model: nn.Module, token_ids: list[int], tied_embedding
 
     from macllm.cache import make_cache
 
-    tally: dict = {}
+    tally = _Tally()
     wrapped = [(name, _Recorder(layer, name, tally)) for name, layer in model.named_modules()
                if isinstance(layer, nn.Linear) and name != "lm_head"]
     model.update_modules(tree_unflatten(wrapped))
@@ -69,6 +90,6 @@ def activation_importance(model: nn.Module, token_ids: list[int], tied_embedding
     for start in range(0, len(token_ids), CHUNK):
         chunk = mx.array(token_ids[start:start + CHUNK])[None]
         hidden = model.model(chunk, make_cache(model))  # the body: the final norm's output, no logits
-        _record(tally, head, hidden)
-        mx.eval([squares for squares, _ in tally.values()])
-    return {key: squares / count for key, (squares, count) in tally.items()}
+        tally.record(head, hidden)
+        tally.settle()
+    return tally.means()

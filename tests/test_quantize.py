@@ -76,3 +76,26 @@ def test_existing_output_is_refused(tiny_llama_folder, tmp_path, capsys):
     (tmp_path / "out").mkdir()
     assert main(["quantize", str(tiny_llama_folder), str(tmp_path / "out")]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_calibrated_conversion_reports_its_method_and_loads(tiny_llama_folder, tmp_path, capsys):
+    from macllm.loader import load_model
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.md").write_text("# Title\n\nSome calibration text about gardens and rivers. " * 20)
+    out = tmp_path / "q"
+    assert main(["quantize", str(tiny_llama_folder), str(out), "--calibrate", str(notes),
+                 "--calibration-tokens", "300", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["method"] == "importance-weighted search" and 0 < summary["calibration_tokens"] <= 300
+    load_model(str(out), progress=False)
+
+
+def test_bad_calibration_text_is_one_line_exit_2(tiny_llama_folder, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    for where in (tmp_path / "missing", tmp_path / "empty"):
+        assert main(["quantize", str(tiny_llama_folder), str(tmp_path / "q"), "--calibrate", str(where)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "calibrat" in err and "Traceback" not in err
+    assert not (tmp_path / "q").exists()

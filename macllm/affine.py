@@ -73,6 +73,13 @@ def _least_squares(groups, weight, codes, scales, biases):
     return mx.where(keep, new_scales, scales), mx.where(keep, new_biases, biases)
 
 
+def _mlx_parameters(groups, bits):
+    """mx.quantize's own choice (it keeps the larger-magnitude edge of each group exact)."""
+    rows, n, size = groups.shape
+    _, scales, biases = mx.quantize(groups.reshape(rows, n * size), group_size=size, bits=bits)
+    return scales[..., None].astype(mx.float32), biases[..., None].astype(mx.float32)
+
+
 def _quantize_slice(groups, weight, bits, search, dtype):
     levels = (1 << bits) - 1
     scales, biases = _minmax(groups, levels, dtype)
@@ -80,11 +87,11 @@ def _quantize_slice(groups, weight, bits, search, dtype):
     if not search:
         return codes, scales, biases
     best = _error(groups, weight, scales, biases, codes)
+    candidates = [_mlx_parameters(groups, bits)]
     low, high = groups.min(axis=-1, keepdims=True), groups.max(axis=-1, keepdims=True)
     centre, half = (low + high) / 2, (high - low) / 2
-    for fraction in SHRINK:
-        s = 2 * half * fraction / levels
-        b = centre - half * fraction
+    candidates += [(2 * half * fraction / levels, centre - half * fraction) for fraction in SHRINK]
+    for s, b in candidates:
         c = _codes(groups, s, b, levels)
         s, b = _least_squares(groups, weight, c, s, b)
         s, b = _stored(s, dtype), _stored(b, dtype)

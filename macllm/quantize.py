@@ -86,9 +86,10 @@ def _float32_scales(weights: dict) -> dict:
 
 def convert(source: str, out, bits: int = 4, group_size: int = 64, mixed: bool = False,
             progress: bool = False, search: bool = True, calibrate=None,
-            calibration_tokens: int = CALIBRATION_TOKENS) -> dict:
+            calibration_tokens: int = CALIBRATION_TOKENS, distill_epochs: int = 0) -> dict:
     """A model (HF folder, MLX folder, any GGUF, catalog name) -> an MLX folder quantized as asked.
-    `calibrate`: a text file or folder whose activations weight the rounding error (see calibration.py).
+    `calibrate`: a text file or folder whose activations weight the rounding error (see calibration.py);
+    `distill_epochs` > 0 then also trains scales and biases against the float model on it (distill.py).
     The folder appears only when complete (save_mlx_folder writes a temp sibling, then renames)."""
     import time
     from pathlib import Path
@@ -105,22 +106,36 @@ def convert(source: str, out, bits: int = 4, group_size: int = 64, mixed: bool =
         raise MacllmError(f"{out} already exists; choose another output folder or remove it")
     started = time.perf_counter()
     cfg, weights, tokenizer = float_weights(resolve_model(source, progress=progress))
-    importance, calibrated = None, 0
+    if distill_epochs and calibrate is None:
+        raise MacllmError("--distill needs calibration text: add --calibrate FILE_OR_FOLDER")
+    importance, ids = None, []
     if calibrate is not None:
-        importance, calibrated = _calibrate(cfg, weights, tokenizer, calibrate, calibration_tokens)
-    weights, quant = quantize_weights(weights, bits, group_size, mixed, search=search, importance=importance)
+        importance, ids = _calibrate(cfg, weights, tokenizer, calibrate, calibration_tokens)
+    qweights, quant = quantize_weights(dict(weights), bits, group_size, mixed, search=search,
+                                       importance=importance)
+    if distill_epochs:
+        from macllm.distill import distill_scales
+
+        qweights = distill_scales(cfg, weights, qweights, quant, ids, distill_epochs, progress=progress)
+    del weights
+    weights = qweights
     cfg.quantization = quant
     save_mlx_folder(cfg, weights, tokenizer, out)
     kept = sorted(k for k in quant if isinstance(quant[k], dict))
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     return {"output": str(out), "bits": bits, "group_size": group_size, "mixed": mixed,
             "higher_precision_layers": kept, "size_bytes": size,
-            "method": "importance-weighted search" if calibrated else ("search" if search else "min/max"),
-            "calibration_tokens": calibrated, "seconds": round(time.perf_counter() - started, 1)}
+            "method": _method(search, bool(ids), distill_epochs), "calibration_tokens": len(ids),
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _method(search: bool, calibrated: bool, distill_epochs: int) -> str:
+    method = ("importance-weighted search" if calibrated else "search") if search else "min/max"
+    return method + (f" + scales distilled ({distill_epochs} epochs)" if distill_epochs else "")
 
 
 def _calibrate(cfg, weights, tokenizer, text_path, max_tokens: int):
-    """(importance per layer, tokens read) from the float model reading the calibration text."""
+    """(importance per layer, the calibration token ids) from the float model reading the text."""
     from macllm.calibration import activation_importance, read_calibration_text
     from macllm.loader import build_model
 
@@ -131,4 +146,4 @@ def _calibrate(cfg, weights, tokenizer, text_path, max_tokens: int):
     float_cfg.quantization = None
     model, _ = build_model(float_cfg, dict(weights))
     tied = "lm_head.weight" not in weights
-    return activation_importance(model, ids, tied), len(ids)
+    return activation_importance(model, ids, tied), ids

@@ -99,3 +99,13 @@ def test_bad_calibration_text_is_one_line_exit_2(tiny_llama_folder, tmp_path, ca
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "calibrat" in err and "Traceback" not in err
     assert not (tmp_path / "q").exists()
+
+
+def test_distill_needs_calibration_text_and_runs_with_it(tiny_llama_folder, tmp_path, capsys):
+    assert main(["quantize", str(tiny_llama_folder), str(tmp_path / "q"), "--distill"]) == 2
+    assert "--calibrate" in capsys.readouterr().err
+    notes = tmp_path / "notes.txt"
+    notes.write_text("A short calibration text about rivers, gardens and the weather. " * 30)
+    assert main(["quantize", str(tiny_llama_folder), str(tmp_path / "q"), "--calibrate", str(notes),
+                 "--distill", "1", "--json"]) == 0
+    assert "distilled (1 epochs)" in json.loads(capsys.readouterr().out)["method"]

@@ -22,6 +22,9 @@ def add_parser(sub) -> None:
                         "activations use each weight (better 4-bit quality; takes a forward pass)")
     p.add_argument("--calibration-tokens", type=int, default=CALIBRATION_TOKENS, metavar="N",
                    help=f"tokens of calibration text to read (default {CALIBRATION_TOKENS})")
+    p.add_argument("--distill", type=int, nargs="?", const=2, default=0, metavar="EPOCHS",
+                   help="with --calibrate: also train each group's scale and bias so the quantized model "
+                        "predicts like the original on the calibration text (default 2 epochs; minutes)")
     p.add_argument("--no-search", action="store_true",
                    help="plain min/max rounding per group (fast; what mx.quantize and mlx-lm do)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -33,7 +36,7 @@ def run(args) -> int:
 
     summary = convert(args.source, args.out, args.bits, args.group_size, args.mixed, progress=not args.json,
                       search=not args.no_search, calibrate=args.calibrate,
-                      calibration_tokens=args.calibration_tokens)
+                      calibration_tokens=args.calibration_tokens, distill_epochs=args.distill)
     if args.json:
         print(json.dumps(summary))
         return 0

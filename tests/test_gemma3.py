@@ -176,3 +176,15 @@ def test_real_teacher_forced_agreement_with_llamacpp(gemma_gguf, reference):
     overall, table = agreement_table(model, reference["prompts"])
     print(f"\nGemma 3 270M, exact dequantized float32 vs llama.cpp, teacher forced:\n{table}")
     assert overall >= 0.95, table
+
+
+@pytest.mark.real_model
+def test_real_imported_model_agrees_with_llamacpp(gemma_gguf, reference):
+    """The default load path (the cached import: affine types carried over exactly, Q6_K at 8 bits)."""
+    from macllm.loader import load_model
+    from tests.test_reference_llamacpp import agreement_table
+
+    loaded = load_model(str(gemma_gguf), progress=False)
+    overall, table = agreement_table(loaded.model, reference["prompts"])
+    print(f"\nGemma 3 270M as imported on load vs llama.cpp, teacher forced:\n{table}")
+    assert overall >= 0.95, table

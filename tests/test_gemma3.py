@@ -81,10 +81,14 @@ def test_kquant_gguf_imports_once_and_agrees_with_exact_dequantization(tmp_path,
 
     monkeypatch.setenv("MACLLM_HOME", str(tmp_path / "home"))
     path = tiny_gemma3.write_gguf(tmp_path / "tiny-gemma3.gguf")
+    stale = import_cache_path(path).parent / import_cache_path(path).name.rsplit("-", 1)[0]
+    (stale / "model.safetensors").parent.mkdir(parents=True)  # an import by the first recipe
+    (stale / "config.json").write_text("{}")
     t0 = time.perf_counter()
     first = load_model(str(path), progress=False)
     t1 = time.perf_counter()
     assert (import_cache_path(path) / "config.json").is_file()
+    assert not stale.exists()  # replaced, not left behind
     second = load_model(str(path), progress=False)
     t2 = time.perf_counter()
     print(f"\ntiny gemma3 GGUF: first load {t1 - t0:.2f}s, second {t2 - t1:.2f}s")

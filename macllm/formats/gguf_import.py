@@ -29,7 +29,19 @@ def imported_folder(path: Path, progress: bool = False) -> Path:
     out = import_cache_path(path)
     if (out / "config.json").is_file():
         return out
-    return import_gguf(path, out, progress)
+    folder = import_gguf(path, out, progress)
+    _remove_older_imports(out)
+    return folder
+
+
+def _remove_older_imports(current: Path) -> None:
+    """Imports of the same file by an earlier recipe are dead weight (hundreds of MB): remove them."""
+    import shutil
+
+    stem = current.name[: -len(RECIPE) - 1]
+    for old in current.parent.glob(f"{stem}*"):
+        if old != current and old.is_dir() and (old.name == stem or old.name.startswith(stem + "-v")):
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def check_importable(path: Path):

@@ -66,17 +66,25 @@ def check_types(infos: list[TensorInfo], path: Path) -> None:
                               "import yet") from None
 
 
+def tensor_bytes(data: np.ndarray, info: TensorInfo) -> np.ndarray:
+    """The stored bytes of one tensor in the memory-mapped file."""
+    import gguf
+
+    block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(info.type_id)]
+    nbytes = int(np.prod(info.shape)) // block * size
+    raw = data[info.offset:info.offset + nbytes]
+    if len(raw) < nbytes:
+        raise MacllmError(f"tensor {info.name} runs past the end of the file; the GGUF is truncated")
+    return raw
+
+
 def read_tensor(data: np.ndarray, info: TensorInfo) -> np.ndarray:
     """One tensor from the memory-mapped file, dequantized to float32 (floats keep their dtype)."""
     import gguf
 
     qtype = gguf.GGMLQuantizationType(info.type_id)
     block, size = gguf.GGML_QUANT_SIZES[qtype]
-    count = int(np.prod(info.shape))
-    nbytes = count // block * size
-    raw = data[info.offset:info.offset + nbytes]
-    if len(raw) < nbytes:
-        raise MacllmError(f"tensor {info.name} runs past the end of the file; the GGUF is truncated")
+    raw = tensor_bytes(data, info)
     name = qtype.name
     if name in ("F32", "F16", "F64"):
         return raw.view({"F32": np.float32, "F16": np.float16, "F64": np.float64}[name]).reshape(info.shape)
@@ -84,28 +92,10 @@ def read_tensor(data: np.ndarray, info: TensorInfo) -> np.ndarray:
     return gguf.quants.dequantize(rows, qtype).reshape(info.shape)
 
 
-def read_dequantized(path: Path) -> tuple[dict[str, mx.array], dict, dict[str, int]]:
-    """(tensors as float mx arrays, metadata, type id per tensor name)."""
-    path = Path(path)
-    meta, infos = read_header(path)
-    check_types(infos, path)
-    data = np.memmap(path, dtype=np.uint8, mode="r")
-    tensors, types = {}, {}
-    for info in infos:
-        value = read_tensor(data, info)
-        if value.dtype == np.float64:
-            value = value.astype(np.float32)
-        tensors[info.name] = mx.array(value)
-        types[info.name] = info.type_id
-    return tensors, meta, types
-
-
-def read_for_import(path: Path) -> tuple[dict[str, mx.array], dict, dict[str, int]]:
-    """Like read_dequantized, but tensors whose type is an exact fit for MLX's affine layout (Q4_0, Q4_1,
-    Q5_0, Q5_1, Q8_0, Q4_K, Q5_K) come back as (weight, scales, biases) triples without any rounding
-    beyond float16 scales; the rest are dequantized to float."""
-    import gguf
-
+def read_dequantized(path: Path, keep_exact: bool = False) -> tuple[dict[str, mx.array], dict, dict[str, int]]:
+    """(tensors as float mx arrays, metadata, type id per tensor name). With `keep_exact`, matrices whose
+    type fits MLX's affine layout exactly (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K; gguf_blocks) come back
+    as (weight, scales, biases) triples instead, rounded no further than their float16 scales."""
     from macllm.formats.gguf_blocks import LAYOUTS, read_exact
 
     path = Path(path)
@@ -116,13 +106,8 @@ def read_for_import(path: Path) -> tuple[dict[str, mx.array], dict, dict[str, in
     for info in infos:
         types[info.name] = info.type_id
         name = type_name(info.type_id)
-        if name in LAYOUTS and len(info.shape) == 2 and info.name.endswith(".weight"):
-            block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[name]]
-            nbytes = int(np.prod(info.shape)) // block * size
-            raw = data[info.offset:info.offset + nbytes]
-            if len(raw) < nbytes:
-                raise MacllmError(f"tensor {info.name} runs past the end of the file; the GGUF is truncated")
-            exact = read_exact(raw, name, info.shape)
+        if keep_exact and name in LAYOUTS and len(info.shape) == 2 and info.name.endswith(".weight"):
+            exact = read_exact(tensor_bytes(data, info), name, info.shape)
             if exact is not None:
                 packed, scales, biases, _ = exact
                 prefix = info.name[: -len(".weight")]

@@ -60,14 +60,14 @@ def check_importable(path: Path):
 def import_gguf(path: Path, out: Path, progress: bool = False) -> Path:
     import sys
 
-    from macllm.formats.gguf_dequant import read_for_import, requantize_bits
+    from macllm.formats.gguf_dequant import read_dequantized, requantize_bits
     from macllm.formats.mlx_folder import save_mlx_folder
     from macllm.quantize import quantize_weights
 
     tokenizer = check_importable(path)
     if progress:
         print(f"Importing {Path(path).name} (once; later loads read the cached copy)…", file=sys.stderr)
-    raw, meta, types = read_for_import(Path(path))
+    raw, meta, types = read_dequantized(Path(path), keep_exact=True)
     arch = meta.get("general.architecture")
     cfg, weights, _, _ = convert_tensors(raw, meta)  # names, q/k row order; triples carried as they are
     exact = cfg.quantization or {"group_size": GROUP_SIZE}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from macllm.formats.gguf_model import convert_tensors, hf_name
+from macllm.formats.gguf_model import convert_tensors, hf_name, quantization_from_weights
 from macllm.paths import models_dir
 
 GROUP_SIZE = 32
@@ -70,29 +70,12 @@ def import_gguf(path: Path, out: Path, progress: bool = False) -> Path:
     raw, meta, types = read_dequantized(Path(path), keep_exact=True)
     arch = meta.get("general.architecture")
     cfg, weights, _, _ = convert_tensors(raw, meta)  # names, q/k row order; triples carried as they are
-    exact = cfg.quantization or {"group_size": GROUP_SIZE}
     bits = {}
     for name, type_id in types.items():
         target = hf_name(name, arch)
         if target and target.endswith(".weight") and weights[target].ndim == 2 \
                 and target[: -len(".weight")] + ".scales" not in weights:
             bits[target[: -len(".weight")]] = requantize_bits(type_id)
-    weights, requantized = quantize_weights(weights, 4, GROUP_SIZE, bits_of=lambda p: bits.get(p))
-    cfg.quantization = _merge(exact, requantized, bits, weights)
+    weights, _ = quantize_weights(weights, 4, GROUP_SIZE, bits_of=bits.get)
+    cfg.quantization = quantization_from_weights(weights)  # every matrix is now group 32, at its own bits
     return save_mlx_folder(cfg, weights, tokenizer, out, overwrite=True)
-
-
-def _merge(exact: dict, requantized: dict, bits: dict, weights: dict) -> dict | None:
-    """One `quantization` block: the most common bits as default, every other layer listed."""
-    per_layer = {k: v["bits"] for k, v in exact.items() if isinstance(v, dict)}
-    for name in weights:
-        prefix = name[: -len(".scales")] if name.endswith(".scales") else None
-        if prefix and prefix not in per_layer:
-            per_layer[prefix] = bits.get(prefix) or exact.get("bits")
-    if not per_layer:
-        return None
-    values = list(per_layer.values())
-    common = max(set(values), key=values.count)
-    quant: dict = {"group_size": GROUP_SIZE, "bits": common}
-    quant.update({p: {"group_size": GROUP_SIZE, "bits": b} for p, b in per_layer.items() if b != common})
-    return quant

@@ -7,9 +7,21 @@ import os
 import sys
 
 import macllm  # noqa: F401  (loads the fast BLAS before anything imports MLX)
-from macllm.commands import (adapters_cmd, chat_cmd, doctor_cmd, fuse_cmd, generate_cmd, models_cmd,
-                             perplexity_cmd, quantize_cmd, tokenize_cmd, train_cmd)
-from macllm.commands import ask_cmd, index_cmd, search_cmd
+from macllm.commands import (
+    adapters_cmd,
+    ask_cmd,
+    chat_cmd,
+    doctor_cmd,
+    fuse_cmd,
+    generate_cmd,
+    index_cmd,
+    models_cmd,
+    perplexity_cmd,
+    quantize_cmd,
+    search_cmd,
+    tokenize_cmd,
+    train_cmd,
+)
 from macllm.errors import MacllmError
 
 COMMANDS = (chat_cmd, generate_cmd, tokenize_cmd, models_cmd, adapters_cmd, fuse_cmd, train_cmd, quantize_cmd,

@@ -41,7 +41,7 @@ def prompt_ids(tokenizer, n: int) -> list[int]:
 
 def worker_ours(args) -> dict:
     import macllm  # noqa: F401  (OpenBLAS before MLX)
-    from macllm.generate import GenerationParams, generate
+    from macllm.generation import GenerationParams, generate
     from macllm.loader import load_model
 
     t = time.perf_counter()

@@ -29,7 +29,7 @@ def ms(seconds: float) -> float:
 
 
 def decode_tps(engine, prompt, tokens: int, runs: int = 3) -> float:
-    from macllm.generate import GenerationParams
+    from macllm.generation import GenerationParams
 
     params = GenerationParams(max_tokens=tokens, temperature=0.0)
     speeds = []

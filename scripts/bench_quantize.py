@@ -30,7 +30,7 @@ EVAL_FOLDER = "python"
 
 def peer_quantize(weights: dict, bits: int, group_size: int) -> tuple[dict, dict]:
     """mlx-lm's way: mx.quantize on every quantizable matrix."""
-    from macllm.quantize import is_quantizable
+    from macllm.quant.weights import is_quantizable
 
     out = {}
     for name, value in weights.items():
@@ -73,12 +73,13 @@ def load_times(name: str) -> dict:
 
 
 def bench_model(name: str, tokens: int, tmp: Path, calibration_tokens: int, distill_epochs: int) -> dict:
-    from macllm.calibration import activation_importance, read_calibration_text
-    from macllm.distill import distill_scales
+    from macllm.quant.calibration import activation_importance, read_calibration_text
+    from macllm.quant.distill import distill_scales
     from macllm.hub import resolve_model
     from macllm.loader import build_model
-    from macllm.perplexity import perplexity
-    from macllm.quantize import float_weights, quantize_weights
+    from macllm.quant.perplexity import perplexity
+    from macllm.quant.convert import float_weights
+from macllm.quant.weights import quantize_weights
 
     cfg, weights, tokenizer = float_weights(resolve_model(name, progress=False))
     cfg.quantization = None

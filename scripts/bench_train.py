@@ -112,7 +112,7 @@ def speed(args):
     from macllm.formats.mlx_folder import save_mlx_folder
     from macllm.hub import pull
     from macllm.loader import read_model_files
-    from macllm.lora.data import load_notes
+    from macllm.tuner.data import load_notes
 
     gguf = pull(MODEL, progress=False)
     cfg, weights, tokenizer, _ = read_model_files(gguf)
@@ -160,7 +160,7 @@ def perplexity(model, examples, batch=4) -> float:
     import mlx.core as mx
     import mlx.nn as nn
 
-    from macllm.lora.batches import collate
+    from macllm.tuner.batches import collate
 
     total, count = 0.0, 0.0
     for i in range(0, len(examples), batch):
@@ -176,7 +176,8 @@ def quality(args):
     from macllm.hub import pull
     from macllm.loader import load_model
     from macllm.lora import formats
-    from macllm.lora.data import Example, note_examples
+    from macllm.tuner.data import note_examples
+    from macllm.tuner.examples import Example
     from macllm.lora.manager import AdapterManager
 
     gguf = pull(MODEL, progress=False)

@@ -152,7 +152,7 @@ def main():
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "adapters"))
     args = ap.parse_args()
     from macllm.engine import Engine
-    from macllm.generate import GenerationParams
+    from macllm.generation import GenerationParams
     from macllm.hub import pull
     from macllm.loader import load_model
 

@@ -2,7 +2,7 @@
 
 For each --kv-bits it builds a fresh cache (macllm.cache.make_cache), prefills the first --tokens
 tokens of real text (../shared/data/notes/**/*.md, concatenated in sorted order) in chunks of 256,
-and sums the `.nbytes` of every array the cache then holds (macllm.kv_memory): the allocated buffers
+and sums the `.nbytes` of every array the cache then holds (macllm.cache.memory): the allocated buffers
 (they grow in steps of 256 positions) and the filled part. MLX's own counters are shown beside them:
 active = allocator's live bytes after the prefill minus before (the cache), peak = the highest during
 the prefill minus before (cache + activations + logits). Nothing is computed from a formula.
@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 import macllm  # noqa: F401  (loads OpenBLAS before MLX)
-from macllm.catalog import DEFAULT_MODEL
-from macllm.kv_memory import measure
+from macllm.hub.catalog import DEFAULT_MODEL
+from macllm.cache.memory import measure
 from macllm.loader import load_model
 
 NOTES = Path(__file__).resolve().parents[2] / "shared" / "data" / "notes"

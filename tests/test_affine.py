@@ -8,7 +8,7 @@ import numpy as np
 import macllm  # noqa: F401  (loads OpenBLAS before MLX)
 import mlx.core as mx
 
-from macllm.affine import affine_quantize
+from macllm.quant.affine import affine_quantize
 
 
 def errors_per_group(w, packed, scales, biases, bits, group, weight=None):
@@ -44,7 +44,7 @@ def test_importance_protects_the_columns_that_matter():
 
 
 def test_activation_importance_covers_every_matrix(tiny_llama_folder):
-    from macllm.calibration import activation_importance
+    from macllm.quant.calibration import activation_importance
     from macllm.loader import load_model
 
     loaded = load_model(str(tiny_llama_folder), progress=False)

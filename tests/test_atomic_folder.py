@@ -2,7 +2,7 @@
 
 import pytest
 
-from macllm.atomic_folder import atomic_folder
+from macllm.storage.atomic import atomic_folder
 from macllm.errors import MacllmError
 
 

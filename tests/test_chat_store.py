@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from macllm.chat_store import ChatStore, StoredMessage, auto_title
+from macllm.storage.chat_store import ChatStore, StoredMessage, auto_title
 from macllm.errors import MacllmError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -270,7 +270,7 @@ def test_full_disk_is_a_clear_error_and_store_stays_usable(store):
 _CRASH_WRITER = """
 import sys
 from pathlib import Path
-from macllm.chat_store import ChatStore
+from macllm.storage.chat_store import ChatStore
 
 store = ChatStore(Path(sys.argv[1]))
 conv = store.create_conversation("crash")

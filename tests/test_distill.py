@@ -8,9 +8,10 @@ import copy
 import macllm  # noqa: F401  (loads OpenBLAS before MLX)
 import mlx.core as mx
 
-from macllm.distill import distill_scales
+from macllm.quant.distill import distill_scales
 from macllm.loader import build_model
-from macllm.quantize import float_weights, quantize_weights
+from macllm.quant.convert import float_weights
+from macllm.quant.weights import quantize_weights
 
 
 def kl_to_float(cfg, weights, qweights, quant, ids):

@@ -8,7 +8,7 @@ import pytest
 
 from macllm.engine import Engine
 from macllm.errors import MacllmError
-from macllm.generate import GenerationParams, GenerationResult, TokenEvent
+from macllm.generation import GenerationParams, GenerationResult, TokenEvent
 
 
 @pytest.fixture(scope="module")

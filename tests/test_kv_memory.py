@@ -1,4 +1,4 @@
-"""macllm.kv_memory counts the bytes a KV cache really holds: checked against the storage layout."""
+"""macllm.cache.memory counts the bytes a KV cache really holds: checked against the storage layout."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import macllm  # noqa: F401  (loads OpenBLAS before MLX)
 import mlx.core as mx
 
-from macllm.kv_memory import measure
+from macllm.cache.memory import measure
 from tests import tiny_models
 
 LAYERS, KV_HEADS, HEAD_DIM, TOKENS = 2, 2, 64, 300  # 300 > the quantized cache's 256-position threshold

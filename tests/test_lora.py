@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from macllm.engine import Engine
-from macllm.generate import GenerationParams
+from macllm.generation import GenerationParams
 from macllm.lora.formats import write_adapter
 from macllm.lora.layers import LoRALinear
 from macllm.lora.random_adapter import random_adapter

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from macllm.generate import GenerationParams
+from macllm.generation import GenerationParams
 
 
 def test_bundled_examples_are_listed(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from macllm.engine import Engine
-from macllm.generate import GenerationParams
+from macllm.generation import GenerationParams
 from macllm.lora.formats import read_adapter, write_adapter
 from macllm.lora.random_adapter import random_adapter
 

@@ -162,7 +162,7 @@ def test_generate_takes_adapters_by_name_and_scale(tiny_llama_folder, good, home
         e.load_adapter("mine")
         e.load_adapter(str(good))
         e.set_adapters({"mine": 0.5, "good": 1.0})
-        from macllm.generate import GenerationParams
+        from macllm.generation import GenerationParams
 
         expected = e.generate("hello", GenerationParams(max_tokens=6)).result().token_ids
     assert blended["token_ids"] == expected

@@ -30,7 +30,8 @@ def reference(smollm_gguf) -> dict:
 
 def write_mlx_lm_folder(gguf: Path, out: Path, dequantize: bool) -> Path:
     from macllm.formats.mlx_folder import save_mlx_folder
-    from macllm.loader import dequantize_all, read_model_files
+    from macllm.loader import read_model_files
+    from macllm.quant.weights import dequantize_all
 
     cfg, weights, tokenizer, rope_periods = read_model_files(gguf)
     assert rope_periods is None, "mlx-lm could not be given custom RoPE periods"
@@ -108,7 +109,7 @@ def mlx_lm_greedy(model, prompt_ids: list[int], n: int, eos: set[int]) -> list[i
 
 @pytest.mark.parametrize("name", GENERATION_PROMPTS)
 def test_greedy_generation_matches_mlx_lm(name, reference, smollm_quantized, mlx_lm_model):
-    from macllm.generate import GenerationParams, generate
+    from macllm.generation import GenerationParams, generate
 
     prompt = next(p for p in reference["prompts"] if p["name"] == name)
     tokenizer = smollm_quantized.tokenizer

@@ -9,7 +9,7 @@ import macllm  # noqa: F401  (loads OpenBLAS before MLX)
 import mlx.core as mx
 
 from macllm.cli import main
-from macllm.perplexity import perplexity, window_starts
+from macllm.quant.perplexity import perplexity, window_starts
 
 
 def test_windows_score_every_position_once():

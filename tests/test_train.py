@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from macllm.lora import checkpoint, formats
+from macllm.lora import formats
+from macllm.tuner import checkpoint
 from tests.train_helpers import train, write_notes, write_repeated
 
 
@@ -61,7 +62,7 @@ def test_event_stream_parses_and_ends_with_done(tiny_llama_folder, tmp_path, hom
 
 def test_trained_adapter_loads_into_the_engine_and_changes_output(tiny_llama_folder, tmp_path, capsys):
     from macllm.engine import Engine
-    from macllm.generate import GenerationParams
+    from macllm.generation import GenerationParams
 
     data = write_repeated(tmp_path / "data")
     code, _, err = train(capsys, "--model", tiny_llama_folder, "--notes", data, "--name", "rep",
@@ -89,8 +90,8 @@ def _interrupt_at(step):
 
 
 def test_resume_continues_step_count_and_loss(tiny_llama_folder, tmp_path, home):
-    from macllm.lora.session import RunOptions, run_training
-    from macllm.lora.train import TrainConfig
+    from macllm.tuner.session import RunOptions, run_training
+    from macllm.tuner.train import TrainConfig
 
     data = write_repeated(tmp_path / "data", copies=12)
     cfg = TrainConfig(iters=10, batch=2, lr=5e-3, save_every=100)

@@ -6,7 +6,8 @@ import errno
 
 import pytest
 
-from macllm.lora import checkpoint, formats
+from macllm.lora import formats
+from macllm.tuner import checkpoint
 from tests.train_helpers import train, write_notes
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from macllm.lora.data import find_notes, load_data, split_files
+from macllm.tuner.data import find_notes, load_data, split_files
 from macllm.tokenizer import Tokenizer
 from tests import tiny_models
 

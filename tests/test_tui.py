@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from macllm.chat_store import ChatStore
+from macllm.storage.chat_store import ChatStore
 from tui.app import MacllmApp
 from tui.screens.chat import ChatScreen
 from tui.widgets.chat_input import ChatInput
@@ -431,7 +431,7 @@ async def test_index_a_folder_and_answer_from_notes_with_citations(tiny_llama_gg
 
 
 async def test_kv_bits_reach_the_chat_caches(tiny_llama_gguf, store, tmp_path):
-    from macllm.cache_quantized import QuantizedKVCache
+    from macllm.cache.quantized import QuantizedKVCache
 
     app = MacllmApp(model=str(tiny_llama_gguf), store=store, export_dir=tmp_path,
                     default_settings={"temperature": 0.0, "max_tokens": 5}, kv_bits=8)

@@ -15,8 +15,8 @@ import shutil
 import pytest
 
 from macllm import hub
-from macllm.catalog import DEFAULT_MODEL
-from macllm.chat_store import ChatStore
+from macllm.hub.catalog import DEFAULT_MODEL
+from macllm.storage.chat_store import ChatStore
 from tests.test_tui import SIZE, ready, send, wait_until
 from tui.app import MacllmApp
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from macllm.chat_store import ChatStore
+from macllm.storage.chat_store import ChatStore
 from tests.test_tui import ready, wait_until
 from tests.train_helpers import write_notes
 from tui.app import MacllmApp

@@ -11,13 +11,17 @@ from pathlib import Path
 from textual.app import App
 from textual.binding import Binding
 
-from macllm.catalog import DEFAULT_MODEL
-from macllm.chat_store import ChatStore
-
+from macllm.commands.options import set_kv_bits
+from macllm.hub import local_models
+from macllm.hub.catalog import DEFAULT_MODEL
+from macllm.storage.chat_store import ChatStore
 from tui.bridge import EngineBridge
 from tui.commands import MacllmCommands
-from tui.events import AdaptersChanged, AdaptersFailed, ModelLoadFailed, ModelLoaded
+from tui.events import AdaptersChanged, AdaptersFailed, ModelLoaded, ModelLoadFailed
 from tui.screens.chat import ChatScreen
+from tui.screens.help import HelpScreen
+from tui.screens.model_picker import ModelPicker
+from tui.screens.train import TrainScreen
 
 
 class MacllmApp(App):
@@ -64,8 +68,6 @@ class MacllmApp(App):
         info = message.info
         self.notify(f"{info.get('source')} ready · {info.get('compute')}", timeout=3)
         if self.kv_bits:
-            from macllm.commands.options import set_kv_bits
-
             set_kv_bits(self.bridge.engine, self.kv_bits)
         self.refresh_status()
         if self.startup_adapters:
@@ -92,14 +94,9 @@ class MacllmApp(App):
                 screen.update_status()
 
     def model_choices(self) -> list[str]:
-        from macllm.hub import local_models
-
         return [m["name"] for m in local_models()]
 
     def action_pick_model(self, reason: str | None = None) -> None:
-        from macllm.hub import local_models
-        from tui.screens.model_picker import ModelPicker
-
         def chosen(source: str | None) -> None:
             if source:
                 self.model_source = source
@@ -112,8 +109,6 @@ class MacllmApp(App):
     # --- training -----------------------------------------------------------------------------
     def action_train(self) -> None:
         """The training screen; installed once, so a run goes on (and keeps its plot) while chatting."""
-        from tui.screens.train import TrainScreen
-
         if not self.is_screen_installed("train"):
             self.install_screen(TrainScreen(), "train")
         if not isinstance(self.screen, TrainScreen):
@@ -125,8 +120,6 @@ class MacllmApp(App):
 
     # --- everywhere -----------------------------------------------------------------------
     def action_help(self) -> None:
-        from tui.screens.help import HelpScreen
-
         self.push_screen(HelpScreen())
 
     def copy_text(self, text: str) -> None:

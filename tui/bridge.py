@@ -12,10 +12,26 @@ from typing import TYPE_CHECKING
 
 from macllm.engine import Engine, TokenStream
 from macllm.errors import MacllmError
-from macllm.generate import GenerationParams, GenerationResult
-
-from tui.events import (AdaptersChanged, AdaptersFailed, AnswerFailed, AnswerFinished, AnswerSources, AnswerToken,
-                        IndexFailed, IndexFinished, IndexProgress, ModelLoaded, ModelLoadFailed)
+from macllm.generation import GenerationParams, GenerationResult
+from macllm.lora.store import fingerprint
+from macllm.rag.answer import ask
+from macllm.rag.embedder import Embedder
+from macllm.rag.indexer import index_notes
+from macllm.rag.session import open_retriever
+from macllm.rag.store import Store, index_path
+from tui.events import (
+    AdaptersChanged,
+    AdaptersFailed,
+    AnswerFailed,
+    AnswerFinished,
+    AnswerSources,
+    AnswerToken,
+    IndexFailed,
+    IndexFinished,
+    IndexProgress,
+    ModelLoaded,
+    ModelLoadFailed,
+)
 
 if TYPE_CHECKING:
     from textual.app import App
@@ -131,10 +147,6 @@ class EngineBridge:
         IndexProgress per file, then IndexFinished or IndexFailed. `embedder`: for a new index (an
         existing one keeps the embedder it was built with); default MiniLM."""
         def run() -> None:
-            from macllm.rag.embedder import Embedder
-            from macllm.rag.indexer import index_notes
-            from macllm.rag.store import Store, index_path
-
             def job():
                 store = Store(index_path(index))
                 try:
@@ -161,9 +173,6 @@ class EngineBridge:
         placeholder = self._stream = TokenStream()  # busy (and stoppable) from now on
 
         def run() -> None:
-            from macllm.rag.answer import ask
-            from macllm.rag.session import open_retriever
-
             try:
                 retriever = self._retrievers.get(index)
                 if retriever is None:
@@ -183,8 +192,6 @@ class EngineBridge:
     # --- adapters ------------------------------------------------------------------------
     def model_fingerprint(self) -> str | None:
         """Which base shapes the loaded model has (adapters made for others are refused)."""
-        from macllm.lora.store import fingerprint
-
         loaded = self.engine.loaded
         return fingerprint(loaded.config) if loaded is not None else None
 

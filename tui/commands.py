@@ -6,6 +6,8 @@ from functools import partial
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
+from tui.screens.chat import ChatScreen
+
 ACTIONS = (  # (title, help, screen action)
     ("New chat", "Start a new conversation (Ctrl+N)", "new_chat"),
     ("Stop answer", "Stop generating; keep the partial answer (Esc)", "stop"),
@@ -32,8 +34,6 @@ APP_ACTIONS = (
 
 class MacllmCommands(Provider):
     def _all(self):
-        from tui.screens.chat import ChatScreen
-
         screen = self.app.screen
         if isinstance(screen, ChatScreen):
             for title, help_text, action in ACTIONS:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from macllm.generate import GenerationParams
+from macllm.generation import GenerationParams
 
 
 @dataclass

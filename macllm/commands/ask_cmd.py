@@ -5,10 +5,16 @@ from __future__ import annotations
 import sqlite3
 import sys
 
-from macllm.commands.options import (add_adapter_option, add_model_option, add_sampling_options, apply_adapters,
-                                     generation_params, set_kv_bits)
+from macllm.commands.options import (
+    add_adapter_option,
+    add_model_option,
+    add_sampling_options,
+    apply_adapters,
+    generation_params,
+    set_kv_bits,
+)
 from macllm.commands.search_cmd import add_search_options
-from macllm.generate import GenerationResult
+from macllm.generation import GenerationResult
 
 
 def add_parser(sub) -> None:

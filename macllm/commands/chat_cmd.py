@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import sys
 
-from macllm.commands.options import (add_adapter_option, add_model_option, add_sampling_options, apply_adapters,
-                                     generation_params, parse_adapter_specs, set_kv_bits)
+from macllm.commands.options import (
+    add_adapter_option,
+    add_model_option,
+    add_sampling_options,
+    apply_adapters,
+    generation_params,
+    parse_adapter_specs,
+    set_kv_bits,
+)
 from macllm.engine import Engine
 from macllm.errors import MacllmError
-from macllm.generate import GenerationResult
+from macllm.generation import GenerationResult
 
 
 def add_parser(sub) -> None:

@@ -19,9 +19,8 @@ def collect() -> dict:
     import mlx.core as mx
 
     from macllm import backend
-    from macllm.paths import macllm_home, models_dir
-
     from macllm.kernels import paths as kernel_paths
+    from macllm.paths import macllm_home, models_dir
 
     metal = backend.is_metal()
     return {

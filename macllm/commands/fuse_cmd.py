@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from macllm.commands.options import add_adapter_option, add_model_option, parse_adapter_specs
+from macllm.commands.options import (
+    add_adapter_option,
+    add_model_option,
+    parse_adapter_specs,
+)
 
 
 def add_parser(sub) -> None:

@@ -5,11 +5,17 @@ from __future__ import annotations
 import json
 import sys
 
-from macllm.commands.options import (add_adapter_option, add_model_option, add_sampling_options, apply_adapters,
-                                     generation_params, read_text_arg)
-from macllm.commands.options import set_kv_bits
+from macllm.commands.options import (
+    add_adapter_option,
+    add_model_option,
+    add_sampling_options,
+    apply_adapters,
+    generation_params,
+    read_text_arg,
+    set_kv_bits,
+)
 from macllm.engine import Engine
-from macllm.generate import GenerationResult
+from macllm.generation import GenerationResult
 
 
 def add_parser(sub) -> None:

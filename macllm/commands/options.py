@@ -6,9 +6,9 @@ import argparse
 import math
 from pathlib import Path
 
-from macllm.catalog import DEFAULT_MODEL
 from macllm.errors import MacllmError
-from macllm.generate import GenerationParams
+from macllm.generation import GenerationParams
+from macllm.hub.catalog import DEFAULT_MODEL
 
 
 def add_model_option(p: argparse.ArgumentParser) -> None:
@@ -22,7 +22,7 @@ def add_model_option(p: argparse.ArgumentParser) -> None:
 
 
 def set_kv_bits(engine, bits: int | None) -> None:
-    """Caches made from now on store keys/values at `bits` (see macllm/cache_quantized.py)."""
+    """Caches made from now on store keys/values at `bits` (see macllm/cache/quantized.py)."""
     if bits and engine.loaded is not None:
         engine.loaded.model.kv_bits = bits
 

@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from macllm.errors import MacllmError
     from macllm.loader import load_model
-    from macllm.perplexity import perplexity
+    from macllm.quant.perplexity import perplexity
 
     text = read_text_arg(None, args.file, what="text")
     if args.max_tokens is not None and args.max_tokens < 2:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
-from macllm.quantize import BITS, CALIBRATION_TOKENS, GROUP_SIZES, MIXED_HIGH_PRECISION
+from macllm.quant.convert import BITS, CALIBRATION_TOKENS, GROUP_SIZES
+from macllm.quant.weights import MIXED_HIGH_PRECISION
 
 
 def add_parser(sub) -> None:
@@ -32,7 +33,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from macllm.quantize import convert
+    from macllm.quant.convert import convert
 
     summary = convert(args.source, args.out, args.bits, args.group_size, args.mixed, progress=not args.json,
                       search=not args.no_search, calibrate=args.calibrate,

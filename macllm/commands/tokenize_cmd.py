@@ -18,8 +18,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from macllm.catalog import DEFAULT_MODEL
     from macllm.hub import resolve_model
+    from macllm.hub.catalog import DEFAULT_MODEL
     from macllm.loader import read_tokenizer
 
     text = read_text_arg(args.text, args.file, what="text")

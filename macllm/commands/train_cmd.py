@@ -64,7 +64,7 @@ def add_parser(sub) -> None:
 
 
 def train_config(args):
-    from macllm.lora.train import TARGETS, TrainConfig
+    from macllm.tuner.train import TARGETS, TrainConfig
 
     checks = [(args.rank >= 1, f"--rank must be at least 1, got {args.rank}"),
               (math.isfinite(args.scale) and args.scale > 0, f"--scale must be a positive number, got {args.scale}"),
@@ -97,8 +97,8 @@ def train_config(args):
 
 
 def run(args) -> int:
-    from macllm.lora.progress import JsonEvents, TerminalProgress
-    from macllm.lora.session import RunOptions, run_training
+    from macllm.tuner.progress import JsonEvents, TerminalProgress
+    from macllm.tuner.session import RunOptions, run_training
 
     emit = JsonEvents() if args.json else TerminalProgress()
     try:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import gguf
 import numpy as np
 
-from macllm.affine import pack_codes
+from macllm.quant.affine import pack_codes
 
 GROUP_SIZE = 32
 
@@ -48,8 +49,6 @@ def exact_bits(type_name: str) -> int | None:
 def read_exact(rows_bytes: np.ndarray, type_name: str, shape: tuple[int, ...]):
     """(packed uint32, scales float32, biases float32, bits) for a 2-D tensor of an exact type, or None if
     the values do not fit the affine layout (then the caller re-quantizes)."""
-    import gguf
-
     if type_name == "Q8_0":
         return _read_q8_0(rows_bytes, shape)
     layout = LAYOUTS[type_name]

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import gguf
 import mlx.core as mx
 import numpy as np
 
 from macllm.errors import MacllmError
+from macllm.formats.gguf_blocks import LAYOUTS, read_exact
 from macllm.formats.gguf_header import TensorInfo, read_header
 
 # Re-quantizing (types without an exact MLX layout): a tensor stored with at least this many bits per
@@ -20,8 +22,6 @@ HIGH_PRECISION_BITS = 6.0
 
 
 def type_name(type_id: int) -> str:
-    import gguf
-
     try:
         return gguf.GGMLQuantizationType(type_id).name
     except ValueError:
@@ -30,8 +30,6 @@ def type_name(type_id: int) -> str:
 
 def stored_bits(type_id: int) -> float:
     """Bits per weight as stored (Q4_K: 4.5, Q6_K: 6.56, F16: 16)."""
-    import gguf
-
     block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(type_id)]
     return size * 8 / block
 
@@ -46,8 +44,6 @@ def is_float_type(type_id: int) -> bool:
 
 def check_types(infos: list[TensorInfo], path: Path) -> None:
     """Name the first tensor whose type neither we nor the gguf package can read."""
-    import gguf
-
     checked = set()
     for info in infos:
         name = type_name(info.type_id)
@@ -68,8 +64,6 @@ def check_types(infos: list[TensorInfo], path: Path) -> None:
 
 def tensor_bytes(data: np.ndarray, info: TensorInfo) -> np.ndarray:
     """The stored bytes of one tensor in the memory-mapped file."""
-    import gguf
-
     block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(info.type_id)]
     nbytes = int(np.prod(info.shape)) // block * size
     raw = data[info.offset:info.offset + nbytes]
@@ -80,8 +74,6 @@ def tensor_bytes(data: np.ndarray, info: TensorInfo) -> np.ndarray:
 
 def read_tensor(data: np.ndarray, info: TensorInfo) -> np.ndarray:
     """One tensor from the memory-mapped file, dequantized to float32 (floats keep their dtype)."""
-    import gguf
-
     qtype = gguf.GGMLQuantizationType(info.type_id)
     block, size = gguf.GGML_QUANT_SIZES[qtype]
     raw = tensor_bytes(data, info)
@@ -96,8 +88,6 @@ def read_dequantized(path: Path, keep_exact: bool = False) -> tuple[dict[str, mx
     """(tensors as float mx arrays, metadata, type id per tensor name). With `keep_exact`, matrices whose
     type fits MLX's affine layout exactly (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K; gguf_blocks) come back
     as (weight, scales, biases) triples instead, rounded no further than their float16 scales."""
-    from macllm.formats.gguf_blocks import LAYOUTS, read_exact
-
     path = Path(path)
     meta, infos = read_header(path)
     check_types(infos, path)

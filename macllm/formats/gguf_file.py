@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import gguf
 import mlx.core as mx
 import numpy as np
 
@@ -32,8 +33,6 @@ def check_gguf_header(path: Path) -> None:
 
 def read_gguf_metadata_only(path: Path) -> dict:
     """Metadata without materialising tensors (uses the gguf package's memory-mapped reader)."""
-    import gguf
-
     check_gguf_header(path)
     try:
         reader = gguf.GGUFReader(str(path))

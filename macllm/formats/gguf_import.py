@@ -10,10 +10,22 @@ version, so the slow part happens once per file.
 
 from __future__ import annotations
 
+import shutil
+import sys
 from pathlib import Path
 
-from macllm.formats.gguf_model import convert_tensors, hf_name, quantization_from_weights
+from macllm.formats.gguf_dequant import check_types, read_dequantized, requantize_bits
+from macllm.formats.gguf_header import read_header
+from macllm.formats.gguf_model import (
+    config_from_metadata,
+    convert_tensors,
+    hf_name,
+    quantization_from_weights,
+)
+from macllm.formats.mlx_folder import save_mlx_folder
 from macllm.paths import models_dir
+from macllm.quant.weights import quantize_weights
+from macllm.tokenizer import Tokenizer
 
 GROUP_SIZE = 32
 RECIPE = "v2"  # bump when the import changes, so stale cached folders are not reused
@@ -36,8 +48,6 @@ def imported_folder(path: Path, progress: bool = False) -> Path:
 
 def _remove_older_imports(current: Path) -> None:
     """Imports of the same file by an earlier recipe are dead weight (hundreds of MB): remove them."""
-    import shutil
-
     stem = current.name[: -len(RECIPE) - 1]
     for old in current.parent.glob(f"{stem}*"):
         if old != current and old.is_dir() and (old.name == stem or old.name.startswith(stem + "-v")):
@@ -46,11 +56,6 @@ def _remove_older_imports(current: Path) -> None:
 
 def check_importable(path: Path):
     """Everything that can be wrong, found from the header alone (fast); returns the tokenizer."""
-    from macllm.formats.gguf_dequant import check_types
-    from macllm.formats.gguf_header import read_header
-    from macllm.formats.gguf_model import config_from_metadata
-    from macllm.tokenizer import Tokenizer
-
     meta, infos = read_header(Path(path))
     config_from_metadata(meta, {})  # architecture and sizes
     check_types(infos, Path(path))
@@ -58,12 +63,6 @@ def check_importable(path: Path):
 
 
 def import_gguf(path: Path, out: Path, progress: bool = False) -> Path:
-    import sys
-
-    from macllm.formats.gguf_dequant import read_dequantized, requantize_bits
-    from macllm.formats.mlx_folder import save_mlx_folder
-    from macllm.quantize import quantize_weights
-
     tokenizer = check_importable(path)
     if progress:
         print(f"Importing {Path(path).name} (once; later loads read the cached copy)…", file=sys.stderr)

@@ -9,7 +9,10 @@ import mlx.core as mx
 
 from macllm.config import ModelConfig
 from macllm.errors import MacllmError
+from macllm.formats.gguf_dequant import check_types, read_dequantized, type_name
 from macllm.formats.gguf_file import read_gguf, read_gguf_metadata_only
+from macllm.formats.gguf_header import read_header
+from macllm.models import model_class
 
 NATIVE_TYPES = ("F32", "F16", "Q4_0", "Q4_1", "Q8_0")
 
@@ -70,8 +73,6 @@ def config_from_metadata(meta: dict, weights: dict) -> ModelConfig:
     arch = meta.get("general.architecture")
     if arch is None:
         raise MacllmError("GGUF has no general.architecture metadata; the file is not a model")
-    from macllm.models import model_class
-
     model_class(arch)  # raises a clear error for unsupported architectures
 
     def get(key, default=None):
@@ -134,9 +135,6 @@ class NeedsImport(MacllmError):
 
 def _explain_load_failure(path: Path, err: MacllmError) -> MacllmError:
     """mx.load refuses tensor types it cannot read: importable ones mean NeedsImport, others are named."""
-    from macllm.formats.gguf_dequant import check_types, type_name
-    from macllm.formats.gguf_header import read_header
-
     try:
         _, infos = read_header(path)
     except MacllmError:
@@ -160,8 +158,6 @@ def load_gguf_model(path: Path) -> tuple[ModelConfig, dict[str, mx.array], dict,
 
 def load_gguf_dequantized(path: Path) -> tuple[ModelConfig, dict[str, mx.array], dict, mx.array | None]:
     """Any GGUF, every tensor dequantized to float exactly as llama.cpp computes it (slow: numpy)."""
-    from macllm.formats.gguf_dequant import read_dequantized
-
     raw, meta, _ = read_dequantized(Path(path))
     return convert_tensors(raw, meta)
 

@@ -13,6 +13,7 @@ from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
 from macllm.errors import MacllmError
+from macllm.formats.gguf_spm import build_spm_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,6 @@ def build_hf_tokenizer_from_gguf(metadata: dict) -> HFTokenizer:
         raise MacllmError("GGUF has no tokenizer metadata; use a model folder with tokenizer.json instead")
     model_type = metadata.get("tokenizer.ggml.model", "gpt2")
     if model_type == "llama":
-        from macllm.formats.gguf_spm import build_spm_tokenizer
-
         hf = build_spm_tokenizer(metadata, [str(t) for t in tokens])
         _add_whole_tokens(hf, [str(t) for t in tokens], metadata.get("tokenizer.ggml.token_type"))
         return hf

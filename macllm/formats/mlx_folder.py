@@ -11,8 +11,8 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from macllm.atomic_folder import atomic_folder
 from macllm.config import ModelConfig
+from macllm.storage.atomic import atomic_folder
 
 
 def write_tokenizer_files(tokenizer, folder: Path) -> None:

@@ -9,6 +9,7 @@ import mlx.core as mx
 
 from macllm.config import ModelConfig
 from macllm.errors import MacllmError
+from macllm.models import model_class
 
 # The sizes every architecture reads; a config.json without them cannot describe a model.
 _REQUIRED_SIZES = ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads", "vocab_size")
@@ -80,8 +81,6 @@ def load_folder_model(folder: Path) -> tuple[ModelConfig, dict[str, mx.array]]:
     raw = read_config(folder)
     if "model_type" not in raw:
         raise MacllmError(f"{folder / 'config.json'} has no model_type")
-    from macllm.models import model_class
-
     model_class(raw["model_type"])  # clear error for unsupported architectures
     check_sizes(raw, folder / "config.json")
     cfg = ModelConfig.from_hf_dict(raw)

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from macllm.kernels._common import REDUCE_HEADER, SUPPORTED_DTYPES, metal_enabled, round_up, scalar
+from macllm.kernels._common import (
+    REDUCE_HEADER,
+    SUPPORTED_DTYPES,
+    metal_enabled,
+    round_up,
+    scalar,
+)
 
 MAX_DIM = 32768  # a row lives in registers: at most 32 values per thread at 1024 threads
 # Decode-sized inputs only: prefill is not the bottleneck, and custom kernels have no gradient, so

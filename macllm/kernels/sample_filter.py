@@ -1,6 +1,6 @@
 """Temperature, top-k, min-p and top-p filtering plus the categorical draw, without sorting the vocab.
 
-Semantics are macllm.sampling's: scaled = logprobs / temperature (in logprobs' dtype), then top-k
+Semantics are `filter_logprobs`'s (the reference, used by macllm.generation.sampling): scaled = logprobs / temperature (in logprobs' dtype), then top-k
 (keep values >= the k-th largest), min-p (drop values below max + log(min_p)), top-p (keep a token
 while the probability mass strictly before it, in descending order, is under top_p). The draw is
 MLX's own single-row categorical: inverse CDF over exp(x - max) with one uniform number per row.
@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from macllm.kernels._common import REDUCE_HEADER, SUPPORTED_DTYPES, metal_enabled, scalar
+from macllm.kernels._common import (
+    REDUCE_HEADER,
+    SUPPORTED_DTYPES,
+    metal_enabled,
+    scalar,
+)
 
 THREADS = 1024  # one threadgroup per row: every reduction stays inside it
 
@@ -21,11 +26,31 @@ def uniforms(logprobs: mx.array, key: mx.array | None) -> mx.array:
     return mx.random.uniform(shape=logprobs.shape[:-1], key=key)
 
 
+def filter_logprobs(logprobs: mx.array, top_k: int, top_p: float, min_p: float) -> mx.array:
+    """Mask (to -inf) tokens outside top-k, outside the top-p nucleus, or below min_p * max prob."""
+    neg_inf = mx.array(-float("inf"), logprobs.dtype)
+    vocab = logprobs.shape[-1]
+    if 0 < top_k < vocab:
+        kth = mx.sort(logprobs, axis=-1)[..., vocab - top_k][..., None]
+        logprobs = mx.where(logprobs < kth, neg_inf, logprobs)
+    if min_p > 0.0:
+        top = logprobs.max(axis=-1, keepdims=True)
+        logprobs = mx.where(logprobs < top + mx.log(mx.array(min_p)), neg_inf, logprobs)
+    if top_p < 1.0:
+        order = mx.argsort(-logprobs, axis=-1)
+        sorted_lp = mx.take_along_axis(logprobs, order, axis=-1)
+        probs = mx.softmax(sorted_lp, axis=-1)
+        # Keep a token if the mass *before* it is still under top_p (the first token always stays).
+        before = mx.cumsum(probs, axis=-1) - probs
+        keep_sorted = before < top_p
+        keep = mx.put_along_axis(mx.zeros_like(keep_sorted), order, keep_sorted, axis=-1)
+        logprobs = mx.where(keep, logprobs, neg_inf)
+    return logprobs
+
+
 def reference_filter(logprobs: mx.array, temperature: float, top_k: int, top_p: float,
                      min_p: float) -> mx.array:
-    """Scaled log-probabilities with the filtered-out tokens at -inf (macllm.sampling's code)."""
-    from macllm.sampling import filter_logprobs  # here, not at import: sampling imports this module
-
+    """Scaled log-probabilities with the filtered-out tokens at -inf."""
     return filter_logprobs(logprobs / temperature, top_k, top_p, min_p)
 
 

@@ -86,7 +86,7 @@ def _cases(name: str, dtype: mx.Dtype, bench: bool = False):
                 yield (lp, u, 0.8), kw
 
 
-HALF_TOP_P_NOTE = ("top-p in float16/bfloat16: macllm.sampling sums the sorted probabilities in the "
+HALF_TOP_P_NOTE = ("top-p in float16/bfloat16: macllm.generation.sampling sums the sorted probabilities in the "
                    "input dtype, so its nucleus differs from the exact one (and from the kernel's float32 "
                    "sums); those cases are not compared exactly")
 

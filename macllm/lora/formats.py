@@ -17,9 +17,9 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from macllm.atomic_folder import atomic_folder
 from macllm.errors import MacllmError
 from macllm.lora.adapter import Adapter
+from macllm.storage.atomic import atomic_folder
 
 CONFIG = "adapter_config.json"
 MLX_WEIGHTS = "adapters.safetensors"

@@ -11,15 +11,17 @@ from pathlib import Path
 import mlx.core as mx
 
 from macllm.errors import MacllmError
+from macllm.formats.mlx_folder import save_mlx_folder
+from macllm.hub import resolve_model
+from macllm.loader import read_model_files
 from macllm.lora.adapter import Adapter
 from macllm.lora.store import fingerprint
+from macllm.quant.weights import layer_quantization
 
 
 def fuse_weights(weights: dict[str, mx.array], quant: dict | None, adapters: list[tuple[Adapter, float]]
                  ) -> dict[str, mx.array]:
     """New weights dict with sum(weight * scale * B^T A^T) added to every adapted projection."""
-    from macllm.loader import layer_quantization
-
     out = dict(weights)
     modules = sorted({m for a, _ in adapters for m in a.weights})
     for module in modules:
@@ -51,10 +53,6 @@ def fuse_weights(weights: dict[str, mx.array], quant: dict | None, adapters: lis
 
 def fuse_to_folder(model_source: str, adapters: list[tuple[Adapter, float]], out: Path,
                    overwrite: bool = False) -> Path:
-    from macllm.formats.mlx_folder import save_mlx_folder
-    from macllm.hub import resolve_model
-    from macllm.loader import read_model_files
-
     path = resolve_model(model_source, progress=True)
     cfg, weights, tokenizer, periods = read_model_files(path)
     if periods is not None:

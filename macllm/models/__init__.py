@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 from macllm.errors import MacllmError
+from macllm.models import gemma3, llama
 
 SUPPORTED = ("llama", "mistral", "qwen2", "gemma3")
 
 
 def model_class(model_type: str):
     if model_type in ("llama", "mistral", "qwen2"):
-        from macllm.models import llama
-
         return llama.Model
     if model_type in ("gemma3", "gemma3_text"):
-        from macllm.models import gemma3
-
         return gemma3.Model
     raise MacllmError(
         f"unsupported model architecture '{model_type}' (supported: {', '.join(SUPPORTED)})"

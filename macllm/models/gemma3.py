@@ -10,9 +10,12 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 
-from macllm.cache_rotating import SlidingWindowCache, window_mask
+from macllm.cache.base import LayerCache
+from macllm.cache.quantized import make_full_cache
+from macllm.cache.sliding import SlidingWindowCache, window_mask
 from macllm.config import ModelConfig
 from macllm.models.attention import rotate_cache_attend
+from macllm.models.base import CausalLM
 from macllm.models.rope import RoPE
 
 
@@ -132,43 +135,19 @@ class Gemma3Body(nn.Module):
         return 0
 
 
-class Model(nn.Module):
-    """tokens (B, L) -> logits (B, L, vocab), or only the last position's when `last_only`."""
+class Model(CausalLM):
+    """Gemma 3 text: sliding-window and global layers, optional final logit softcap."""
 
     def __init__(self, cfg: ModelConfig, rope_periods: mx.array | None = None):
-        super().__init__()
-        self.config = cfg
-        self.model_type = cfg.model_type
-        self.settings = gemma_settings(cfg)
-        self.model = Gemma3Body(cfg, self.settings)
-        if not cfg.tie_word_embeddings:
-            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        settings = gemma_settings(cfg)
+        super().__init__(cfg, Gemma3Body(cfg, settings))
+        self.settings = settings
 
-    @property
-    def num_layers(self) -> int:
-        return len(self.model.layers)
-
-    @property
-    def layers(self):
-        return self.model.layers
-
-    def make_cache(self, kv_bits: int | None = None) -> list:
+    def make_cache(self, kv_bits: int | None = None) -> list[LayerCache]:
         """Sliding layers get a bounded cache; global layers the ordinary one (quantized if asked)."""
-        from macllm.cache_quantized import make_full_cache
-
         return [SlidingWindowCache(self.model.window) if layer.sliding else make_full_cache(kv_bits)
                 for layer in self.model.layers]
 
-    def __call__(self, tokens: mx.array, cache=None, last_only: bool = False) -> mx.array:
-        h = self.model(tokens, cache)
-        if last_only:
-            h = h[:, -1:, :]
-        if self.config.tie_word_embeddings:
-            logits = self.model.embed_tokens.as_linear(h)
-        else:
-            logits = self.lm_head(h)
+    def transform_logits(self, logits: mx.array) -> mx.array:
         cap = self.settings["final_logit_softcapping"]
-        if cap:
-            logits = mx.tanh(logits / cap) * cap
-        return logits
-
+        return mx.tanh(logits / cap) * cap if cap else logits

@@ -8,6 +8,7 @@ import mlx.nn as nn
 from macllm.config import ModelConfig
 from macllm.kernels import residual_rms_norm
 from macllm.models.attention import rotate_cache_attend
+from macllm.models.base import CausalLM
 from macllm.models.rope import RoPE
 
 
@@ -77,29 +78,8 @@ class LlamaBody(nn.Module):
         return self.norm(h)
 
 
-class Model(nn.Module):
-    """tokens (B, L) -> logits (B, L, vocab), or only the last position's when `last_only`."""
+class Model(CausalLM):
+    """Llama, Mistral and Qwen2 (they differ here only in q/k/v bias)."""
 
     def __init__(self, cfg: ModelConfig, rope_periods: mx.array | None = None):
-        super().__init__()
-        self.config = cfg
-        self.model_type = cfg.model_type
-        self.model = LlamaBody(cfg, rope_periods)
-        if not cfg.tie_word_embeddings:
-            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.model.layers)
-
-    @property
-    def layers(self):
-        return self.model.layers
-
-    def __call__(self, tokens: mx.array, cache=None, last_only: bool = False) -> mx.array:
-        h = self.model(tokens, cache)
-        if last_only:
-            h = h[:, -1:, :]
-        if self.config.tie_word_embeddings:
-            return self.model.embed_tokens.as_linear(h)
-        return self.lm_head(h)
+        super().__init__(cfg, LlamaBody(cfg, rope_periods))

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 
 from macllm.errors import MacllmError
-from macllm.generate import GenerationParams
+from macllm.generation import GenerationParams
 from macllm.rag.retrieve import Retriever, SearchResult
 
 SYSTEM_PROMPT = (

@@ -6,10 +6,14 @@ import hashlib
 import json
 from pathlib import Path
 
+import mlx.core as mx
 import numpy as np
 from tokenizers import Tokenizer
 
 from macllm.errors import MacllmError
+from macllm.hub import resolve_model
+from macllm.hub.catalog import DEFAULT_EMBEDDER
+from macllm.models.bert import BertConfig, BertModel, checkpoint_weights
 
 DEFAULT_MAX_TOKENS = 256  # sentence-transformers' usual max_seq_length for MiniLM-style models
 _BATCH = 32
@@ -19,10 +23,6 @@ class Embedder:
     """Turns texts into unit vectors. `truncated` counts inputs cut at `max_tokens` so far."""
 
     def __init__(self, folder: Path | str, batch_size: int = _BATCH, source: str | None = None):
-        import mlx.core as mx
-
-        from macllm.models.bert import BertConfig, BertModel, checkpoint_weights
-
         self.folder = Path(folder)
         self.source = source or str(self.folder)  # what to load it by again (a catalog name stays a name)
         model_dir = self.folder / _transformer_subfolder(self.folder)
@@ -55,9 +55,6 @@ class Embedder:
     @classmethod
     def load(cls, source: str | None = None, progress: bool = True) -> "Embedder":
         """A catalog name (default minilm-l6), a model folder or a Hugging Face repo id."""
-        from macllm.catalog import DEFAULT_EMBEDDER
-        from macllm.hub import resolve_model
-
         path = resolve_model(source or DEFAULT_EMBEDDER, progress=progress)
         if not path.is_dir():
             raise MacllmError(f"{source} is a single file; embeddings need a sentence-transformers BERT folder")
@@ -89,8 +86,6 @@ class Embedder:
         return out
 
     def _embed_batch(self, rows: list[list[int]]) -> np.ndarray:
-        import mlx.core as mx
-
         length = max(len(r) for r in rows)
         ids = np.full((len(rows), length), self.pad_id, dtype=np.int32)
         mask = np.zeros((len(rows), length), dtype=np.float32)

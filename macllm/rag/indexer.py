@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from tqdm import tqdm
 
 from macllm.errors import MacllmError
 from macllm.rag.chunking import chunk_file
@@ -88,8 +89,6 @@ def index_notes(store: Store, embedder, roots: list[str | Path], progress: bool 
     truncated_before = embedder.truncated
     notes = find_notes(paths, summary)
     seen = {str(p) for p in notes}
-
-    from tqdm import tqdm
 
     bar = tqdm(notes, desc="Indexing", unit="file", file=sys.stderr, leave=False,
                disable=not (progress and sys.stderr.isatty()))

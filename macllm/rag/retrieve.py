@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import asdict, dataclass
 
+import mlx.core as mx
 import numpy as np
 
 from macllm.errors import MacllmError
@@ -71,8 +72,6 @@ class Retriever:
         self._refresh()
         if not len(self._ids):
             return []
-        import mlx.core as mx
-
         vector = self.embedder.embed([query])[0]
         # The product runs in MLX, like the query embedding just before it: a numpy (OpenBLAS) product
         # right after MLX work made both thread pools contend, ~100 ms instead of ~20 at 100k chunks.
@@ -87,8 +86,6 @@ class Retriever:
     def _refresh(self) -> None:
         generation = self.store.generation
         if generation != self._cache_generation:
-            import mlx.core as mx
-
             self._ids, matrix, self._paths = self.store.embedding_matrix(self.embedder.id)
             self._matrix = mx.array(matrix)
             self._cache_generation = generation

@@ -5,13 +5,12 @@ from __future__ import annotations
 import sqlite3
 
 from macllm.errors import MacllmError
+from macllm.rag.embedder import Embedder
 from macllm.rag.retrieve import Retriever
 from macllm.rag.store import Store, damaged, index_path
 
 
 def open_retriever(index: str | None, progress: bool = True) -> Retriever:
-    from macllm.rag.embedder import Embedder
-
     store = Store(index_path(index), create=False)
     try:
         chunks = store.counts()[1]

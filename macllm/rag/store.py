@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from macllm.errors import MacllmError
+from macllm.paths import macllm_home
 from macllm.rag.cjk import cjk_terms, fts_query, query_words
 
 APPLICATION_ID = 0x6D6C6E78  # "mlnx": tells our index files from other SQLite files
@@ -289,8 +290,6 @@ class _Transaction:
 
 def index_path(arg: str | None) -> Path:
     """--index: a path, or a bare name for $MACLLM_HOME/indexes/NAME.sqlite; default `notes`."""
-    from macllm.paths import macllm_home
-
     name = arg or "notes"
     if "/" not in name and "." not in name:
         return macllm_home() / "indexes" / f"{name}.sqlite"

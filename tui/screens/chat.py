@@ -9,9 +9,22 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer
 
-from macllm.chat_store import auto_title
-
-from tui.events import AnswerFailed, AnswerFinished, AnswerSources, AnswerToken, ModelLoaded
+from macllm.lora.store import list_adapters
+from macllm.rag.answer import _CITATION
+from macllm.storage.chat_store import auto_title
+from tui.events import (
+    AnswerFailed,
+    AnswerFinished,
+    AnswerSources,
+    AnswerToken,
+    ModelLoaded,
+)
+from tui.screens.adapters import AdaptersScreen
+from tui.screens.inspector import TokenInspector
+from tui.screens.notes import NotesScreen
+from tui.screens.prompt_screen import ConfirmScreen, PromptScreen
+from tui.screens.settings_screen import SettingsScreen
+from tui.screens.sources import SourcesScreen
 from tui.settings import ChatSettings
 from tui.widgets.chat_input import ChatInput
 from tui.widgets.chat_list import ChatList
@@ -254,8 +267,6 @@ class ChatScreen(Screen):
         self.notify("Edit the message and press Enter to resend it.")
 
     def action_inspect(self) -> None:
-        from tui.screens.inspector import TokenInspector
-
         widget = self.last_message_widget("assistant")
         if widget is None or not widget.tokens:
             self.notify("Token details exist for answers generated in this session.")
@@ -263,8 +274,6 @@ class ChatScreen(Screen):
         self.app.push_screen(TokenInspector(widget.tokens, self.bridge.engine.tokenizer))
 
     def action_settings(self) -> None:
-        from tui.screens.settings_screen import SettingsScreen
-
         async def apply(result: ChatSettings | None) -> None:
             if result is None:
                 return
@@ -277,14 +286,9 @@ class ChatScreen(Screen):
         self.app.push_screen(SettingsScreen(self.settings, self.app.model_choices()), apply)
 
     def action_notes(self) -> None:
-        from tui.screens.notes import NotesScreen
-
         self.app.push_screen(NotesScreen(classes="dialog-screen"))
 
     def action_sources(self) -> None:
-        from macllm.rag.answer import _CITATION
-        from tui.screens.sources import SourcesScreen
-
         answers = [w for w in self.conversation.query(ChatMessage) if w.meta.get("sources")]
         if not answers:
             self.notify("No answer from notes yet: Ctrl+G turns on answers from your notes.")
@@ -294,9 +298,6 @@ class ChatScreen(Screen):
         self.app.push_screen(SourcesScreen(widget.meta["sources"], cited))
 
     def action_adapters(self) -> None:
-        from macllm.lora.store import list_adapters
-        from tui.screens.adapters import AdaptersScreen
-
         if not self.bridge.ready:
             self.notify("The model is still loading…", severity="warning")
             return
@@ -321,8 +322,6 @@ class ChatScreen(Screen):
         await self.open_chat(event.chat_id)
 
     def action_rename_chat(self) -> None:
-        from tui.screens.prompt_screen import PromptScreen
-
         if self.chat_id is None:
             return
         current = self.store.get_conversation(self.chat_id).title
@@ -335,8 +334,6 @@ class ChatScreen(Screen):
         self.app.push_screen(PromptScreen("Rename chat", current), rename)
 
     def action_delete_chat(self) -> None:
-        from tui.screens.prompt_screen import ConfirmScreen
-
         if self.chat_id is None:
             return
         title = self.store.get_conversation(self.chat_id).title

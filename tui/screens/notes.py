@@ -12,13 +12,12 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, ProgressBar, Switch
 
+from macllm.errors import MacllmError
+from macllm.rag.store import Store, index_path
 from tui.events import IndexFailed, IndexFinished, IndexProgress
 
 
 def index_status(index: str | None) -> str:
-    from macllm.errors import MacllmError
-    from macllm.rag.store import Store, index_path
-
     path = index_path(index)
     if not path.exists():
         return f"{path} — not created yet: index a folder below."

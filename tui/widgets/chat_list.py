@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from textual.message import Message
-from textual.widgets import ListItem, ListView, Label
+from textual.widgets import Label, ListItem, ListView
 
 
 class ChatListItem(ListItem):

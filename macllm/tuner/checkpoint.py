@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import mlx.core as mx
@@ -25,6 +24,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from macllm.errors import MacllmError
 from macllm.lora import formats
 from macllm.lora.adapter import Adapter
+from macllm.storage.atomic import atomic_write
 
 RUN_FILE = "run.json"
 KEEP = 2
@@ -36,16 +36,7 @@ def work_dir(final: Path) -> Path:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, json.dumps(data, indent=2))
 
 
 def read_run(work: Path) -> dict | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
+import resource
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,13 +26,14 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from macllm.errors import MacllmError
 from macllm.lora.adapter import Adapter
-from macllm.lora.batches import batches_per_epoch, collate, epoch_batches
-from macllm.lora.data import TrainingData
-from macllm.lora.distributed import Group
-from macllm.lora.layers import LoRALinear, base_dims
+from macllm.lora.layers import LoRALinear
 from macllm.lora.manager import find_module
-from macllm.lora.schedule import warmup_cosine
 from macllm.lora.store import fingerprint
+from macllm.tuner.batches import batches_per_epoch, collate, epoch_batches
+from macllm.tuner.distributed import Group
+from macllm.tuner.examples import TrainingData
+from macllm.tuner.recompute import checkpoint_layers
+from macllm.tuner.schedule import warmup_cosine
 
 TARGETS = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
            "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
@@ -147,8 +149,6 @@ class Trainer:
                 setattr(parent, key, layer) if not isinstance(parent, list) else parent.__setitem__(int(key), layer)
             wrappers.append(layer)
         if self.cfg.grad_checkpoint:
-            from macllm.lora.recompute import checkpoint_layers
-
             checkpoint_layers(self.model, self.wrappers_by_layer(wrappers))
         return wrappers
 
@@ -331,7 +331,5 @@ def _ppl(loss: float | None) -> float | None:
 def peak_memory_mb() -> float:
     peak = mx.get_peak_memory()
     if not peak:  # backends that do not track it: the process's resident peak
-        import resource
-
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return round(peak / 2**20, 1)

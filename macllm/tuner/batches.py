@@ -11,7 +11,7 @@ import random
 import mlx.core as mx
 import numpy as np
 
-from macllm.lora.data import Example
+from macllm.tuner.examples import Example
 
 PAD_MULTIPLE = 32  # padded lengths come in few distinct sizes, so the compiled step rarely retraces
 

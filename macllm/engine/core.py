@@ -9,58 +9,18 @@ from __future__ import annotations
 import queue
 import threading
 from concurrent.futures import Future
-from typing import Callable, Iterator
+from typing import Callable
 
-from macllm.conversation import Conversation
+import mlx.core as mx
+
+from macllm.cache import make_cache
+from macllm.engine.conversation import Conversation
+from macllm.engine.token_stream import TokenStream
 from macllm.errors import MacllmError
-from macllm.generate import GenerationParams, GenerationResult, TokenEvent, stream_generate
-
-_DONE = object()
-
-
-class TokenStream:
-    """Iterate to receive TokenEvents then a GenerationResult; `cancel()` from any thread."""
-
-    def __init__(self):
-        self._events: queue.Queue = queue.Queue()
-        self.cancelled = threading.Event()
-        self._result: GenerationResult | None = None
-        self._error: BaseException | None = None
-        self._finished = threading.Event()
-
-    def cancel(self) -> None:
-        self.cancelled.set()
-
-    def _put(self, event) -> None:
-        if isinstance(event, GenerationResult):
-            self._result = event
-        self._events.put(event)
-
-    def _fail(self, error: BaseException) -> None:
-        self._error = error
-        self._events.put(_DONE)
-        self._finished.set()
-
-    def _close(self) -> None:
-        self._events.put(_DONE)
-        self._finished.set()
-
-    def __iter__(self) -> Iterator[TokenEvent | GenerationResult]:
-        while True:
-            event = self._events.get()
-            if event is _DONE:
-                if self._error is not None:
-                    raise self._error
-                return
-            yield event
-
-    def result(self, timeout: float | None = None) -> GenerationResult:
-        """Block until generation ends (consumes nothing; events stay available to iterate)."""
-        if not self._finished.wait(timeout):
-            raise TimeoutError("generation did not finish in time")
-        if self._error is not None:
-            raise self._error
-        return self._result
+from macllm.generation import GenerationParams, GenerationResult, stream_generate
+from macllm.loader import load_model
+from macllm.lora import formats, store
+from macllm.lora.manager import AdapterManager
 
 
 class Engine:
@@ -97,8 +57,6 @@ class Engine:
     def _release_streams() -> None:
         """MLX keeps per-thread streams; a thread that ends with them alive aborts the process at exit
         ("terminate called without an active exception"). Release them on this thread first."""
-        import mlx.core as mx
-
         clear = getattr(mx, "clear_streams", None)
         if clear is not None:
             clear()
@@ -123,8 +81,6 @@ class Engine:
     # --- model ----------------------------------------------------------------------------
     def load(self, source: str, keep_quantized: bool = False, progress: bool = True) -> Future:
         def job():
-            from macllm.loader import load_model
-
             loaded = load_model(source, keep_quantized=keep_quantized, progress=progress)
             self.loaded = loaded
             self._adapters = None  # adapters belong to the model they were loaded onto
@@ -153,8 +109,6 @@ class Engine:
     # Synchronous: each runs on the engine thread (after any generation in flight) and returns or raises.
     def _adapter_manager(self):
         if self._adapters is None:
-            from macllm.lora.manager import AdapterManager
-
             loaded = self._require_model()
             self._adapters = AdapterManager(loaded.model, loaded.config, loaded.info.get("source"))
         return self._adapters
@@ -162,8 +116,6 @@ class Engine:
     def load_adapter(self, ref: str, name: str | None = None) -> dict:
         """Read an adapter (store name or folder) and keep it in memory, inactive. Returns its summary."""
         def job():
-            from macllm.lora import formats, store
-
             manager = self._adapter_manager()
             adapter = formats.read_adapter(store.resolve(ref), name=name)
             manager.load(adapter)
@@ -208,9 +160,7 @@ class Engine:
                 cache = conv.cache if conv is not None else None
                 cached = conv.cached_tokens if conv is not None else None
                 if conv is not None and cache is None:
-                    from macllm.cache import make_cache
-
-                    cache = conv.cache = make_cache(loaded.model)
+                    cache = conv.cache = make_cache(loaded.model, getattr(loaded.model, "kv_bits", None))
                 for event in stream_generate(loaded.model, loaded.tokenizer, prompt, params, cache=cache,
                                              cached=cached, cancel=stream.cancelled):
                     if isinstance(event, GenerationResult) and conv is not None:

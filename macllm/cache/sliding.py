@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import mlx.core as mx
 
+from macllm.cache.base import BufferedCache, grown
 
-class SlidingWindowCache:
-    step = 256
+
+class SlidingWindowCache(BufferedCache):
     slack = 256  # extra positions kept so regenerate/edit can trim a little without recomputing
 
     def __init__(self, window: int):
@@ -21,22 +22,25 @@ class SlidingWindowCache:
         self.start = 0
         self.offset = 0
 
+    def buffers(self) -> list[mx.array | None]:
+        return [self.keys, self.values]
+
     @property
-    def _kept(self) -> int:
+    def stored(self) -> int:
         return self.offset - self.start
 
     def update(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
         """Append (B, heads, L, D); return the positions visible to these L queries (window - 1 back)."""
         new = keys.shape[2]
         self._drop_old()
-        if self.keys is None or self._kept + new > self.keys.shape[2]:
+        if self.keys is None or self.stored + new > self.keys.shape[2]:
             self._grow(keys, values, new)
-        at = self._kept
+        at = self.stored
         self.keys[..., at:at + new, :] = keys
         self.values[..., at:at + new, :] = values
         first_visible = max(self.start, self.offset - (self.window - 1))
         self.offset += new
-        lo, hi = first_visible - self.start, self._kept
+        lo, hi = first_visible - self.start, self.stored
         return self.keys[..., lo:hi, :], self.values[..., lo:hi, :]
 
     def visible_before(self) -> int:
@@ -45,48 +49,25 @@ class SlidingWindowCache:
 
     def _drop_old(self) -> None:
         keep = self.window - 1 + self.slack
-        if self.keys is None or self._kept <= keep + self.step:
+        if self.keys is None or self.stored <= keep + self.step:
             return
-        cut = self._kept - keep
+        cut = self.stored - keep
         self.keys = self.keys[..., cut:, :]
         self.values = self.values[..., cut:, :]
         self.start += cut
 
     def _grow(self, keys: mx.array, values: mx.array, new: int) -> None:
-        b, h, _, dk = keys.shape
-        extra = ((new + self.step - 1) // self.step) * self.step
-        k_more = mx.zeros((b, h, extra, dk), keys.dtype)
-        v_more = mx.zeros((b, h, extra, values.shape[3]), values.dtype)
-        if self.keys is None:
-            self.keys, self.values = k_more, v_more
-        else:
-            kept = self._kept
-            self.keys = mx.concatenate([self.keys[..., :kept, :], k_more], axis=2)
-            self.values = mx.concatenate([self.values[..., :kept, :], v_more], axis=2)
+        self.keys = grown(self.keys, keys, self.stored, new, self.step)
+        self.values = grown(self.values, values, self.stored, new, self.step)
 
     def can_trim(self, n: int) -> bool:
         """Trimming is possible while the window before the new end is still stored."""
         end = self.offset - min(n, self.offset)
         return self.start == 0 or end - (self.window - 1) >= self.start
 
-    def trim(self, n: int) -> int:
-        n = min(self.offset, n)
-        if not self.can_trim(n):
-            raise ValueError("sliding-window cache cannot trim past what it still stores")
-        self.offset -= n
-        return n
-
     def reset(self) -> None:
         self.keys = self.values = None
         self.start = self.offset = 0
-
-    @property
-    def state(self) -> list[mx.array]:
-        return [a for a in (self.keys, self.values) if a is not None]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a[..., :self._kept, :].nbytes for a in self.state)
 
 
 def window_mask(queries: int, before: int, window: int):

@@ -16,6 +16,8 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 
+from macllm.errors import MacllmError
+
 SCALES_DTYPE = mx.float16
 SHRINK = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7)  # fractions of each group's min..max range tried by `search`
 CHUNK_VALUES = 1 << 22  # rows are processed in slices of about this many weights to bound memory
@@ -108,8 +110,6 @@ def affine_quantize(w: mx.array, bits: int = 4, group_size: int = 32, importance
                     search: bool = False, scales_dtype=SCALES_DTYPE) -> tuple[mx.array, mx.array, mx.array]:
     """(packed uint32 weights, scales, biases) for a 2-D matrix, MLX layout. `importance`: one
     non-negative weight per column (input feature) for the error `search` minimizes."""
-    from macllm.errors import MacllmError
-
     rows, cols = w.shape
     if cols % group_size:
         raise MacllmError(f"cannot quantize a matrix of width {cols} in groups of {group_size}")

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_unflatten
 
+from macllm.cache import make_cache
 from macllm.errors import MacllmError
 
 CHUNK = 512
@@ -78,10 +80,6 @@ def read_calibration_text(path: Path) -> str:
 def activation_importance(model: nn.Module, token_ids: list[int], tied_embeddings: bool) -> dict[str, mx.array]:
     """Mean squared input per column, keyed by layer path ("model.layers.0.mlp.down_proj", "lm_head" or
     "model.embed_tokens" for a tied head). The model is changed (layers wrapped): use a throwaway copy."""
-    from mlx.utils import tree_unflatten
-
-    from macllm.cache import make_cache
-
     tally = _Tally()
     wrapped = [(name, _Recorder(layer, name, tally)) for name, layer in model.named_modules()
                if isinstance(layer, nn.Linear) and name != "lm_head"]

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from macllm.errors import MacllmError
-from macllm.lora.data import Example, TrainingData
+from macllm.tuner.examples import Example, TrainingData
 
 
 def _encode(tokenizer, row: dict, where: str, mask_prompt: bool, max_seq: int) -> Example:

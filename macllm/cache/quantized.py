@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from macllm.cache import KVCache
+from macllm.cache.base import BufferedCache
+from macllm.cache.full import KVCache
 
 KV_BITS = (8, 4)
 GROUP_SIZE = 64
 THRESHOLD = 256
 
 
-class QuantizedKVCache:
-    step = 256
-
+class QuantizedKVCache(BufferedCache):
     def __init__(self, bits: int, group_size: int = GROUP_SIZE, threshold: int = THRESHOLD):
         self.bits, self.group_size, self.threshold = bits, group_size, threshold
-        self.full = KVCache()  # used until the threshold
+        self.full: KVCache | None = KVCache()  # used until the threshold
         self.quantized: list | None = None  # [k_packed, k_scales, k_biases, v_packed, v_scales, v_biases]
         self.offset = 0
         self.dtype = None
@@ -70,28 +69,17 @@ class QuantizedKVCache:
             grown.append(mx.concatenate([used, more], axis=2))
         self.quantized = grown
 
-    def can_trim(self, n: int) -> bool:
-        return True
-
-    def trim(self, n: int) -> int:
-        n = min(self.offset, n)
-        self.offset -= n
+    def trimmed(self, n: int) -> None:
         if self.full is not None:
             self.full.trim(n)
-        return n
 
     def reset(self) -> None:
-        self.__init__(self.bits, self.group_size, self.threshold)
+        self.__init__(self.bits, self.group_size, self.threshold)  # type: ignore[misc]
 
-    @property
-    def state(self) -> list[mx.array]:
-        return self.full.state if self.full is not None else list(self.quantized)
-
-    @property
-    def nbytes(self) -> int:
+    def buffers(self) -> list[mx.array | None]:
         if self.full is not None:
-            return sum(a[..., :self.offset, :].nbytes for a in self.full.state)
-        return sum(a[..., :self.offset, :].nbytes for a in self.quantized)
+            return self.full.buffers()
+        return list(self.quantized or [])
 
 
 def make_full_cache(kv_bits: int | None):

@@ -13,9 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from macllm.errors import MacllmError
-from macllm.lora import checkpoint, formats
-from macllm.lora.distributed import Group
-from macllm.lora.train import Trainer, TrainConfig
+from macllm.loader import load_model
+from macllm.lora import formats
+from macllm.paths import adapters_dir
+from macllm.tuner import checkpoint
+from macllm.tuner.data import load_data
+from macllm.tuner.distributed import Group
+from macllm.tuner.train import TrainConfig, Trainer
 
 EXIT_INTERRUPTED = 130
 
@@ -37,8 +41,6 @@ def adapter_folder(name: str, out_dir: Path | None) -> Path:
     if not name or "/" in name or "\\" in name or name.startswith(".") or name.strip() != name:
         raise MacllmError(f"--name {name!r}: use a plain name (letters, digits, - and _), not a path")
     if out_dir is None:
-        from macllm.paths import adapters_dir
-
         out_dir = adapters_dir()
     return Path(out_dir) / name
 
@@ -77,9 +79,6 @@ def run_training(opts: RunOptions, cfg: TrainConfig, emit) -> int:
 
 
 def _run(opts: RunOptions, cfg: TrainConfig, emit, group: Group) -> int:
-    from macllm.loader import load_model
-    from macllm.lora.data import load_data
-
     final, work, resume_from = preflight(opts)
     loaded = load_model(opts.model, keep_quantized=opts.keep_quantized, progress=False)
     data = load_data(opts.data, loaded.tokenizer, cfg.max_seq, opts.val_fraction, cfg.seed, opts.mask_prompt)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 
 from macllm.kernels import sample_filter
+from macllm.kernels.sample_filter import filter_logprobs
 
 
 @dataclass
@@ -39,26 +40,7 @@ def apply_repetition_penalty(logits: mx.array, recent: mx.array | None, penalty:
     return logits
 
 
-def filter_logprobs(logprobs: mx.array, top_k: int, top_p: float, min_p: float) -> mx.array:
-    """Mask (to -inf) tokens outside top-k, outside the top-p nucleus, or below min_p * max prob."""
-    neg_inf = mx.array(-float("inf"), logprobs.dtype)
-    vocab = logprobs.shape[-1]
-    if 0 < top_k < vocab:
-        kth = mx.sort(logprobs, axis=-1)[..., vocab - top_k][..., None]
-        logprobs = mx.where(logprobs < kth, neg_inf, logprobs)
-    if min_p > 0.0:
-        top = logprobs.max(axis=-1, keepdims=True)
-        logprobs = mx.where(logprobs < top + mx.log(mx.array(min_p)), neg_inf, logprobs)
-    if top_p < 1.0:
-        order = mx.argsort(-logprobs, axis=-1)
-        sorted_lp = mx.take_along_axis(logprobs, order, axis=-1)
-        probs = mx.softmax(sorted_lp, axis=-1)
-        # Keep a token if the mass *before* it is still under top_p (the first token always stays).
-        before = mx.cumsum(probs, axis=-1) - probs
-        keep_sorted = before < top_p
-        keep = mx.put_along_axis(mx.zeros_like(keep_sorted), order, keep_sorted, axis=-1)
-        logprobs = mx.where(keep, logprobs, neg_inf)
-    return logprobs
+__all__ = ["Sampler", "SamplingParams", "apply_repetition_penalty", "filter_logprobs"]
 
 
 class Sampler:

@@ -1,6 +1,7 @@
-"""Writing a folder so that readers only ever see the old one or the finished new one.
+"""Atomic writes: readers only ever see the old file or folder, or the finished new one.
 
-The new folder is filled in a temporary sibling; the old one (if any) is moved aside, the new one
+`atomic_write` writes a file in a temporary sibling, fsyncs it and renames it over the target. For a
+folder, the new folder is filled in a temporary sibling; the old one (if any) is moved aside, the new one
 renamed into place, and only then is the old one removed. A crash at any point leaves either the
 previous folder or the new one under the target name (plus a hidden leftover at worst), never half.
 """
@@ -16,6 +17,22 @@ from pathlib import Path
 from typing import Iterator
 
 from macllm.errors import MacllmError
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Replace `path` with `data` in one step: a crash leaves the old content or the new, never half."""
+    path = Path(path)
+    payload = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def replace_folder(new: Path, out: Path) -> None:

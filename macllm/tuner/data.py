@@ -9,32 +9,15 @@ from __future__ import annotations
 
 import fnmatch
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from macllm.errors import MacllmError
 from macllm.rag.chunking import chunk_file
+from macllm.tuner.data_jsonl import load_jsonl_folder
+from macllm.tuner.examples import Example, TrainingData
 
 NOTE_SUFFIXES = {".md", ".markdown", ".mdown", ".mkd", ".txt", ".text", ".rst", ".org"}
 IGNORE_FILE = ".macllmignore"
-
-
-@dataclass
-class Example:
-    tokens: list[int]
-    prompt_len: int = 0  # targets before this position are not trained (--mask-prompt)
-    source: str = ""  # the note (relative path) it came from
-
-
-@dataclass
-class TrainingData:
-    train: list[Example]
-    valid: list[Example]
-    stats: dict = field(default_factory=dict)
-
-    @property
-    def train_tokens(self) -> int:
-        return sum(len(e.tokens) for e in self.train)
 
 
 # --- finding notes ---------------------------------------------------------------------------
@@ -165,8 +148,6 @@ def load_data(root: Path, tokenizer, max_seq: int, val_fraction: float, seed: in
     """A notes folder, or an mlx-lm data folder (train.jsonl [+ valid.jsonl])."""
     root = Path(root).expanduser()
     if is_jsonl_folder(root):
-        from macllm.lora.data_jsonl import load_jsonl_folder
-
         return load_jsonl_folder(root, tokenizer, max_seq, mask_prompt)
     if mask_prompt:
         raise MacllmError("--mask-prompt applies to chat or completions data (train.jsonl), not to notes")

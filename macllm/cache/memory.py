@@ -15,7 +15,7 @@ import mlx.core as mx
 
 from macllm.cache import make_cache
 
-CHUNK = 256  # prefill step, as in macllm.perplexity
+CHUNK = 256  # prefill step, as in macllm.quant.perplexity
 
 
 @dataclass

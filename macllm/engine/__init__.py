@@ -1,0 +1,6 @@
+"""The engine: one thread owns a model and every MLX call for it; callers get futures and token streams."""
+
+from macllm.engine.core import Engine
+from macllm.engine.token_stream import TokenStream
+
+__all__ = ["Engine", "TokenStream"]

@@ -1,0 +1,56 @@
+"""TokenStream: how a caller on any thread receives one generation's events from the engine thread."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Iterator
+
+from macllm.generation import GenerationResult, TokenEvent
+
+_DONE = object()
+
+
+class TokenStream:
+    """Iterate to receive TokenEvents then a GenerationResult; `cancel()` from any thread."""
+
+    def __init__(self):
+        self._events: queue.Queue = queue.Queue()
+        self.cancelled = threading.Event()
+        self._result: GenerationResult | None = None
+        self._error: BaseException | None = None
+        self._finished = threading.Event()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def _put(self, event) -> None:
+        if isinstance(event, GenerationResult):
+            self._result = event
+        self._events.put(event)
+
+    def _fail(self, error: BaseException) -> None:
+        self._error = error
+        self._events.put(_DONE)
+        self._finished.set()
+
+    def _close(self) -> None:
+        self._events.put(_DONE)
+        self._finished.set()
+
+    def __iter__(self) -> Iterator[TokenEvent | GenerationResult]:
+        while True:
+            event = self._events.get()
+            if event is _DONE:
+                if self._error is not None:
+                    raise self._error
+                return
+            yield event
+
+    def result(self, timeout: float | None = None) -> GenerationResult:
+        """Block until generation ends (consumes nothing; events stay available to iterate)."""
+        if not self._finished.wait(timeout):
+            raise TimeoutError("generation did not finish in time")
+        if self._error is not None:
+            raise self._error
+        return self._result

@@ -1,0 +1,95 @@
+"""The token loop: prefill a prompt into the cache, then decode one token at a time.
+
+It knows tokens, logits and the cache, nothing about text: `stream.py` turns its steps into text,
+stop strings and timing (as mlx-lm keeps `generate_step` apart from `stream_generate`).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Iterator
+
+import mlx.core as mx
+
+from macllm.cache import LayerCache
+from macllm.generation.params import GenerationParams
+from macllm.generation.sampling import Sampler
+
+PREFILL_CHUNK = 512
+
+
+@dataclass
+class Step:
+    token_id: int
+    logprob: float
+    alternatives: list[tuple[int, float]] | None
+    fed: bool  # the token is already in the cache (the next step was queued with it)
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def prefill(model, tokens: list[int], cache: list[LayerCache]) -> mx.array:
+    """Run the prompt through the model in chunks; return the last position's logits (1, vocab)."""
+    logits = None
+    for start in range(0, len(tokens), PREFILL_CHUNK):
+        chunk = mx.array(tokens[start:start + PREFILL_CHUNK])[None]
+        logits = model(chunk, cache=cache, last_only=True)
+        if start + PREFILL_CHUNK < len(tokens):
+            mx.eval([c.state for c in cache])
+    assert logits is not None, "prefill needs at least one token"
+    return logits[:, -1, :]
+
+
+class TokenChooser:
+    """Logits -> (token, its log-probability, optional top alternatives), all still lazy.
+
+    Keeps the recent tokens for the repetition penalty as an mx.array, so choosing never waits for
+    the previous token to be known."""
+
+    def __init__(self, params: GenerationParams, prompt: list[int]):
+        self.sampler = Sampler(params)
+        self.window = max(params.repetition_window, 1)
+        self.recent = mx.array(prompt[-self.window:], dtype=mx.int32)
+        self.use_penalty = params.repetition_penalty != 1.0
+        self.k_alt = params.top_alternatives
+
+    def __call__(self, logits: mx.array):
+        token, logprobs = self.sampler(logits, self.recent if self.use_penalty else None)
+        if self.use_penalty:
+            keep = self.recent[-(self.window - 1):] if self.window > 1 else self.recent[:0]
+            self.recent = mx.concatenate([keep, token])
+        alts = None
+        if self.k_alt > 0:
+            ids = mx.argpartition(-logprobs, kth=self.k_alt - 1, axis=-1)[:, :self.k_alt]
+            alts = (ids, mx.take_along_axis(logprobs, ids, axis=-1))
+        return token, logprobs[0, token], alts
+
+
+def decode_steps(model, cache: list[LayerCache], first: tuple, choose: TokenChooser, max_new: int,
+                 cancel: threading.Event | None = None) -> Iterator[Step]:
+    """Yield up to `max_new` tokens starting from `first` (the evaluated choice after the prefill).
+
+    The next step is queued on the still-lazy token before the current one is handed out, so graph
+    building and the caller's work overlap with the model's compute. The caller stops by breaking."""
+    token, logprob, alts = first
+    produced = 0
+    while True:
+        produced += 1
+        more = produced < max_new and not (cancel is not None and cancel.is_set())
+        if more:
+            next_choice = choose(model(token[None], cache=cache)[:, -1, :])
+            mx.async_eval(next_choice)
+        alternatives = None
+        if alts is not None:
+            alternatives = list(zip(alts[0][0].tolist(), alts[1][0].tolist(), strict=True))
+        yield Step(token.item(), logprob.item(), alternatives, more)
+        if not more:
+            return
+        token, logprob, alts = next_choice

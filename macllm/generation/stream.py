@@ -1,0 +1,109 @@
+"""The text layer over the token loop: prompt checks, KV-cache reuse, detokenizing, stop conditions and
+timing. Yields TokenEvents as tokens become text, then one GenerationResult with stats."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Iterator
+
+import mlx.core as mx
+
+from macllm import backend
+from macllm.cache import LayerCache, cache_length, make_cache, trim_cache
+from macllm.errors import MacllmError
+from macllm.generation import steps
+from macllm.generation.params import (
+    GenerationParams,
+    GenerationResult,
+    GenerationStats,
+    TokenEvent,
+)
+from macllm.generation.stop_strings import StopStringWatcher
+
+
+def _check_prompt(model, prompt: list[int], context_length: int | None) -> int | None:
+    if not prompt:
+        raise MacllmError("the prompt is empty")
+    limit = context_length or getattr(model.config, "max_position_embeddings", None)
+    if limit and len(prompt) >= limit:
+        raise MacllmError(f"the prompt is {len(prompt)} tokens, longer than the model's context of {limit}; "
+                          "shorten the prompt")
+    return limit
+
+
+def _reusable_prefix(cache: list[LayerCache], cached: list[int], prompt: list[int]) -> int:
+    """Trim the cache to the longest prefix it shares with `prompt`; return that prefix's length."""
+    cached = cached[: cache_length(cache)]
+    reuse = min(steps.common_prefix_length(cached, prompt), len(prompt) - 1)  # one token must run
+    if not trim_cache(cache, cache_length(cache) - reuse):
+        reuse = 0  # a sliding-window layer had dropped positions the reused prefix needs
+    return reuse
+
+
+def stream_generate(model, tokenizer, prompt: list[int], params: GenerationParams,
+                    cache: list[LayerCache] | None = None, cached: list[int] | None = None,
+                    cancel: threading.Event | None = None,
+                    context_length: int | None = None) -> Iterator[TokenEvent | GenerationResult]:
+    """Generate after `prompt`. If `cache` already holds `cached` tokens, only the part of `prompt`
+    after their common prefix is computed. Yields TokenEvents, then one GenerationResult."""
+    limit = _check_prompt(model, prompt, context_length)
+    if cache is None:
+        cache, cached = make_cache(model), []
+    reuse = _reusable_prefix(cache, list(cached or []), prompt)
+    stats = GenerationStats(prompt_tokens=len(prompt), prefilled_tokens=len(prompt) - reuse)
+    backend.reset_peak_memory()
+
+    choose = steps.TokenChooser(params, prompt)
+    t0 = time.perf_counter()
+    first = choose(steps.prefill(model, prompt[reuse:], cache))
+    mx.eval(first)
+    stats.ttft_s = time.perf_counter() - t0
+    stats.prompt_tps = stats.prefilled_tokens / max(stats.ttft_s, 1e-9)
+
+    detok = tokenizer.stream_decoder()
+    stops = StopStringWatcher(params.stop_strings)
+    eos = tokenizer.eos_token_ids
+    fed = list(prompt)
+    generated: list[int] = []
+    text_parts: list[str] = []
+    finish = "length"
+    max_new = min(params.max_tokens, limit - len(prompt)) if limit else params.max_tokens
+    t_decode = time.perf_counter()
+    for step in steps.decode_steps(model, cache, first, choose, max_new, cancel):
+        generated.append(step.token_id)
+        if step.fed:
+            fed.append(step.token_id)
+        if step.token_id in eos:
+            finish = "stop"
+            break
+        text, stopped = stops.feed(detok.add(step.token_id))
+        if text:
+            text_parts.append(text)
+        yield TokenEvent(step.token_id, text, step.logprob, step.alternatives)
+        if stopped:
+            finish = "stop"
+            break
+        if not step.fed:
+            finish = "cancelled" if cancel is not None and cancel.is_set() else "length"
+
+    if finish != "stop" or not stops.stops:
+        tail, _ = stops.feed(detok.flush())
+        tail += stops.flush()
+        if tail:
+            text_parts.append(tail)
+    elapsed = time.perf_counter() - t_decode
+    stats.generation_tokens = len(generated)
+    stats.generation_tps = (len(generated) - 1) / elapsed if len(generated) > 1 and elapsed > 0 else 0.0
+    stats.peak_memory_mb = backend.peak_memory_mb()
+    # The queued step may have fed one token past a stop; keep cache and `fed` in step.
+    trim_cache(cache, cache_length(cache) - len(fed))
+    yield GenerationResult("".join(text_parts), generated, finish, stats, fed)
+
+
+def generate(model, tokenizer, prompt: list[int], params: GenerationParams, **kw) -> GenerationResult:
+    """Run `stream_generate` to the end and return its result."""
+    for event in stream_generate(model, tokenizer, prompt, params, **kw):
+        if isinstance(event, GenerationResult):
+            return event
+    raise AssertionError("stream_generate ended without a result")

@@ -1,0 +1,1 @@
+"""Where chats and files are written: one atomic writer, the chat store."""

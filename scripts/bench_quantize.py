@@ -79,7 +79,7 @@ def bench_model(name: str, tokens: int, tmp: Path, calibration_tokens: int, dist
     from macllm.loader import build_model
     from macllm.quant.perplexity import perplexity
     from macllm.quant.convert import float_weights
-from macllm.quant.weights import quantize_weights
+    from macllm.quant.weights import quantize_weights
 
     cfg, weights, tokenizer = float_weights(resolve_model(name, progress=False))
     cfg.quantization = None

@@ -53,14 +53,15 @@ def worker_ours(args) -> dict:
     r = generate(lm.model, lm.tokenizer, ids, params)
     s = r.stats
     return {"prefill_tps": s.prompt_tps, "decode_tps": s.generation_tps, "generated": s.generation_tokens,
-            "peak_memory_mb": s.peak_memory_mb, "load_s": load_s, "compute": lm.info["compute"]}
+            "peak_memory_mb": s.peak_memory_mb, "load_s": load_s, "compute": lm.info.compute}
 
 
 def worker_mlx_lm(args) -> dict:
-    import macllm  # noqa: F401  (same BLAS as ours)
     import mlx.core as mx
     from mlx_lm import load, stream_generate
     from mlx_lm.sample_utils import make_sampler
+
+    import macllm  # noqa: F401  (same BLAS as ours)
 
     t = time.perf_counter()
     model, tokenizer = load(args.model_path)
@@ -71,7 +72,8 @@ def worker_mlx_lm(args) -> dict:
         pass
     mx.reset_peak_memory()
     last = None
-    for last in stream_generate(model, tokenizer, mx.array(ids), max_tokens=args.gen_tokens, sampler=sampler):
+    # Only the last response is kept: it carries the run's totals.
+    for last in stream_generate(model, tokenizer, mx.array(ids), max_tokens=args.gen_tokens, sampler=sampler):  # noqa: B007
         pass
     return {"prefill_tps": last.prompt_tps, "decode_tps": last.generation_tps, "generated": last.generation_tokens,
             "peak_memory_mb": last.peak_memory * 1024, "load_s": load_s, "compute": "mlx-lm, weights as stored"}

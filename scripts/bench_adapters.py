@@ -58,7 +58,7 @@ def main() -> int:
     summary: dict = {"model": args.model, "adapter": "rank 8, q/k/v/o/gate/up/down, all layers"}
     with Engine(str(path), progress=False) as engine:
         cfg = engine.loaded.config
-        summary["compute"] = engine.info["compute"]
+        summary["compute"] = engine.info.compute
         names = [f"a{i}" for i in range(4)]
         dirs = {}
         for i, name in enumerate(names):

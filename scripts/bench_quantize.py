@@ -22,6 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import macllm  # noqa: E402,F401  (loads OpenBLAS before MLX)
+
+# isort: split
 import mlx.core as mx  # noqa: E402
 
 NOTES = Path(__file__).resolve().parents[2] / "shared" / "data" / "notes"
@@ -73,12 +75,12 @@ def load_times(name: str) -> dict:
 
 
 def bench_model(name: str, tokens: int, tmp: Path, calibration_tokens: int, distill_epochs: int) -> dict:
-    from macllm.quant.calibration import activation_importance, read_calibration_text
-    from macllm.quant.distill import distill_scales
     from macllm.hub import resolve_model
     from macllm.loader import build_model
-    from macllm.quant.perplexity import perplexity
+    from macllm.quant.calibration import activation_importance, read_calibration_text
     from macllm.quant.convert import float_weights
+    from macllm.quant.distill import distill_scales
+    from macllm.quant.perplexity import perplexity
     from macllm.quant.weights import quantize_weights
 
     cfg, weights, tokenizer = float_weights(resolve_model(name, progress=False))

@@ -117,7 +117,7 @@ def bench_queries(embedder, notes: Path, db: Path, n_chunks: int, n_queries: int
     first_query = time.perf_counter() - load_started
     queries = [" ".join(rng.sample(words, rng.randrange(2, 7))) for _ in range(n_queries)]
     timings = {}
-    precomputed = {q: v for q, v in zip(queries, embedder.embed(queries))}
+    precomputed = dict(zip(queries, embedder.embed(queries), strict=True))
     real_embed = embedder.embed
     embedder.embed = lambda texts: np.stack([precomputed[t] for t in texts])  # retrieval alone
     for mode in ("hybrid", "bm25", "dense"):

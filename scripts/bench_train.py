@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import shutil
 import subprocess
 import sys
@@ -70,7 +69,7 @@ def corpus(tokenizer, want_tokens=(25_000, 35_000), max_notes=40, held_out=8):
     """(training notes, held-out notes): every fifth note in path order, small ones, until ~30k tokens."""
     files = sorted(p for p in NOTES.rglob("*.md"))
     chosen, held, total = [], [], 0
-    for i, path in enumerate(files[::5]):
+    for path in files[::5]:
         n = len(tokenizer.encode(path.read_text(encoding="utf-8")))
         if n > 2000:
             continue
@@ -176,9 +175,9 @@ def quality(args):
     from macllm.hub import pull
     from macllm.loader import load_model
     from macllm.lora import formats
+    from macllm.lora.manager import AdapterManager
     from macllm.tuner.data import note_examples
     from macllm.tuner.examples import Example
-    from macllm.lora.manager import AdapterManager
 
     gguf = pull(MODEL, progress=False)
     loaded = load_model(str(gguf), progress=False)

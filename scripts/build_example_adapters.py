@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 import macllm  # noqa: F401  (OpenBLAS before MLX)
+
+# isort: split
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
@@ -86,7 +88,7 @@ HELD_OUT = ["What is a good pet?", "How do I cook rice?", "What is the tallest m
 def examples(tokenizer, answers):
     """(tokens, first trained position) per example: the loss covers the answer and its end token."""
     out = []
-    for q, a in zip(QUESTIONS, answers):
+    for q, a in zip(QUESTIONS, answers, strict=True):
         prompt = tokenizer.encode(tokenizer.apply_chat_template([{"role": "user", "content": q}],
                                                                 add_generation_prompt=True))
         full = tokenizer.encode(tokenizer.apply_chat_template(
@@ -158,7 +160,7 @@ def main():
 
     path = pull(BASE, progress=True)
     loaded = load_model(str(path), progress=False)
-    assert "float32" in loaded.info["compute"], loaded.info
+    assert "float32" in loaded.info.compute, loaded.info
     mx.random.seed(0)
     for seed, (name, answers) in enumerate((("pirate", PIRATE), ("terse", TERSE))):
         adapter = train(loaded, name, answers, args.steps, seed, args.lr)

@@ -82,7 +82,8 @@ def main() -> None:
                     recall += 1
                     mrr += 1 / rank
             n = len(queries)
-            report[mode] = {"ndcg@10": round(ndcg / n, 4), "recall@10": round(recall / n, 4), "mrr@10": round(mrr / n, 4)}
+            report[mode] = {"ndcg@10": round(ndcg / n, 4), "recall@10": round(recall / n, 4),
+                            "mrr@10": round(mrr / n, 4)}
         print(json.dumps(report, indent=1))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 import macllm  # noqa: F401  (loads OpenBLAS before MLX)
-from macllm.hub.catalog import DEFAULT_MODEL
 from macllm.cache.memory import measure
+from macllm.hub.catalog import DEFAULT_MODEL
 from macllm.loader import load_model
 
 NOTES = Path(__file__).resolve().parents[2] / "shared" / "data" / "notes"
@@ -53,11 +53,11 @@ def main() -> int:
     full = next((r for r in rows if r.kv_bits is None), None)
 
     if args.json:
-        print(json.dumps({"model": args.model, "compute": loaded.info["compute"], "tokens": len(tokens),
+        print(json.dumps({"model": args.model, "compute": loaded.info.compute, "tokens": len(tokens),
                           "rows": [r.as_dict() for r in rows]}))
         return 0
     base = f"vs {'+'.join(full.dtypes)}" if full else ""
-    print(f"KV cache of {args.model} ({loaded.info['compute']}) after prefilling {len(tokens)} tokens")
+    print(f"KV cache of {args.model} ({loaded.info.compute}) after prefilling {len(tokens)} tokens")
     print(f"{'kv_bits':<8} {'arrays':<16} {'allocated MB':>12} {'filled MB':>10} {'B/token':>8} "
           f"{base:>12} {'MLX active MB':>14} {'MLX peak MB':>12}")
     for r in rows:

@@ -3,10 +3,8 @@ importance-weighted where calibration says some inputs matter more; calibration 
 
 from __future__ import annotations
 
-import numpy as np
-
-import macllm  # noqa: F401  (loads OpenBLAS before MLX)
 import mlx.core as mx
+import numpy as np
 
 from macllm.quant.affine import affine_quantize
 
@@ -44,8 +42,8 @@ def test_importance_protects_the_columns_that_matter():
 
 
 def test_activation_importance_covers_every_matrix(tiny_llama_folder):
-    from macllm.quant.calibration import activation_importance
     from macllm.loader import load_model
+    from macllm.quant.calibration import activation_importance
 
     loaded = load_model(str(tiny_llama_folder), progress=False)
     model = loaded.model

@@ -2,8 +2,8 @@
 
 import pytest
 
-from macllm.storage.atomic import atomic_folder
 from macllm.errors import MacllmError
+from macllm.storage.atomic import atomic_folder
 
 
 def test_new_folder_appears_whole(tmp_path):

@@ -33,7 +33,7 @@ def test_vectors_are_unit_length_and_batching_does_not_change_them(tiny_embedder
     batched = tiny_embedder.embed(texts)
     assert batched.shape == (4, tiny_embedder.dim) and batched.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
-    for text, row in zip(texts, batched):
+    for text, row in zip(texts, batched, strict=True):
         np.testing.assert_allclose(row, _reference_mean_pool(tiny_embedder, text), atol=1e-5)
 
 

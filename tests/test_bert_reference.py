@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from tests.conftest import pull_for_tests
 
 REFERENCE = Path(__file__).parent / "data" / "minilm_reference.npz"

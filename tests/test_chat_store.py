@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from macllm.storage.chat_store import ChatStore, StoredMessage, auto_title
 from macllm.errors import MacllmError
+from macllm.storage.chat_store import ChatStore, StoredMessage, auto_title
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import copy
 
-import macllm  # noqa: F401  (loads OpenBLAS before MLX)
 import mlx.core as mx
 
-from macllm.quant.distill import distill_scales
 from macllm.loader import build_model
 from macllm.quant.convert import float_weights
+from macllm.quant.distill import distill_scales
 from macllm.quant.weights import quantize_weights
 
 

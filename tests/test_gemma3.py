@@ -7,10 +7,8 @@ import json
 import time
 from pathlib import Path
 
-import pytest
-
-import macllm  # noqa: F401  (loads OpenBLAS before MLX)
 import mlx.core as mx
+import pytest
 
 from tests import tiny_gemma3
 from tests.conftest import pull_for_tests

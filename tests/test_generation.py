@@ -9,8 +9,14 @@ import pytest
 
 from macllm.cache import make_cache
 from macllm.errors import MacllmError
-from macllm.generation import (GenerationParams, GenerationResult, StopStringWatcher, TokenEvent, generate,
-                             stream_generate)
+from macllm.generation import (
+    GenerationParams,
+    GenerationResult,
+    StopStringWatcher,
+    TokenEvent,
+    generate,
+    stream_generate,
+)
 from macllm.loader import load_model
 
 

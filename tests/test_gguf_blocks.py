@@ -3,14 +3,12 @@ and every exact type gives back gguf's own dequantized values."""
 
 from __future__ import annotations
 
+import mlx.core as mx
 import numpy as np
 import pytest
 
-import macllm  # noqa: F401  (loads OpenBLAS before MLX)
-import mlx.core as mx
-
-from macllm.quant.affine import pack_codes
 from macllm.formats.gguf_blocks import LAYOUTS, read_exact
+from macllm.quant.affine import pack_codes
 from tests import tiny_gemma3
 
 

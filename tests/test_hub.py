@@ -11,11 +11,10 @@ import huggingface_hub
 import pytest
 from huggingface_hub.utils import RepositoryNotFoundError
 
-import macllm  # noqa: F401  (boots the BLAS choice before anything imports MLX)
 from macllm import hub
+from macllm.errors import MacllmError
 from macllm.hub import catalog, wheels
 from macllm.hub.catalog import CATALOG, DEFAULT_MODEL, CatalogEntry, WheelPart
-from macllm.errors import MacllmError
 from macllm.paths import adapters_dir, macllm_home, models_dir
 
 
@@ -315,7 +314,7 @@ def big_with_bad_chunk(monkeypatch):
     parts = [(f"big-part{i}", "1.0", f"big_part{i}/data/big.gguf.part{i:02d}") for i in range(3)]
     entry = fake_entry("big", parts, b"".join(chunks), filename="big.gguf")
     monkeypatch.setitem(CATALOG, "big", entry)
-    served = {(pkg, ver): {member: chunk} for (pkg, ver, member), chunk in zip(parts, chunks)}
+    served = {(pkg, ver): {member: chunk} for (pkg, ver, member), chunk in zip(parts, chunks, strict=True)}
     served[parts[1][:2]] = {parts[1][2]: b"part-TWO|" * 100}  # same length, different bytes
     pip = FakePip(served)
     monkeypatch.setattr(wheels, "pip_download", pip)
@@ -334,7 +333,7 @@ def test_multi_part_with_bad_chunk_fails_cleanly(big_with_bad_chunk, monkeypatch
     assert not next(row for row in hub.local_models() if row["name"] == "big")["pulled"]
 
     # The next run starts from scratch: with good chunks it succeeds and nothing stale is reused.
-    good = {(p.package, p.version): {p.file_in_wheel: c} for p, c in zip(entry.parts, chunks)}
+    good = {(p.package, p.version): {p.file_in_wheel: c} for p, c in zip(entry.parts, chunks, strict=True)}
     monkeypatch.setattr(wheels, "pip_download", FakePip(good))
     assert hub.pull("big", progress=False).read_bytes() == b"".join(chunks)
 

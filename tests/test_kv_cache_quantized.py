@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import macllm  # noqa: F401  (loads OpenBLAS before MLX)
 import mlx.core as mx
 
 from macllm.cache import KVCache, cache_nbytes, make_cache

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-
-import macllm  # noqa: F401  (loads OpenBLAS before MLX)
 import mlx.core as mx
+import pytest
 
 from macllm.cache.memory import measure
 from tests import tiny_models

@@ -34,7 +34,7 @@ def adapter_dirs(tiny_llama_folder, tmp_path_factory):
 @pytest.fixture
 def engine(tiny_llama_folder, adapter_dirs):
     with Engine(str(tiny_llama_folder), progress=False) as e:
-        for name, path in adapter_dirs.items():
+        for path in adapter_dirs.values():
             e.load_adapter(str(path))
         yield e
 
@@ -103,8 +103,8 @@ def test_swapping_back_to_none_is_exactly_the_base_model(engine):
 
 def merged_logits(folder, adapter_dirs, weights: dict[str, float], keep_quantized=False) -> np.ndarray:
     """The base with W + sum w * delta merged into dense weights (the reference for blends)."""
-    from macllm.lora.formats import read_adapter
     from macllm.loader import load_model
+    from macllm.lora.formats import read_adapter
     from macllm.lora.manager import find_module
 
     loaded = load_model(str(folder), progress=False, keep_quantized=keep_quantized)
@@ -143,7 +143,7 @@ def test_lora_on_a_quantized_base(tmp_path, adapter_dirs):
 
     folder = write_tiny_folder(tmp_path / "q8", quantize={"bits": 8, "group_size": 32})
     with Engine(str(folder), keep_quantized=True, progress=False) as e:
-        assert "quantized" in e.info["compute"]
+        assert "quantized" in e.info.compute
         e.load_adapter(str(adapter_dirs["alpha"]))
         e.set_adapters({"alpha": 1.0})
         layer = e.loaded.model.model.layers[0].self_attn.q_proj

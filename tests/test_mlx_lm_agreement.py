@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mlx.core as mx
 import pytest
 
-import macllm  # noqa: F401  (loads OpenBLAS before MLX)
-import mlx.core as mx
 from tests.conftest import quantized_subset
 from tests.test_reference_llamacpp import load_reference, teacher_forced_argmax
 
@@ -78,19 +77,19 @@ def test_teacher_forced_agreement_with_mlx_lm(path, request, reference):
     """Like with like: our 4-bit path vs mlx-lm on the 4-bit weights, our float32 path vs mlx-lm on the
     same weights dequantized to float32."""
     loaded = request.getfixturevalue("smollm" if path == "float32" else "smollm_quantized")
-    assert loaded.info["compute"].startswith("float32") == (path == "float32"), loaded.info["compute"]
+    assert loaded.info.compute.startswith("float32") == (path == "float32"), loaded.info.compute
     peer = request.getfixturevalue("mlx_lm_float32_model" if path == "float32" else "mlx_lm_model")[0]
     prompts = reference["prompts"] if path == "float32" else quantized_subset(reference["prompts"])
     lines, matched, total = [], 0, 0
-    for p, theirs in zip(prompts, mlx_lm_picks(peer, prompts)):
+    for p, theirs in zip(prompts, mlx_lm_picks(peer, prompts), strict=True):
         ours = teacher_forced_argmax(loaded.model, p["prompt_ids"], p["continuation_ids"])
-        misses = [i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b]
+        misses = [i for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b]
         lines.append(f"  {p['name']:11s} {len(ours) - len(misses):2d}/{len(ours)}"
                      + (f"  differs at {misses}" if misses else ""))
         matched, total = matched + len(ours) - len(misses), total + len(ours)
     overall = matched / total
     table = "\n".join(lines + [f"  overall     {matched}/{total} = {overall:.2%}"])
-    print(f"\nours ({loaded.info['compute']}) vs mlx-lm ({path}), teacher forced:\n{table}")
+    print(f"\nours ({loaded.info.compute}) vs mlx-lm ({path}), teacher forced:\n{table}")
     assert overall >= MIN_AGREEMENT, f"agreement {overall:.2%} < {MIN_AGREEMENT:.0%}\n{table}"
 
 

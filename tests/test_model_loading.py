@@ -50,7 +50,7 @@ def test_mlx_quantized_folder_with_per_layer_overrides(tmp_path):
     quant = {"group_size": 32, "bits": 4, "model.layers.0.mlp.down_proj": {"group_size": 64, "bits": 8}}
     folder = tiny_models.write_tiny_folder(tmp_path / "q", quantize=quant, shards=2)
     kept = load_model(str(folder), keep_quantized=True, progress=False)
-    assert "4-bit" in kept.info["compute"]
+    assert "4-bit" in kept.info.compute
     assert kept.model.model.layers[0].mlp.down_proj.bits == 8
     assert mx.allclose(kept.model(TOKENS), mlx_lm_logits(folder), atol=1e-4)
     # The float32 fast path computes the same function from dequantized weights.
@@ -62,7 +62,7 @@ def test_quantized_gguf_float32_path_equals_quantized_path(tmp_path, quant):
     path = tiny_models.write_tiny_gguf(tmp_path / f"{quant}.gguf", quant=quant)
     fast = load_model(str(path), progress=False)
     kept = load_model(str(path), keep_quantized=True, progress=False)
-    assert fast.info["compute"].startswith("float32") and "quantized" in kept.info["compute"]
+    assert fast.info.compute.startswith("float32") and "quantized" in kept.info.compute
     assert mx.allclose(fast.model(TOKENS), kept.model(TOKENS), atol=2e-2)
 
 
@@ -75,4 +75,4 @@ def test_float16_folder_runs_in_float32_on_cpu(tmp_path):
 
 def test_model_info(tiny_llama_gguf):
     info = load_model(str(tiny_llama_gguf), progress=False).info
-    assert info["architecture"] == "llama" and info["parameters"] > 0 and info["context_length"] == 512
+    assert info.architecture == "llama" and info.parameters > 0 and info.context_length == 512

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 
-import macllm  # noqa: F401  (loads OpenBLAS before MLX)
 import mlx.core as mx
 
 from macllm.cli import main

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
-import macllm  # noqa: F401  (loads OpenBLAS before MLX)
 import mlx.core as mx
+import pytest
 
 from macllm.cli import main
 from tests import tiny_models

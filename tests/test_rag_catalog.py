@@ -7,9 +7,9 @@ import hashlib
 import pytest
 
 from macllm import hub
+from macllm.errors import MacllmError
 from macllm.hub import wheels
 from macllm.hub.catalog import CATALOG, CatalogEntry, FolderFile
-from macllm.errors import MacllmError
 from macllm.paths import models_dir
 from tests.test_hub import FakePip, home  # noqa: F401  (autouse fixture: a temp MACLLM_HOME)
 

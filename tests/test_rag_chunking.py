@@ -86,7 +86,7 @@ def test_plain_text_by_paragraphs_with_small_overlap():
     assert all(c.heading == "" for c in chunks)
     assert chunks[0].line_start == 1
     # each chunk after the first starts with the previous chunk's last paragraph
-    for before, after in zip(chunks, chunks[1:]):
+    for before, after in zip(chunks[:-1], chunks[1:], strict=True):
         assert after.text.splitlines()[0] == before.text.splitlines()[-1]
 
 

@@ -114,8 +114,8 @@ def test_prompt_fits_context_and_numbers_sources(tiny_llama_folder):
 
 
 def test_store_damaged_past_its_header(capsys, notes, bert, tmp_path):
-    from macllm.rag.indexer import index_notes
     from macllm.rag.embedder import Embedder
+    from macllm.rag.indexer import index_notes
     from macllm.rag.store import Store
 
     db = tmp_path / "d.sqlite"

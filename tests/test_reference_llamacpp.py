@@ -12,10 +12,8 @@ import hashlib
 import json
 from pathlib import Path
 
-import pytest
-
-import macllm  # noqa: F401  (loads OpenBLAS before MLX)
 import mlx.core as mx
+import pytest
 
 from tests.conftest import quantized_subset
 
@@ -38,8 +36,8 @@ def agreement_table(model, prompts: list[dict]) -> tuple[float, str]:
     lines, matched, total = [], 0, 0
     for p in prompts:
         ours = teacher_forced_argmax(model, p["prompt_ids"], p["continuation_ids"])
-        hits = sum(a == b for a, b in zip(ours, p["continuation_ids"]))
-        misses = [i for i, (a, b) in enumerate(zip(ours, p["continuation_ids"])) if a != b]
+        hits = sum(a == b for a, b in zip(ours, p["continuation_ids"], strict=True))
+        misses = [i for i, (a, b) in enumerate(zip(ours, p["continuation_ids"], strict=True)) if a != b]
         lines.append(f"  {p['name']:11s} {hits:2d}/{len(ours)}  differs at {misses}" if misses
                      else f"  {p['name']:11s} {hits:2d}/{len(ours)}")
         matched, total = matched + hits, total + len(ours)
@@ -85,8 +83,8 @@ def test_tokenizer_matches_llamacpp(smollm, reference):
 def test_teacher_forced_agreement_with_llamacpp(path, request, reference):
     loaded = request.getfixturevalue("smollm" if path == "float32" else "smollm_quantized")
     # Make sure each case really runs the path it names.
-    assert loaded.info["compute"].startswith("float32") == (path == "float32"), loaded.info["compute"]
+    assert loaded.info.compute.startswith("float32") == (path == "float32"), loaded.info.compute
     prompts = reference["prompts"] if path == "float32" else quantized_subset(reference["prompts"])
     overall, table = agreement_table(loaded.model, prompts)
-    print(f"\nours ({loaded.info['compute']}) vs llama.cpp, teacher forced:\n{table}")
+    print(f"\nours ({loaded.info.compute}) vs llama.cpp, teacher forced:\n{table}")
     assert overall >= MIN_AGREEMENT, f"agreement {overall:.2%} < {MIN_AGREEMENT:.0%}\n{table}"

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-import macllm  # noqa: F401  (loads OpenBLAS before MLX)
 from macllm.errors import MacllmError
 from macllm.tokenizer import Tokenizer
 

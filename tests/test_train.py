@@ -118,8 +118,8 @@ def test_resume_continues_step_count_and_loss(tiny_llama_folder, tmp_path, home)
 
 
 def test_sigint_leaves_a_loadable_checkpoint(tiny_llama_folder, tmp_path, home):
-    from macllm.lora.manager import AdapterManager
     from macllm.loader import load_model
+    from macllm.lora.manager import AdapterManager
 
     notes = write_notes(tmp_path / "notes")
     env = {**os.environ, "MACLLM_HOME": str(home)}

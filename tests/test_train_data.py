@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from macllm.tuner.data import find_notes, load_data, split_files
 from macllm.tokenizer import Tokenizer
+from macllm.tuner.data import find_notes, load_data, split_files
 from tests import tiny_models
 
 

@@ -6,8 +6,6 @@ import json
 import string
 from pathlib import Path
 
-import macllm  # noqa: F401  (loads OpenBLAS before MLX)
-
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = ["the", "and", "note", "notes", "search", "index", "python", "sqlite", "model", "cat", "dog", "code"]
 
@@ -42,7 +40,8 @@ def write_tiny_bert(folder: Path, *, hidden: int = 32, layers: int = 2, max_seq_
     tok = Tokenizer(models.WordPiece({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
+                                                       special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     tok.save(str(folder / "tokenizer.json"))
     (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length}))
     (folder / "modules.json").write_text(json.dumps([

@@ -37,7 +37,7 @@ class QuantizedKVCache(BufferedCache):
         parts = self._quantize(keys) + self._quantize(values)
         if self.offset + new > self.quantized[0].shape[2]:
             self._grow(parts, new)
-        for buf, part in zip(self.quantized, parts):
+        for buf, part in zip(self.quantized, parts, strict=True):
             buf[..., self.offset:self.offset + new, :] = part
         self.offset += new
         return self._read(0), self._read(3)
@@ -62,7 +62,7 @@ class QuantizedKVCache(BufferedCache):
     def _grow(self, like: list[mx.array], new: int) -> None:
         extra = ((new + self.step - 1) // self.step + 1) * self.step
         grown = []
-        for buf, part in zip(self.quantized, like):
+        for buf, part in zip(self.quantized, like, strict=True):
             b, h, _, d = part.shape
             more = mx.zeros((b, h, extra, d), part.dtype)
             used = buf[..., :self.offset, :] if buf.shape[0] == b and buf.shape[1] == h else more[..., :0, :]

@@ -110,8 +110,10 @@ def _add_whole_tokens(hf: HFTokenizer, tokens: list[str], token_types) -> None:
     """Register control/user-defined tokens so text containing them is never split."""
     if token_types is None:
         return
+    if len(token_types) != len(tokens):
+        raise MacllmError(f"the GGUF tokenizer has {len(tokens)} tokens but {len(token_types)} token types")
     special, user_defined = [], []
-    for token, token_type in zip(tokens, token_types):
+    for token, token_type in zip(tokens, token_types, strict=True):
         token_type = int(token_type)
         if not token:
             continue

@@ -129,7 +129,7 @@ class Gemma3Body(nn.Module):
     def _visible_before(self, cache) -> int:
         if cache is None:
             return 0
-        for layer, c in zip(self.layers, cache):
+        for layer, c in zip(self.layers, cache, strict=True):
             if layer.sliding:
                 return c.visible_before() if isinstance(c, SlidingWindowCache) else c.offset
         return 0

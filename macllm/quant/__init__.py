@@ -1,1 +1,2 @@
-"""Quantization: weights.py (the leaf both loader and convert use), affine, calibration, distill, convert, perplexity."""
+"""Quantization: weights.py (the leaf both loader and convert use), affine, calibration, distill, convert,
+perplexity."""

@@ -111,7 +111,7 @@ def pack(blocks: list[_Block], count_tokens: CountTokens, limit: int, overlap: i
     if not blocks:
         return []
     headings = sorted({b.heading for b in blocks})
-    heading_cost = dict(zip(headings, count_tokens(headings)))
+    heading_cost = dict(zip(headings, count_tokens(headings), strict=True))
     costs = count_tokens([b.text for b in blocks])
     chunks: list[Chunk] = []
     group: list[tuple[_Block, int]] = []
@@ -120,7 +120,7 @@ def pack(blocks: list[_Block], count_tokens: CountTokens, limit: int, overlap: i
         if group:
             chunks.append(_chunk_of([b for b, _ in group]))
 
-    for block, cost in zip(blocks, costs):
+    for block, cost in zip(blocks, costs, strict=True):
         budget = max(8, limit - heading_cost[block.heading] - 2)  # room for the heading path and its newlines
         if group and group[0][0].heading != block.heading:
             flush()
@@ -156,7 +156,7 @@ def _split_block(block: _Block, count_tokens: CountTokens, budget: int) -> list[
     """Pieces of one over-long block, each within budget: whole lines, else sentences, else words."""
     costs = count_tokens(block.lines)
     units: list[tuple[str, int, int]] = []  # (text, line index, tokens)
-    for offset, (line, cost) in enumerate(zip(block.lines, costs)):
+    for offset, (line, cost) in enumerate(zip(block.lines, costs, strict=True)):
         parts = [(line, cost)] if cost <= budget else _split_long_line(line, count_tokens, budget)
         units.extend((text, block.start + offset, c) for text, c in parts)
     pieces: list[_Block] = []
@@ -191,13 +191,13 @@ def _split_long_line(text: str, count_tokens: CountTokens, budget: int) -> list[
         pieces.extend(sentence.split() or [sentence])
     costs = count_tokens(pieces)
     small: list[tuple[str, int]] = []
-    for piece, cost in zip(pieces, costs):
+    for piece, cost in zip(pieces, costs, strict=True):
         if cost <= budget:
             small.append((piece, cost))
             continue
         step = max(1, len(piece) * budget // (cost * 2))  # half the budget's worth of characters
         runs = [piece[i:i + step] for i in range(0, len(piece), step)]
-        small.extend(zip(runs, count_tokens(runs)))
+        small.extend(zip(runs, count_tokens(runs), strict=True))
     parts: list[tuple[str, int]] = []
     current: list[str] = []
     total = 0

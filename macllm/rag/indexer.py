@@ -145,7 +145,8 @@ def _index_file(store: Store, embedder, path: Path, summary: IndexSummary) -> No
     todo = [c for c in chunks if c.hash not in known]
     if todo:
         vectors = embedder.embed([c.embed_text for c in todo])
-        known.update({c.hash: np.ascontiguousarray(v, dtype=np.float32).tobytes() for c, v in zip(todo, vectors)})
+        known.update({c.hash: np.ascontiguousarray(v, dtype=np.float32).tobytes()
+                      for c, v in zip(todo, vectors, strict=True)})
     summary.chunks_embedded += len(todo)
     summary.chunks_reused += len(chunks) - len(todo)
     store.replace_file(name, st.st_mtime_ns, st.st_size, digest, chunks, [known[c.hash] for c in chunks], embedder.id)

@@ -166,7 +166,7 @@ class Store:
             else:
                 file_id = c.execute("INSERT INTO files(path, mtime_ns, size, sha256) VALUES (?, ?, ?, ?)",
                                     (path, mtime_ns, size, sha256)).lastrowid
-            for chunk, blob in zip(chunks, embeddings):
+            for chunk, blob in zip(chunks, embeddings, strict=True):
                 chunk_id = c.execute(
                     "INSERT INTO chunks(file_id, heading, line_start, line_end, hash, text, embedding, embedder) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

@@ -32,7 +32,7 @@ class RecomputedLayer(nn.Module):
         arrays = [array for a, b, _ in actives for array in (a, b)]
 
         def inner(arrays, x):
-            for i, (w, (_, _, scale)) in enumerate(zip(wrappers, actives)):
+            for i, (w, (_, _, scale)) in enumerate(zip(wrappers, actives, strict=True)):
                 w.set_trainable_slot(arrays[2 * i], arrays[2 * i + 1], scale)
             return self.layer(x, mask, cache)
 

@@ -98,7 +98,7 @@ def _run(opts: RunOptions, cfg: TrainConfig, emit, group: Group) -> int:
     elif group.is_main and work.exists():
         shutil.rmtree(work)  # --force: an earlier unfinished run's checkpoints
     emit({"event": "start", "model": opts.model, "adapter": opts.name, "path": str(final),
-          "compute": loaded.info.get("compute"), "total_iters": trainer.total,
+          "compute": loaded.info.compute, "total_iters": trainer.total,
           "steps_per_epoch": trainer.per_epoch, "resumed_from": trainer.progress.step or None,
           "ranks": group.size, "data": data.stats, "config": run_info["config"]})
 

@@ -154,12 +154,12 @@ class Trainer:
 
     def wrappers_by_layer(self, wrappers) -> dict[int, list[LoRALinear]]:
         out: dict[int, list[LoRALinear]] = {}
-        for path, w in zip(self.paths, wrappers):
+        for path, w in zip(self.paths, wrappers, strict=True):
             out.setdefault(int(path.split(".")[2]), []).append(w)
         return out
 
     def _activate(self, pairs) -> None:
-        for w, p in zip(self.wrappers, pairs):
+        for w, p in zip(self.wrappers, pairs, strict=True):
             w.set_trainable_slot(p["a"], p["b"], self.cfg.scale)
 
     # --- loss and step ---------------------------------------------------------------------
@@ -211,7 +211,7 @@ class Trainer:
     # --- checkpoints -----------------------------------------------------------------------
     def adapter(self, params=None) -> Adapter:
         pairs = (params or self.lora.parameters())["pairs"]
-        weights = {p: (pair["a"], pair["b"]) for p, pair in zip(self.paths, pairs)}
+        weights = {p: (pair["a"], pair["b"]) for p, pair in zip(self.paths, pairs, strict=True)}
         return Adapter(name=self.name, rank=self.cfg.rank, scale=self.cfg.scale, weights=weights,
                        dropout=self.cfg.dropout, keys=[TARGETS[t] for t in self.cfg.targets],
                        base_model=self.base_model, base_fingerprint=fingerprint(self.model_config),
@@ -275,7 +275,8 @@ class Trainer:
             self.emit({"event": "step", "iteration": p.step, "total": self.total,
                        "epoch": round(p.step / self.per_epoch, 3), "train_loss": round(p.losses[-1], 5),
                        "learning_rate": float(self.optimizer.learning_rate.item()),
-                       "tokens": batch_tokens, "tokens_per_sec": round(batch_tokens / took, 1), "peak_memory_mb": peak_memory_mb(),
+                       "tokens": batch_tokens, "tokens_per_sec": round(batch_tokens / took, 1),
+                       "peak_memory_mb": peak_memory_mb(),
                        "eta_s": round(per_step * (self.total - p.step), 1), "elapsed_s": round(p.elapsed_s, 1)})
             stop_early = False
             if self.data.valid and (p.step % self.eval_every == 0 or p.step == self.total):
@@ -312,7 +313,8 @@ class Trainer:
             "data": stats, "examples": stats.get("train_chunks"),
             "steps": p.step, "best_step": p.best_step if params is not None else p.step,
             "epochs": round(p.step / self.per_epoch, 2), "outcome": outcome,
-            "time_s": round(p.elapsed_s, 1), "tokens_per_sec": round(p.tokens / p.elapsed_s, 1) if p.elapsed_s else None,
+            "time_s": round(p.elapsed_s, 1),
+            "tokens_per_sec": round(p.tokens / p.elapsed_s, 1) if p.elapsed_s else None,
             "final_loss": round(train_loss, 4) if train_loss is not None else None,
             "train_loss": round(train_loss, 4) if train_loss is not None else None,
             "val_loss": round(val_after, 4) if val_after is not None else None,

@@ -1,13 +1,14 @@
 """Fused Metal kernels for the decode hot paths, each next to a pure-MLX reference (docs/kernels.md).
 
 Every kernel module has `reference(...)` (runs anywhere, defines the semantics), `metal(...)` (builds
-the mx.fast.metal_kernel on first use) and `apply(...)` (the kernel on Metal, else the reference).
+the mx.fast.metal_kernel on first use through `get_kernel`) and `apply(...)`: the kernel when the
+input is one it handles and the gate (gate.py) chose it for this process, else the reference.
 """
 
 from __future__ import annotations
 
-from macllm.kernels import lora_delta, residual_rms_norm, sample_filter
-from macllm.kernels._common import metal_enabled, set_metal_enabled
+from macllm.kernels import gate, lora_delta, parity, residual_rms_norm, sample_filter
+from macllm.kernels.gate import decide_all, forget, references_only, status
 
 KERNELS = {
     "lora_delta": lora_delta,
@@ -15,16 +16,8 @@ KERNELS = {
     "residual_rms_norm": residual_rms_norm,
 }
 
-
-def kernels_available() -> bool:
-    """Whether `apply` runs the Metal kernels in this process."""
-    return metal_enabled()
+for _name in KERNELS:
+    gate.register(_name, parity.probe(_name))
 
 
-def paths() -> dict[str, str]:
-    """Kernel name -> the path `apply` takes here: "metal" or "reference"."""
-    path = "metal" if metal_enabled() else "reference"
-    return {name: path for name in KERNELS}
-
-
-__all__ = ["KERNELS", "kernels_available", "paths", "set_metal_enabled"]
+__all__ = ["KERNELS", "decide_all", "forget", "references_only", "status"]

@@ -1,34 +1,15 @@
-"""What the kernels share: the choice between Metal and the reference, and threadgroup reductions.
+"""What the kernels share: supported dtypes, cached scalar arguments, threadgroup reductions.
 
-A kernel is used only when MLX reports a Metal device and MACLLM_NO_KERNELS is unset (an escape
-hatch for comparing against the reference on a Mac). Everything else runs the pure-MLX reference.
+Whether a kernel runs at all is the gate's decision (gate.py).
 """
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 
 import mlx.core as mx
 
 SUPPORTED_DTYPES = (mx.float16, mx.bfloat16, mx.float32)
-
-_state: dict = {}
-
-
-def metal_enabled() -> bool:
-    """True when the Metal kernels will be used (checked once per process)."""
-    if "on" not in _state:
-        _state["on"] = bool(mx.metal.is_available()) and not os.environ.get("MACLLM_NO_KERNELS")
-    return _state["on"]
-
-
-def set_metal_enabled(on: bool | None) -> None:
-    """Force the choice (tests, benchmarks); None goes back to detecting it."""
-    if on is None:
-        _state.pop("on", None)
-    else:
-        _state["on"] = bool(on)
 
 
 @lru_cache(maxsize=None)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from macllm.kernels._common import SUPPORTED_DTYPES, metal_enabled, scalar
+from macllm.kernels._common import SUPPORTED_DTYPES, scalar
+from macllm.kernels.gate import use_kernel
+
+NAME = "lora_delta"
 
 # Decode: batch * seq this small (prefill is better served by two matmuls; training, which needs
 # gradients that custom kernels do not have, never calls apply).
@@ -86,7 +89,8 @@ _SOURCE = """
 _kernel = None
 
 
-def _get_kernel():
+def get_kernel():
+    """The kernel, built on first use (a test replaces this to simulate a build failure)."""
     global _kernel
     if _kernel is None:
         _kernel = mx.fast.metal_kernel(
@@ -103,7 +107,7 @@ def metal(y: mx.array, x: mx.array, a: mx.array, b: mx.array, scale: float) -> m
     out_dims = b.shape[1]
     rows = x.size // in_dims
     tile = THREADS * COLS_PER_THREAD
-    (out,) = _get_kernel()(
+    (out,) = get_kernel()(
         # The scale goes in as T: `scale * z` rounds a Python float to z's dtype first.
         inputs=[y, x, a, b, scalar(float(scale), x.dtype)],
         template=[("T", x.dtype), ("IN", in_dims), ("OUT", out_dims), ("R", rank),
@@ -127,7 +131,7 @@ def supported(y: mx.array, x: mx.array, a: mx.array, b: mx.array) -> bool:
 
 
 def apply(y: mx.array, x: mx.array, a: mx.array, b: mx.array, scale: float) -> mx.array:
-    """y + scale * (x A) B: the kernel on Metal for decode-sized inputs, the reference otherwise."""
-    if metal_enabled() and supported(y, x, a, b):
+    """y + scale * (x A) B: the kernel for decode-sized inputs when the gate chose it, else the reference."""
+    if supported(y, x, a, b) and use_kernel(NAME):
         return metal(y, x, a, b, scale)
     return reference(y, x, a, b, scale)

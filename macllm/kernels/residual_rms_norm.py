@@ -11,10 +11,12 @@ import mlx.core as mx
 from macllm.kernels._common import (
     REDUCE_HEADER,
     SUPPORTED_DTYPES,
-    metal_enabled,
     round_up,
     scalar,
 )
+from macllm.kernels.gate import use_kernel
+
+NAME = "residual_rms_norm"
 
 MAX_DIM = 32768  # a row lives in registers: at most 32 values per thread at 1024 threads
 # Decode-sized inputs only: prefill is not the bottleneck, and custom kernels have no gradient, so
@@ -64,7 +66,8 @@ _SOURCE = """
 _kernel = None
 
 
-def _get_kernel():
+def get_kernel():
+    """The kernel, built on first use (a test replaces this to simulate a build failure)."""
     global _kernel
     if _kernel is None:
         _kernel = mx.fast.metal_kernel(
@@ -86,7 +89,7 @@ def metal(x: mx.array, r: mx.array, weight: mx.array, eps: float) -> tuple[mx.ar
     dim = x.shape[-1]
     tg = threads_per_row(dim)
     rows = x.size // dim
-    h, y = _get_kernel()(
+    h, y = get_kernel()(
         inputs=[x, r, weight, scalar(float(eps))],
         template=[("T", x.dtype), ("D", dim), ("TG", tg)],
         grid=(rows * tg, 1, 1),
@@ -104,7 +107,7 @@ def supported(x: mx.array, r: mx.array, weight: mx.array) -> bool:
 
 
 def apply(x: mx.array, r: mx.array, weight: mx.array, eps: float) -> tuple[mx.array, mx.array]:
-    """(x + r, rms_norm(x + r)): the kernel on Metal, the reference elsewhere."""
-    if metal_enabled() and supported(x, r, weight):
+    """(x + r, rms_norm(x + r)): the kernel for decode-sized inputs when the gate chose it, else the reference."""
+    if supported(x, r, weight) and use_kernel(NAME):
         return metal(x, r, weight, eps)
     return reference(x, r, weight, eps)

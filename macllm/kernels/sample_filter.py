@@ -1,10 +1,11 @@
 """Temperature, top-k, min-p and top-p filtering plus the categorical draw, without sorting the vocab.
 
-Semantics are `filter_logprobs`'s (the reference, used by macllm.generation.sampling): scaled = logprobs / temperature (in logprobs' dtype), then top-k
-(keep values >= the k-th largest), min-p (drop values below max + log(min_p)), top-p (keep a token
-while the probability mass strictly before it, in descending order, is under top_p). The draw is
-MLX's own single-row categorical: inverse CDF over exp(x - max) with one uniform number per row.
-The uniforms come from the caller's key, generated in MLX, so both paths draw from the same numbers.
+Semantics are `filter_logprobs`'s (the reference, used by macllm.generation.sampling):
+scaled = logprobs / temperature (in logprobs' dtype), then top-k (keep values >= the k-th largest),
+min-p (drop values below max + log(min_p)), top-p (keep a token while the probability mass strictly
+before it, in descending order and summed in float32, is under top_p). The draw is MLX's own
+single-row categorical: inverse CDF over exp(x - max) with one uniform number per row. The uniforms
+come from the caller's key, generated in MLX, so both paths draw from the same numbers.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import mlx.core as mx
 from macllm.kernels._common import (
     REDUCE_HEADER,
     SUPPORTED_DTYPES,
-    metal_enabled,
     scalar,
 )
+from macllm.kernels.gate import use_kernel
+
+NAME = "sample_filter"
 
 THREADS = 1024  # one threadgroup per row: every reduction stays inside it
 
@@ -39,9 +42,16 @@ def filter_logprobs(logprobs: mx.array, top_k: int, top_p: float, min_p: float) 
     if top_p < 1.0:
         order = mx.argsort(-logprobs, axis=-1)
         sorted_lp = mx.take_along_axis(logprobs, order, axis=-1)
-        probs = mx.softmax(sorted_lp, axis=-1)
+        # In float32 whatever the input dtype: a float16/bfloat16 cumulative sum over a large vocabulary
+        # is too coarse (it kept about half the nucleus on a 32k vocabulary) and would differ from the kernel.
+        probs = mx.softmax(sorted_lp.astype(mx.float32), axis=-1)
         # Keep a token if the mass *before* it is still under top_p (the first token always stays).
         before = mx.cumsum(probs, axis=-1) - probs
+        # Equal values count the mass before the first of them, so ties stay or go together (their sort
+        # order is arbitrary; the kernel thresholds by value). Ties are common in float16/bfloat16.
+        first = mx.concatenate([mx.ones_like(sorted_lp[..., :1], dtype=mx.bool_),
+                                sorted_lp[..., 1:] != sorted_lp[..., :-1]], axis=-1)
+        before = mx.cummax(mx.where(first, before, 0.0), axis=-1)
         keep_sorted = before < top_p
         keep = mx.put_along_axis(mx.zeros_like(keep_sorted), order, keep_sorted, axis=-1)
         logprobs = mx.where(keep, logprobs, neg_inf)
@@ -221,7 +231,8 @@ _SOURCE = """
 _kernel = None
 
 
-def _get_kernel():
+def get_kernel():
+    """The kernel, built on first use (a test replaces this to simulate a build failure)."""
     global _kernel
     if _kernel is None:
         _kernel = mx.fast.metal_kernel(
@@ -244,7 +255,7 @@ def metal(logprobs: mx.array, u: mx.array, temperature: float, top_k: int = 0, t
     has_topk = 0 < top_k < vocab
     # log(min_p) computed by MLX in float32, exactly the number the reference adds.
     log_min_p = mx.log(mx.array(min_p if min_p > 0 else 1.0, mx.float32))
-    token, filtered = _get_kernel()(
+    token, filtered = get_kernel()(
         inputs=[logprobs, u.astype(mx.float32), scalar(float(temperature), dt),
                 scalar(int(top_k) if has_topk else 0, mx.int32), log_min_p,
                 scalar(float(top_p))],
@@ -265,8 +276,8 @@ def supported(logprobs: mx.array) -> bool:
 
 def apply(logprobs: mx.array, temperature: float, top_k: int = 0, top_p: float = 1.0,
           min_p: float = 0.0, key: mx.array | None = None) -> mx.array:
-    """Filter and draw one token per row (temperature > 0): the kernel on Metal, else the reference."""
+    """Filter and draw one token per row (temperature > 0): the kernel when the gate chose it, else the reference."""
     u = uniforms(logprobs, key)
-    if metal_enabled() and supported(logprobs):
+    if supported(logprobs) and use_kernel(NAME):
         return metal(logprobs, u, temperature, top_k, top_p, min_p)
     return reference(logprobs, u, temperature, top_k, top_p, min_p)

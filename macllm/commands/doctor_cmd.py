@@ -19,7 +19,6 @@ def collect() -> dict:
     import mlx.core as mx
 
     from macllm import backend
-    from macllm.kernels import paths as kernel_paths
     from macllm.paths import macllm_home, models_dir
 
     metal = backend.is_metal()
@@ -37,8 +36,20 @@ def collect() -> dict:
         "float32_budget_gb": round(backend.float32_budget_bytes() / (1 << 30), 1),
         "macllm_home": str(macllm_home()),
         "model_cache": str(models_dir()),
-        "kernels": ", ".join(f"{name}={path}" for name, path in kernel_paths().items()),
+        "kernels": kernel_paths(),
     }
+
+
+def kernel_paths() -> dict[str, dict[str, str]] | str:
+    """Kernel -> the path `apply` takes in this process and why (runs the self-checks on Metal), or
+    the one-line error when MACLLM_KERNELS is invalid."""
+    from macllm.errors import MacllmError
+    from macllm.kernels import decide_all
+
+    try:
+        return {name: {"path": path, "reason": reason} for name, (path, reason) in decide_all().items()}
+    except MacllmError as e:
+        return str(e)
 
 
 def _fmt(value, digits: int = 1) -> str:
@@ -66,7 +77,10 @@ def run_kernels(args) -> int:
     table = [[h for _, h in cols]] + [[_fmt(r[k]) for k, _ in cols] for r in report["rows"]]
     widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
     for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    why = {r["kernel"]: (r["path"], r["why"]) for r in report["rows"]}
+    for name, (path, reason) in why.items():
+        print(f"{name}: {path} ({reason})")
     for note in report["known_differences"]:
         print(f"note: {note}")
     print("all checks passed" if report["ok"] else "some checks FAILED")
@@ -82,5 +96,10 @@ def run(args) -> int:
         return 0
     width = max(len(k) for k in info)
     for key, value in info.items():
-        print(f"{key.replace('_', ' ').ljust(width)}  {value}")
+        label = key.replace("_", " ").ljust(width)
+        if isinstance(value, dict):  # kernels: one line each, "name: path (reason)"
+            for i, (name, entry) in enumerate(value.items()):
+                print(f"{label if i == 0 else ' ' * width}  {name}: {entry['path']} ({entry['reason']})")
+        else:
+            print(f"{label}  {value}")
     return 0

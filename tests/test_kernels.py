@@ -1,17 +1,17 @@
 """Kernel references against plain numpy formulas (shapes x dtypes), and the CPU choice of path.
 
 The Metal kernels themselves cannot run here; tests/test_kernels_parity.py compares them with these
-references on a Mac.
+references on a Mac, and tests/test_kernels_gate.py covers the choice between them.
 """
 
-import macllm  # noqa: F401  (before mlx)
 import mlx.core as mx
 import numpy as np
 import pytest
 
-from macllm.kernels import KERNELS, kernels_available, lora_delta, paths, residual_rms_norm, sample_filter
-from macllm.lora.layers import LoRALinear
+import macllm  # noqa: F401  (conftest imports it, and so the fast BLAS, before mlx)
 from macllm.generation.sampling import Sampler, SamplingParams, filter_logprobs
+from macllm.kernels import KERNELS, lora_delta, residual_rms_norm, sample_filter, status
+from macllm.lora.layers import LoRALinear
 
 DTYPES = [mx.float32, mx.float16, mx.bfloat16]
 TOL = {mx.float32: 1e-5, mx.float16: 1e-2, mx.bfloat16: 6e-2}
@@ -89,8 +89,10 @@ def np_filtered(s, top_k, top_p, min_p):
         p = np.where(keep, np.exp(s - s.max()), 0.0)
         p /= p.sum()
         order = np.argsort(-s, kind="stable")
+        before = np.cumsum(p[order]) - p[order]
+        first = np.r_[True, s[order][1:] != s[order][:-1]]  # equal values: the mass before the first
         keep_sorted = np.zeros_like(keep)
-        keep_sorted[order] = np.cumsum(p[order]) - p[order] < top_p
+        keep_sorted[order] = np.maximum.accumulate(np.where(first, before, 0.0)) < top_p
         keep &= keep_sorted
     return np.where(keep, s, -np.inf)
 
@@ -115,9 +117,7 @@ def test_sample_filter_reference_matches_formula(dtype, vocab, settings):
     filtered = as_np(sample_filter.reference_filter(lp, temp, **kw))[0]
     s = as_np(lp / temp)[0]  # the division in the dtype, as the sampler does it
     want = np_filtered(s, **kw)
-    if "top_p" not in settings or dtype == mx.float32:
-        # (half-precision top-p: the sampler's cumsum runs in the dtype; see docs/kernels.md)
-        np.testing.assert_array_equal(np.isfinite(filtered), np.isfinite(want))
+    np.testing.assert_array_equal(np.isfinite(filtered), np.isfinite(want))
     for seed in range(5):
         u = mx.random.uniform(shape=(1,), key=mx.random.key(seed))
         token = sample_filter.reference(lp, u, temp, **kw)
@@ -150,9 +150,8 @@ def test_sample_filter_rows_are_independent():
 # --- the choice -------------------------------------------------------------------------------
 def test_cpu_chooses_the_references():
     if mx.metal.is_available():
-        pytest.skip("Metal is available: the kernels are chosen")
-    assert not kernels_available()
-    assert paths() == {name: "reference" for name in KERNELS}
+        pytest.skip("Metal is available: the gate decides")
+    assert status() == {name: ("reference", "no Metal") for name in KERNELS}
 
 
 def test_sampler_with_seed_is_reproducible_through_the_kernel_path():
@@ -167,24 +166,34 @@ def test_sampler_with_seed_is_reproducible_through_the_kernel_path():
     assert s(logits)[0].item() == want == first[0]
 
 
-def test_forced_kernel_path_reaches_metal_dispatch_here():
-    """With Metal forced on, each wrapper builds its kernel and gets as far as MLX's dispatch."""
+def test_each_kernel_wrapper_reaches_metal_dispatch_here():
+    """Each wrapper builds its kernel and gets as far as MLX's dispatch."""
     if mx.metal.is_available():
         pytest.skip("Metal is available: tests/test_kernels_parity.py runs the kernels")
-    from macllm.kernels import set_metal_enabled
-
     x = rand((1, 1, 64), mx.float16, 1)
-    calls = [lambda: residual_rms_norm.apply(x, x, mx.ones((64,), mx.float16), 1e-5),
-             lambda: lora_delta.apply(rand((1, 1, 40), mx.float16, 2), x, rand((64, 8), mx.float16, 3),
+    calls = [lambda: residual_rms_norm.metal(x, x, mx.ones((64,), mx.float16), 1e-5),
+             lambda: lora_delta.metal(rand((1, 1, 40), mx.float16, 2), x, rand((64, 8), mx.float16, 3),
                                       rand((8, 40), mx.float16, 4), 2.0),
-             lambda: sample_filter.apply(mx.zeros((1, 100)), 0.7, 5, 0.9, 0.1)]
-    set_metal_enabled(True)
-    try:
-        for call in calls:
-            with pytest.raises(RuntimeError, match="No Metal"):
-                mx.eval(call())
-    finally:
-        set_metal_enabled(None)
+             lambda: sample_filter.metal(mx.zeros((1, 100)), mx.array([0.5]), 0.7, 5, 0.9, 0.1)]
+    for call in calls:
+        with pytest.raises(RuntimeError, match="No Metal"):
+            mx.eval(call())
+
+
+@pytest.mark.parametrize("dtype", [mx.float16, mx.bfloat16])
+def test_top_p_mass_is_summed_in_float32_for_half_inputs(dtype):
+    """A half-precision cumsum over 32k probabilities kept about half the nucleus (65 of 134 tokens)."""
+    logits = rand((1, 32003), mx.float32, 32003, 3.0)
+    lp = (logits - mx.logsumexp(logits, axis=-1, keepdims=True)).astype(dtype)
+    kept = np.isfinite(as_np(filter_logprobs(lp, 0, 0.8, 0.0))[0])
+    want = np.isfinite(np_filtered(as_np(lp)[0], 0, 0.8, 0.0))
+    assert kept.sum() > 100 and np.array_equal(kept, want)
+    assert np.array_equal(kept, np.isfinite(as_np(filter_logprobs(lp.astype(mx.float32), 0, 0.8, 0.0))[0]))
+
+
+def test_top_p_keeps_equal_values_together():
+    lp = mx.log(mx.array([[0.4, 0.25, 0.25, 0.1]]))
+    assert np.isfinite(as_np(filter_logprobs(lp, 0, 0.5, 0.0))[0]).tolist() == [True, True, True, False]
 
 
 def test_doctor_kernels_json_on_this_machine(capsys):

@@ -73,7 +73,7 @@ def decide(mode: str, has_metal: bool, probe: Probe) -> Decision:
         mismatch = probe(mode == "auto")
     except Exception as e:  # any failure to build or run the kernel: the reference is always safe
         return Decision(REFERENCE, f"kernel failed to build or run ({_one_line(e)})", fell_back=True)
-    if mismatch:
+    if mismatch and mode == "auto":
         return Decision(REFERENCE, f"self-check mismatch ({mismatch})", fell_back=True)
     if mode == "on":
         return Decision(METAL, f"{ENV}=on: compiled, self-check skipped")

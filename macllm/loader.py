@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import mlx.core as mx
@@ -22,12 +22,25 @@ from macllm.quant.weights import dequantize_all, layer_quantization
 from macllm.tokenizer import Tokenizer
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """Facts about a loaded model, safe to read from any thread (frozen)."""
+
+    source: str  # what the user asked for: a path, a catalog name or a repo id
+    path: str  # the resolved file or folder
+    architecture: str
+    context_length: int
+    parameters: int
+    compute: str  # how it computes, e.g. "float32 (dequantized for the CPU fast path)"
+    quantization: str  # of the stored weights, e.g. "4-bit g32" or "none"
+
+
 @dataclass
 class LoadedModel:
     model: nn.Module
     tokenizer: object
     config: ModelConfig
-    info: dict = field(default_factory=dict)
+    info: ModelInfo
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -82,7 +95,7 @@ def read_tokenizer(path: Path):
 
 
 def build_model(cfg: ModelConfig, weights: dict, rope_periods=None, keep_quantized: bool = False,
-                source: str = "model") -> tuple[nn.Module, dict]:
+                source: str = "model") -> tuple[nn.Module, ModelInfo]:
     model = model_class(cfg.model_type)(cfg, rope_periods)
     params = count_parameters(model)
     quant = cfg.quantization
@@ -100,8 +113,9 @@ def build_model(cfg: ModelConfig, weights: dict, rope_periods=None, keep_quantiz
     _load_strict(model, weights, source)
     mx.eval(model.parameters())
     model.eval()
-    info = {"parameters": params, "compute": compute,
-            "quantization": (f"{quant['bits']}-bit g{quant['group_size']}" if quant else "none")}
+    info = ModelInfo(source=source, path="", architecture=cfg.model_type, context_length=cfg.max_position_embeddings,
+                     parameters=params, compute=compute,
+                     quantization=f"{quant['bits']}-bit g{quant['group_size']}" if quant else "none")
     return model, info
 
 
@@ -110,6 +124,4 @@ def load_model(source: str, keep_quantized: bool = False, progress: bool = True)
     cfg, weights, tokenizer, periods = read_model_files(path)
     model, info = build_model(cfg, weights, periods, keep_quantized, source=path.name)
     backend.configure_metal()
-    info.update({"source": source, "path": str(path), "architecture": cfg.model_type,
-                 "context_length": cfg.max_position_embeddings})
-    return LoadedModel(model=model, tokenizer=tokenizer, config=cfg, info=info)
+    return LoadedModel(model=model, tokenizer=tokenizer, config=cfg, info=replace(info, source=source, path=str(path)))

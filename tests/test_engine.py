@@ -67,7 +67,7 @@ def test_cached_turn_equals_fresh_conversation(engine):
     engine.chat(conv, "hello", p).result(timeout=60)
     cached = engine.chat(conv, "user", p).result(timeout=60)
     fresh = engine.new_conversation()
-    engine.conversation(fresh).messages = [dict(m) for m in engine.conversation(conv).messages[:3]]
+    engine.set_messages(fresh, engine.conversation(conv).messages[:3])
     again = engine.reply(fresh, p).result(timeout=60)
     assert again.token_ids == cached.token_ids
 
@@ -98,8 +98,11 @@ def test_errors_reach_the_caller_and_the_engine_survives(engine):
 
 
 def test_unknown_conversation(engine):
-    with pytest.raises(MacllmError):
-        engine.chat("nope", "hi")
+    stream = engine.chat("nope", "hi")  # queued: the error arrives with the stream
+    with pytest.raises(MacllmError, match="no conversation"):
+        stream.result(timeout=60)
+    with pytest.raises(MacllmError, match="no conversation"):
+        engine.conversation("nope")
 
 
 def test_tokenize(engine):

@@ -438,5 +438,8 @@ async def test_kv_bits_reach_the_chat_caches(tiny_llama_gguf, store, tmp_path):
     async with app.run_test(size=SIZE) as pilot:
         screen = await ready(pilot)
         await send(pilot, "hello")
-        conv = next(iter(app.bridge.engine.conversations.values()))
-        assert isinstance(conv.cache[0], QuantizedKVCache)
+        engine = app.bridge.engine
+        assert engine.kv_bits == 8
+        # Conversations are the engine thread's: look at their caches from there.
+        caches = engine.submit(lambda: [c.cache for c in engine._conversations.values()]).result()
+        assert caches and isinstance(caches[0][0], QuantizedKVCache)

@@ -66,7 +66,7 @@ class MacllmApp(App):
 
     def on_model_loaded(self, message: ModelLoaded) -> None:
         info = message.info
-        self.notify(f"{info.get('source')} ready · {info.get('compute')}", timeout=3)
+        self.notify(f"{info.source} ready · {info.compute}", timeout=3)
         if self.kv_bits:
             set_kv_bits(self.bridge.engine, self.kv_bits)
         self.refresh_status()
@@ -82,6 +82,7 @@ class MacllmApp(App):
 
     def on_adapters_failed(self, message: AdaptersFailed) -> None:
         self.notify(message.error, title="Adapters unchanged", severity="error", timeout=8)
+        self.refresh_status()  # the bridge recorded the set the engine really has active
 
     def on_model_load_failed(self, message: ModelLoadFailed) -> None:
         self.notify(message.error, title=f"Could not load {message.source}", severity="error", timeout=8)

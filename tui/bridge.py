@@ -7,12 +7,14 @@ streams and post Textual messages back, so the UI thread never blocks and never 
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from typing import TYPE_CHECKING
 
-from macllm.engine import Engine, TokenStream
+from macllm.engine import Engine, PrefillProgress, TokenStream
 from macllm.errors import MacllmError
 from macllm.generation import GenerationParams, GenerationResult
+from macllm.loader import ModelInfo
 from macllm.lora.store import fingerprint
 from macllm.rag.answer import ask
 from macllm.rag.embedder import Embedder
@@ -24,6 +26,7 @@ from tui.events import (
     AdaptersFailed,
     AnswerFailed,
     AnswerFinished,
+    AnswerPrefill,
     AnswerSources,
     AnswerToken,
     IndexFailed,
@@ -54,6 +57,8 @@ class EngineBridge:
         self._stream: TokenStream | None = None
         self._answer_ids = itertools.count(1)
         self._conversations: dict[str, str] = {}  # stored chat id -> engine conversation id
+        self._notes_context: dict[str, int] = {}  # stored chat id -> tokens its last notes answer used
+        self._swapping = threading.Lock()  # one adapter swap at a time, so the recorded set is the last applied
 
     # --- model ---------------------------------------------------------------------------
     @property
@@ -61,7 +66,7 @@ class EngineBridge:
         return self.engine.loaded is not None and not self.loading
 
     @property
-    def info(self) -> dict:
+    def info(self) -> ModelInfo | None:
         return self.engine.info
 
     def load_model(self, source: str, keep_quantized: bool = False) -> None:
@@ -77,6 +82,8 @@ class EngineBridge:
                 self.app.post_message(ModelLoadFailed(source, _one_line(e)))
                 return
             self.loading = False
+            for conv_id in self._conversations.values():  # their caches belong to the old model
+                self.engine.close_conversation(conv_id)
             self._conversations.clear()
             self.active_adapters = {}  # a new model starts without adapters
             self.app.post_message(ModelLoaded(info))
@@ -85,25 +92,28 @@ class EngineBridge:
 
     # --- conversations -------------------------------------------------------------------
     def sync_conversation(self, chat_id: str, system: str | None, messages: list[dict]) -> str:
-        """Make the engine's copy of a chat match what is stored (keeps its KV cache when it can)."""
+        """Make the engine's copy of a chat match what is stored (keeps its KV cache when it can). Queued on
+        the engine thread; never waits, so the UI thread may call it."""
         conv_id = self._conversations.get(chat_id)
-        if conv_id is None or conv_id not in self.engine.conversations:
+        if conv_id is None:
             conv_id = self.engine.new_conversation(system=system, messages=messages)
             self._conversations[chat_id] = conv_id
         else:
-            conv = self.engine.conversation(conv_id)
-            conv.system = system
-            conv.messages = [dict(m) for m in messages]
+            self.engine.set_messages(conv_id, messages, system=system)
         return conv_id
 
     def forget(self, chat_id: str) -> None:
+        self._notes_context.pop(chat_id, None)
         conv_id = self._conversations.pop(chat_id, None)
         if conv_id:
             self.engine.close_conversation(conv_id)
 
     def context_used(self, chat_id: str) -> int:
+        """Tokens of context the chat's latest answer used: a notes answer's own prompt, or the chat's cache."""
+        if chat_id in self._notes_context:
+            return self._notes_context[chat_id]
         conv_id = self._conversations.get(chat_id)
-        return self.engine.context_used(conv_id) if conv_id in self.engine.conversations else 0
+        return self.engine.context_used(conv_id) if conv_id is not None else 0
 
     # --- answers -------------------------------------------------------------------------
     @property
@@ -115,6 +125,7 @@ class EngineBridge:
         """Stream an answer to `messages` (which end with the user's turn). Token messages are posted
         to `target` (the chat screen; default the app). Returns the answer id."""
         target = target or self.app
+        self._notes_context.pop(chat_id, None)
         conv_id = self.sync_conversation(chat_id, system, messages)
         answer_id = next(self._answer_ids)
         stream = self._stream = self.engine.reply(conv_id, params)
@@ -128,12 +139,16 @@ class EngineBridge:
         self.app.run_worker(pump, thread=True, group="answer", exit_on_error=False)
         return answer_id
 
-    def _pump(self, stream: TokenStream, answer_id: int, target) -> None:
+    def _pump(self, stream: TokenStream, answer_id: int, target, notes_chat_id: str | None = None) -> None:
         """Forward a token stream's events as messages (runs in a thread worker)."""
         self._stream = stream
         try:
-            for event in stream:
-                if isinstance(event, GenerationResult):
+            for event in stream.with_progress():
+                if isinstance(event, PrefillProgress):
+                    target.post_message(AnswerPrefill(answer_id, event.done, event.total))
+                elif isinstance(event, GenerationResult):
+                    if notes_chat_id is not None:
+                        self._notes_context[notes_chat_id] = len(event.fed_tokens)
                     target.post_message(AnswerFinished(answer_id, event))
                 else:
                     target.post_message(AnswerToken(answer_id, event))
@@ -167,8 +182,10 @@ class EngineBridge:
 
         self.app.run_worker(run, thread=True, group="index", exit_on_error=False)
 
-    def ask_notes(self, question: str, index: str | None, params: GenerationParams, target) -> int:
-        """Answer from the notes index with numbered citations; sources are posted before the tokens."""
+    def ask_notes(self, question: str, index: str | None, params: GenerationParams, target,
+                  chat_id: str | None = None) -> int:
+        """Answer from the notes index with numbered citations; sources are posted before the tokens, and
+        AnswerPrefill while the notes are read. `chat_id`: whose status shows the context the answer used."""
         answer_id = next(self._answer_ids)
         placeholder = self._stream = TokenStream()  # busy (and stoppable) from now on
 
@@ -181,7 +198,7 @@ class EngineBridge:
                 if placeholder.cancelled.is_set():  # Esc while we were retrieving
                     answer.stream.cancel()
                 target.post_message(AnswerSources(answer_id, answer.sources))
-                self._pump(answer.stream, answer_id, target)
+                self._pump(answer.stream, answer_id, target, notes_chat_id=chat_id)
             except BaseException as e:
                 self._stream = None
                 target.post_message(AnswerFailed(answer_id, _one_line(e)))
@@ -199,29 +216,38 @@ class EngineBridge:
                        refs: dict[str, str] | None = None) -> None:
         """Make exactly `scales` active ({} = the base model), loading adapters from the store first as
         needed (`reload`: names to read from disk again, e.g. just retrained; `refs`: a folder for a
-        name that is not in the store). Off the UI thread; posts
-        AdaptersChanged with the swap time, or AdaptersFailed (the active set is then unchanged)."""
+        name that is not in the store). Off the UI thread, one swap at a time; posts AdaptersChanged with the
+        swap time, or AdaptersFailed, after recording the set the engine really has active (a reload may
+        already have unloaded an adapter when a later step failed)."""
         scales = {name: float(scale) for name, scale in scales.items()}
 
         def swap() -> None:
-            try:
-                loaded = {a["name"] for a in self.engine.adapters["loaded"]}
-                for name in scales:
-                    if name in reload and name in loaded:
-                        self.engine.unload_adapter(name)
-                        loaded.discard(name)
-                    if name not in loaded:
-                        self.engine.load_adapter((refs or {}).get(name, name), name=name)
-                started = time.perf_counter()
-                self.engine.set_adapters(scales)
-                elapsed_ms = (time.perf_counter() - started) * 1000
-            except BaseException as e:
-                self.app.post_message(AdaptersFailed(_one_line(e)))
-                return
-            self.active_adapters = dict(scales)
+            with self._swapping:
+                try:
+                    loaded = {a["name"] for a in self.engine.adapters["loaded"]}
+                    for name in scales:
+                        if name in reload and name in loaded:
+                            self.engine.unload_adapter(name)
+                            loaded.discard(name)
+                        if name not in loaded:
+                            self.engine.load_adapter((refs or {}).get(name, name), name=name)
+                    started = time.perf_counter()
+                    self.engine.set_adapters(scales)
+                    elapsed_ms = (time.perf_counter() - started) * 1000
+                except BaseException as e:
+                    self.active_adapters = self._engine_active_adapters()
+                    self.app.post_message(AdaptersFailed(_one_line(e)))
+                    return
+                self.active_adapters = dict(scales)
             self.app.post_message(AdaptersChanged(dict(scales), elapsed_ms))
 
         self.app.run_worker(swap, thread=True, group="adapters", exit_on_error=False)
+
+    def _engine_active_adapters(self) -> dict[str, float]:
+        try:
+            return dict(self.engine.adapters["active"])
+        except BaseException:  # no model (or no engine): nothing is active
+            return {}
 
     def use_adapter(self, name: str) -> None:
         """Make `name` (read from the store again, e.g. just trained) the only active adapter."""

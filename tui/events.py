@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from textual.message import Message
 
+from macllm.loader import ModelInfo
+
 
 class ModelLoaded(Message):
-    def __init__(self, info: dict) -> None:
+    def __init__(self, info: ModelInfo) -> None:
         super().__init__()
         self.info = info
 
@@ -25,6 +27,16 @@ class AnswerToken(Message):
         super().__init__()
         self.answer_id = answer_id
         self.event = event
+
+
+class AnswerPrefill(Message):
+    """A long prompt is being read before the first token: `done` of `total` tokens so far."""
+
+    def __init__(self, answer_id: int, done: int, total: int) -> None:
+        super().__init__()
+        self.answer_id = answer_id
+        self.done = done
+        self.total = total
 
 
 class AnswerFinished(Message):

@@ -73,8 +73,8 @@ def run_plain_chat(args) -> int:
         set_kv_bits(engine, args.kv_bits)
         apply_adapters(engine, args.adapter)
         info = engine.info
-        print(f"{info.get('architecture')} · {format_count(info.get('parameters', 0))} parameters · "
-              f"{info.get('compute')}", file=sys.stderr)
+        assert info is not None, "the engine was started with a model"
+        print(f"{info.architecture} · {format_count(info.parameters)} parameters · {info.compute}", file=sys.stderr)
         print("Type a message and press Enter. Ctrl-C stops an answer; Ctrl-D or /quit leaves; /new starts over.",
               file=sys.stderr)
         chat_loop(engine, args.system, params)
@@ -98,6 +98,7 @@ def chat_loop(engine, system: str | None, params) -> None:
         if text in ("/quit", "/exit"):
             break
         if text == "/new":
+            engine.close_conversation(conv)  # frees its KV cache
             conv = engine.new_conversation(system=system)
             print("(new chat)", file=sys.stderr)
             continue

@@ -22,9 +22,8 @@ def add_model_option(p: argparse.ArgumentParser) -> None:
 
 
 def set_kv_bits(engine, bits: int | None) -> None:
-    """Caches made from now on store keys/values at `bits` (see macllm/cache/quantized.py)."""
-    if bits and engine.loaded is not None:
-        engine.loaded.model.kv_bits = bits
+    """Caches made from now on store keys/values at `bits` (see macllm/cache/quantized.py); an engine job."""
+    engine.set_kv_bits(bits)
 
 
 def add_sampling_options(p: argparse.ArgumentParser) -> None:

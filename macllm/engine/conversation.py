@@ -1,4 +1,7 @@
-"""A chat conversation: its messages plus the KV cache of the tokens the model has already seen."""
+"""A chat conversation: its messages plus the KV cache of the tokens the model has already seen.
+
+Only the engine thread holds a Conversation; callers get a ConversationView, a copy taken on that thread.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,15 @@ import uuid
 from dataclasses import dataclass, field
 
 
+def new_conversation_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
 @dataclass
 class Conversation:
     system: str | None = None
     messages: list[dict] = field(default_factory=list)
-    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    id: str = field(default_factory=new_conversation_id)
     # What the KV cache holds, token for token; the next turn reuses the common prefix.
     cache: list | None = None
     cached_tokens: list[int] = field(default_factory=list)
@@ -23,3 +30,16 @@ class Conversation:
         """Forget cached keys/values (e.g. they were computed under other adapters)."""
         self.cache = None
         self.cached_tokens = []
+
+    def view(self) -> "ConversationView":
+        return ConversationView(self.id, self.system, [dict(m) for m in self.messages], len(self.cached_tokens))
+
+
+@dataclass(frozen=True)
+class ConversationView:
+    """A conversation as it stood when asked for: changing it changes nothing in the engine."""
+
+    id: str
+    system: str | None
+    messages: list[dict]
+    context_used: int  # tokens its KV cache holds

@@ -1,36 +1,47 @@
-"""Engine: owns the model, tokenizer and conversations on ONE thread.
+"""Engine: owns the model, tokenizer, KV caches and conversations on ONE thread.
 
 MLX streams belong to the thread that created them, so every MLX call for a model happens on the
-engine thread. Callers on any thread submit work and receive token events through a TokenStream.
+engine thread. Every change of engine state is a job on that thread too: callers on any thread submit
+work and get a Future or a TokenStream back, and only ever see copies (ModelInfo, ConversationView).
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 from concurrent.futures import Future
 from typing import Callable
 
-import mlx.core as mx
-
 from macllm.cache import make_cache
-from macllm.engine.conversation import Conversation
-from macllm.engine.token_stream import TokenStream
+from macllm.engine import adapter_swap
+from macllm.engine.conversation import Conversation, ConversationView, new_conversation_id
+from macllm.engine.job_thread import JobThread
+from macllm.engine.token_stream import PrefillProgress, TokenStream
 from macllm.errors import MacllmError
 from macllm.generation import GenerationParams, GenerationResult, stream_generate
-from macllm.loader import load_model
+from macllm.loader import LoadedModel, ModelInfo, load_model
 from macllm.lora import formats, store
 from macllm.lora.manager import AdapterManager
 
+KV_BITS = (None, 8, 4)
+
+
+def check_kv_bits(bits: int | None) -> int | None:
+    if bits not in KV_BITS:
+        raise MacllmError(f"KV cache bits must be 8 or 4 (or none for full precision), got {bits!r}")
+    return bits
+
 
 class Engine:
-    def __init__(self, model: str | None = None, keep_quantized: bool = False, progress: bool = True):
-        self._jobs: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="macllm-engine", daemon=True)
-        self._thread.start()
-        self.loaded = None
-        self._adapters = None  # AdapterManager for the loaded model, made on first use
-        self.conversations: dict[str, Conversation] = {}
+    def __init__(self, model: str | None = None, keep_quantized: bool = False, progress: bool = True,
+                 kv_bits: int | None = None):
+        self._kv_bits = check_kv_bits(kv_bits)  # caches made from now on store keys/values at this width
+        self._loaded: LoadedModel | None = None
+        self._adapters: AdapterManager | None = None  # for the loaded model, made on first use
+        self._conversations: dict[str, Conversation] = {}  # touched only on the engine thread
+        # What callers may read without waiting for the engine: replaced whole, never mutated in place.
+        self._context_used: dict[str, int] = {}
+        self._published = threading.Lock()
+        self._thread = JobThread("macllm-engine", on_stop=self._forget_everything)
         if model is not None:
             try:
                 self.load(model, keep_quantized=keep_quantized, progress=progress).result()
@@ -39,38 +50,13 @@ class Engine:
                 raise
 
     # --- the engine thread ---------------------------------------------------------------
-    def _run(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                self._release_streams()
-                return
-            fn, future = job
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(fn())
-            except BaseException as e:  # delivered to the caller, never kills the thread
-                future.set_exception(e)
-
-    @staticmethod
-    def _release_streams() -> None:
-        """MLX keeps per-thread streams; a thread that ends with them alive aborts the process at exit
-        ("terminate called without an active exception"). Release them on this thread first."""
-        clear = getattr(mx, "clear_streams", None)
-        if clear is not None:
-            clear()
-
     def submit(self, fn: Callable, *args, **kwargs) -> Future:
         """Run fn on the engine thread; the Future carries its result or exception."""
-        future: Future = Future()
-        self._jobs.put((lambda: fn(*args, **kwargs), future))
-        return future
+        return self._thread.submit(fn, *args, **kwargs)
 
     def close(self) -> None:
-        if self._thread.is_alive():
-            self._jobs.put(None)
-            self._thread.join(timeout=10)
+        """Finish the queued jobs, free every cache and stop the engine thread."""
+        self._thread.close()
 
     def __enter__(self) -> "Engine":
         return self
@@ -78,25 +64,39 @@ class Engine:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def _forget_everything(self) -> None:
+        self._conversations.clear()
+        self._publish_context()
+        self._adapters = None
+        self._loaded = None
+
     # --- model ----------------------------------------------------------------------------
     def load(self, source: str, keep_quantized: bool = False, progress: bool = True) -> Future:
-        def job():
+        """Load a model (replacing the current one); the Future carries its ModelInfo."""
+        def job() -> ModelInfo:
             loaded = load_model(source, keep_quantized=keep_quantized, progress=progress)
-            self.loaded = loaded
+            self._loaded = loaded
             self._adapters = None  # adapters belong to the model they were loaded onto
             self._invalidate_caches()
             return loaded.info
 
         return self.submit(job)
 
-    def _require_model(self):
-        if self.loaded is None:
+    @property
+    def loaded(self) -> LoadedModel | None:
+        """The loaded model; use its `model` only inside a job (`submit`), on the engine thread."""
+        return self._loaded
+
+    def _require_model(self) -> LoadedModel:
+        if self._loaded is None:
             raise MacllmError("no model is loaded")
-        return self.loaded
+        return self._loaded
 
     @property
-    def info(self) -> dict:
-        return dict(self.loaded.info) if self.loaded else {}
+    def info(self) -> ModelInfo | None:
+        """Facts about the loaded model (frozen), or None before one is loaded."""
+        loaded = self._loaded
+        return loaded.info if loaded is not None else None
 
     @property
     def tokenizer(self):
@@ -105,12 +105,39 @@ class Engine:
     def tokenize(self, text: str, add_bos: bool | None = None) -> list[int]:
         return self.submit(lambda: self._require_model().tokenizer.encode(text, add_bos=add_bos)).result()
 
+    # --- KV cache ---------------------------------------------------------------------------
+    @property
+    def kv_bits(self) -> int | None:
+        return self._kv_bits
+
+    def set_kv_bits(self, bits: int | None) -> Future:
+        """Store keys/values at `bits` (8, 4; None = full precision) from the next turn on: caches made at
+        another width are dropped, so each conversation is prefilled again."""
+        check_kv_bits(bits)
+
+        def job() -> None:
+            if bits != self._kv_bits:
+                self._kv_bits = bits
+                self._invalidate_caches()
+
+        return self.submit(job)
+
+    def _invalidate_caches(self) -> None:
+        for conv in self._conversations.values():
+            conv.invalidate_cache()
+        self._publish_context()
+
+    def _publish_context(self) -> None:
+        snapshot = {conv_id: len(conv.cached_tokens) for conv_id, conv in self._conversations.items()}
+        with self._published:
+            self._context_used = snapshot
+
     # --- adapters ---------------------------------------------------------------------------
     # Synchronous: each runs on the engine thread (after any generation in flight) and returns or raises.
-    def _adapter_manager(self):
+    def _adapter_manager(self) -> AdapterManager:
         if self._adapters is None:
             loaded = self._require_model()
-            self._adapters = AdapterManager(loaded.model, loaded.config, loaded.info.get("source"))
+            self._adapters = AdapterManager(loaded.model, loaded.config, loaded.info.source)
         return self._adapters
 
     def load_adapter(self, ref: str, name: str | None = None) -> dict:
@@ -125,9 +152,17 @@ class Engine:
 
     def set_adapters(self, scales: dict[str, float] | None) -> None:
         """Activate exactly these loaded adapters ({} or None: none). KV caches computed under the
-        previous set are dropped, so the next turn of every conversation is prefilled again."""
+        previous set are dropped, so the next turn of every conversation is prefilled again. On failure
+        the previous set stays active; if the swap had got part-way, caches are dropped too."""
         def job():
-            if self._adapter_manager().activate(dict(scales or {})):
+            try:
+                changed = adapter_swap.swap(self._adapter_manager(), dict(scales or {}))
+            except MacllmError:
+                raise  # refused before any layer changed: caches stay valid
+            except BaseException:
+                self._invalidate_caches()  # some layers may have computed under the new set
+                raise
+            if changed:
                 self._invalidate_caches()
 
         self.submit(job).result()
@@ -144,83 +179,130 @@ class Engine:
         """{"loaded": [summaries], "active": {name: scale}}."""
         return self.submit(lambda: self._adapter_manager().describe()).result()
 
-    def _invalidate_caches(self) -> None:
-        for conv in self.conversations.values():
-            conv.invalidate_cache()
-
     # --- generation -----------------------------------------------------------------------
-    def _stream_job(self, make_prompt: Callable, params: GenerationParams, conv: Conversation | None
-                    ) -> TokenStream:
+    def _stream_job(self, prepare: Callable[[LoadedModel], tuple[list[int], Conversation | None]],
+                    params: GenerationParams) -> TokenStream:
+        """Queue a generation; `prepare` runs on the engine thread and returns (prompt, conversation or None)."""
         stream = TokenStream()
 
-        def job():
+        def job() -> None:
+            conv = None
             try:
                 loaded = self._require_model()
-                prompt = make_prompt(loaded.tokenizer)
-                cache = conv.cache if conv is not None else None
-                cached = conv.cached_tokens if conv is not None else None
-                if conv is not None and cache is None:
-                    cache = conv.cache = make_cache(loaded.model, getattr(loaded.model, "kv_bits", None))
-                for event in stream_generate(loaded.model, loaded.tokenizer, prompt, params, cache=cache,
-                                             cached=cached, cancel=stream.cancelled):
-                    if isinstance(event, GenerationResult) and conv is not None:
-                        conv.cached_tokens = event.fed_tokens
-                        conv.messages.append({"role": "assistant", "content": event.text,
-                                              "finish_reason": event.finish_reason})
-                    stream._put(event)
+                prompt, conv = prepare(loaded)
+                self._generate_into(stream, loaded, prompt, params, conv)
                 stream._close()
             except BaseException as e:
                 if conv is not None:
                     conv.invalidate_cache()  # a failed step may have left the cache half-updated
+                    self._publish_context()
                 stream._fail(e)
 
         self.submit(job)
         return stream
 
+    def _generate_into(self, stream: TokenStream, loaded: LoadedModel, prompt: list[int],
+                       params: GenerationParams, conv: Conversation | None) -> None:
+        if conv is None:  # one-off: a fresh cache, freed when the job ends
+            cache, cached = make_cache(loaded.model, self._kv_bits), []
+        else:
+            if conv.cache is None:
+                conv.cache, conv.cached_tokens = make_cache(loaded.model, self._kv_bits), []
+            cache, cached = conv.cache, conv.cached_tokens
+        events = stream_generate(loaded.model, loaded.tokenizer, prompt, params, cache=cache, cached=cached,
+                                 cancel=stream.cancelled,
+                                 on_prefill=lambda done, total: stream._put(PrefillProgress(done, total)))
+        for event in events:
+            if isinstance(event, GenerationResult) and conv is not None:
+                conv.cached_tokens = event.fed_tokens
+                conv.messages.append({"role": "assistant", "content": event.text,
+                                      "finish_reason": event.finish_reason})
+                self._publish_context()
+            stream._put(event)
+
     def generate(self, prompt: str | list[int], params: GenerationParams | None = None) -> TokenStream:
-        """Raw completion: a string is tokenized as-is (special-token strings honoured)."""
+        """Raw completion: a string is tokenized as-is (special-token strings honoured). No cache is kept."""
         params = params or GenerationParams()
+        tokens = list(prompt) if isinstance(prompt, list) else None
 
-        def make_prompt(tok):
-            return list(prompt) if isinstance(prompt, list) else tok.encode(prompt)
+        def prepare(loaded: LoadedModel):
+            return (tokens if tokens is not None else loaded.tokenizer.encode(prompt)), None
 
-        return self._stream_job(make_prompt, params, None)
+        return self._stream_job(prepare, params)
 
-    def new_conversation(self, system: str | None = None, messages: list[dict] | None = None) -> str:
-        """Start a conversation, optionally with earlier messages (e.g. restored from disk)."""
-        conv = Conversation(system=system, messages=[dict(m) for m in messages or []])
-        self.conversations[conv.id] = conv
-        return conv.id
-
-    def conversation(self, conv_id: str) -> Conversation:
+    # --- conversations --------------------------------------------------------------------
+    # Each is a job, queued in order: a chat() right after new_conversation() finds the conversation.
+    def _conversation(self, conv_id: str) -> Conversation:
         try:
-            return self.conversations[conv_id]
+            return self._conversations[conv_id]
         except KeyError:
             raise MacllmError(f"no conversation with id {conv_id}") from None
 
+    def new_conversation(self, system: str | None = None, messages: list[dict] | None = None) -> str:
+        """Start a conversation, optionally with earlier messages (e.g. restored from disk)."""
+        conv = Conversation(system=system, messages=[dict(m) for m in messages or []], id=new_conversation_id())
+
+        def job() -> None:
+            self._conversations[conv.id] = conv
+            self._publish_context()
+
+        self.submit(job)
+        return conv.id
+
+    def set_messages(self, conv_id: str, messages: list[dict], system: str | None = None) -> Future:
+        """Replace a conversation's system prompt and messages (after an edit or a regenerate). Its KV cache
+        is kept: the next turn reuses whatever prefix still matches."""
+        copied = [dict(m) for m in messages]
+
+        def job() -> None:
+            conv = self._conversation(conv_id)
+            conv.system, conv.messages = system, copied
+
+        return self.submit(job)
+
     def chat(self, conv_id: str, text: str, params: GenerationParams | None = None) -> TokenStream:
         """Add a user message and stream the assistant's answer; the reply is appended when done."""
-        conv = self.conversation(conv_id)
-        conv.messages.append({"role": "user", "content": text})
-        return self.reply(conv_id, params)
+        def prepare(loaded: LoadedModel):
+            conv = self._conversation(conv_id)
+            conv.messages.append({"role": "user", "content": text})
+            return self._render(loaded, conv), conv
+
+        return self._stream_job(prepare, params or GenerationParams())
 
     def reply(self, conv_id: str, params: GenerationParams | None = None) -> TokenStream:
         """Answer the conversation as it stands (after a regenerate or an edit)."""
-        conv = self.conversation(conv_id)
-        params = params or GenerationParams()
+        def prepare(loaded: LoadedModel):
+            conv = self._conversation(conv_id)
+            return self._render(loaded, conv), conv
 
-        def make_prompt(tok):
-            rendered = tok.apply_chat_template(conv.template_messages(), add_generation_prompt=True)
-            return tok.encode(rendered)
+        return self._stream_job(prepare, params or GenerationParams())
 
-        return self._stream_job(make_prompt, params, conv)
+    @staticmethod
+    def _render(loaded: LoadedModel, conv: Conversation) -> list[int]:
+        tok = loaded.tokenizer
+        return tok.encode(tok.apply_chat_template(conv.template_messages(), add_generation_prompt=True))
 
-    def close_conversation(self, conv_id: str) -> None:
-        """Forget a conversation and free its KV cache."""
-        self.conversations.pop(conv_id, None)
+    def close_conversation(self, conv_id: str) -> Future:
+        """Forget a conversation and free its KV cache (after the jobs queued before this one)."""
+        def job() -> None:
+            if self._conversations.pop(conv_id, None) is not None:
+                self._publish_context()
+
+        return self.submit(job)
+
+    def conversation(self, conv_id: str) -> ConversationView:
+        """A copy of the conversation as it stands once the jobs queued before this call have run."""
+        return self.submit(lambda: self._conversation(conv_id).view()).result()
+
+    def conversation_ids(self) -> list[str]:
+        """The open conversations, once the jobs queued before this call have run."""
+        return self.submit(lambda: list(self._conversations)).result()
 
     def context_used(self, conv_id: str) -> int:
-        return len(self.conversation(conv_id).cached_tokens)
+        """Tokens the conversation's KV cache holds as of its last finished job (0 if unknown). Never waits,
+        so the UI thread may call it while a generation runs."""
+        with self._published:
+            return self._context_used.get(conv_id, 0)
 
     def chat_tokens(self, conv_id: str) -> list[int]:
-        return list(self.conversation(conv_id).cached_tokens)
+        return self.submit(lambda: list(self._conversation(conv_id).cached_tokens)).result()

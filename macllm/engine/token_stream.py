@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from dataclasses import dataclass
 from typing import Iterator
 
 from macllm.generation import GenerationResult, TokenEvent
@@ -11,8 +12,18 @@ from macllm.generation import GenerationResult, TokenEvent
 _DONE = object()
 
 
+@dataclass(frozen=True)
+class PrefillProgress:
+    """A long prompt is being read: `done` of `total` prompt tokens computed so far."""
+
+    done: int
+    total: int
+
+
 class TokenStream:
-    """Iterate to receive TokenEvents then a GenerationResult; `cancel()` from any thread."""
+    """Iterate to receive TokenEvents then a GenerationResult; `cancel()` from any thread.
+
+    `with_progress()` also yields PrefillProgress events while a long prompt is prefilled."""
 
     def __init__(self):
         self._events: queue.Queue = queue.Queue()
@@ -38,7 +49,7 @@ class TokenStream:
         self._events.put(_DONE)
         self._finished.set()
 
-    def __iter__(self) -> Iterator[TokenEvent | GenerationResult]:
+    def with_progress(self) -> Iterator[PrefillProgress | TokenEvent | GenerationResult]:
         while True:
             event = self._events.get()
             if event is _DONE:
@@ -47,10 +58,18 @@ class TokenStream:
                 return
             yield event
 
+    def __iter__(self) -> Iterator[TokenEvent | GenerationResult]:
+        return (event for event in self.with_progress() if not isinstance(event, PrefillProgress))
+
+    @property
+    def done(self) -> bool:
+        return self._finished.is_set()
+
     def result(self, timeout: float | None = None) -> GenerationResult:
         """Block until generation ends (consumes nothing; events stay available to iterate)."""
         if not self._finished.wait(timeout):
             raise TimeoutError("generation did not finish in time")
         if self._error is not None:
             raise self._error
+        assert self._result is not None, "a stream that finished without error has a result"
         return self._result

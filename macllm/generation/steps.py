@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import mlx.core as mx
 
@@ -35,14 +35,25 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
     return i
 
 
-def prefill(model, tokens: list[int], cache: list[LayerCache]) -> mx.array:
-    """Run the prompt through the model in chunks; return the last position's logits (1, vocab)."""
+PrefillProgress = Callable[[int, int], None]  # (tokens done, tokens to prefill)
+
+
+def prefill(model, tokens: list[int], cache: list[LayerCache], on_chunk: PrefillProgress | None = None) -> mx.array:
+    """Run the prompt through the model in chunks; return the last position's logits (1, vocab).
+
+    `on_chunk(done, total)` is called before the first chunk and after each evaluated one, only when the
+    prompt spans several chunks (a long prefill is the wait worth showing; a short one is over at once)."""
     logits = None
+    report = on_chunk if on_chunk is not None and len(tokens) > PREFILL_CHUNK else None
+    if report is not None:
+        report(0, len(tokens))
     for start in range(0, len(tokens), PREFILL_CHUNK):
         chunk = mx.array(tokens[start:start + PREFILL_CHUNK])[None]
         logits = model(chunk, cache=cache, last_only=True)
         if start + PREFILL_CHUNK < len(tokens):
             mx.eval([c.state for c in cache])
+            if report is not None:
+                report(start + PREFILL_CHUNK, len(tokens))
     assert logits is not None, "prefill needs at least one token"
     return logits[:, -1, :]
 

@@ -44,9 +44,11 @@ def _reusable_prefix(cache: list[LayerCache], cached: list[int], prompt: list[in
 def stream_generate(model, tokenizer, prompt: list[int], params: GenerationParams,
                     cache: list[LayerCache] | None = None, cached: list[int] | None = None,
                     cancel: threading.Event | None = None,
-                    context_length: int | None = None) -> Iterator[TokenEvent | GenerationResult]:
+                    context_length: int | None = None,
+                    on_prefill: steps.PrefillProgress | None = None) -> Iterator[TokenEvent | GenerationResult]:
     """Generate after `prompt`. If `cache` already holds `cached` tokens, only the part of `prompt`
-    after their common prefix is computed. Yields TokenEvents, then one GenerationResult."""
+    after their common prefix is computed. Yields TokenEvents, then one GenerationResult.
+    `on_prefill(done, total)` reports a long prefill's progress (see steps.prefill)."""
     limit = _check_prompt(model, prompt, context_length)
     if cache is None:
         cache, cached = make_cache(model), []
@@ -56,7 +58,7 @@ def stream_generate(model, tokenizer, prompt: list[int], params: GenerationParam
 
     choose = steps.TokenChooser(params, prompt)
     t0 = time.perf_counter()
-    first = choose(steps.prefill(model, prompt[reuse:], cache))
+    first = choose(steps.prefill(model, prompt[reuse:], cache, on_prefill))
     mx.eval(first)
     stats.ttft_s = time.perf_counter() - t0
     stats.prompt_tps = stats.prefilled_tokens / max(stats.ttft_s, 1e-9)

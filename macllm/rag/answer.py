@@ -1,6 +1,7 @@
 """Answers from notes: retrieve, number the chunks, fit them into the model's context, ask for citations.
 
-Works on any Engine (CLI and TUI alike): retrieval runs on the engine thread, like all MLX work.
+Works on any Engine (CLI and TUI alike): retrieval runs on the engine thread, like all MLX work. An answer
+is a one-off generation: no engine conversation, so no KV cache outlives it.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from macllm.engine import Engine, TokenStream
 from macllm.errors import MacllmError
 from macllm.generation import GenerationParams
 from macllm.rag.retrieve import Retriever, SearchResult
@@ -25,10 +27,9 @@ _SAFETY_TOKENS = 16  # the template's closing tokens and rounding
 class Answer:
     """The streamed reply (iterate `stream`), the sources numbered as in the prompt, and the prompt size."""
 
-    stream: object  # engine.TokenStream
+    stream: TokenStream
     sources: list[SearchResult]
     prompt_tokens: int
-    conversation_id: str
 
     def cited(self, text: str) -> list[int]:
         """Source numbers (1-based) that `text` cites, in order, each once, only ones that exist."""
@@ -49,15 +50,19 @@ def user_message(question: str, sources: list[SearchResult]) -> str:
     return "\n\n".join(parts)
 
 
+def prompt_ids(question: str, sources: list[SearchResult], tokenizer) -> list[int]:
+    text = tokenizer.apply_chat_template([{"role": "user", "content": user_message(question, sources)}],
+                                         add_generation_prompt=True, system=SYSTEM_PROMPT)
+    return tokenizer.encode(text)
+
+
 def fit_sources(question: str, results: list[SearchResult], tokenizer, context_length: int,
                 max_new_tokens: int) -> tuple[list[SearchResult], int]:
     """The best-ranked results whose prompt fits the context with room for the answer; (sources, prompt tokens)."""
     budget = context_length - max_new_tokens - _SAFETY_TOKENS
 
     def count(sources):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": user_message(question, sources)}],
-                                             add_generation_prompt=True, system=SYSTEM_PROMPT)
-        return len(tokenizer.encode(text))
+        return len(prompt_ids(question, sources, tokenizer))
 
     used: list[SearchResult] = []
     tokens = count(used)
@@ -72,7 +77,7 @@ def fit_sources(question: str, results: list[SearchResult], tokenizer, context_l
     return used, tokens
 
 
-def ask(engine, retriever: Retriever, question: str, *, k: int = 8, mode: str = "hybrid", path: str | None = None,
+def ask(engine: Engine, retriever: Retriever, question: str, *, k: int = 8, mode: str = "hybrid", path: str | None = None,
         params: GenerationParams | None = None) -> Answer:
     """Retrieve, build the cited-answer prompt and start streaming the answer on `engine`."""
     params = params or GenerationParams(max_tokens=512)
@@ -83,8 +88,10 @@ def ask(engine, retriever: Retriever, question: str, *, k: int = 8, mode: str = 
     results = engine.submit(retriever.search, question, k, mode, path).result()
     if not results:
         raise MacllmError("no note matches the question" + (f" under {path}" if path else ""))
-    context_length = int(engine.info.get("context_length") or 2048)
-    sources, prompt_tokens = fit_sources(question, results, engine.tokenizer, context_length, params.max_tokens)
-    conv_id = engine.new_conversation(system=SYSTEM_PROMPT)
-    stream = engine.chat(conv_id, user_message(question, sources), params)
-    return Answer(stream, sources, prompt_tokens, conv_id)
+    info = engine.info
+    if info is None:
+        raise MacllmError("no model is loaded; load one before asking the notes")
+    tokenizer = engine.tokenizer
+    sources, prompt_tokens = fit_sources(question, results, tokenizer, info.context_length or 2048, params.max_tokens)
+    stream = engine.generate(prompt_ids(question, sources, tokenizer), params)
+    return Answer(stream, sources, prompt_tokens)

@@ -15,6 +15,7 @@ from macllm.storage.chat_store import auto_title
 from tui.events import (
     AnswerFailed,
     AnswerFinished,
+    AnswerPrefill,
     AnswerSources,
     AnswerToken,
     ModelLoaded,
@@ -146,7 +147,7 @@ class ChatScreen(Screen):
         await self.refresh_chat_list()
 
     async def start_answer(self) -> None:
-        meta = {"model": self.bridge.info.get("source")}
+        meta = {"model": self.bridge.info.source if self.bridge.info else None}
         if self.bridge.active_adapters:  # each answer records which adapters produced it
             meta["adapters"] = dict(self.bridge.active_adapters)
         self.answer_widget = ChatMessage("assistant", meta=meta)
@@ -156,7 +157,8 @@ class ChatScreen(Screen):
         if self.app.notes_mode:  # a single-turn answer from the notes index, with citations
             question = self.store.messages(self.chat_id)[-1].content
             self.answer_widget.meta["notes_index"] = self.app.notes_index or "notes"
-            self.answer_id = self.bridge.ask_notes(question, self.app.notes_index, params, target=self)
+            self.answer_id = self.bridge.ask_notes(question, self.app.notes_index, params, target=self,
+                                                   chat_id=self.chat_id)
             self.status.state = "searching notes…"
             return
         system = self.settings.system or None
@@ -168,9 +170,16 @@ class ChatScreen(Screen):
             self.answer_widget.meta["sources"] = [s.as_json() for s in message.sources]
             self.status.state = "answering from notes…"
 
+    def on_answer_prefill(self, message: AnswerPrefill) -> None:
+        if message.answer_id == self.answer_id:
+            reading = "reading notes" if self.app.notes_mode else "reading"
+            self.status.state = f"{reading}… {message.done}/{message.total} tokens"
+
     async def on_answer_token(self, message: AnswerToken) -> None:
         if message.answer_id != self.answer_id or self.answer_widget is None:
             return
+        if self.status.state.startswith("reading"):  # the prefill is over
+            self.status.state = "answering from notes…" if self.app.notes_mode else "answering…"
         self.answer_widget.tokens.append(message.event)
         await self.answer_widget.append(message.event.text)
 
@@ -213,8 +222,8 @@ class ChatScreen(Screen):
             return
         info = self.bridge.info
         state = "" if self.bridge.ready else " (loading…)" if self.bridge.loading else " (not loaded)"
-        self.status.model = (info.get("source") or self.settings.model or "no model") + state
-        self.status.context_length = info.get("context_length", 0)
+        self.status.model = ((info.source if info else None) or self.settings.model or "no model") + state
+        self.status.context_length = info.context_length if info else 0
         self.status.adapters = ", ".join(f"{k}×{v:g}" for k, v in self.bridge.active_adapters.items())
         self.status.notes = f"notes: {self.app.notes_index or 'notes'}" if self.app.notes_mode else ""
         self.status.context_used = self.bridge.context_used(self.chat_id) if self.chat_id else 0

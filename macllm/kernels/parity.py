@@ -51,11 +51,13 @@ def _lora_cases(dtype, size: str) -> Iterator[Case]:
 
 
 def _sample_cases(dtype, size: str) -> Iterator[Case]:
-    every_filter = dict(top_k=50, top_p=0.95, min_p=0.02)
+    every_filter: dict = dict(top_k=50, top_p=0.95, min_p=0.02)
     vocabs = {"small": [1001], "odd": [97, 1001, 32003], "bench": [152064]}[size]
-    settings = {"small": [dict(), every_filter],
-                "odd": [dict(), dict(top_k=7), dict(min_p=0.1), dict(top_p=0.8), every_filter],
-                "bench": [dict(top_k=40, top_p=0.9, min_p=0.05)]}[size]
+    settings_by_size: dict[str, list[dict]] = {
+        "small": [{}, every_filter],
+        "odd": [{}, dict(top_k=7), dict(min_p=0.1), dict(top_p=0.8), every_filter],
+        "bench": [dict(top_k=40, top_p=0.9, min_p=0.05)]}
+    settings = settings_by_size[size]
     for i, vocab in enumerate(vocabs):
         logits = rand((1, vocab), mx.float32, 80 + i, 3.0)
         lp = (logits - mx.logsumexp(logits, axis=-1, keepdims=True)).astype(dtype)

@@ -60,11 +60,13 @@ def _check_reference(name: str, dtype_name: str) -> float:
     for args, kw in cases(name, dtype):
         if name == "residual_rms_norm":
             h, y = residual_rms_norm.reference(*args)
-            eh, ey = np_residual_rms_norm(*map(as_np, args[:3]), args[3])
+            x, r, w, eps = args
+            eh, ey = np_residual_rms_norm(as_np(x), as_np(r), as_np(w), eps)
             worst = max(worst, np.abs(as_np(h) - eh).max(), np.abs(as_np(y) - ey).max() / max(1.0, np.abs(ey).max()))
         elif name == "lora_delta":
             out = lora_delta.reference(*args)
-            want = np_lora_delta(*map(as_np, args[:4]), args[4])
+            y, x, a, b, scale = args
+            want = np_lora_delta(as_np(y), as_np(x), as_np(a), as_np(b), scale)
             worst = max(worst, np.abs(as_np(out) - want).max() / max(1.0, np.abs(want).max()))
         else:
             lp, u, temp = args

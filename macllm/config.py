@@ -13,8 +13,9 @@ class ModelConfig:
     intermediate_size: int
     num_attention_heads: int
     vocab_size: int
-    num_key_value_heads: int | None = None
-    head_dim: int | None = None
+    # 0 = derive (all heads / hidden_size // heads); always set after __init__, so readers need no None check.
+    num_key_value_heads: int = 0
+    head_dim: int = 0
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     rope_scaling: dict | None = None
@@ -26,9 +27,9 @@ class ModelConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.num_key_value_heads is None:
+        if not self.num_key_value_heads:
             self.num_key_value_heads = self.num_attention_heads
-        if self.head_dim is None:
+        if not self.head_dim:
             self.head_dim = self.hidden_size // self.num_attention_heads
 
     @classmethod

@@ -1,4 +1,9 @@
-"""Shared fixtures: tiny random-weight models written to temp folders, and the real SmolLM2 (pulled once)."""
+"""Shared fixtures: tiny random-weight models written to temp folders, and the real SmolLM2 (pulled once).
+
+Also the markers (see pyproject): every test gets exactly one of unit / tui / slow / real_model here, by
+file, fixture and measured time, so `./scripts/test -m unit` is the fast inner loop. Importing macllm
+here, before any test module imports MLX, loads OpenBLAS first (see macllm/backend.py).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,48 @@ from tests import tiny_models
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+ON_CI = os.environ.get("CI", "").lower() == "true"
+
+# Fixtures that download a real model (directly or through another fixture): their tests are real_model.
+REAL_MODEL_FIXTURES = {"smollm_gguf", "smollm", "smollm_quantized", "gemma_gguf", "minilm_folder"}
+TUI_FILES = ("test_tui", "test_smoke_tmux")
+# Tests over ~3 s on the 2-core Linux CPU backend (pytest --durations), by "file::test" prefix.
+SLOW_TESTS: tuple[str, ...] = (
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        file = item.path.name
+        test = f"{file}::{item.name}"
+        if item.get_closest_marker("real_model") or REAL_MODEL_FIXTURES & set(item.fixturenames):
+            marker = pytest.mark.real_model
+        elif file.startswith(TUI_FILES):
+            marker = pytest.mark.tui
+        elif test.startswith(SLOW_TESTS):
+            marker = pytest.mark.slow
+        else:
+            marker = pytest.mark.unit
+        item.add_marker(marker)
+
+
+def optional_shared_data(name: str) -> Path | None:
+    """../shared/data/<name>, or None when it is absent; under CI=true its absence fails the test instead."""
+    path = SHARED / "data" / name
+    if path.is_dir():
+        return path
+    if ON_CI:
+        pytest.fail(f"../shared/data/{name} is absent; CI must check out the shared data next to the repo",
+                    pytrace=False)
+    return None
+
+
+def shared_data(name: str) -> Path:
+    """../shared/data/<name>; the test is skipped when it is absent (fails under CI=true)."""
+    path = optional_shared_data(name)
+    if path is None:
+        pytest.skip(f"../shared/data/{name} is absent")
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +133,4 @@ def quantized_subset(prompts: list) -> list:
 
 @pytest.fixture(scope="session")
 def notes_dir() -> Path:
-    path = SHARED / "data" / "notes"
-    if not path.is_dir():
-        pytest.skip("../shared/data/notes is absent")
-    return path
+    return shared_data("notes")

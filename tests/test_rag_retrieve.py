@@ -12,7 +12,7 @@ from macllm.rag.cjk import cjk_terms, fts_query
 from macllm.rag.indexer import index_notes
 from macllm.rag.retrieve import Retriever, rrf
 from macllm.rag.store import Store
-from tests.conftest import SHARED
+from tests.conftest import shared_data
 from tests.tiny_bert import write_tiny_bert
 
 
@@ -86,9 +86,7 @@ def test_cjk_terms_and_query():
 
 
 def test_chinese_phrase_mid_sentence_is_found(tmp_path, embedder):
-    folder = SHARED / "data" / "notes-zh"
-    if not folder.is_dir():
-        pytest.skip("../shared/data/notes-zh is absent")
+    folder = shared_data("notes-zh")
     store = Store(tmp_path / "zh.sqlite")
     index_notes(store, embedder, [folder])
     retriever = Retriever(store, embedder)

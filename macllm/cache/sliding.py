@@ -33,8 +33,9 @@ class SlidingWindowCache(BufferedCache):
         """Append (B, heads, L, D); return the positions visible to these L queries (window - 1 back)."""
         new = keys.shape[2]
         self._drop_old()
-        if self.keys is None or self.stored + new > self.keys.shape[2]:
-            self._grow(keys, values, new)
+        if self.keys is None or self.values is None or self.stored + new > self.keys.shape[2]:
+            self.keys = grown(self.keys, keys, self.stored, new, self.step)
+            self.values = grown(self.values, values, self.stored, new, self.step)
         at = self.stored
         self.keys[..., at:at + new, :] = keys
         self.values[..., at:at + new, :] = values
@@ -49,16 +50,12 @@ class SlidingWindowCache(BufferedCache):
 
     def _drop_old(self) -> None:
         keep = self.window - 1 + self.slack
-        if self.keys is None or self.stored <= keep + self.step:
+        if self.keys is None or self.values is None or self.stored <= keep + self.step:
             return
         cut = self.stored - keep
         self.keys = self.keys[..., cut:, :]
         self.values = self.values[..., cut:, :]
         self.start += cut
-
-    def _grow(self, keys: mx.array, values: mx.array, new: int) -> None:
-        self.keys = grown(self.keys, keys, self.stored, new, self.step)
-        self.values = grown(self.values, values, self.stored, new, self.step)
 
     def can_trim(self, n: int) -> bool:
         """Trimming is possible while the window before the new end is still stored."""

@@ -52,11 +52,14 @@ def read_gguf(path: Path) -> tuple[dict[str, mx.array], dict]:
     path = Path(path)
     check_gguf_header(path)
     try:
-        weights, metadata = mx.load(str(path), return_metadata=True)
+        loaded = mx.load(str(path), return_metadata=True)
     except Exception as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "type" in msg.lower() and "support" in msg.lower():
             raise MacllmError(f"{path.name}: {msg}") from None
         raise MacllmError(f"cannot read {path.name} as GGUF ({msg}); the file may be truncated or damaged, "
                           "download it again") from None
+    if not isinstance(loaded, tuple):  # mx.load's return type is a union; with metadata it is a pair
+        raise MacllmError(f"cannot read {path.name} as GGUF: it holds no named tensors")
+    weights, metadata = loaded
     return weights, {k: _plain(v) for k, v in metadata.items()}

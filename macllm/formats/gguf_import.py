@@ -17,6 +17,7 @@ from pathlib import Path
 from macllm.formats.gguf_dequant import check_types, read_dequantized, requantize_bits
 from macllm.formats.gguf_header import read_header
 from macllm.formats.gguf_model import (
+    architecture,
     config_from_metadata,
     convert_tensors,
     hf_name,
@@ -67,8 +68,8 @@ def import_gguf(path: Path, out: Path, progress: bool = False) -> Path:
     if progress:
         print(f"Importing {Path(path).name} (once; later loads read the cached copy)…", file=sys.stderr)
     raw, meta, types = read_dequantized(Path(path), keep_exact=True)
-    arch = meta.get("general.architecture")
-    cfg, weights, _, _ = convert_tensors(raw, meta)  # names, q/k row order; triples carried as they are
+    cfg, weights, _, _ = convert_tensors(raw, meta)
+    arch = architecture(meta)  # names, q/k row order; triples carried as they are
     bits = {}
     for name, type_id in types.items():
         target = hf_name(name, arch)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import mlx.core as mx
 
@@ -69,20 +70,27 @@ def unpermute_rows(x: mx.array, n_heads: int) -> mx.array:
     return x.reshape(n_heads, rows // n_heads // 2, 2, *rest).swapaxes(1, 2).reshape(x.shape)
 
 
-def config_from_metadata(meta: dict, weights: dict) -> ModelConfig:
+def architecture(meta: dict) -> str:
     arch = meta.get("general.architecture")
     if arch is None:
         raise MacllmError("GGUF has no general.architecture metadata; the file is not a model")
+    return str(arch)
+
+
+def config_from_metadata(meta: dict, weights: dict) -> ModelConfig:
+    arch = architecture(meta)
     model_class(arch)  # raises a clear error for unsupported architectures
 
-    def get(key, default=None):
+    def get(key: str, default: Any = None) -> Any:  # GGUF metadata values are whatever the file holds
         return meta.get(f"{arch}.{key}", default)
 
     n_heads = get("attention.head_count")
     hidden = get("embedding_length")
     tokens = meta.get("tokenizer.ggml.tokens")
-    vocab = get("vocab_size") or (len(tokens) if tokens is not None else None)
-    if None in (n_heads, hidden, vocab, get("block_count"), get("feed_forward_length")):
+    vocab = get("vocab_size") or None
+    if vocab is None and tokens is not None:
+        vocab = len(tokens)
+    if vocab is None or None in (n_heads, hidden, get("block_count"), get("feed_forward_length")):
         raise MacllmError(f"GGUF is missing {arch} hyper-parameters (block_count, embedding_length, ...)")
     if min(int(n_heads), int(hidden), int(vocab), int(get("block_count")), int(get("feed_forward_length"))) < 1:
         raise MacllmError(f"GGUF has a zero or negative {arch} size (head_count, embedding_length, ...); "
@@ -165,7 +173,7 @@ def load_gguf_dequantized(path: Path) -> tuple[ModelConfig, dict[str, mx.array],
 def convert_tensors(raw: dict[str, mx.array], meta: dict):
     """GGUF names and layout -> mlx-lm's; also the config and rope periods."""
     cfg = config_from_metadata(meta, raw)
-    arch = meta.get("general.architecture")
+    arch = architecture(meta)
     weights: dict[str, mx.array] = {}
     rope_periods = None
     for name, value in raw.items():

@@ -37,7 +37,7 @@ def build_spm_tokenizer(metadata: dict, tokens: list[str]) -> HFTokenizer:
     if scores is None or len(scores) != len(tokens):
         raise MacllmError("GGUF SentencePiece vocabulary lacks tokenizer.ggml.scores; the file is incomplete")
     types = metadata.get("tokenizer.ggml.token_type")
-    vocab = {}
+    vocab: dict[str, int] = {}
     for token_id, token in enumerate(tokens):
         vocab.setdefault(token, token_id)  # SentencePiece keeps the first of duplicate pieces
     unk_id = metadata.get("tokenizer.ggml.unknown_token_id")
@@ -46,7 +46,7 @@ def build_spm_tokenizer(metadata: dict, tokens: list[str]) -> HFTokenizer:
                        byte_fallback=True, fuse_unk=True)
     hf = HFTokenizer(model)
     space_prefix = bool(metadata.get("tokenizer.ggml.add_space_prefix", True))
-    steps = [normalizers.Replace(" ", SPACE)]
+    steps: list[normalizers.Normalizer] = [normalizers.Replace(" ", SPACE)]
     if space_prefix:
         steps.insert(0, normalizers.Prepend(SPACE))
     hf.normalizer = normalizers.Sequence(steps)

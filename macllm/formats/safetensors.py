@@ -9,6 +9,7 @@ import mlx.core as mx
 
 from macllm.config import ModelConfig
 from macllm.errors import MacllmError
+from macllm.formats.arrays import load_arrays
 from macllm.models import model_class
 
 # The sizes every architecture reads; a config.json without them cannot describe a model.
@@ -68,7 +69,7 @@ def read_weights(folder: Path) -> dict[str, mx.array]:
     weights: dict[str, mx.array] = {}
     for file in weight_files(folder):
         try:
-            weights.update(mx.load(str(file)))
+            weights.update(load_arrays(file))
         except Exception as e:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise MacllmError(

@@ -22,10 +22,11 @@ HF_ALLOW_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.jinj
 
 
 def from_hugging_face(repo_id: str, progress: bool) -> Path:
-    options = {"allow_patterns": HF_ALLOW_PATTERNS, "cache_dir": _hf_cache_dir()}
+    cache_dir = _hf_cache_dir()
     # The cache first: it works offline and costs no round trip.
     try:
-        return model_in_folder(Path(huggingface_hub.snapshot_download(repo_id, local_files_only=True, **options)))
+        return model_in_folder(Path(huggingface_hub.snapshot_download(
+            repo_id, local_files_only=True, allow_patterns=HF_ALLOW_PATTERNS, cache_dir=cache_dir)))
     except MacllmError as error:  # cached, but not a model folder: the Hub may have the rest
         reason = str(error)
     except Exception:  # not cached or partial
@@ -35,7 +36,8 @@ def from_hugging_face(repo_id: str, progress: bool) -> Path:
             print(f"Downloading {repo_id} from Hugging Face…", file=sys.stderr)
         try:
             with _hf_progress_bars(progress):
-                return model_in_folder(Path(huggingface_hub.snapshot_download(repo_id, **options)))
+                return model_in_folder(Path(huggingface_hub.snapshot_download(
+                    repo_id, allow_patterns=HF_ALLOW_PATTERNS, cache_dir=cache_dir)))
         except RepositoryNotFoundError:
             raise MacllmError(
                 f"no Hugging Face repo {repo_id} (or it is private/gated: log in with `hf auth login`)"

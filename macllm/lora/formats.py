@@ -113,7 +113,9 @@ def _read_mlx_lm(folder: Path, config: dict, name: str) -> Adapter:
     raw = _pairs(_load_tensors(wpath), ".lora_a", ".lora_b", "", wpath)
     pairs = {m: (a, b) for m, (a, b) in raw.items()}
     _check_rank(pairs, rank, wpath)
-    ours = config.get("macllm") if isinstance(config.get("macllm"), dict) else {}
+    ours = config.get("macllm")
+    if not isinstance(ours, dict):
+        ours = {}
     return Adapter(
         name=name, rank=rank, scale=scale, weights=pairs, dropout=dropout,
         num_layers=config.get("num_layers"), keys=list(params.get("keys") or []),

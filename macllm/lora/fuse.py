@@ -30,6 +30,8 @@ def fuse_weights(weights: dict[str, mx.array], quant: dict | None, adapters: lis
             raise MacllmError(f"the model has no {name} for the adapter to fuse into")
         quantized = f"{module}.scales" in weights
         if quantized:
+            if quant is None:
+                raise MacllmError(f"{module} is quantized but the model has no quantization settings")
             q = layer_quantization(quant, module)
             w = mx.dequantize(weights[name], weights[f"{module}.scales"], weights.get(f"{module}.biases"),
                               group_size=q["group_size"], bits=q["bits"]).astype(mx.float32)

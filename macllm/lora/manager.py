@@ -52,7 +52,7 @@ class AdapterManager:
         if fp and fp != self.fingerprint:
             raise MacllmError(f"adapter {adapter.name!r} was made for {adapter.base_model or 'another model'} "
                               f"({fp}); the loaded model is {self.base_id or 'different'} ({self.fingerprint})")
-        targets = {}
+        targets: dict[str, nn.Module] = {}
         for module, (a, b) in adapter.weights.items():
             found = find_module(self.model, module)
             layer = found[2] if found else None

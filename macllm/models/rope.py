@@ -49,7 +49,8 @@ class RoPE(nn.Module):
         self.scale = 1.0
         self.base: float | None = base
         self._periods = periods
-        kind = (scaling or {}).get("rope_type", (scaling or {}).get("type"))
+        scaling = scaling or {}
+        kind = scaling.get("rope_type", scaling.get("type"))
         if periods is None and kind == "llama3":
             self._periods = llama3_periods(dims, base, scaling)
         elif kind == "linear":
@@ -65,9 +66,10 @@ class RoPE(nn.Module):
         return not self.traditional and mx.default_device() == mx.cpu
 
     def _cos_sin(self, offset: int, length: int) -> tuple[mx.array, mx.array]:
-        if self._table_key != (offset, length):
+        if self._table is None or self._table_key != (offset, length):
             periods = self._periods
             if periods is None:
+                assert self.base is not None  # without stored periods RoPE always has a base
                 periods = self.base ** (mx.arange(0, self.dims, 2, dtype=mx.float32) / self.dims)
             positions = mx.arange(offset, offset + length, dtype=mx.float32) * self.scale
             angles = positions[:, None] / periods[None, :]

@@ -55,7 +55,7 @@ def token_nll(model, tokens: list[int], first: int, kv_bits: int | None = None) 
             rows = logits[lo:hi]
             picked = mx.take_along_axis(rows, mx.array(targets[lo:hi])[:, None], axis=-1)[:, 0]
             nll = mx.logsumexp(rows, axis=-1) - picked
-            total += nll.sum().item()
+            total += nll.sum().item()  # type: ignore[assignment]  # a float32 sum: item() is a float
             count += hi - lo
         mx.eval([c.state for c in cache])
     return total, count

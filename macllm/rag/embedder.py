@@ -5,15 +5,19 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import TypeVar
 
 import mlx.core as mx
 import numpy as np
 from tokenizers import Tokenizer
 
 from macllm.errors import MacllmError
+from macllm.formats.arrays import load_arrays
 from macllm.hub import resolve_model
 from macllm.hub.catalog import DEFAULT_EMBEDDER
 from macllm.models.bert import BertConfig, BertModel, checkpoint_weights
+
+_Json = TypeVar("_Json", dict, list)
 
 DEFAULT_MAX_TOKENS = 256  # sentence-transformers' usual max_seq_length for MiniLM-style models
 _BATCH = 32
@@ -26,7 +30,7 @@ class Embedder:
         self.folder = Path(folder)
         self.source = source or str(self.folder)  # what to load it by again (a catalog name stays a name)
         model_dir = self.folder / _transformer_subfolder(self.folder)
-        config = _read_json(model_dir / "config.json")
+        config = _read_json(model_dir / "config.json", dict)
         if config is None:
             raise MacllmError(f"{model_dir} has no config.json; pass a sentence-transformers BERT folder")
         if config.get("model_type") not in ("bert", None):
@@ -37,7 +41,7 @@ class Embedder:
         self.config = BertConfig.from_dict(config)
         self.model = BertModel(self.config)
         try:
-            self.model.load_weights(list(checkpoint_weights(mx.load(str(weights_file))).items()), strict=True)
+            self.model.load_weights(list(checkpoint_weights(load_arrays(weights_file)).items()), strict=True)
         except ValueError as e:
             raise MacllmError(f"{weights_file} does not fit a BERT model: {str(e).splitlines()[0]}") from None
         self.model.eval()
@@ -103,31 +107,33 @@ class Embedder:
         return np.array(pooled / norm, dtype=np.float32)
 
 
-def _read_json(path: Path) -> dict | list | None:
+def _read_json(path: Path, kind: type[_Json]) -> _Json | None:
+    """The file's JSON when it parses to a `kind` (dict or list); None when absent, broken or another shape."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return data if isinstance(data, kind) else None
 
 
 def _transformer_subfolder(folder: Path) -> str:
     """sentence-transformers' modules.json says where the Transformer module lives ('' = the folder)."""
-    for module in _read_json(folder / "modules.json") or []:
+    for module in _read_json(folder / "modules.json", list) or []:
         if str(module.get("type", "")).endswith("Transformer"):
             return module.get("path", "")
     return ""
 
 
 def _max_seq_length(folder: Path, config) -> int:
-    st = _read_json(folder / "sentence_bert_config.json") or {}
+    st = _read_json(folder / "sentence_bert_config.json", dict) or {}
     limit = int(st.get("max_seq_length") or DEFAULT_MAX_TOKENS)
     return min(limit, config.max_position_embeddings)
 
 
 def _pooling_mode(folder: Path) -> str:
-    for module in _read_json(folder / "modules.json") or []:
+    for module in _read_json(folder / "modules.json", list) or []:
         if str(module.get("type", "")).endswith("Pooling"):
-            cfg = _read_json(folder / module.get("path", "") / "config.json") or {}
+            cfg = _read_json(folder / module.get("path", "") / "config.json", dict) or {}
             if cfg.get("pooling_mode_cls_token"):
                 return "cls"
     return "mean"

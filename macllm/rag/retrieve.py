@@ -44,7 +44,7 @@ class Retriever:
         self.embedder = embedder
         self._cache_generation = -1
         self._ids = np.zeros(0, dtype=np.int64)
-        self._matrix = None  # mx.array (chunks, dim), loaded on first dense search
+        self._matrix: mx.array | None = None  # (chunks, dim), loaded on first dense search
         self._paths: list[str] = []
 
     def is_empty(self) -> bool:
@@ -70,7 +70,7 @@ class Retriever:
     def dense(self, query: str, n: int, glob: str | None = None) -> list[tuple[int, float]]:
         """Exact nearest chunks by cosine: one matrix-vector product over every embedding."""
         self._refresh()
-        if not len(self._ids):
+        if self._matrix is None or not len(self._ids):
             return []
         vector = self.embedder.embed([query])[0]
         # The product runs in MLX, like the query embedding just before it: a numpy (OpenBLAS) product

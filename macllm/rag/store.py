@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 
@@ -99,6 +100,12 @@ class Store:
         return _Transaction(self.conn)
 
     # ------------------------------------------------------------------ metadata
+    @overload
+    def meta(self, key: str, default: str) -> str: ...
+
+    @overload
+    def meta(self, key: str, default: None = None) -> str | None: ...
+
     def meta(self, key: str, default: str | None = None) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return row[0] if row else default
@@ -237,7 +244,7 @@ class Store:
             if stems and all(d and d[0] > COMMON_WORD_SHARE * chunks for d in docs):
                 common[word] = min(d[0] for d in docs)
         if len(common) == len(words):  # every word is common: keep the rarest one
-            del common[min(common, key=common.get)]
+            del common[min(common, key=common.__getitem__)]
         return frozenset(common)
 
     def _chunk_count(self) -> int:

@@ -155,6 +155,7 @@ class ChatStore:
                              (conversation_id, seq, role, content, finish_reason,
                               _dump_meta(meta), now))
             message_id = cur.lastrowid
+        assert message_id is not None  # an INSERT always sets it
         return StoredMessage(message_id, conversation_id, seq, role, content, finish_reason,
                              _load_meta(_dump_meta(meta)), now)
 

@@ -22,6 +22,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
 from macllm.errors import MacllmError
+from macllm.formats.arrays import load_arrays
 from macllm.lora import formats
 from macllm.lora.adapter import Adapter
 from macllm.storage.atomic import atomic_write
@@ -85,9 +86,9 @@ def load(folder: Path) -> tuple[Adapter, dict, dict, dict | None]:
     """(adapter, optimizer state tree, trainer state, best weights or None)."""
     adapter = formats.read_adapter(folder)
     try:
-        opt = tree_unflatten(list(mx.load(str(folder / "optimizer.safetensors")).items()))
+        opt = tree_unflatten(list(load_arrays(folder / "optimizer.safetensors").items()))
         state = json.loads((folder / "state.json").read_text())
-        best = mx.load(str(folder / "best.safetensors")) if (folder / "best.safetensors").exists() else None
+        best = load_arrays(folder / "best.safetensors") if (folder / "best.safetensors").exists() else None
     except (OSError, ValueError, RuntimeError) as e:
         raise MacllmError(f"checkpoint {folder} is damaged ({e}); start again with --force") from None
     return adapter, opt, state, best

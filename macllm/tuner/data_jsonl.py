@@ -68,9 +68,10 @@ def load_jsonl_folder(root: Path, tokenizer, max_seq: int, mask_prompt: bool) ->
     valid = read_jsonl(valid_path, tokenizer, max_seq, mask_prompt) if valid_path.is_file() else []
     if not train:
         raise MacllmError(f"{root / 'train.jsonl'} holds no examples")
-    stats = {"source": str(root), "kind": "jsonl", "files": 2 if valid else 1, "chunks": len(train) + len(valid),
-             "train_chunks": len(train), "valid_chunks": len(valid),
-             "tokens": sum(len(e.tokens) for e in train + valid),
-             "train_tokens": sum(len(e.tokens) for e in train), "valid_tokens": sum(len(e.tokens) for e in valid),
-             "skipped": {}}
+    stats: dict[str, object] = {
+        "source": str(root), "kind": "jsonl", "files": 2 if valid else 1, "chunks": len(train) + len(valid),
+        "train_chunks": len(train), "valid_chunks": len(valid),
+        "tokens": sum(len(e.tokens) for e in train + valid),
+        "train_tokens": sum(len(e.tokens) for e in train), "valid_tokens": sum(len(e.tokens) for e in valid),
+        "skipped": {}}
     return TrainingData(train, valid, stats)

@@ -17,6 +17,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
+from typing import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -131,7 +132,7 @@ class Trainer:
         self.progress = Progress()
         self.best = None  # LoRA parameters at the best validation loss
         self.stop = threading.Event()  # set by Ctrl-C: checkpoint and leave
-        self._step_fn = None
+        self._step_fn: Callable[[mx.array, mx.array], mx.array] | None = None  # built on the first run
         self.model.train(cfg.dropout > 0)
 
     # --- model surgery ---------------------------------------------------------------------
@@ -247,8 +248,9 @@ class Trainer:
         """Train until done, early stop or self.stop; returns "done", "early_stop" or "interrupted".
         `on_checkpoint(trainer)` writes a checkpoint (rank 0) and returns its path."""
         cfg, p = self.cfg, self.progress
-        if self._step_fn is None:
-            self._step_fn = self._build_step()
+        step_fn = self._step_fn
+        if step_fn is None:
+            step_fn = self._step_fn = self._build_step()
         if p.step == 0 and p.val_before is None and self.data.valid:
             p.val_before = p.best_val = p.last_val = self.evaluate(self.data.valid)
             self.best = self.lora.parameters()
@@ -262,7 +264,7 @@ class Trainer:
             rows = [self.data.train[i] for i in self.batch_rows(p.step)]
             tokens, mask, _ = collate(self.group.share(rows))
             mx.random.seed(cfg.seed * 1_000_003 + p.step)  # dropout: the same masks after a resume
-            loss = self._step_fn(tokens, mask)
+            loss = step_fn(tokens, mask)
             mx.eval(loss, self.lora.state, self.optimizer.state)
             took = time.perf_counter() - started
             batch_tokens = sum(len(e.tokens) for e in rows)  # real tokens, all ranks
@@ -270,7 +272,7 @@ class Trainer:
             session_steps += 1
             p.elapsed_s += took
             p.tokens += batch_tokens
-            p.losses = (p.losses + [loss.item()])[-50:]
+            p.losses = (p.losses + [float(loss.item())])[-50:]  # type: ignore[arg-type]  # a float32 scalar
             per_step = (time.perf_counter() - session_start) / session_steps
             self.emit({"event": "step", "iteration": p.step, "total": self.total,
                        "epoch": round(p.step / self.per_epoch, 3), "train_loss": round(p.losses[-1], 5),
@@ -280,7 +282,8 @@ class Trainer:
                        "eta_s": round(per_step * (self.total - p.step), 1), "elapsed_s": round(p.elapsed_s, 1)})
             stop_early = False
             if self.data.valid and (p.step % self.eval_every == 0 or p.step == self.total):
-                stop_early = self._after_eval(self.evaluate(self.data.valid))
+                val = self.evaluate(self.data.valid)  # not None: there are validation examples
+                stop_early = val is not None and self._after_eval(val)
             if on_checkpoint and (p.step % self.save_every == 0 or self.stop.is_set()) and p.step < self.total:
                 on_checkpoint(self)
             if stop_early:

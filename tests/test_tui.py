@@ -25,7 +25,7 @@ def store(tmp_path):
 def make_app(tiny_llama_gguf, store, tmp_path, **settings):
     defaults = {"temperature": 0.0, "max_tokens": 12}
     defaults.update(settings)
-    return MacllmApp(model=str(tiny_llama_gguf), store=store, export_dir=tmp_path, default_settings=defaults)
+    return MacllmApp(model=str(tiny_llama_gguf), store=store, default_settings=defaults)
 
 
 async def wait_until(pilot, condition, timeout=20.0):
@@ -238,12 +238,13 @@ async def test_settings_apply_to_next_answer(tiny_llama_gguf, store, tmp_path):
         assert last.meta["stats"]["generation_tokens"] <= 3
 
 
-async def test_help_and_export(tiny_llama_gguf, store, tmp_path):
+async def test_help_and_export(tiny_llama_gguf, store, tmp_path, monkeypatch):
     from tui.screens.help import HelpScreen
 
+    monkeypatch.chdir(tmp_path)  # exports go to the current folder
     app = make_app(tiny_llama_gguf, store, tmp_path)
     async with app.run_test(size=SIZE) as pilot:
-        screen = await ready(pilot)
+        await ready(pilot)
         await pilot.press("f1")
         await pilot.pause()
         assert isinstance(app.screen, HelpScreen)
@@ -258,7 +259,7 @@ async def test_help_and_export(tiny_llama_gguf, store, tmp_path):
 async def test_bad_model_opens_picker(store, tmp_path):
     from tui.screens.model_picker import ModelPicker
 
-    app = MacllmApp(model=str(tmp_path / "missing.gguf"), store=store, export_dir=tmp_path)
+    app = MacllmApp(model=str(tmp_path / "missing.gguf"), store=store)
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: isinstance(app.screen, ModelPicker))
         assert "not found" in app.screen.reason
@@ -397,8 +398,9 @@ async def test_index_a_folder_and_answer_from_notes_with_citations(tiny_llama_gg
     notes.mkdir()
     (notes / "cats.md").write_text("# Cats\n\nCats purr and sleep all day.\n")
     (notes / "dogs.md").write_text("# Dogs\n\nDogs bark at the mailman.\n")
+    # A new index uses the default embedder: the tiny one here, instead of downloading MiniLM.
+    monkeypatch.setattr("macllm.rag.embedder.DEFAULT_EMBEDDER", str(write_tiny_bert(tmp_path / "tiny-bert")))
     app = make_app(tiny_llama_gguf, store, tmp_path)
-    app.notes_embedder = str(write_tiny_bert(tmp_path / "tiny-bert"))
     async with app.run_test(size=SIZE) as pilot:
         screen = await ready(pilot)
         await pilot.press("ctrl+g")
@@ -413,7 +415,7 @@ async def test_index_a_folder_and_answer_from_notes_with_citations(tiny_llama_gg
         panel.query_one(Switch).value = True
         await pilot.pause()
         await pilot.press("escape")
-        assert app.notes_mode and "notes" in screen.status.notes
+        assert app.state.notes_mode and app.state.notes_folder == str(notes) and "notes" in screen.status.notes
         await send(pilot, "Which animal purrs?")
         answer = list(screen.query(ChatMessage))[-1]
         sources = answer.meta["sources"]
@@ -433,13 +435,30 @@ async def test_index_a_folder_and_answer_from_notes_with_citations(tiny_llama_gg
 async def test_kv_bits_reach_the_chat_caches(tiny_llama_gguf, store, tmp_path):
     from macllm.cache.quantized import QuantizedKVCache
 
-    app = MacllmApp(model=str(tiny_llama_gguf), store=store, export_dir=tmp_path,
-                    default_settings={"temperature": 0.0, "max_tokens": 5}, kv_bits=8)
+    app = MacllmApp(model=str(tiny_llama_gguf), store=store, default_settings={"temperature": 0.0, "max_tokens": 5},
+                    kv_bits=8)
     async with app.run_test(size=SIZE) as pilot:
-        screen = await ready(pilot)
+        await ready(pilot)
         await send(pilot, "hello")
         engine = app.bridge.engine
         assert engine.kv_bits == 8
         # Conversations are the engine thread's: look at their caches from there.
         caches = engine.submit(lambda: [c.cache for c in engine._conversations.values()]).result()
         assert caches and isinstance(caches[0][0], QuantizedKVCache)
+
+
+async def test_command_palette_runs_keymap_actions(tiny_llama_gguf, store, tmp_path):
+    from tui.screens.train import TrainScreen
+
+    app = make_app(tiny_llama_gguf, store, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        for title in ("Show or hide chats", "Train an adapter on notes"):  # a chat screen action, an app action
+            await pilot.press("ctrl+p")
+            await pilot.pause()
+            await pilot.press(*title)
+            await pilot.pause(0.3)
+            await pilot.press("enter")
+            await pilot.pause()
+        assert not screen.query_one("#chats").display
+        await wait_until(pilot, lambda: isinstance(app.screen, TrainScreen))

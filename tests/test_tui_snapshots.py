@@ -45,15 +45,14 @@ def app_in(tiny_llama_gguf, tmp_path, monkeypatch):
     monkeypatch.setenv("MACLLM_HOME", str(tmp_path / "home"))
     # The catalog grows; the picker's picture should not change with it. Keep the default model's real entry.
     all_models = hub.local_models
-    monkeypatch.setattr(hub, "local_models", lambda: [m for m in all_models() if m["name"] == DEFAULT_MODEL])
+    monkeypatch.setattr("tui.app.local_models", lambda: [m for m in all_models() if m["name"] == DEFAULT_MODEL])
     monkeypatch.chdir(tmp_path)
     shutil.copy(tiny_llama_gguf, tmp_path / MODEL)
     store = ChatStore(tmp_path / "chats.sqlite3")
     apps = []
 
     def make(model: str = MODEL) -> MacllmApp:
-        app = MacllmApp(model=model, store=store, export_dir=tmp_path,
-                        default_settings={"temperature": 0.0, "max_tokens": 24})
+        app = MacllmApp(model=model, store=store, default_settings={"temperature": 0.0, "max_tokens": 24})
         app.notify = lambda *args, **kwargs: None
         apps.append(app)
         return app
@@ -109,6 +108,21 @@ def test_help_screen(app_in, snap_compare):
         await pilot.press("f1")
 
     assert snap_compare(app_in(), terminal_size=SIZE, run_before=open_help)
+
+
+def test_train_screen(app_in, snap_compare, tmp_path, monkeypatch):
+    """The folder tree starts in the current folder, without its dot-folders; every number is labelled."""
+    work = tmp_path / "work"
+    for name in (".git", "notes", "recipes"):
+        (work / name).mkdir(parents=True)
+
+    async def open_train(pilot):
+        await loaded(pilot)
+        monkeypatch.chdir(work)
+        await pilot.press("f9")
+        await pilot.pause(0.3)  # the tree lists the folder in a worker
+
+    assert snap_compare(app_in(), terminal_size=SIZE, run_before=open_train)
 
 
 def test_token_inspector(app_in, snap_compare):

@@ -9,7 +9,6 @@ from datetime import datetime
 from pathlib import Path
 
 from textual.app import App
-from textual.binding import Binding
 
 from macllm.commands.options import set_kv_bits
 from macllm.hub import local_models
@@ -18,62 +17,52 @@ from macllm.storage.chat_store import ChatStore
 from tui.bridge import EngineBridge
 from tui.commands import MacllmCommands
 from tui.events import AdaptersChanged, AdaptersFailed, ModelLoaded, ModelLoadFailed
+from tui.keymap import bindings
 from tui.screens.chat import ChatScreen
 from tui.screens.help import HelpScreen
 from tui.screens.model_picker import ModelPicker
 from tui.screens.train import TrainScreen
+from tui.state import AppState
 
 
 class MacllmApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "macllm"
     COMMANDS = App.COMMANDS | {MacllmCommands}
-    BINDINGS = [
-        Binding("f1", "help", "Help"),
-        Binding("f9", "train", "Train"),
-        Binding("f3", "use_trained_adapter", "Use new adapter", show=False),
-        Binding("ctrl+q", "quit", "Quit"),
-    ]
+    BINDINGS = bindings("app")
 
     def __init__(self, model: str = DEFAULT_MODEL, keep_quantized: bool = False, store: ChatStore | None = None,
-                 export_dir: Path | None = None, default_settings: dict | None = None, engine=None,
-                 adapters: list[tuple[str, str, float]] | None = None, kv_bits: int | None = None) -> None:
+                 default_settings: dict | None = None, adapters: list[tuple[str, str, float]] | None = None,
+                 kv_bits: int | None = None) -> None:
+        """The options of `macllm chat`; `store`: the saved chats (default $MACLLM_HOME/chats.sqlite3)."""
         super().__init__()
-        self.model_source = model
-        self.keep_quantized = keep_quantized
+        self.state = AppState(model_source=model, keep_quantized=keep_quantized, kv_bits=kv_bits,
+                              chat_defaults=dict(default_settings or {}), startup_adapters=list(adapters or []))
         self.store = store or ChatStore()
-        self.export_dir = export_dir or Path.cwd()
-        self.default_settings = dict(default_settings or {})
-        self.bridge = EngineBridge(self, engine)
-        self.trained_adapter: str | None = None  # set when a run on the training screen finishes
-        self.notes_mode = False  # answers come from the notes index, with citations
-        self.notes_index: str | None = None  # None: the default index "notes"
-        self.notes_folder: str | None = None
-        self.notes_embedder: str | None = None  # for a new index; None: MiniLM
-        self.startup_adapters = list(adapters or [])
-        self.kv_bits = kv_bits  # `chat --kv-bits`: caches of every model loaded in this app  # (ref, name, scale) from `chat --adapter`, once loaded
+        self.bridge = EngineBridge(self)
 
     def on_mount(self) -> None:
-        self.push_screen(ChatScreen())
-        self.ensure_model(self.model_source)
+        self.push_screen(ChatScreen(self.state))
+        self.ensure_model(self.state.model_source)
 
     # --- model --------------------------------------------------------------------------------
     def ensure_model(self, source: str) -> None:
         """Load `source` unless it is what is loaded (or loading) already."""
         if source and (source != self.bridge.model_source or not (self.bridge.ready or self.bridge.loading)):
-            self.bridge.load_model(source, keep_quantized=self.keep_quantized)
+            self.bridge.load_model(source, keep_quantized=self.state.keep_quantized)
             self.refresh_status()
 
     def on_model_loaded(self, message: ModelLoaded) -> None:
         info = message.info
         self.notify(f"{info.source} ready · {info.compute}", timeout=3)
-        if self.kv_bits:
-            set_kv_bits(self.bridge.engine, self.kv_bits)
+        if self.state.kv_bits:
+            set_kv_bits(self.bridge.engine, self.state.kv_bits)
         self.refresh_status()
-        if self.startup_adapters:
-            self.bridge.apply_adapters({name: scale for _, name, scale in self.startup_adapters},
-                                       refs={name: ref for ref, name, _ in self.startup_adapters})
-            self.startup_adapters = []
+        startup = self.state.startup_adapters
+        if startup:
+            self.bridge.apply_adapters({name: scale for _, name, scale in startup},
+                                       refs={name: ref for ref, name, _ in startup})
+            self.state.startup_adapters = []
 
     def on_adapters_changed(self, message: AdaptersChanged) -> None:
         active = ", ".join(f"{k} ×{v:g}" for k, v in message.active.items()) or "none (base model)"
@@ -100,7 +89,7 @@ class MacllmApp(App):
     def action_pick_model(self, reason: str | None = None) -> None:
         def chosen(source: str | None) -> None:
             if source:
-                self.model_source = source
+                self.state.model_source = source
                 if isinstance(self.screen, ChatScreen):
                     self.screen.settings.model = source
                 self.ensure_model(source)
@@ -111,13 +100,13 @@ class MacllmApp(App):
     def action_train(self) -> None:
         """The training screen; installed once, so a run goes on (and keeps its plot) while chatting."""
         if not self.is_screen_installed("train"):
-            self.install_screen(TrainScreen(), "train")
+            self.install_screen(TrainScreen(self.state), "train")
         if not isinstance(self.screen, TrainScreen):
             self.push_screen("train")
 
     def action_use_trained_adapter(self) -> None:
-        if self.trained_adapter:
-            self.bridge.use_adapter(self.trained_adapter)
+        if self.state.trained_adapter:
+            self.bridge.use_adapter(self.state.trained_adapter)
 
     # --- everywhere -----------------------------------------------------------------------
     def action_help(self) -> None:
@@ -133,7 +122,7 @@ class MacllmApp(App):
     def export_chat(self, chat_id: str) -> Path:
         title = self.store.get_conversation(chat_id).title
         safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in title).strip("-")[:40] or "chat"
-        path = self.export_dir / f"{safe}-{datetime.now():%Y%m%d-%H%M%S}.md"
+        path = Path.cwd() / f"{safe}-{datetime.now():%Y%m%d-%H%M%S}.md"
         tmp = path.with_suffix(".md.partial")
         tmp.write_text(self.store.export_markdown(chat_id), encoding="utf-8")
         tmp.replace(path)

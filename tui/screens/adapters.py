@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Label
+
+from tui.keymap import bindings
 
 SCALE_STEP = 0.25
 
@@ -43,15 +44,8 @@ def incompatibility(row: dict, model_fingerprint: str | None) -> str | None:
 class AdaptersScreen(ModalScreen[dict | None]):
     """Dismisses with the adapters to activate ({name: scale}; {} = none) or None (no change)."""
 
-    BINDINGS = [
-        Binding("escape", "dismiss(None)", "Close"),
-        Binding("enter", "use_only", "Use alone", priority=True),
-        Binding("b", "toggle_blend", "Add/remove from blend"),
-        Binding("plus,equals_sign", "scale(1)", "Scale +"),
-        Binding("minus", "scale(-1)", "Scale −"),
-        Binding("a", "apply_blend", "Apply blend"),
-        Binding("n", "none", "None (base model)"),
-    ]
+    SCOPE = "adapters"
+    BINDINGS = bindings(SCOPE)
 
     def __init__(self, rows: list[dict], active: dict[str, float], model_fingerprint: str | None) -> None:
         super().__init__(classes="dialog-screen")

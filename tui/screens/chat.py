@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer
@@ -20,6 +19,7 @@ from tui.events import (
     AnswerToken,
     ModelLoaded,
 )
+from tui.keymap import bindings
 from tui.screens.adapters import AdaptersScreen
 from tui.screens.inspector import TokenInspector
 from tui.screens.notes import NotesScreen
@@ -27,6 +27,7 @@ from tui.screens.prompt_screen import ConfirmScreen, PromptScreen
 from tui.screens.settings_screen import SettingsScreen
 from tui.screens.sources import SourcesScreen
 from tui.settings import ChatSettings
+from tui.state import AppState
 from tui.widgets.chat_input import ChatInput
 from tui.widgets.chat_list import ChatList
 from tui.widgets.chat_message import ChatMessage
@@ -34,25 +35,12 @@ from tui.widgets.status_bar import StatusBar
 
 
 class ChatScreen(Screen):
-    BINDINGS = [
-        Binding("escape", "stop", "Stop", show=True),
-        Binding("ctrl+n", "new_chat", "New chat"),
-        Binding("ctrl+r", "regenerate", "Regenerate"),
-        Binding("ctrl+l", "edit_last", "Edit last"),
-        Binding("ctrl+t", "inspect", "Tokens"),
-        Binding("ctrl+s", "settings", "Settings"),
-        Binding("ctrl+b", "toggle_chats", "Chats"),
-        Binding("f4", "adapters", "Adapters"),
-        Binding("ctrl+g", "notes", "Notes"),
-        Binding("ctrl+f", "sources", "Sources", show=False),
-        Binding("f2", "rename_chat", "Rename", show=False),
-        Binding("f5", "copy_last", "Copy", show=False),
-        Binding("ctrl+o", "export_chat", "Export", show=False),
-        Binding("f8", "delete_chat", "Delete chat", show=False),
-    ]
+    SCOPE = "chat"
+    BINDINGS = bindings(SCOPE)
 
-    def __init__(self) -> None:
+    def __init__(self, state: AppState) -> None:
         super().__init__()
+        self.state = state
         self.chat_id: str | None = None
         self.settings = ChatSettings()
         self.answer_id: int | None = None
@@ -95,7 +83,7 @@ class ChatScreen(Screen):
 
     # --- chats ----------------------------------------------------------------------------
     def default_settings(self) -> ChatSettings:
-        return ChatSettings.from_dict(self.app.default_settings, self.app.model_source)
+        return ChatSettings.from_dict(self.state.chat_defaults, self.state.model_source)
 
     async def refresh_chat_list(self) -> None:
         await self.query_one(ChatList).show(self.store.list_conversations(), self.chat_id)
@@ -110,7 +98,7 @@ class ChatScreen(Screen):
     async def open_chat(self, chat_id: str) -> None:
         stored = self.store.get_conversation(chat_id)
         self.chat_id = chat_id
-        self.settings = ChatSettings.from_dict(stored.settings, self.app.model_source)
+        self.settings = ChatSettings.from_dict(stored.settings, self.state.model_source)
         await self.conversation.remove_children()
         widgets = [ChatMessage(m.role, m.content, m.meta, m.finish_reason, m.id)
                    for m in self.store.messages(chat_id) if m.role != "system"]
@@ -154,10 +142,10 @@ class ChatScreen(Screen):
         await self.conversation.mount(self.answer_widget)
         self.conversation.scroll_end(animate=False)
         params = self.settings.generation_params()
-        if self.app.notes_mode:  # a single-turn answer from the notes index, with citations
+        if self.state.notes_mode:  # a single-turn answer from the notes index, with citations
             question = self.store.messages(self.chat_id)[-1].content
-            self.answer_widget.meta["notes_index"] = self.app.notes_index or "notes"
-            self.answer_id = self.bridge.ask_notes(question, self.app.notes_index, params, target=self,
+            self.answer_widget.meta["notes_index"] = self.state.notes_index or "notes"
+            self.answer_id = self.bridge.ask_notes(question, self.state.notes_index, params, target=self,
                                                    chat_id=self.chat_id)
             self.status.state = "searching notes…"
             return
@@ -172,14 +160,14 @@ class ChatScreen(Screen):
 
     def on_answer_prefill(self, message: AnswerPrefill) -> None:
         if message.answer_id == self.answer_id:
-            reading = "reading notes" if self.app.notes_mode else "reading"
+            reading = "reading notes" if self.state.notes_mode else "reading"
             self.status.state = f"{reading}… {message.done}/{message.total} tokens"
 
     async def on_answer_token(self, message: AnswerToken) -> None:
         if message.answer_id != self.answer_id or self.answer_widget is None:
             return
         if self.status.state.startswith("reading"):  # the prefill is over
-            self.status.state = "answering from notes…" if self.app.notes_mode else "answering…"
+            self.status.state = "answering from notes…" if self.state.notes_mode else "answering…"
         self.answer_widget.tokens.append(message.event)
         await self.answer_widget.append(message.event.text)
 
@@ -225,7 +213,7 @@ class ChatScreen(Screen):
         self.status.model = ((info.source if info else None) or self.settings.model or "no model") + state
         self.status.context_length = info.context_length if info else 0
         self.status.adapters = ", ".join(f"{k}×{v:g}" for k, v in self.bridge.active_adapters.items())
-        self.status.notes = f"notes: {self.app.notes_index or 'notes'}" if self.app.notes_mode else ""
+        self.status.notes = f"notes: {self.state.notes_index or 'notes'}" if self.state.notes_mode else ""
         self.status.context_used = self.bridge.context_used(self.chat_id) if self.chat_id else 0
 
     # --- actions ----------------------------------------------------------------------------
@@ -295,7 +283,7 @@ class ChatScreen(Screen):
         self.app.push_screen(SettingsScreen(self.settings, self.app.model_choices()), apply)
 
     def action_notes(self) -> None:
-        self.app.push_screen(NotesScreen(classes="dialog-screen"))
+        self.app.push_screen(NotesScreen(self.state, self.bridge), lambda _: self.update_status())
 
     def action_sources(self) -> None:
         answers = [w for w in self.conversation.query(ChatMessage) if w.meta.get("sources")]

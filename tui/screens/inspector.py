@@ -7,10 +7,11 @@ import math
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Label, Static
+
+from tui.keymap import bindings
 
 
 def probability_colour(p: float) -> str:
@@ -35,7 +36,7 @@ class TokenStrip(Static):
 
     def render(self) -> Text:
         text = Text()
-        for i, (event, piece) in enumerate(zip(self.tokens, self.pieces)):
+        for i, (event, piece) in enumerate(zip(self.tokens, self.pieces, strict=True)):
             p = math.exp(event.logprob)
             style = f"black on {probability_colour(p)}"
             if i == self.selected:
@@ -47,13 +48,8 @@ class TokenStrip(Static):
 
 
 class TokenInspector(ModalScreen):
-    BINDINGS = [
-        Binding("escape,q", "dismiss", "Close"),
-        Binding("left,h", "move(-1)", "Previous token"),
-        Binding("right,l", "move(1)", "Next token"),
-        Binding("home", "jump(0)", "First", show=False),
-        Binding("end", "jump(-1)", "Last", show=False),
-    ]
+    SCOPE = "inspector"
+    BINDINGS = bindings(SCOPE)
 
     def __init__(self, tokens: list, tokenizer) -> None:
         super().__init__(classes="dialog-screen")

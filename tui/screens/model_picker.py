@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, OptionList
 from textual.widgets.option_list import Option
 
+from tui.keymap import bindings
+
 
 class ModelPicker(ModalScreen[str | None]):
-    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
+    SCOPE = "picker"
+    BINDINGS = bindings(SCOPE)
 
     def __init__(self, models: list[dict], reason: str | None = None) -> None:
         super().__init__(classes="dialog-screen")

@@ -7,14 +7,16 @@ import datetime as dt
 from pathlib import Path
 
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, ProgressBar, Switch
 
 from macllm.errors import MacllmError
 from macllm.rag.store import Store, index_path
+from tui.bridge import EngineBridge
 from tui.events import IndexFailed, IndexFinished, IndexProgress
+from tui.keymap import bindings
+from tui.state import AppState
 
 
 def index_status(index: str | None) -> str:
@@ -32,20 +34,28 @@ def index_status(index: str | None) -> str:
 
 
 class NotesScreen(ModalScreen[None]):
-    BINDINGS = [Binding("escape", "close", "Close")]
+    """Changes `state` (notes mode, index, folder) as the user goes."""
+
+    SCOPE = "notes"
+    BINDINGS = bindings(SCOPE)
+
+    def __init__(self, state: AppState, bridge: EngineBridge) -> None:
+        super().__init__(classes="dialog-screen")
+        self.state = state
+        self.bridge = bridge
 
     def compose(self) -> ComposeResult:
-        app = self.app
+        state = self.state
         with Vertical(classes="dialog notes"):
             yield Label("Notes", classes="dialog-title")
             with Horizontal(classes="row"):
-                yield Switch(app.notes_mode, id="notes-mode")
+                yield Switch(state.notes_mode, id="notes-mode")
                 yield Label("Answer from my notes, with citations")
             yield Label("Index (a name under $MACLLM_HOME/indexes, or a path)")
-            yield Input(app.notes_index or "notes", id="index-name")
+            yield Input(state.notes_index or "notes", id="index-name")
             yield Label("", id="index-status")
             yield Label("Folder to (re)index")
-            yield Input(app.notes_folder or str(Path.cwd()), id="folder")
+            yield Input(state.notes_folder or str(Path.cwd()), id="folder")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Index", variant="primary", id="index")
                 yield Button("Close", id="close")
@@ -63,12 +73,11 @@ class NotesScreen(ModalScreen[None]):
 
     def on_input_changed(self, event: Input.Changed) -> None:
         if event.input.id == "index-name":
-            self.app.notes_index = self.index_name()
+            self.state.notes_index = self.index_name()
             self.show_status()
 
     def on_switch_changed(self, event: Switch.Changed) -> None:
-        self.app.notes_mode = event.value
-        self.app.refresh_status()
+        self.state.notes_mode = event.value
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "close":
@@ -78,10 +87,10 @@ class NotesScreen(ModalScreen[None]):
         if not folder or not Path(folder).expanduser().is_dir():
             self.notify(f"{folder or 'nothing'}: not a folder", severity="error")
             return
-        self.app.notes_folder = folder
+        self.state.notes_folder = folder
         event.button.disabled = True
         self.query_one("#index-result", Label).update("Indexing…")
-        self.app.bridge.index_folder(folder, self.index_name(), target=self, embedder=self.app.notes_embedder)
+        self.bridge.index_folder(folder, self.index_name(), target=self)
 
     def on_index_progress(self, message: IndexProgress) -> None:
         self.query_one(ProgressBar).update(total=message.total, progress=message.done)

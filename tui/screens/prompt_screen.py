@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label
 
+from tui.keymap import bindings
+
 
 class PromptScreen(ModalScreen[str | None]):
-    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
+    SCOPE = "prompt"
+    BINDINGS = bindings(SCOPE)
 
     def __init__(self, title: str, value: str = "") -> None:
         super().__init__(classes="dialog-screen")
@@ -27,7 +29,8 @@ class PromptScreen(ModalScreen[str | None]):
 
 
 class ConfirmScreen(ModalScreen[bool]):
-    BINDINGS = [Binding("escape", "dismiss(False)", "Cancel"), Binding("y", "dismiss(True)", "Yes")]
+    SCOPE = "confirm"
+    BINDINGS = bindings(SCOPE)
 
     def __init__(self, question: str) -> None:
         super().__init__(classes="dialog-screen")

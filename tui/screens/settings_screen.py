@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, TextArea
 
+from tui.keymap import bindings
 from tui.settings import ChatSettings
 
 NUMBER_FIELDS = (  # (attribute, label, type, lower, upper)
@@ -19,7 +19,8 @@ NUMBER_FIELDS = (  # (attribute, label, type, lower, upper)
 
 
 class SettingsScreen(ModalScreen[ChatSettings | None]):
-    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel"), Binding("ctrl+s", "save", "Save")]
+    SCOPE = "settings"
+    BINDINGS = bindings(SCOPE)
 
     def __init__(self, settings: ChatSettings, models: list[str]) -> None:
         super().__init__(classes="dialog-screen")

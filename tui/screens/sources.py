@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Label, Markdown, OptionList
 from textual.widgets.option_list import Option
+
+from tui.keymap import bindings
 
 
 def source_title(number: int, source: dict) -> str:
@@ -16,7 +17,8 @@ def source_title(number: int, source: dict) -> str:
 
 
 class SourcesScreen(ModalScreen[None]):
-    BINDINGS = [Binding("escape", "dismiss", "Close")]
+    SCOPE = "sources"
+    BINDINGS = bindings(SCOPE)
 
     def __init__(self, sources: list[dict], cited: list[int]) -> None:
         super().__init__(classes="dialog-screen")
@@ -35,7 +37,8 @@ class SourcesScreen(ModalScreen[None]):
 
 
 class ChunkScreen(ModalScreen[None]):
-    BINDINGS = [Binding("escape", "dismiss", "Back")]
+    SCOPE = "chunk"
+    BINDINGS = bindings(SCOPE)
 
     def __init__(self, number: int, source: dict) -> None:
         super().__init__(classes="dialog-screen")

@@ -4,6 +4,9 @@ Training runs as `macllm train --json` in a child process (its own MLX, its own 
 screen draws from the JSON events it prints, read asynchronously so chatting goes on meanwhile. The
 screen is installed on the app, so leaving it (Esc) keeps the run and its progress. Cancel sends
 SIGINT: the child saves a checkpoint and exits, and the same name can be resumed from the command line.
+
+The notes folder is typed (any path, hidden folders too) or picked in the tree, which starts at the
+folder chosen in the notes panel, else the current folder.
 """
 
 from __future__ import annotations
@@ -17,12 +20,20 @@ from pathlib import Path
 
 from textual import on, work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Button, DirectoryTree, Footer, Input, Label, ProgressBar
 
+from tui.keymap import bindings
+from tui.state import AppState
+from tui.widgets.folder_tree import FolderTree
 from tui.widgets.loss_plot import LossPlot
+
+PARAMS = (  # (input id and `macllm train` option, label, default, type)
+    ("epochs", "Epochs", "2", float),
+    ("rank", "LoRA rank", "8", int),
+    ("lr", "Learning rate", "2e-4", float),
+)
 
 
 def _clock(seconds) -> str:
@@ -32,41 +43,64 @@ def _clock(seconds) -> str:
     return f"{seconds // 60:02d}:{seconds % 60:02d}"
 
 
+def folder_problem(text: str) -> str | None:
+    """Why `text` cannot be the notes folder, in one line; None when it can."""
+    if not text:
+        return "Pick a notes folder first: type its path or choose it in the tree."
+    if not Path(text).expanduser().is_dir():
+        return f"{text}: not a folder"
+    return None
+
+
+def train_command(model: str, folder: Path, name: str, params: dict[str, str], keep_quantized: bool) -> list[str]:
+    """The child process: this Python running `macllm train --json` with the form's values."""
+    cmd = [sys.executable, "-m", "macllm.cli", "train", "--json", "--model", model, "--notes", str(folder),
+           "--name", name]
+    for key, value in params.items():
+        cmd += [f"--{key}", value]
+    return cmd + (["--keep-quantized"] if keep_quantized else [])
+
+
 class TrainScreen(Screen):
-    BINDINGS = [
-        Binding("escape", "back", "Back to chat"),
-        Binding("ctrl+g", "start", "Start"),
-        Binding("f4", "cancel", "Cancel training"),
-    ]
+    SCOPE = "train"
+    BINDINGS = bindings(SCOPE)
     DEFAULT_CSS = """
     TrainScreen #train-main { height: 1fr; }
-    TrainScreen #notes-tree { width: 40%; border-right: tall $panel; }
+    TrainScreen #chooser { width: 40%; border-right: tall $panel; padding: 0 1; }
+    TrainScreen #folder-message { color: $error; height: 1; }
+    TrainScreen #notes-tree { height: 1fr; }
     TrainScreen #train-form { width: 1fr; padding: 0 1; }
-    TrainScreen #params Input { width: 1fr; }
+    TrainScreen .param { width: 1fr; height: auto; }
     TrainScreen #params { height: auto; }
     TrainScreen #buttons { height: auto; margin: 1 0; }
     TrainScreen #train-status { height: auto; color: $text-muted; }
     TrainScreen #train-error { color: $error; height: auto; }
     """
 
-    def __init__(self, start_dir: Path | None = None) -> None:
+    def __init__(self, state: AppState) -> None:
         super().__init__()
-        self.start_dir = Path(start_dir or Path.home())
-        self.folder: Path | None = None
+        self.state = state
+        self.folder: Path | None = self.notes_panel_folder()
         self.proc: asyncio.subprocess.Process | None = None
         self.events: list[dict] = []
         self.finished: dict | None = None  # the done event of the last run
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="train-main"):
-            yield DirectoryTree(self.start_dir, id="notes-tree")
+            with Vertical(id="chooser"):
+                yield Label("Notes folder: type a path or pick one below")
+                yield Input(str(self.folder or ""), placeholder="e.g. ~/notes", id="folder-path")
+                yield Label("", id="folder-message")
+                yield FolderTree(self.folder or Path.cwd(), id="notes-tree")
             with Vertical(id="train-form"):
-                yield Label("Pick a notes folder on the left.", id="folder-label")
-                yield Input(placeholder="adapter name, e.g. my-notes", id="name")
+                yield Label(f"Notes: {self.folder}" if self.folder else "No notes folder yet.", id="folder-label")
+                yield Label("Adapter name")
+                yield Input(self.default_name(), placeholder="e.g. my-notes", id="name")
                 with Horizontal(id="params"):
-                    yield Input("2", placeholder="epochs", id="epochs", tooltip="epochs")
-                    yield Input("8", placeholder="rank", id="rank", tooltip="LoRA rank")
-                    yield Input("2e-4", placeholder="learning rate", id="lr", tooltip="peak learning rate")
+                    for key, label, default, kind in PARAMS:
+                        with Vertical(classes="param"):
+                            yield Label(label)
+                            yield Input(default, id=key, type="integer" if kind is int else "number")
                 with Horizontal(id="buttons"):
                     yield Button("Start", id="start", variant="primary")
                     yield Button("Cancel", id="cancel", variant="error", disabled=True)
@@ -77,53 +111,96 @@ class TrainScreen(Screen):
         yield Footer()
 
     # --- choosing ---------------------------------------------------------------------------
+    def notes_panel_folder(self) -> Path | None:
+        folder = Path(self.state.notes_folder).expanduser() if self.state.notes_folder else None
+        return folder if folder is not None and folder.is_dir() else None
+
+    def on_screen_resume(self) -> None:
+        """Nothing chosen yet, but a folder indexed in the notes panel since: start from that one."""
+        notes = self.notes_panel_folder()
+        if self.folder is None and notes is not None:
+            self.choose_folder(notes)
+            self.query_one(FolderTree).path = notes
+
+    def default_name(self) -> str:
+        return self.folder.name.lower().replace(" ", "-") if self.folder else ""
+
     @on(DirectoryTree.DirectorySelected)
     def folder_selected(self, event: DirectoryTree.DirectorySelected) -> None:
         self.choose_folder(event.path)
 
+    @on(Input.Submitted, "#folder-path")
+    def folder_typed(self, event: Input.Submitted) -> None:
+        path = self.checked_folder()
+        if path is not None:
+            self.choose_folder(path)
+            self.query_one(FolderTree).path = path  # show what is in it
+
+    def checked_folder(self) -> Path | None:
+        """The typed folder, or None with the reason shown under the path (and under the buttons)."""
+        text = self.query_one("#folder-path", Input).value.strip()
+        problem = folder_problem(text)
+        self.query_one("#folder-message", Label).update(problem or "")
+        self.show_error(problem or "")
+        return None if problem else Path(text).expanduser().resolve()
+
     def choose_folder(self, path: Path) -> None:
         self.folder = Path(path)
+        self.query_one("#folder-path", Input).value = str(self.folder)
+        self.query_one("#folder-message", Label).update("")
         self.query_one("#folder-label", Label).update(f"Notes: {self.folder}")
         name = self.query_one("#name", Input)
         if not name.value:
-            name.value = self.folder.name.lower().replace(" ", "-")
+            name.value = self.default_name()
 
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
 
-    def command(self) -> list[str]:
-        """The child process: this Python, this model, the form's values."""
-        app = self.app
-        value = lambda wid: self.query_one(f"#{wid}", Input).value.strip()  # noqa: E731
-        cmd = [sys.executable, "-m", "macllm.cli", "train", "--json", "--model", str(app.model_source),
-               "--notes", str(self.folder), "--name", value("name"), "--epochs", value("epochs") or "2",
-               "--rank", value("rank") or "8", "--lr", value("lr") or "2e-4"]
-        if getattr(app, "keep_quantized", False):
-            cmd.append("--keep-quantized")
-        return cmd + list(getattr(app, "train_extra_args", []))
+    def params(self) -> dict[str, str] | None:
+        """The numbers of the form, or None with the first bad one explained."""
+        values = {}
+        for key, label, default, kind in PARAMS:
+            raw = self.query_one(f"#{key}", Input).value.strip() or default
+            try:
+                ok = kind(raw) > 0
+            except ValueError:
+                ok = False
+            if not ok:
+                self.show_error(f"{label}: {raw!r} is not a number above 0.")
+                return None
+            values[key] = raw
+        return values
+
+    def command(self, folder: Path, params: dict[str, str]) -> list[str]:
+        name = self.query_one("#name", Input).value.strip()
+        return train_command(self.state.model_source, folder, name, params, self.state.keep_quantized)
 
     # --- running ----------------------------------------------------------------------------
     @on(Button.Pressed, "#start")
     def action_start(self) -> None:
         if self.running:
             return
-        if self.folder is None:
-            self.show_error("Pick a notes folder first.")
+        folder = self.checked_folder()
+        if folder is None:
             return
+        self.choose_folder(folder)
         if not self.query_one("#name", Input).value.strip():
             self.show_error("Give the adapter a name.")
+            return
+        params = self.params()
+        if params is None:
             return
         self.show_error("")
         self.events, self.finished = [], None
         self.query_one(LossPlot).reset()
         self.query_one("#progress", ProgressBar).update(total=None, progress=0)
         self.set_running(True)
-        self.run_training(self.command())
+        self.run_training(self.command(folder, params))
 
     @on(Button.Pressed, "#cancel")
     def action_cancel(self) -> None:
-        if self.running:
+        if self.proc is not None and self.running:
             self.proc.send_signal(signal.SIGINT)  # the trainer saves a checkpoint, then exits
             self.query_one("#train-status", Label).update("Stopping: saving a checkpoint…")
 
@@ -139,6 +216,7 @@ class TrainScreen(Screen):
         with tempfile.TemporaryFile() as stderr:  # a file, not a pipe: a chatty child never blocks
             self.proc = await asyncio.create_subprocess_exec(
                 *cmd, stdout=asyncio.subprocess.PIPE, stderr=stderr, stdin=asyncio.subprocess.DEVNULL)
+            assert self.proc.stdout is not None  # piped above
             async for raw in self.proc.stdout:
                 line = raw.decode("utf-8", "replace").strip()
                 if line.startswith("{"):
@@ -183,7 +261,7 @@ class TrainScreen(Screen):
             ppl = (f" · validation perplexity {s['val_ppl_before']:.2f} → {s['val_ppl_after']:.2f}"
                    if s.get("val_ppl_before") is not None else "")
             status.update(f"Done: {event['name']} · {s['steps']} steps · loss {s['train_loss']}{ppl}")
-            self.app.trained_adapter = event["name"]
+            self.state.trained_adapter = event["name"]
             self.app.notify(f"Adapter {event['name']!r} is ready. Press F3 to use it.", title="Training done",
                             timeout=15)
         elif kind == "error":

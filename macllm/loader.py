@@ -38,13 +38,15 @@ class ModelInfo:
 @dataclass
 class LoadedModel:
     model: nn.Module
-    tokenizer: object
+    tokenizer: Tokenizer
     config: ModelConfig
     info: ModelInfo
 
 
 def count_parameters(model: nn.Module) -> int:
-    return sum(v.size for _, v in tree_flatten(model.parameters()))
+    leaves = tree_flatten(model.parameters())
+    assert isinstance(leaves, list)  # mlx types it as list | dict; a plain flatten gives the list
+    return sum(v.size for _, v in leaves)
 
 
 def _quantize_like_weights(model: nn.Module, weights: dict, quant: dict) -> None:

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
+import mlx.core as mx
+import numpy as np
 import pytest
 
-from macllm.engine import Engine
+from macllm.cache.quantized import QuantizedKVCache
+from macllm.engine import Engine, PrefillProgress
 from macllm.errors import MacllmError
-from macllm.generation import GenerationParams, GenerationResult, TokenEvent
+from macllm.generation import GenerationParams, GenerationResult, TokenEvent, steps
+from macllm.loader import ModelInfo
+from macllm.lora.formats import write_adapter
+from macllm.lora.layers import LoRALinear
+from macllm.lora.random_adapter import random_adapter
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +115,117 @@ def test_unknown_conversation(engine):
 
 def test_tokenize(engine):
     assert engine.tokenize("<|im_start|>hello")[0] == 1
+
+
+# --- the one-thread rule: state changes are jobs, callers see copies ---------------------------
+def test_conversation_jobs_run_in_order_and_views_are_copies(engine):
+    conv = engine.new_conversation(system="be brief")  # queued; the chat below runs after it
+    engine.chat(conv, "hello", GenerationParams(max_tokens=3)).result(timeout=60)
+    view = engine.conversation(conv)
+    view.messages.append({"role": "user", "content": "not sent"})
+    assert len(engine.conversation(conv).messages) == 2
+    assert engine.context_used(conv) == view.context_used > 0
+    engine.set_messages(conv, view.messages[:1], system="be brief")
+    assert [m["role"] for m in engine.conversation(conv).messages] == ["user"]
+    engine.close_conversation(conv)
+    assert conv not in engine.conversation_ids() and engine.context_used(conv) == 0
+
+
+def test_context_used_never_waits_for_the_engine(engine):
+    conv = engine.new_conversation()
+    engine.chat(conv, "hello", GenerationParams(max_tokens=3)).result(timeout=60)
+    release = threading.Event()
+    blocked = engine.submit(release.wait, 30)  # the engine thread is busy until released
+    try:
+        assert engine.context_used(conv) > 0
+        assert engine.info is not None and engine.info.context_length == 512
+    finally:
+        release.set()
+    blocked.result(timeout=30)
+    engine.close_conversation(conv)
+
+
+def test_model_info_is_a_frozen_dataclass(engine):
+    info = engine.info
+    assert isinstance(info, ModelInfo) and info.architecture == "llama" and info.parameters > 0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        info.context_length = 1  # type: ignore[misc]
+
+
+def test_kv_bits_are_an_engine_setting_that_drops_caches(engine):
+    conv = engine.new_conversation()
+    engine.chat(conv, "hello", GenerationParams(max_tokens=3)).result(timeout=60)
+    engine.set_kv_bits(8).result(timeout=60)
+    try:
+        assert engine.kv_bits == 8 and engine.context_used(conv) == 0
+        engine.chat(conv, "again", GenerationParams(max_tokens=3)).result(timeout=60)
+        caches = engine.submit(lambda: engine._conversations[conv].cache).result()
+        assert isinstance(caches[0], QuantizedKVCache)
+        with pytest.raises(MacllmError, match="8 or 4"):
+            engine.set_kv_bits(3)
+    finally:
+        engine.set_kv_bits(None).result(timeout=60)
+        engine.close_conversation(conv)
+
+
+def test_a_long_prefill_reports_progress_per_chunk(engine, monkeypatch):
+    monkeypatch.setattr(steps, "PREFILL_CHUNK", 16)
+    stream = engine.generate(list(range(1, 51)), GenerationParams(max_tokens=2))
+    progress = [(e.done, e.total) for e in stream.with_progress() if isinstance(e, PrefillProgress)]
+    assert progress == [(0, 50), (16, 50), (32, 50), (48, 50)]
+    plain = list(engine.generate(list(range(1, 51)), GenerationParams(max_tokens=2)))
+    assert not any(isinstance(e, PrefillProgress) for e in plain)  # plain iteration: tokens and the result
+
+
+def test_a_closed_engine_refuses_work(tiny_llama_gguf):
+    e = Engine(str(tiny_llama_gguf), progress=False)
+    e.close()
+    with pytest.raises(MacllmError, match="closed"):
+        e.new_conversation()
+
+
+# --- a failed adapter swap leaves the engine consistent -------------------------------------------
+@pytest.fixture(scope="module")
+def adapted(tiny_llama_folder, tmp_path_factory):
+    root = tmp_path_factory.mktemp("swap-adapters")
+    with Engine(str(tiny_llama_folder), progress=False) as e:
+        cfg = e.loaded.config
+        for seed, name in enumerate(("alpha", "beta")):
+            adapter = random_adapter(cfg, name, rank=4, seed=seed + 1, b_std=0.5, base_model="tiny")
+            e.load_adapter(str(write_adapter(adapter, root / name, cfg.num_hidden_layers)))
+        yield e
+
+
+def logits(engine) -> np.ndarray:
+    return engine.submit(lambda: np.array(engine.loaded.model(mx.array([[1, 40, 50, 60]])))).result()
+
+
+def test_a_swap_failing_part_way_restores_the_previous_set_and_drops_caches(adapted, monkeypatch):
+    adapted.set_adapters({"alpha": 1.0})
+    expected = logits(adapted)
+    conv = adapted.new_conversation()
+    adapted.chat(conv, "hello", GenerationParams(max_tokens=3)).result(timeout=60)
+    assert adapted.context_used(conv) > 0
+
+    real_activate, calls = LoRALinear.activate, []
+
+    def fail_on_the_third_layer(self, scales):
+        calls.append(scales)
+        if len(calls) == 3:
+            raise RuntimeError("out of memory")
+        real_activate(self, scales)
+
+    monkeypatch.setattr(LoRALinear, "activate", fail_on_the_third_layer)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        adapted.set_adapters({"beta": 1.0})
+    monkeypatch.setattr(LoRALinear, "activate", real_activate)
+
+    assert adapted.adapters["active"] == {"alpha": 1.0}
+    assert adapted.context_used(conv) == 0  # no cache from a half-swapped model survives
+    np.testing.assert_array_equal(logits(adapted), expected)  # every layer is back on alpha
+
+    adapted.chat(conv, "again", GenerationParams(max_tokens=3)).result(timeout=60)
+    with pytest.raises(MacllmError, match="not loaded"):  # a refusal changes nothing, caches included
+        adapted.set_adapters({"gamma": 1.0})
+    assert adapted.context_used(conv) > 0 and adapted.adapters["active"] == {"alpha": 1.0}
+    adapted.close_conversation(conv)

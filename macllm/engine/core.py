@@ -223,10 +223,11 @@ class Engine:
     def generate(self, prompt: str | list[int], params: GenerationParams | None = None) -> TokenStream:
         """Raw completion: a string is tokenized as-is (special-token strings honoured). No cache is kept."""
         params = params or GenerationParams()
-        tokens = list(prompt) if isinstance(prompt, list) else None
+        tokens = list(prompt) if isinstance(prompt, list) else None  # copied now: the caller may reuse its list
+        text = prompt if isinstance(prompt, str) else ""
 
         def prepare(loaded: LoadedModel):
-            return (tokens if tokens is not None else loaded.tokenizer.encode(prompt)), None
+            return (tokens if tokens is not None else loaded.tokenizer.encode(text)), None
 
         return self._stream_job(prepare, params)
 

@@ -77,8 +77,8 @@ def fit_sources(question: str, results: list[SearchResult], tokenizer, context_l
     return used, tokens
 
 
-def ask(engine: Engine, retriever: Retriever, question: str, *, k: int = 8, mode: str = "hybrid", path: str | None = None,
-        params: GenerationParams | None = None) -> Answer:
+def ask(engine: Engine, retriever: Retriever, question: str, *, k: int = 8, mode: str = "hybrid",
+        path: str | None = None, params: GenerationParams | None = None) -> Answer:
     """Retrieve, build the cited-answer prompt and start streaming the answer on `engine`."""
     params = params or GenerationParams(max_tokens=512)
     if not question.strip():

@@ -24,6 +24,9 @@ REAL_MODEL_FIXTURES = {"smollm_gguf", "smollm", "smollm_quantized", "gemma_gguf"
 TUI_FILES = ("test_tui", "test_smoke_tmux")
 # Tests over ~3 s on the 2-core Linux CPU backend (pytest --durations), by "file::test" prefix.
 SLOW_TESTS: tuple[str, ...] = (
+    "test_notes_questions.py::test_a_hundred_notes_questions_keep_conversations_and_memory_flat",  # ~5 s
+    "test_train_distributed.py::test_two_ring_ranks_equal_one_rank_with_the_combined_batch",  # ~5 s
+    "test_engine_threads.py::test_public_api_from_many_threads_keeps_the_engine_consistent",  # ~4 s
 )
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from macllm.errors import MacllmError
+from macllm.kernels import references_only
 from macllm.lora.adapter import Adapter
 from macllm.lora.layers import LoRALinear
 from macllm.lora.manager import find_module
@@ -247,6 +248,11 @@ class Trainer:
     def run(self, on_checkpoint=None) -> str:
         """Train until done, early stop or self.stop; returns "done", "early_stop" or "interrupted".
         `on_checkpoint(trainer)` writes a checkpoint (rank 0) and returns its path."""
+        # Custom Metal kernels have no gradient: a small batch must not reach one inside the traced step.
+        with references_only():
+            return self._run(on_checkpoint)
+
+    def _run(self, on_checkpoint) -> str:
         cfg, p = self.cfg, self.progress
         step_fn = self._step_fn
         if step_fn is None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Smoke test of the real app in a real terminal: start `macllm` (default model) in a detached tmux at
 # 120x40, ask "What is the capital of France?", wait for "Paris", open the token inspector (Ctrl+T),
-# close it (Esc), quit (Ctrl+Q). Exits 0 when all of that worked, 1 with the screen printed when not.
+# close it (Esc), open the train screen (F9: its labelled form) and the help (F1), quit (Ctrl+Q). Exits 0 when all of that worked, 1 with the screen printed when not.
 #
 # The model is pulled into $MACLLM_HOME (default: a temp folder, so a download) before anything is timed.
 # The app itself runs in a fresh home that only borrows that models folder, so no earlier chat is on screen.
@@ -93,6 +93,18 @@ wait_for "Token inspector" 10
 t send-keys -t "$SESSION" Escape
 wait_for "Paris" 10 "Token inspector"
 
+t send-keys -t "$SESSION" F9
+wait_for "Learning rate" 10
+[ -n "${SMOKE_VERBOSE:-}" ] && screen | sed 's/^/  | /' >&2
+t send-keys -t "$SESSION" Escape
+wait_for "Paris" 10 "Learning rate"
+
+t send-keys -t "$SESSION" F1
+wait_for "Nothing you type leaves it" 10
+[ -n "${SMOKE_VERBOSE:-}" ] && screen | sed 's/^/  | /' >&2
+t send-keys -t "$SESSION" Escape
+wait_for "Paris" 10 "Nothing you type leaves it"
+
 t send-keys -t "$SESSION" C-q
 for _ in $(seq 100); do
   [ -s "$WORK/exit-code" ] && break
@@ -101,4 +113,4 @@ done
 [ -s "$WORK/exit-code" ] || fail "the app did not quit on Ctrl+Q"
 code=$(cat "$WORK/exit-code")
 [ "$code" = 0 ] || fail "the app exited with status $code"
-say "OK: ready, answered with Paris, token inspector opened and closed, quit cleanly ($((SECONDS - start)) s)"
+say "OK: ready, answered with Paris, token inspector, train screen and help opened and closed, quit cleanly ($((SECONDS - start)) s)"

@@ -1,4 +1,5 @@
-"""The real app in a real terminal: scripts/smoke_tmux.sh drives `macllm` in tmux on SmolLM2 (~5 s)."""
+"""The real app in a real terminal: scripts/smoke_tmux.sh drives `macllm` in tmux on SmolLM2 (~5 s): an answer,
+the token inspector, the train screen and the help."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from tests.conftest import TEST_HOME
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,7 +18,8 @@ class MacllmCommands(Provider):
             if not key.palette or key.scope not in ("app", scope):
                 continue
             target = self.app if key.scope == "app" else screen
-            help_text = key.does[:1].upper() + key.does[1:] + (f" ({display(key.keys)})" if key.keys else "")
+            does = key.does.replace("*", "")  # Markdown emphasis is for the help screen
+            help_text = does[:1].upper() + does[1:] + (f" ({display(key.keys)})" if key.keys else "")
             yield key.palette_title, help_text, partial(target.run_action, key.action)
 
     async def discover(self) -> Hits:

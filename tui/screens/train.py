@@ -104,7 +104,9 @@ class TrainScreen(Screen):
                 with Horizontal(id="buttons"):
                     yield Button("Start", id="start", variant="primary")
                     yield Button("Cancel", id="cancel", variant="error", disabled=True)
-                yield ProgressBar(total=None, show_eta=False, id="progress")
+                progress = ProgressBar(total=None, show_eta=False, id="progress")
+                progress.display = False  # until a run starts: an idle bar would pulse as if busy
+                yield progress
                 yield Label("", id="train-status")
                 yield Label("", id="train-error")
                 yield LossPlot(id="loss-plot")
@@ -137,11 +139,10 @@ class TrainScreen(Screen):
             self.query_one(FolderTree).path = path  # show what is in it
 
     def checked_folder(self) -> Path | None:
-        """The typed folder, or None with the reason shown under the path (and under the buttons)."""
+        """The typed folder, or None with the reason shown under the path."""
         text = self.query_one("#folder-path", Input).value.strip()
         problem = folder_problem(text)
         self.query_one("#folder-message", Label).update(problem or "")
-        self.show_error(problem or "")
         return None if problem else Path(text).expanduser().resolve()
 
     def choose_folder(self, path: Path) -> None:
@@ -182,7 +183,8 @@ class TrainScreen(Screen):
         if self.running:
             return
         folder = self.checked_folder()
-        if folder is None:
+        if folder is None:  # said under the path, and again here, where eyes are after pressing Start
+            self.show_error(folder_problem(self.query_one("#folder-path", Input).value.strip()) or "")
             return
         self.choose_folder(folder)
         if not self.query_one("#name", Input).value.strip():
@@ -194,7 +196,9 @@ class TrainScreen(Screen):
         self.show_error("")
         self.events, self.finished = [], None
         self.query_one(LossPlot).reset()
-        self.query_one("#progress", ProgressBar).update(total=None, progress=0)
+        bar = self.query_one("#progress", ProgressBar)
+        bar.update(total=None, progress=0)
+        bar.display = True
         self.set_running(True)
         self.run_training(self.command(folder, params))
 

@@ -22,6 +22,7 @@ from macllm.commands import (
     tokenize_cmd,
     train_cmd,
 )
+from macllm.commands.chat_cmd import AppLauncher
 from macllm.errors import MacllmError
 
 COMMANDS = (chat_cmd, generate_cmd, tokenize_cmd, models_cmd, adapters_cmd, fuse_cmd, train_cmd, quantize_cmd,
@@ -49,12 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, app: AppLauncher | None = None) -> int:
+    """Run one command. `app` starts the full-screen app for `macllm chat`; the installed `macllm`
+    command (`tui.main`) passes it, so this package never imports the UI. Without it, chat is line mode."""
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     if not argv:
         argv = ["chat"]
     args = parser.parse_args(argv)
+    args.app = app
     if not hasattr(args, "run"):
         parser.print_help()
         return 2

@@ -54,5 +54,5 @@ def run_list(args) -> int:
                       (r.get("created") or "-")[:10], training_summary(r.get("training"))))
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     for row in table:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     return 0

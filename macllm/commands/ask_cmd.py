@@ -14,7 +14,6 @@ from macllm.commands.options import (
     set_kv_bits,
 )
 from macllm.commands.search_cmd import add_search_options
-from macllm.generation import GenerationResult
 
 
 def add_parser(sub) -> None:
@@ -29,7 +28,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from macllm.engine import Engine
+    from macllm.engine import Engine  # start-up time: see commands/__init__.py
+    from macllm.generation import GenerationResult
     from macllm.rag.answer import ask, source_label
     from macllm.rag.session import open_retriever
     from macllm.rag.store import damaged

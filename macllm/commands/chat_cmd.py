@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Protocol
 
 from macllm.commands.options import (
     add_adapter_option,
@@ -13,9 +14,6 @@ from macllm.commands.options import (
     parse_adapter_specs,
     set_kv_bits,
 )
-from macllm.engine import Engine
-from macllm.errors import MacllmError
-from macllm.generation import GenerationResult
 
 
 def add_parser(sub) -> None:
@@ -33,39 +31,41 @@ def format_count(n: int) -> str:
     return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M" if n >= 1e6 else f"{n / 1e3:.0f}K"
 
 
+class AppLauncher(Protocol):
+    """Starts the full-screen app and returns when it closes (the UI layer provides it: tui/launch.py)."""
+
+    def __call__(self, *, model: str, keep_quantized: bool, default_settings: dict,
+                 adapters: list[tuple[str, str, float]], kv_bits: int | None) -> None: ...
+
+
 def run(args) -> int:
-    if args.plain or not sys.stdout.isatty():
+    app = getattr(args, "app", None)
+    if args.plain or app is None or not sys.stdout.isatty():
         return run_plain_chat(args)
-    return run_app(args)
+    return run_app(args, app)
 
 
-def run_app(args) -> int:
+def run_app(args, app: AppLauncher) -> int:
     """The full-screen app. The model is fetched first, here in the terminal, so a first download shows
     pip's progress bar; loading happens inside the app, which is usable at once."""
-    from macllm.hub import resolve_model
+    from macllm.hub.resolve import resolve_model  # start-up time: see commands/__init__.py
     from macllm.lora import store
 
     resolve_model(args.model, progress=True)
     adapters = parse_adapter_specs(args.adapter)
     for ref, _, _ in adapters:
         store.resolve(ref)  # a missing adapter is a one-line error here, before the screen changes
-    try:
-        from tui.app import MacllmApp
-    except ImportError as e:
-        raise MacllmError(f"the terminal app cannot start ({e}); reinstall macllm or use --plain") from None
     defaults = {"temperature": args.temp, "top_p": args.top_p, "min_p": args.min_p, "max_tokens": args.max_tokens}
     if args.system:
         defaults["system"] = args.system
-    app = MacllmApp(model=args.model, keep_quantized=args.keep_quantized, default_settings=defaults,
-                    adapters=adapters, kv_bits=args.kv_bits)
-    try:
-        app.run()
-    finally:
-        app.bridge.shutdown()  # however the app ended: release the engine thread's MLX streams
+    app(model=args.model, keep_quantized=args.keep_quantized, default_settings=defaults, adapters=adapters,
+        kv_bits=args.kv_bits)
     return 0
 
 
 def run_plain_chat(args) -> int:
+    from macllm.engine import Engine  # start-up time: see commands/__init__.py
+
     params = generation_params(args)
     if sys.stderr.isatty():  # a status line only for people; errors stay one line
         print(f"Loading {args.model}…", file=sys.stderr)
@@ -82,6 +82,8 @@ def run_plain_chat(args) -> int:
 
 
 def chat_loop(engine, system: str | None, params) -> None:
+    from macllm.generation import GenerationResult  # start-up time: see commands/__init__.py
+
     conv = engine.new_conversation(system=system)
     while True:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from macllm.commands.options import (
     add_adapter_option,
@@ -14,8 +15,9 @@ from macllm.commands.options import (
     read_text_arg,
     set_kv_bits,
 )
-from macllm.engine import Engine
-from macllm.generation import GenerationResult
+
+if TYPE_CHECKING:
+    from macllm.generation import GenerationResult
 
 
 def add_parser(sub) -> None:
@@ -33,6 +35,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from macllm.engine import Engine  # start-up time: see commands/__init__.py
+
     prompt = read_text_arg(args.prompt, args.prompt_file)
     params = generation_params(args)
     with Engine(args.model, keep_quantized=args.keep_quantized, progress=not args.json) as engine:
@@ -48,6 +52,8 @@ def run(args) -> int:
 
 def complete(engine, args, prompt: str, params) -> GenerationResult:
     """Run the prompt; stream text to stdout unless --json. Returns the final result."""
+    from macllm.generation import GenerationResult
+
     if args.chat:
         stream = engine.chat(engine.new_conversation(system=args.system), prompt, params)
     else:
@@ -59,6 +65,7 @@ def complete(engine, args, prompt: str, params) -> GenerationResult:
         elif not args.json and event.text:
             sys.stdout.write(event.text)
             sys.stdout.flush()
+    assert result is not None, "a finished stream ends with its result"
     return result
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from macllm.errors import MacllmError
-from macllm.generation import GenerationParams
 from macllm.hub.catalog import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from macllm.generation import GenerationParams
 
 
 def add_model_option(p: argparse.ArgumentParser) -> None:
@@ -55,6 +58,8 @@ def sampling_problem(args) -> str | None:
 
 
 def generation_params(args) -> GenerationParams:
+    from macllm.generation import GenerationParams  # start-up time: see commands/__init__.py
+
     problem = sampling_problem(args)
     if problem:
         raise MacllmError(problem)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from macllm.quant.convert import BITS, CALIBRATION_TOKENS, GROUP_SIZES
-from macllm.quant.weights import MIXED_HIGH_PRECISION
+from macllm.quant.recipe import BITS, CALIBRATION_TOKENS, GROUP_SIZES, MIXED_HIGH_PRECISION
 
 
 def add_parser(sub) -> None:

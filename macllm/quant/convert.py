@@ -18,12 +18,9 @@ from macllm.hub import resolve_model
 from macllm.loader import build_model
 from macllm.quant.calibration import activation_importance, read_calibration_text
 from macllm.quant.distill import distill_scales
+from macllm.quant.recipe import BITS, CALIBRATION_TOKENS, GROUP_SIZES
 from macllm.quant.weights import dequantize_all, quantize_weights
 from macllm.tokenizer import Tokenizer
-
-BITS = (4, 8)
-GROUP_SIZES = (32, 64, 128)
-CALIBRATION_TOKENS = 8192
 
 
 def float_weights(path):

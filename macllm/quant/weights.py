@@ -13,10 +13,8 @@ import mlx.core as mx
 
 from macllm import backend
 from macllm.quant.affine import affine_quantize
+from macllm.quant.recipe import MIXED_HIGH_PRECISION
 
-# --mixed keeps these at 8 bits: the embedding/head see every token, and the value and down projections
-# are the most sensitive matrices in published mixed recipes.
-MIXED_HIGH_PRECISION = ("embed_tokens", "lm_head", "v_proj", "down_proj")
 
 def is_quantizable(name: str, value: mx.array, group_size: int) -> bool:
     """Linear and embedding matrices; norms, biases and odd-sized matrices stay float."""

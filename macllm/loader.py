@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import mlx.core as mx
@@ -17,30 +17,10 @@ from macllm.formats.gguf_import import import_cache_path, imported_folder
 from macllm.formats.gguf_model import NeedsImport, load_gguf_model
 from macllm.formats.safetensors import load_folder_model
 from macllm.hub import resolve_model
+from macllm.loaded import LoadedModel, ModelInfo
 from macllm.models import model_class
 from macllm.quant.weights import dequantize_all, layer_quantization
 from macllm.tokenizer import Tokenizer
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """Facts about a loaded model, safe to read from any thread (frozen)."""
-
-    source: str  # what the user asked for: a path, a catalog name or a repo id
-    path: str  # the resolved file or folder
-    architecture: str
-    context_length: int
-    parameters: int
-    compute: str  # how it computes, e.g. "float32 (dequantized for the CPU fast path)"
-    quantization: str  # of the stored weights, e.g. "4-bit g32" or "none"
-
-
-@dataclass
-class LoadedModel:
-    model: nn.Module
-    tokenizer: Tokenizer
-    config: ModelConfig
-    info: ModelInfo
 
 
 def count_parameters(model: nn.Module) -> int:

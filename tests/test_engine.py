@@ -13,7 +13,7 @@ from macllm.cache.quantized import QuantizedKVCache
 from macllm.engine import Engine, PrefillProgress
 from macllm.errors import MacllmError
 from macllm.generation import GenerationParams, GenerationResult, TokenEvent, steps
-from macllm.loader import ModelInfo
+from macllm.loaded import ModelInfo
 from macllm.lora.formats import write_adapter
 from macllm.lora.layers import LoRALinear
 from macllm.lora.random_adapter import random_adapter

@@ -45,7 +45,7 @@ def app_in(tiny_llama_gguf, tmp_path, monkeypatch):
     monkeypatch.setenv("MACLLM_HOME", str(tmp_path / "home"))
     # The catalog grows; the picker's picture should not change with it. Keep the default model's real entry.
     all_models = hub.local_models
-    monkeypatch.setattr("tui.app.local_models", lambda: [m for m in all_models() if m["name"] == DEFAULT_MODEL])
+    monkeypatch.setattr(hub, "local_models", lambda: [m for m in all_models() if m["name"] == DEFAULT_MODEL])
     monkeypatch.chdir(tmp_path)
     shutil.copy(tiny_llama_gguf, tmp_path / MODEL)
     store = ChatStore(tmp_path / "chats.sqlite3")

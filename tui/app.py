@@ -10,8 +10,8 @@ from pathlib import Path
 
 from textual.app import App
 
+from macllm import hub
 from macllm.commands.options import set_kv_bits
-from macllm.hub import local_models
 from macllm.hub.catalog import DEFAULT_MODEL
 from macllm.storage.chat_store import ChatStore
 from tui.bridge import EngineBridge
@@ -19,9 +19,6 @@ from tui.commands import MacllmCommands
 from tui.events import AdaptersChanged, AdaptersFailed, ModelLoaded, ModelLoadFailed
 from tui.keymap import bindings
 from tui.screens.chat import ChatScreen
-from tui.screens.help import HelpScreen
-from tui.screens.model_picker import ModelPicker
-from tui.screens.train import TrainScreen
 from tui.state import AppState
 
 
@@ -84,9 +81,11 @@ class MacllmApp(App):
                 screen.update_status()
 
     def model_choices(self) -> list[str]:
-        return [m["name"] for m in local_models()]
+        return [m["name"] for m in hub.local_models()]
 
     def action_pick_model(self, reason: str | None = None) -> None:
+        from tui.screens.model_picker import ModelPicker  # start-up time: loaded when first opened
+
         def chosen(source: str | None) -> None:
             if source:
                 self.state.model_source = source
@@ -94,11 +93,13 @@ class MacllmApp(App):
                     self.screen.settings.model = source
                 self.ensure_model(source)
 
-        self.push_screen(ModelPicker(local_models(), reason), chosen)
+        self.push_screen(ModelPicker(hub.local_models(), reason), chosen)
 
     # --- training -----------------------------------------------------------------------------
     def action_train(self) -> None:
         """The training screen; installed once, so a run goes on (and keeps its plot) while chatting."""
+        from tui.screens.train import TrainScreen  # start-up time: loaded when first opened
+
         if not self.is_screen_installed("train"):
             self.install_screen(TrainScreen(self.state), "train")
         if not isinstance(self.screen, TrainScreen):
@@ -110,6 +111,8 @@ class MacllmApp(App):
 
     # --- everywhere -----------------------------------------------------------------------
     def action_help(self) -> None:
+        from tui.screens.help import HelpScreen  # start-up time: loaded when first opened
+
         self.push_screen(HelpScreen())
 
     def copy_text(self, text: str) -> None:

@@ -14,12 +14,9 @@ from typing import TYPE_CHECKING
 from macllm.engine import Engine, PrefillProgress, TokenStream
 from macllm.errors import MacllmError
 from macllm.generation import GenerationParams, GenerationResult
-from macllm.loader import ModelInfo
+from macllm.loaded import ModelInfo
 from macllm.lora.store import fingerprint
 from macllm.rag.answer import ask
-from macllm.rag.embedder import Embedder
-from macllm.rag.indexer import index_notes
-from macllm.rag.session import open_retriever
 from macllm.rag.store import Store, index_path
 from tui.events import (
     AdaptersChanged,
@@ -70,13 +67,15 @@ class EngineBridge:
         return self.engine.info
 
     def load_model(self, source: str, keep_quantized: bool = False) -> None:
+        """Start loading `source`; the app hears ModelLoaded or ModelLoadFailed. Loading begins after the
+        next frame: it imports the model code on the engine thread, which would otherwise hold the
+        interpreter while the first screen is drawn."""
         self.loading = True
         self.model_source = source
-        future = self.engine.load(source, keep_quantized=keep_quantized, progress=False)
 
         def wait() -> None:
             try:
-                info = future.result()
+                info = self.engine.load(source, keep_quantized=keep_quantized, progress=False).result()
             except BaseException as e:  # any failure becomes a notification + model picker
                 self.loading = False
                 self.app.post_message(ModelLoadFailed(source, _one_line(e)))
@@ -88,7 +87,7 @@ class EngineBridge:
             self.active_adapters = {}  # a new model starts without adapters
             self.app.post_message(ModelLoaded(info))
 
-        self.app.run_worker(wait, thread=True, group="model", exit_on_error=False)
+        self.app.call_after_refresh(self.app.run_worker, wait, thread=True, group="model", exit_on_error=False)
 
     # --- conversations -------------------------------------------------------------------
     def sync_conversation(self, chat_id: str, system: str | None, messages: list[dict]) -> str:
@@ -162,6 +161,10 @@ class EngineBridge:
         IndexProgress per file, then IndexFinished or IndexFailed. `embedder`: for a new index (an
         existing one keeps the embedder it was built with); default MiniLM."""
         def run() -> None:
+            # Start-up time: the notes machinery (embedder, indexer, tqdm, markdown) loads on first use.
+            from macllm.rag.embedder import Embedder
+            from macllm.rag.indexer import index_notes
+
             def job():
                 store = Store(index_path(index))
                 try:
@@ -190,6 +193,8 @@ class EngineBridge:
         placeholder = self._stream = TokenStream()  # busy (and stoppable) from now on
 
         def run() -> None:
+            from macllm.rag.session import open_retriever  # start-up time: see index_folder
+
             try:
                 retriever = self._retrievers.get(index)
                 if retriever is None:

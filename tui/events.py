@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from textual.message import Message
 
-from macllm.loader import ModelInfo
+from macllm.loaded import ModelInfo
 
 
 class ModelLoaded(Message):

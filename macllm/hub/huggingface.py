@@ -7,14 +7,6 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-import huggingface_hub
-from huggingface_hub.utils import (
-    RepositoryNotFoundError,
-    are_progress_bars_disabled,
-    disable_progress_bars,
-    enable_progress_bars,
-)
-
 from macllm.errors import MacllmError
 from macllm.hub.folder import model_in_folder
 
@@ -22,6 +14,10 @@ HF_ALLOW_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.jinj
 
 
 def from_hugging_face(repo_id: str, progress: bool) -> Path:
+    # Start-up time: huggingface_hub brings in its HTTP stack (~0.1 s); only a repo id needs it.
+    import huggingface_hub
+    from huggingface_hub.utils import RepositoryNotFoundError
+
     cache_dir = _hf_cache_dir()
     # The cache first: it works offline and costs no round trip.
     try:
@@ -68,6 +64,8 @@ def _hf_offline() -> bool:
 
 @contextmanager
 def _hf_progress_bars(enabled: bool):
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
     if enabled or are_progress_bars_disabled():
         yield
         return

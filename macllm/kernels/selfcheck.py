@@ -10,7 +10,7 @@ import mlx.core as mx
 import numpy as np
 
 from macllm.kernels import KERNELS, gate, lora_delta, residual_rms_norm, sample_filter
-from macllm.kernels.parity import DTYPES, as_np, cases, tolerance, worst_difference
+from macllm.kernels.parity import DTYPES, cases, tolerance, worst_difference
 
 DRAW_NOTE = ("sample_filter: the kernel's draw may differ from the reference's when u * sum lands within float "
              "rounding of a CDF step (its prefix sums are ordered differently from mx.cumsum)")
@@ -21,6 +21,10 @@ def np_residual_rms_norm(x, r, w, eps):
     h = x + r
     return h, h / np.sqrt((h * h).mean(-1, keepdims=True) + eps) * w
 
+
+
+def as_np(a: mx.array) -> np.ndarray:
+    return np.array(a.astype(mx.float32)).astype(np.float64)
 
 def np_lora_delta(y, x, a, b, scale):
     return y + scale * (x @ a) @ b

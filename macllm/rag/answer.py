@@ -19,7 +19,7 @@ SYSTEM_PROMPT = (
     "After each statement, cite the excerpts it comes from by number in square brackets, like [1] or [2][3]. "
     "If the excerpts do not answer the question, say that the notes do not cover it."
 )
-_CITATION = re.compile(r"\[(\d+)\]")
+CITATION = re.compile(r"\[(\d+)\]")
 _SAFETY_TOKENS = 16  # the template's closing tokens and rounding
 
 
@@ -33,7 +33,7 @@ class Answer:
 
     def cited(self, text: str) -> list[int]:
         """Source numbers (1-based) that `text` cites, in order, each once, only ones that exist."""
-        numbers = dict.fromkeys(int(n) for n in _CITATION.findall(text))
+        numbers = dict.fromkeys(int(n) for n in CITATION.findall(text))
         return [n for n in numbers if 1 <= n <= len(self.sources)]
 
 

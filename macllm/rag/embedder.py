@@ -11,9 +11,9 @@ import mlx.core as mx
 import numpy as np
 from tokenizers import Tokenizer
 
+from macllm import hub
 from macllm.errors import MacllmError
 from macllm.formats.arrays import load_arrays
-from macllm.hub import resolve_model
 from macllm.hub.catalog import DEFAULT_EMBEDDER
 from macllm.models.bert import BertConfig, BertModel, checkpoint_weights
 
@@ -59,7 +59,7 @@ class Embedder:
     @classmethod
     def load(cls, source: str | None = None, progress: bool = True) -> "Embedder":
         """A catalog name (default minilm-l6), a model folder or a Hugging Face repo id."""
-        path = resolve_model(source or DEFAULT_EMBEDDER, progress=progress)
+        path = hub.resolve_model(source or DEFAULT_EMBEDDER, progress=progress)
         if not path.is_dir():
             raise MacllmError(f"{source} is a single file; embeddings need a sentence-transformers BERT folder")
         return cls(path, source=source or DEFAULT_EMBEDDER)

@@ -9,7 +9,7 @@ from textual.screen import Screen
 from textual.widgets import Footer
 
 from macllm.lora.store import list_adapters
-from macllm.rag.answer import _CITATION
+from macllm.rag.answer import CITATION
 from macllm.storage.chat_store import auto_title
 from tui.events import (
     AnswerFailed,
@@ -20,12 +20,7 @@ from tui.events import (
     ModelLoaded,
 )
 from tui.keymap import bindings
-from tui.screens.adapters import AdaptersScreen
-from tui.screens.inspector import TokenInspector
-from tui.screens.notes import NotesScreen
 from tui.screens.prompt_screen import ConfirmScreen, PromptScreen
-from tui.screens.settings_screen import SettingsScreen
-from tui.screens.sources import SourcesScreen
 from tui.settings import ChatSettings
 from tui.state import AppState
 from tui.widgets.chat_input import ChatInput
@@ -264,6 +259,8 @@ class ChatScreen(Screen):
         self.notify("Edit the message and press Enter to resend it.")
 
     def action_inspect(self) -> None:
+        from tui.screens.inspector import TokenInspector  # start-up time: loaded when first opened
+
         widget = self.last_message_widget("assistant")
         if widget is None or not widget.tokens:
             self.notify("Token details exist for answers generated in this session.")
@@ -271,6 +268,8 @@ class ChatScreen(Screen):
         self.app.push_screen(TokenInspector(widget.tokens, self.bridge.engine.tokenizer))
 
     def action_settings(self) -> None:
+        from tui.screens.settings_screen import SettingsScreen  # start-up time: loaded when first opened
+
         async def apply(result: ChatSettings | None) -> None:
             if result is None:
                 return
@@ -283,18 +282,24 @@ class ChatScreen(Screen):
         self.app.push_screen(SettingsScreen(self.settings, self.app.model_choices()), apply)
 
     def action_notes(self) -> None:
+        from tui.screens.notes import NotesScreen  # start-up time: loaded when first opened
+
         self.app.push_screen(NotesScreen(self.state, self.bridge), lambda _: self.update_status())
 
     def action_sources(self) -> None:
+        from tui.screens.sources import SourcesScreen  # start-up time: loaded when first opened
+
         answers = [w for w in self.conversation.query(ChatMessage) if w.meta.get("sources")]
         if not answers:
             self.notify("No answer from notes yet: Ctrl+G turns on answers from your notes.")
             return
         widget = answers[-1]
-        cited = [int(n) for n in _CITATION.findall(widget.content)]
+        cited = [int(n) for n in CITATION.findall(widget.content)]
         self.app.push_screen(SourcesScreen(widget.meta["sources"], cited))
 
     def action_adapters(self) -> None:
+        from tui.screens.adapters import AdaptersScreen  # start-up time: loaded when first opened
+
         if not self.bridge.ready:
             self.notify("The model is still loading…", severity="warning")
             return

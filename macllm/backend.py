@@ -3,7 +3,7 @@
 Import order matters: MLX's Linux CPU wheel links a slow reference BLAS, and loading OpenBLAS with
 RTLD_GLOBAL *before* the first `import mlx.core` lets its sgemm win symbol resolution (~80x faster
 float32 matmuls). `bootstrap()` does that and is called by `macllm/__init__.py` before anything
-imports MLX. Nothing at module level here imports MLX.
+imports MLX. Nothing at module level here imports MLX: the functions that need it import it themselves.
 """
 
 from __future__ import annotations

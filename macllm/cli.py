@@ -7,6 +7,7 @@ import os
 import sys
 
 import macllm  # noqa: F401  (loads the fast BLAS before anything imports MLX)
+from macllm import backend
 from macllm.commands import (
     adapters_cmd,
     ask_cmd,
@@ -62,8 +63,6 @@ def main(argv: list[str] | None = None, app: AppLauncher | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
-    from macllm import backend
-
     backend.warn_if_slow_blas()
     try:
         return args.run(args) or 0

@@ -64,7 +64,11 @@ def _hf_offline() -> bool:
 
 @contextmanager
 def _hf_progress_bars(enabled: bool):
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from huggingface_hub.utils import (  # start-up time
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
 
     if enabled or are_progress_bars_disabled():
         yield

@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None, app: AppLauncher | None = None) -> int:
     except Exception as e:
         if os.environ.get("MACLLM_DEBUG"):
             raise
-        print(f"macllm: internal error: {type(e).__name__}: {e} (rerun with MACLLM_DEBUG=1 for details)",
+        first_line = next(iter(str(e).splitlines()), "")  # the promise is one line, even for our own bugs
+        print(f"macllm: internal error: {type(e).__name__}: {first_line} (rerun with MACLLM_DEBUG=1 for details)",
               file=sys.stderr)
         return 1
 

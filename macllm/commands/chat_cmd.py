@@ -10,6 +10,7 @@ from macllm.commands.options import (
     add_model_option,
     add_sampling_options,
     apply_adapters,
+    checked_text,
     generation_params,
     parse_adapter_specs,
     set_kv_bits,
@@ -39,6 +40,8 @@ class AppLauncher(Protocol):
 
 
 def run(args) -> int:
+    if args.system is not None:
+        checked_text(args.system, "--system")
     app = getattr(args, "app", None)
     if args.plain or app is None or not sys.stdout.isatty():
         return run_plain_chat(args)

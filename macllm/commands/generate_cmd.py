@@ -11,6 +11,7 @@ from macllm.commands.options import (
     add_model_option,
     add_sampling_options,
     apply_adapters,
+    checked_text,
     generation_params,
     read_text_arg,
     set_kv_bits,
@@ -39,6 +40,8 @@ def run(args) -> int:
 
     prompt = read_text_arg(args.prompt, args.prompt_file)
     params = generation_params(args)
+    if args.system is not None:
+        checked_text(args.system, "--system")
     with Engine(args.model, keep_quantized=args.keep_quantized, progress=not args.json) as engine:
         set_kv_bits(engine, args.kv_bits)
         apply_adapters(engine, args.adapter)

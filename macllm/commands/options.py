@@ -13,6 +13,8 @@ from macllm.hub.catalog import DEFAULT_MODEL
 if TYPE_CHECKING:
     from macllm.generation import GenerationParams
 
+MAX_SEED = 2**64 - 1  # MLX's random keys take an unsigned 64-bit seed
+
 
 def add_model_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", default=DEFAULT_MODEL,
@@ -36,8 +38,33 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0 = off)")
     p.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p x the top probability")
     p.add_argument("--repeat-penalty", type=float, default=1.0, help="repetition penalty (1.0 = off)")
-    p.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
+    p.add_argument("--seed", type=parse_seed, default=None,
+                   help=f"random seed for reproducible sampling (0 to {MAX_SEED})")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+
+
+def parse_seed(text: str) -> int:
+    """argparse type for --seed: a whole number MLX accepts, else a usage error that says the range."""
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = -1
+    if not 0 <= seed <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {MAX_SEED}, got {text}")
+    return seed
+
+
+def checked_text(value: str, flag: str) -> str:
+    """`value` if it is text the tokenizer can take. Bytes in argv that are not UTF-8 reach Python as
+    surrogate escapes; they are refused rather than replaced, since a repaired prompt is another prompt."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        char = ord(value[e.start])
+        what = f"byte 0x{char - 0xDC00:02x}" if 0xDC80 <= char <= 0xDCFF else f"character U+{char:04X}"
+        raise MacllmError(f"{flag} is not UTF-8 text ({what} at position {e.start}); pass UTF-8 text "
+                          f"(check the terminal's encoding, LANG)") from None
+    return value
 
 
 def sampling_problem(args) -> str | None:
@@ -63,6 +90,8 @@ def generation_params(args) -> GenerationParams:
     problem = sampling_problem(args)
     if problem:
         raise MacllmError(problem)
+    for stop in args.stop:
+        checked_text(stop, "--stop")
     return GenerationParams(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                             repetition_penalty=args.repeat_penalty, seed=args.seed,
                             max_tokens=args.max_tokens, stop_strings=tuple(args.stop))
@@ -81,7 +110,7 @@ def read_text_arg(text: str | None, file: str | None, what: str = "prompt") -> s
             raise MacllmError(f"{what} file {file} is not UTF-8 text") from None
     if text is None:
         raise MacllmError(f"give a {what} with --{what} or --{what}-file")
-    return text
+    return checked_text(text, f"--{what}")
 
 
 def add_adapter_option(p: argparse.ArgumentParser, required: bool = False) -> None:

@@ -99,3 +99,14 @@ def cli_in_process(tmp_path, monkeypatch, capsys):
         return code, out, err
 
     return run
+
+
+def test_plain_chat_line_that_is_not_utf8_is_refused_and_the_chat_goes_on(tmp_path, tiny_llama_folder):
+    env = {**os.environ, "MACLLM_HOME": str(tmp_path / "home"), "LC_ALL": "C.UTF-8"}
+    env.pop("MACLLM_DEBUG", None)
+    done = subprocess.run([sys.executable, "-m", "macllm.cli", "chat", "--plain", "--model", str(tiny_llama_folder),
+                           "--max-tokens", "2"], input=b"caf\xe9\nhello\n/quit\n", env=env, capture_output=True,
+                          timeout=120)
+    err = done.stderr.decode(errors="replace")
+    assert done.returncode == 0 and "Traceback" not in err, err
+    assert "not UTF-8 text" in err and "2 tokens" in err, err  # refused, then the next line was answered

@@ -15,6 +15,7 @@ from macllm.commands.options import (
     parse_adapter_specs,
     set_kv_bits,
 )
+from macllm.errors import MacllmError
 
 
 def add_parser(sub) -> None:
@@ -102,6 +103,11 @@ def chat_loop(engine, system: str | None, params) -> None:
             continue
         if text in ("/quit", "/exit"):
             break
+        try:
+            checked_text(text, "that line")
+        except MacllmError as e:  # a typing slip, not a reason to end the chat
+            print(f"macllm: {e}", file=sys.stderr)
+            continue
         if text == "/new":
             engine.close_conversation(conv)  # frees its KV cache
             conv = engine.new_conversation(system=system)

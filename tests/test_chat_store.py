@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from macllm.errors import MacllmError
-from macllm.storage.chat_store import ChatStore, StoredMessage, auto_title
+from macllm.storage.chat_store import ChatStore, ChatStoreError, StoredMessage, auto_title, fresh_path
+from tests.chat_store_helpers import damage_pages, filled_store, read_only
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -318,3 +319,83 @@ def test_second_process_sees_writes_without_reopen(tmp_path):
         conv = a.create_conversation("from a")
         b.add_message(conv.id, "user", "from b")
         assert [m.content for m in a.messages(conv.id)] == ["from b"]
+
+
+# -- problem files: read-only, damaged; private by default -----------------------------------------
+
+def test_read_only_file_opens_for_reading_and_says_it_cannot_save(tmp_path):
+    path = tmp_path / "chats.sqlite3"
+    with ChatStore(path) as s:
+        conv = s.create_conversation("kept")
+        s.add_message(conv.id, "user", "hello")
+    before = path.read_bytes()
+    with read_only(path), ChatStore(path) as s:
+        assert s.writable is False  # known at open, before anything is typed
+        assert [c.title for c in s.list_conversations()] == ["kept"]
+        with pytest.raises(ChatStoreError, match="read-only") as info:
+            s.add_message(conv.id, "user", "lost?")
+        assert str(path) in str(info.value) and "\n" not in str(info.value)
+        assert info.value.path == path
+    assert path.read_bytes() == before
+
+
+def test_writable_file_says_so(store):
+    assert store.writable is True
+
+
+def test_damaged_pages_are_refused_at_open_and_left_as_they_are(tmp_path):
+    path = tmp_path / "chats.sqlite3"
+    filled_store(path)
+    damage_pages(path)
+    before = path.read_bytes()
+    with pytest.raises(ChatStoreError, match="damaged") as info:
+        ChatStore(path)
+    message = str(info.value)
+    assert str(path) in message and "\n" not in message
+    assert ".recover" in message  # what to do: sqlite3's recovery, then move it away
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chats.sqlite3"]  # no WAL left beside it
+
+
+def test_store_errors_are_chat_store_errors(tmp_path):
+    path = tmp_path / "chats.sqlite3"
+    path.write_text("not a database\n" * 100)
+    with pytest.raises(ChatStoreError) as info:
+        ChatStore(path)
+    assert isinstance(info.value, MacllmError) and info.value.path == path
+
+
+def test_new_chat_files_are_private(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with ChatStore(tmp_path / "chats.sqlite3") as s:
+            s.add_message(s.create_conversation().id, "user", "private")
+            files = sorted(tmp_path.iterdir())
+            assert [p.name for p in files] == ["chats.sqlite3", "chats.sqlite3-shm", "chats.sqlite3-wal"]
+            for p in files:
+                assert p.stat().st_mode & 0o777 == 0o600, p.name
+    finally:
+        os.umask(old)
+
+
+def test_fresh_path_is_a_new_file_beside_the_old_one(tmp_path):
+    from datetime import datetime
+
+    old = tmp_path / "chats.sqlite3"
+    when = datetime(2025, 3, 4, 5, 6, 7)
+    assert fresh_path(old, when) == tmp_path / "chats-20250304-050607.sqlite3"
+    (tmp_path / "chats-20250304-050607.sqlite3").write_bytes(b"")
+    assert fresh_path(old, when) == tmp_path / "chats-20250304-050607-2.sqlite3"
+
+
+def test_add_conversation_with_messages_is_one_transaction(store):
+    shown = [("user", "hi", None, {}), ("assistant", "hello", "stop", {"model": "m"})]
+    conv = store.add_conversation_with_messages("carried", {"temperature": 0.1}, shown)
+    got = store.messages(conv.id)
+    assert [(m.role, m.content, m.finish_reason, m.meta) for m in got] == shown
+    assert store.get_conversation(conv.id).settings == {"temperature": 0.1}
+    pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
+    store._conn.execute(f"PRAGMA max_page_count = {pages}")  # stands in for a full disk
+    with pytest.raises(ChatStoreError):
+        store.add_conversation_with_messages("too big", {}, [("user", "x" * 100_000, None, {})])
+    assert [c.title for c in store.list_conversations()] == ["carried"]  # nothing half-written

@@ -2,11 +2,15 @@
 
 Every write is its own committed transaction, so a crash or kill never loses a finished message.
 One connection is shared by the UI thread and worker threads, serialized by a lock.
+A new file is private (0600; SQLite gives its -wal and -shm files the same mode). A file macllm cannot
+use (damaged, foreign, read-only) is never changed: `ChatStoreError` says what and where, and
+`fresh_path` names a new file beside it to continue in.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -24,6 +28,7 @@ SCHEMA_VERSION = 1
 # PRAGMA application_id: b"mLLM", so a file of ours is told apart from any other SQLite file.
 APPLICATION_ID = 0x6D4C4C4D
 DEFAULT_TITLE = "New chat"
+FILE_NAME = "chats.sqlite3"
 ROLES = ("system", "user", "assistant")
 
 _SCHEMA = (
@@ -51,6 +56,28 @@ _SCHEMA = (
 )
 
 
+class ChatStoreError(MacllmError):
+    """The chat file cannot be opened, read or written; `path` is that file."""
+
+    def __init__(self, path: Path, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def default_path() -> Path:
+    return macllm_home() / FILE_NAME
+
+
+def fresh_path(path: Path, now: datetime | None = None) -> Path:
+    """A new chat file beside `path` (chats-YYYYmmdd-HHMMSS.sqlite3), for when `path` cannot be used."""
+    stamp = f"{path.stem}-{(now or datetime.now()):%Y%m%d-%H%M%S}"
+    candidate, n = path.with_name(f"{stamp}{path.suffix}"), 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{stamp}-{n}{path.suffix}")
+    return candidate
+
+
 @dataclass(frozen=True)
 class StoredConversation:
     id: str
@@ -74,10 +101,10 @@ class StoredMessage:
 
 class ChatStore:
     def __init__(self, path: Path | None = None):
-        self.path = Path(path) if path is not None else macllm_home() / "chats.sqlite3"
+        self.path = Path(path) if path is not None else default_path()
         self._lock = threading.RLock()
         self._last_time = 0.0
-        self._conn = _open(self.path)
+        self._conn, self.writable = _open(self.path)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -100,6 +127,21 @@ class ChatStore:
             now = self._now()
             db.execute("INSERT INTO conversations VALUES (?, ?, ?, ?, ?)",
                        (conv_id, title, now, now, json.dumps(settings or {})))
+        return self.get_conversation(conv_id)
+
+    def add_conversation_with_messages(self, title: str, settings: dict,
+                                       messages: list[tuple[str, str, str | None, dict]]) -> StoredConversation:
+        """A conversation and its (role, content, finish_reason, meta) messages in one transaction: all or none.
+        Carries a chat on screen into a fresh file when the old one cannot be written."""
+        conv_id = uuid.uuid4().hex[:12]
+        with self._write() as db:
+            now = self._now()
+            db.execute("INSERT INTO conversations VALUES (?, ?, ?, ?, ?)",
+                       (conv_id, title, now, now, json.dumps(settings)))
+            for seq, (role, content, finish_reason, meta) in enumerate(messages):
+                db.execute("INSERT INTO messages (conversation_id, seq, role, content, finish_reason, meta, "
+                           "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (conv_id, seq, role, content, finish_reason, _dump_meta(meta), now))
         return self.get_conversation(conv_id)
 
     def list_conversations(self) -> list[StoredConversation]:
@@ -240,26 +282,40 @@ class ChatStore:
 
 # -- opening ---------------------------------------------------------------------------------
 
-def _open(path: Path) -> sqlite3.Connection:
+def _open(path: Path) -> tuple[sqlite3.Connection, bool]:
+    """The connection, and whether the file can be written (a read-only one still shows its chats)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _create_private(path)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per write.
         conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
     except (OSError, sqlite3.Error) as e:
         raise _storage_error(path, e, "cannot open chat database") from e
     try:
-        _check_or_create_schema(conn, path)
+        return conn, _check_or_create_schema(conn, path)
     except MacllmError:
         conn.close()
         raise
     except sqlite3.Error as e:
         conn.close()
         raise _storage_error(path, e, "cannot open chat database") from e
-    return conn
 
 
-def _check_or_create_schema(conn: sqlite3.Connection, path: Path) -> None:
+def _create_private(path: Path) -> None:
+    """An empty file readable by its owner only; SQLite then gives its -wal and -shm files the same mode."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass  # an existing file keeps the mode its owner gave it
+
+
+def _check_or_create_schema(conn: sqlite3.Connection, path: Path) -> bool:
+    """Refuses foreign and damaged files before anything is written to them; returns whether it is writable."""
     _check_ours(conn, path)  # first read: raises "not a database" for foreign files
+    # A damaged page otherwise shows up only when a chat on it is read, long after start-up. Reads every page
+    # once (~2 ms per MB).
+    if conn.execute("PRAGMA quick_check(1)").fetchone()[0] != "ok":
+        raise _damaged(path, "SQLite's check found damaged pages")
     conn.execute("PRAGMA journal_mode = WAL")
     # NORMAL in WAL mode: a killed process loses nothing committed; only power loss may lose
     # the last commits (the file stays consistent). FULL would fsync on every streamed update.
@@ -268,10 +324,22 @@ def _check_or_create_schema(conn: sqlite3.Connection, path: Path) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         # Checked again under the write lock: another process may have created it meanwhile.
-        if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
             for statement in _SCHEMA:
                 conn.execute(statement)
-        conn.execute("COMMIT")
+            conn.execute("COMMIT")
+            return True
+        # A read-only file opens and reads fine; only a page write says so. This one is rolled back.
+        conn.execute(f"PRAGMA user_version = {int(version)}")
+        conn.execute("ROLLBACK")
+        return True
+    except sqlite3.Error as e:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if _is_read_only(e):
+            return False
+        raise
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
@@ -287,21 +355,39 @@ def _check_ours(conn: sqlite3.Connection, path: Path) -> None:
     if app_id != APPLICATION_ID or not {"conversations", "messages"} <= tables:
         raise _not_ours(path, "a SQLite file without macllm's tables")
     if version > SCHEMA_VERSION:
-        raise MacllmError(f"{path} was written by a newer macllm (chat schema {version}); "
-                          "update macllm, or move the file away to start a new chat history")
+        raise ChatStoreError(path, f"{path} was written by a newer macllm (chat schema {version}); "
+                             "update macllm, or move the file away to start a new chat history")
 
 
-def _not_ours(path: Path, what: str) -> MacllmError:
-    return MacllmError(f"{path} is not a usable macllm chat database ({what}); move it away "
-                       "(nothing was changed) and macllm will start a new one")
+def _not_ours(path: Path, what: str) -> ChatStoreError:
+    return ChatStoreError(path, f"{path} is not a usable macllm chat database ({what}); move it away "
+                          "(nothing was changed) and macllm will start a new one")
 
 
-def _storage_error(path: Path, e: Exception, doing: str) -> MacllmError:
+def _damaged(path: Path, what: str) -> ChatStoreError:
+    return ChatStoreError(path, f"{path} is damaged ({what}); macllm left it as it is: `sqlite3 {path} .recover` "
+                          "may save its chats, then move it away and macllm will start a new one")
+
+
+def read_only_error(path: Path) -> ChatStoreError:
+    return ChatStoreError(path, f"{path} is read-only, so new chats and answers cannot be saved; make it and its "
+                          "folder writable (or set MACLLM_HOME to a writable folder)")
+
+
+def _is_read_only(e: Exception) -> bool:
+    return getattr(e, "sqlite_errorname", "").startswith("SQLITE_READONLY")
+
+
+def _storage_error(path: Path, e: Exception, doing: str) -> ChatStoreError:
     name = getattr(e, "sqlite_errorname", "")
-    if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")):
+    if name.startswith("SQLITE_CORRUPT"):
+        return _damaged(path, str(e))
+    if name.startswith("SQLITE_NOTADB"):
         return _not_ours(path, f"damaged or not SQLite: {e}")
-    return MacllmError(f"{doing} {path}: {e}; check that the folder is writable and the disk "
-                       "has free space (or set MACLLM_HOME)")
+    if _is_read_only(e):
+        return read_only_error(path)
+    return ChatStoreError(path, f"{doing} {path}: {e}; check that the folder is writable and the disk "
+                          "has free space (or set MACLLM_HOME)")
 
 
 # -- rows ------------------------------------------------------------------------------------

@@ -79,6 +79,7 @@ def read_tokenizer(path: Path):
 def build_model(cfg: ModelConfig, weights: dict, rope_periods=None, keep_quantized: bool = False,
                 source: str = "model") -> tuple[nn.Module, ModelInfo]:
     model = model_class(cfg.model_type)(cfg, rope_periods)
+    weights = model.sanitize(weights)  # checkpoint layout -> ours (e.g. per-expert tensors stacked)
     params = count_parameters(model)
     quant = cfg.quantization
     if quant and backend.should_compute_float32(params, keep_quantized):

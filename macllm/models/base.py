@@ -35,6 +35,10 @@ class CausalLM(nn.Module):
         """One ordinary (optionally quantized) cache per layer."""
         return [make_full_cache(kv_bits) for _ in self.model.layers]
 
+    def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
+        """Checkpoint tensors -> this model's names and layout (the loader calls it before loading)."""
+        return weights
+
     def transform_logits(self, logits: mx.array) -> mx.array:
         return logits
 

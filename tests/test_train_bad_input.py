@@ -123,3 +123,114 @@ def test_unfinished_run_needs_resume_or_force(tiny_llama_folder, tmp_path, home,
                    "--resume", "--force")
     one_line_error(*train(capsys, "--model", tiny_llama_folder, "--notes", notes, "--name", "other", "--resume"),
                    "nothing to resume")
+
+
+# --- issue #13: hostile input (items 5 and 9) -------------------------------------------------------------
+
+def refused_before_training(code, events, err, *words):
+    """One line, exit 2, and the run never started: no model step was spent on a run that could not end well."""
+    line = one_line_error(code, events, err, *words)
+    assert not any(e["event"] == "start" for e in events), events
+    return line
+
+
+def test_out_dir_under_a_file_is_refused_before_the_first_step(tiny_llama_folder, tmp_path, capsys):
+    notes = write_notes(tmp_path / "notes")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep me")
+    refused_before_training(*train(capsys, "--model", tiny_llama_folder, "--notes", notes, "--name", "x",
+                                   "--out-dir", blocker / "adapters", "--iters", 2, "--batch", 2),
+                            str(blocker), "not a folder")
+    assert blocker.read_text() == "keep me"
+
+
+def read_only(monkeypatch, folder):
+    """Root (the tests' user) ignores file modes, so a 0555 folder is simulated: os.open and os.mkdir, which
+    every file and folder creation in Python goes through, refuse paths inside it with EACCES."""
+    import os
+
+    inside = str(folder.resolve()) + os.sep
+
+    def guard(real):
+        def refuse(path, *args, **kwargs):
+            if isinstance(path, (str, os.PathLike)) and os.path.abspath(path).startswith(inside):
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real(path, *args, **kwargs)
+        return refuse
+
+    monkeypatch.setattr(os, "open", guard(os.open))
+    monkeypatch.setattr(os, "mkdir", guard(os.mkdir))
+
+
+def test_read_only_adapter_store_is_refused_before_the_first_step(tiny_llama_folder, tmp_path, home, capsys,
+                                                                  monkeypatch):
+    notes = write_notes(tmp_path / "notes")
+    (home / "adapters").mkdir(parents=True)
+    read_only(monkeypatch, home / "adapters")
+    # No checkpoint on the way: today the whole run is spent and the final write fails (exit 1).
+    refused_before_training(*train(capsys, "--model", tiny_llama_folder, "--notes", notes, "--name", "x",
+                                   "--iters", 2, "--batch", 2, "--save-every", 1000, "--val-fraction", 0),
+                            str(home / "adapters"), "not writable")
+    assert list((home / "adapters").iterdir()) == []
+
+
+def test_read_only_work_folder_of_a_resumed_run_is_refused_before_the_first_step(tiny_llama_folder, tmp_path,
+                                                                                  home, capsys, monkeypatch):
+    import mlx.core as mx
+
+    notes = write_notes(tmp_path / "notes")
+    args = ("--model", tiny_llama_folder, "--notes", notes, "--name", "r", "--iters", 6, "--batch", 2,
+            "--save-every", 2, "--val-fraction", 0)
+    real_save = mx.save_safetensors
+
+    def stop_at_the_second_checkpoint(path, *a, **kw):
+        if "ckpt-000004" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(path, *a, **kw)
+
+    monkeypatch.setattr(mx, "save_safetensors", stop_at_the_second_checkpoint)
+    assert train(capsys, *args)[0] == 2  # an unfinished run with a good checkpoint at step 2
+    monkeypatch.setattr(mx, "save_safetensors", real_save)
+    work = checkpoint.work_dir(home / "adapters" / "r")
+    assert checkpoint.latest(work).name == "ckpt-000002"
+    read_only(monkeypatch, work)
+    refused_before_training(*train(capsys, *args, "--resume"), str(work), "not writable")
+
+
+@pytest.mark.skipif(__import__("os").geteuid() == 0, reason="root ignores file modes")
+def test_chmod_read_only_out_dir_is_refused(tiny_llama_folder, tmp_path, capsys):
+    notes = write_notes(tmp_path / "notes")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    try:
+        refused_before_training(*train(capsys, "--model", tiny_llama_folder, "--notes", notes, "--name", "x",
+                                       "--out-dir", locked, "--iters", 2, "--batch", 2), "not writable")
+    finally:
+        locked.chmod(0o755)
+
+
+def test_more_layers_than_the_model_has_is_refused_with_the_count(tiny_llama_folder, tmp_path, capsys):
+    from macllm.loader import load_model
+
+    layers = load_model(str(tiny_llama_folder), progress=False).config.num_hidden_layers
+    notes = write_notes(tmp_path / "notes")
+    args = ("--model", tiny_llama_folder, "--notes", notes, "--name", "x", "--iters", 2, "--batch", 2)
+    refused_before_training(*train(capsys, *args, "--layers", 999), "--layers 999", f"{layers} layers", "all")
+    code, events, err = train(capsys, *args, "--layers", layers)
+    assert code == 0, err
+
+
+def test_name_of_a_bundled_example_is_refused_unless_force(tiny_llama_folder, tmp_path, home, capsys):
+    from macllm.lora.store import BUNDLED
+
+    assert (BUNDLED / "pirate").is_dir()
+    notes = write_notes(tmp_path / "notes")
+    args = ("--model", tiny_llama_folder, "--notes", notes, "--name", "pirate", "--iters", 2, "--batch", 2)
+    refused_before_training(*train(capsys, *args), "bundled", "--force")
+    assert not (home / "adapters" / "pirate").exists()
+    code, events, err = train(capsys, *args, "--force")
+    assert code == 0, err
+    assert (home / "adapters" / "pirate" / "adapters.safetensors").exists()
+    # Elsewhere than the store the name hides nothing.
+    code, events, err = train(capsys, *args, "--out-dir", tmp_path / "elsewhere")
+    assert code == 0, err

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from macllm.errors import MacllmError
 from macllm.hub.catalog import DEFAULT_MODEL
+from macllm.lora.weight_bounds import weight_problem
 
 if TYPE_CHECKING:
     from macllm.generation import GenerationParams
@@ -131,8 +132,9 @@ def parse_adapter_specs(specs: list[str]) -> list[tuple[str, str, float]]:
             except ValueError:
                 raise MacllmError(f"--adapter {spec}: the scale after ':' must be a number") from None
             ref = head
-        if not math.isfinite(scale):
-            raise MacllmError(f"--adapter {spec}: the scale must be a finite number")
+        problem = weight_problem(scale)
+        if problem:
+            raise MacllmError(f"--adapter {spec}: the scale {problem}")
         name = Path(ref.rstrip("/")).name or ref
         if name in names:
             raise MacllmError(f"--adapter {name} is given twice")

@@ -61,13 +61,25 @@ def _load_tensors(path: Path) -> dict[str, mx.array]:
         raise MacllmError(f"cannot read {path} ({first}); the file is truncated or damaged") from None
     if not isinstance(tensors, dict) or not tensors:
         raise MacllmError(f"{path} holds no tensors")
+    _check_finite(tensors, path)
     return tensors
+
+
+def _check_finite(tensors: dict[str, mx.array], path: Path) -> None:
+    """An adapter with a NaN or inf anywhere makes every answer NaN: refuse it here, naming the tensor."""
+    names = list(tensors)
+    finite = mx.stack([mx.all(mx.isfinite(tensors[n])) for n in names])  # one evaluation for all
+    for i, name in enumerate(names):
+        if not finite[i].item():
+            raise MacllmError(f"{path}: tensor {name} holds NaN or infinite values; the adapter is damaged "
+                              f"(train it again or remove it)")
 
 
 def _number(config: dict, key: str, path: Path, kind=float):
     value = config.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
-        raise MacllmError(f"{path}: {key} must be a number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or (kind is int and value != int(value)):
+        raise MacllmError(f"{path}: {key} must be a finite number, got {value!r}")
     return kind(value)
 
 

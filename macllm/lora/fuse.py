@@ -16,6 +16,8 @@ from macllm.hub import resolve_model
 from macllm.loader import read_model_files
 from macllm.lora.adapter import Adapter
 from macllm.lora.store import fingerprint
+from macllm.lora.weight_bounds import weight_problem
+from macllm.lora.writable import check_writable
 from macllm.quant.weights import layer_quantization
 
 
@@ -53,8 +55,22 @@ def fuse_weights(weights: dict[str, mx.array], quant: dict | None, adapters: lis
     return out
 
 
+def preflight(adapters: list[tuple[Adapter, float]], out: Path, overwrite: bool) -> None:
+    """Refuse what would fail only after the model is loaded and fused: a bad weight, an output folder that
+    exists or cannot be written."""
+    for adapter, weight in adapters:
+        problem = weight_problem(weight)
+        if problem:
+            raise MacllmError(f"the scale of adapter {adapter.name!r} {problem}")
+    if out.exists() and not overwrite:
+        raise MacllmError(f"{out} already exists; choose another output folder or remove it")
+    check_writable(out.parent, "choose another --out folder")
+
+
 def fuse_to_folder(model_source: str, adapters: list[tuple[Adapter, float]], out: Path,
                    overwrite: bool = False) -> Path:
+    out = Path(out).expanduser()
+    preflight(adapters, out, overwrite)
     path = resolve_model(model_source, progress=True)
     cfg, weights, tokenizer, periods = read_model_files(path)
     if periods is not None:

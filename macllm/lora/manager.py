@@ -7,8 +7,6 @@ is copied or rebuilt, which is what makes a swap take milliseconds.
 
 from __future__ import annotations
 
-import math
-
 import mlx.core as mx
 import mlx.nn as nn
 
@@ -16,6 +14,7 @@ from macllm.errors import MacllmError
 from macllm.lora.adapter import Adapter
 from macllm.lora.layers import LoRALinear, base_dims, compute_dtype
 from macllm.lora.store import fingerprint
+from macllm.lora.weight_bounds import weight_problem
 
 
 def _child(parent, part: str):
@@ -124,8 +123,9 @@ class AdapterManager:
         for name, weight in scales.items():
             if name not in self.loaded:
                 raise MacllmError(f"adapter {name!r} is not loaded (loaded: {', '.join(self.loaded) or 'none'})")
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
-                raise MacllmError(f"scale for adapter {name!r} must be a finite number, got {weight!r}")
+            problem = weight_problem(weight)
+            if problem:
+                raise MacllmError(f"scale for adapter {name!r} {problem}")
             if weight != 0:
                 clean[name] = float(weight)
         if clean == self.active:

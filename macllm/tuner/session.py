@@ -14,12 +14,13 @@ from pathlib import Path
 
 from macllm.errors import MacllmError
 from macllm.loader import load_model
-from macllm.lora import formats
+from macllm.lora import formats, store
+from macllm.lora.writable import check_writable
 from macllm.paths import adapters_dir
 from macllm.tuner import checkpoint
 from macllm.tuner.data import load_data
 from macllm.tuner.distributed import Group
-from macllm.tuner.train import TrainConfig, Trainer
+from macllm.tuner.train import TrainConfig, Trainer, check_layers
 
 EXIT_INTERRUPTED = 130
 
@@ -45,6 +46,23 @@ def adapter_folder(name: str, out_dir: Path | None) -> Path:
     return Path(out_dir) / name
 
 
+def refuse_hiding_a_bundled_example(opts: RunOptions, final: Path) -> None:
+    """A store adapter named like a bundled example hides it from every lookup by name (store first)."""
+    in_store = final.parent.resolve() == adapters_dir().resolve()
+    if in_store and (store.BUNDLED / opts.name).is_dir() and not opts.force:
+        raise MacllmError(f"--name {opts.name!r} is a bundled example adapter, which yours would hide; choose "
+                          f"another --name, or add --force to hide it")
+
+
+def check_writable_before_training(final: Path, work: Path) -> None:
+    """Checkpoints go to the work folder and the adapter next to it: a run that could not write them would
+    be lost at its first checkpoint or its very end, so find out before the model is loaded."""
+    hint = "fix its permissions or choose a writable --out-dir"
+    check_writable(final.parent, hint)
+    if work.is_dir():
+        check_writable(work, hint)
+
+
 def preflight(opts: RunOptions) -> tuple[Path, Path, Path | None]:
     """(final folder, work folder, checkpoint to resume from); refuses what would lose something."""
     data = Path(opts.data).expanduser()
@@ -52,6 +70,8 @@ def preflight(opts: RunOptions) -> tuple[Path, Path, Path | None]:
         raise MacllmError(f"notes folder {data} does not exist or is not a folder")
     final = adapter_folder(opts.name, opts.out_dir)
     work = checkpoint.work_dir(final)
+    refuse_hiding_a_bundled_example(opts, final)
+    check_writable_before_training(final, work)
     latest = checkpoint.latest(work) if work.is_dir() else None
     if opts.resume:
         if latest is None:
@@ -81,6 +101,7 @@ def run_training(opts: RunOptions, cfg: TrainConfig, emit) -> int:
 def _run(opts: RunOptions, cfg: TrainConfig, emit, group: Group) -> int:
     final, work, resume_from = preflight(opts)
     loaded = load_model(opts.model, keep_quantized=opts.keep_quantized, progress=False)
+    check_layers(cfg, loaded.config.num_hidden_layers)  # before the notes are read and tokenized
     data = load_data(opts.data, loaded.tokenizer, cfg.max_seq, opts.val_fraction, cfg.seed, opts.mask_prompt)
     trainer = Trainer(loaded, data, cfg, group, emit, base_model=opts.model, name=opts.name)
     run_info = {**trainer.run_signature(), "name": opts.name, "model": opts.model, "data_dir": str(opts.data),

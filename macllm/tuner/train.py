@@ -92,12 +92,21 @@ class LoRAParams(nn.Module):
                                "b": mx.zeros((rank, out_dims))})
 
 
+def check_layers(cfg: TrainConfig, num_layers: int) -> None:
+    """Refused, not clamped: asking for more layers than the model has means the run was planned for another
+    model, and a clamp would record (and --resume would compare) a number that was never trained."""
+    if cfg.layers is not None and cfg.layers > num_layers:
+        raise MacllmError(f"--layers {cfg.layers}: this model has {num_layers} layers; use at most "
+                          f"{num_layers}, or all")
+
+
 def target_paths(num_layers: int, cfg: TrainConfig) -> list[str]:
     unknown = [t for t in cfg.targets if t not in TARGETS]
     if unknown or not cfg.targets:
         raise MacllmError(f"--targets: unknown {', '.join(unknown) or '(none given)'}; choose from "
                           f"{','.join(TARGETS)}")
-    count = num_layers if cfg.layers is None else min(cfg.layers, num_layers)
+    check_layers(cfg, num_layers)
+    count = num_layers if cfg.layers is None else cfg.layers
     return [f"model.layers.{i}.{TARGETS[t]}" for i in range(num_layers - count, num_layers) for t in cfg.targets]
 
 

@@ -10,6 +10,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Label
 
+from macllm.lora.weight_bounds import MAX_ADAPTER_WEIGHT
 from tui.keymap import bindings
 
 SCALE_STEP = 0.25
@@ -110,7 +111,8 @@ class AdaptersScreen(ModalScreen[dict | None]):
     def action_scale(self, direction: int) -> None:
         name = self.selected()
         if name and name in self.blend:
-            self.blend[name] = max(0.0, round(self.blend[name] + direction * SCALE_STEP, 2))
+            scale = round(self.blend[name] + direction * SCALE_STEP, 2)
+            self.blend[name] = min(MAX_ADAPTER_WEIGHT, max(0.0, scale))  # the engine refuses more
             self.redraw()
 
     def action_apply_blend(self) -> None:

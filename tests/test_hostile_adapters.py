@@ -198,16 +198,19 @@ def test_fuse_into_a_chmod_read_only_folder(tiny_llama_folder, good, tmp_path, c
         locked.chmod(0o755)
 
 
-def test_fuse_failing_part_way_leaves_nothing_behind(tiny_llama_folder, good, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device"),
+                                     RuntimeError("[write] Unable to write 395996 bytes to file.")])  # MLX's own
+def test_fuse_failing_part_way_leaves_nothing_behind(tiny_llama_folder, good, tmp_path, capsys, monkeypatch,
+                                                     failure):
     real_save = mx.save_safetensors
 
     def full_disk(path, *args, **kwargs):
         if str(path).endswith("model.safetensors"):
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise failure
         return real_save(path, *args, **kwargs)
 
     monkeypatch.setattr(mx, "save_safetensors", full_disk)
     out = tmp_path / "fused"
     code = main(["fuse", "-m", str(tiny_llama_folder), "-a", str(good), "--out", str(out)])
-    one_line(capsys, code, "No space left")
+    one_line(capsys, code, str(out), "write")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good"]  # no half folder, no hidden leftover

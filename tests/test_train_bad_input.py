@@ -234,3 +234,53 @@ def test_name_of_a_bundled_example_is_refused_unless_force(tiny_llama_folder, tm
     # Elsewhere than the store the name hides nothing.
     code, events, err = train(capsys, *args, "--out-dir", tmp_path / "elsewhere")
     assert code == 0, err
+
+
+MLX_WRITE_ERROR = RuntimeError("[write] Unable to write 395996 bytes to file.")  # what MLX raises on a full disk
+
+
+def test_mlx_write_error_during_checkpoint_keeps_the_previous_one(tiny_llama_folder, tmp_path, home, capsys,
+                                                                  monkeypatch):
+    import mlx.core as mx
+
+    notes = write_notes(tmp_path / "notes")
+    real_save = mx.save_safetensors
+
+    def filling_disk(path, *args, **kwargs):
+        if "ckpt-000004" in str(path):
+            raise MLX_WRITE_ERROR
+        return real_save(path, *args, **kwargs)
+
+    monkeypatch.setattr(mx, "save_safetensors", filling_disk)
+    one_line_error(*train(capsys, "--model", tiny_llama_folder, "--notes", notes, "--name", "full", "--iters", 6,
+                          "--batch", 2, "--save-every", 2, "--val-fraction", 0), "previous checkpoint is kept")
+    work = checkpoint.work_dir(home / "adapters" / "full")
+    assert checkpoint.latest(work).name == "ckpt-000002"
+    assert not list(work.glob(".partial-*"))
+
+
+def test_failed_final_write_keeps_the_checkpoints_and_says_resume(tiny_llama_folder, tmp_path, home, capsys,
+                                                                   monkeypatch):
+    import mlx.core as mx
+
+    notes = write_notes(tmp_path / "notes")
+    args = ("--model", tiny_llama_folder, "--notes", notes, "--name", "last", "--iters", 4, "--batch", 2,
+            "--save-every", 2, "--val-fraction", 0)
+    real_save = mx.save_safetensors
+
+    def full_at_the_end(path, *a, **kw):
+        if ".training" not in str(path):
+            raise MLX_WRITE_ERROR
+        return real_save(path, *a, **kw)
+
+    monkeypatch.setattr(mx, "save_safetensors", full_at_the_end)
+    line = one_line_error(*train(capsys, *args), "--resume")
+    work = checkpoint.work_dir(home / "adapters" / "last")
+    assert str(work) in line
+    assert checkpoint.latest(work) is not None
+    assert not (home / "adapters" / "last").exists()
+    assert not [p for p in (home / "adapters").iterdir() if "partial" in p.name]
+    monkeypatch.setattr(mx, "save_safetensors", real_save)
+    code, events, err = train(capsys, *args, "--resume")
+    assert code == 0, err
+    formats.read_adapter(home / "adapters" / "last")

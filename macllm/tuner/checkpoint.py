@@ -56,9 +56,9 @@ def save(work: Path, step: int, adapter: Adapter, num_model_layers: int, optimiz
     try:
         formats.write_adapter(adapter, tmp, num_model_layers)
         flat = dict(tree_flatten(optimizer_state))
-        mx.save_safetensors(str(tmp / "optimizer.safetensors"), flat)
+        formats.save_tensors(tmp / "optimizer.safetensors", flat)
         if best:
-            mx.save_safetensors(str(tmp / "best.safetensors"), best)
+            formats.save_tensors(tmp / "best.safetensors", best)
         (tmp / "state.json").write_text(json.dumps({**state, "step": step}))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)

@@ -145,7 +145,11 @@ def _run(opts: RunOptions, cfg: TrainConfig, emit, group: Group) -> int:
         return EXIT_INTERRUPTED
     adapter = trainer.final_adapter(outcome, data.stats)
     if group.is_main:
-        formats.write_adapter(adapter, final, loaded.config.num_hidden_layers, overwrite=True)
+        try:
+            formats.write_adapter(adapter, final, loaded.config.num_hidden_layers, overwrite=True)
+        except MacllmError as e:  # the run is not lost: its checkpoints stay until the adapter is written
+            raise MacllmError(f"{e}; the run's checkpoints are kept in {work}: make room and rerun the same "
+                              f"command with --resume") from None
         shutil.rmtree(work, ignore_errors=True)
     group.barrier()
     emit({"event": "done", "adapter": str(final), "name": opts.name, "summary": adapter.training})

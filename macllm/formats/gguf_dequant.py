@@ -14,7 +14,7 @@ import numpy as np
 
 from macllm.errors import MacllmError
 from macllm.formats.gguf_blocks import LAYOUTS, read_exact
-from macllm.formats.gguf_header import TensorInfo, read_header
+from macllm.formats.gguf_header import TensorInfo, read_header, tensor_nbytes
 
 # Re-quantizing (types without an exact MLX layout): a tensor stored with at least this many bits per
 # weight gets 8 bits, others 4.
@@ -64,8 +64,7 @@ def check_types(infos: list[TensorInfo], path: Path) -> None:
 
 def tensor_bytes(data: np.ndarray, info: TensorInfo) -> np.ndarray:
     """The stored bytes of one tensor in the memory-mapped file."""
-    block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(info.type_id)]
-    nbytes = int(np.prod(info.shape)) // block * size
+    nbytes = tensor_nbytes(info)
     raw = data[info.offset:info.offset + nbytes]
     if len(raw) < nbytes:
         raise MacllmError(f"tensor {info.name} runs past the end of the file; the GGUF is truncated")

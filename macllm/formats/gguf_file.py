@@ -1,14 +1,18 @@
-"""Reading a GGUF file: tensors through MLX's native loader, metadata as plain Python values."""
+"""Reading a GGUF file: tensors through MLX's native loader, metadata as plain Python values.
+
+MLX's loader trusts the file's header (a crafted one crashes the process), so our own reader checks the
+whole header first (gguf_header).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import gguf
 import mlx.core as mx
 import numpy as np
 
 from macllm.errors import MacllmError
+from macllm.formats.gguf_header import read_header
 
 GGUF_MAGIC = b"GGUF"
 
@@ -32,25 +36,16 @@ def check_gguf_header(path: Path) -> None:
 
 
 def read_gguf_metadata_only(path: Path) -> dict:
-    """Metadata without materialising tensors (uses the gguf package's memory-mapped reader)."""
+    """Metadata without materialising tensors (numeric arrays as numpy arrays)."""
     check_gguf_header(path)
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except Exception as e:  # the gguf package raises many kinds on a damaged file
-        raise MacllmError(f"{path} is a damaged GGUF file ({type(e).__name__}); download it again") from None
-    meta = {}
-    for key, field in reader.fields.items():
-        try:
-            meta[key] = field.contents()
-        except Exception:
-            continue
-    return meta
+    return read_header(path)[0]
 
 
 def read_gguf(path: Path) -> tuple[dict[str, mx.array], dict]:
     """Tensors (quantized ones split into weight/scales/biases by MLX) and metadata."""
     path = Path(path)
     check_gguf_header(path)
+    read_header(path)  # a header MLX cannot safely read is refused here, in one line
     try:
         loaded = mx.load(str(path), return_metadata=True)
     except Exception as e:

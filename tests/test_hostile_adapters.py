@@ -214,3 +214,12 @@ def test_fuse_failing_part_way_leaves_nothing_behind(tiny_llama_folder, good, tm
     code = main(["fuse", "-m", str(tiny_llama_folder), "-a", str(good), "--out", str(out)])
     one_line(capsys, code, str(out), "write")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good"]  # no half folder, no hidden leftover
+
+
+def test_an_adapter_with_nan_weights_is_never_written(tiny_cfg, tmp_path):
+    a = random_adapter(tiny_cfg, "diverged", rank=4, seed=1)
+    module = "model.layers.0.mlp.down_proj"
+    a.weights[module] = (a.weights[module][0], mx.full(a.weights[module][1].shape, float("nan")))
+    with pytest.raises(MacllmError, match=f"{module}.lora_b holds NaN"):
+        write_adapter(a, tmp_path / "diverged", tiny_cfg.num_hidden_layers)
+    assert list(tmp_path.iterdir()) == []

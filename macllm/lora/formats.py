@@ -66,14 +66,14 @@ def _load_tensors(path: Path) -> dict[str, mx.array]:
     return tensors
 
 
-def _check_finite(tensors: dict[str, mx.array], path: Path) -> None:
-    """An adapter with a NaN or inf anywhere makes every answer NaN: refuse it here, naming the tensor."""
+def _check_finite(tensors: dict[str, mx.array], path: Path,
+                  verdict: str = "the adapter is damaged (train it again or remove it)") -> None:
+    """An adapter with a NaN or inf anywhere makes every answer NaN: refuse it, naming the tensor."""
     names = list(tensors)
     finite = mx.stack([mx.all(mx.isfinite(tensors[n])) for n in names])  # one evaluation for all
     for i, name in enumerate(names):
         if not finite[i].item():
-            raise MacllmError(f"{path}: tensor {name} holds NaN or infinite values; the adapter is damaged "
-                              f"(train it again or remove it)")
+            raise MacllmError(f"{path}: tensor {name} holds NaN or infinite values; {verdict}")
 
 
 def _number(config: dict, key: str, path: Path, kind=float):
@@ -181,6 +181,7 @@ def write_adapter(adapter: Adapter, out: Path, num_model_layers: int, overwrite:
     for module, (a, b) in adapter.weights.items():
         tensors[f"{module}.lora_a"] = a
         tensors[f"{module}.lora_b"] = b
+    _check_finite(tensors, out, "will not write it (a training that diverged? lower --lr)")
     with atomic_folder(out, overwrite) as tmp:
         (tmp / CONFIG).write_text(json.dumps(config, indent=2))
         save_tensors(tmp / MLX_WEIGHTS, tensors, metadata={"format": "mlx"})

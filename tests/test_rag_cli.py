@@ -69,7 +69,7 @@ def test_rebuild_and_named_index(capsys, notes, bert, tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["search", "x", "--index", "{tmp}/missing.sqlite"], "no notes index at"),
-    (["search", "x", "--index", "{tmp}/junk.sqlite"], "--rebuild"),
+    (["search", "x", "--index", "{tmp}/junk.sqlite"], "not a macllm notes index"),
     (["search", "x", "--index", "{tmp}/empty.sqlite"], "is empty"),
     (["ask", "what?", "--index", "{tmp}/empty.sqlite"], "is empty"),
     (["index", "{tmp}/nowhere"], "no such folder"),

@@ -70,7 +70,8 @@ def test_bad_arguments_and_new_chunks_seen(retriever, tmp_path, embedder):
         retriever.search("x", mode="fuzzy")
     with pytest.raises(MacllmError, match="-k"):
         retriever.search("x", k=0)
-    assert retriever.search("", k=3, mode="bm25") == []
+    with pytest.raises(MacllmError, match="nothing to search for"):
+        retriever.search("", k=3, mode="bm25")
     before = len(retriever.search("zebra", k=50, mode="dense"))
     extra = tmp_path / "more"
     extra.mkdir()

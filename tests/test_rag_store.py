@@ -134,8 +134,10 @@ def test_bad_files_are_skipped_with_warnings(tmp_path, notes, embedder, monkeypa
 def test_damaged_or_foreign_file_is_a_clear_error(tmp_path):
     junk = tmp_path / "junk.sqlite"
     junk.write_bytes(b"this is not a database at all" * 100)
-    with pytest.raises(MacllmError, match="--rebuild"):
+    with pytest.raises(MacllmError, match="not a macllm notes index") as err:
         Store(junk)
+    assert "--rebuild" not in str(err.value)  # not ours: rebuilding would delete someone's file
+    assert junk.read_bytes() == b"this is not a database at all" * 100
     foreign = tmp_path / "foreign.sqlite"
     conn = sqlite3.connect(foreign)
     conn.execute("CREATE TABLE users (name TEXT)")

@@ -31,9 +31,11 @@ def run(args) -> int:
     from macllm.engine import Engine  # start-up time: see commands/__init__.py
     from macllm.generation import GenerationResult
     from macllm.rag.answer import ask, source_label
+    from macllm.rag.retrieve import check_query
     from macllm.rag.session import open_retriever
     from macllm.rag.store import damaged
 
+    check_query(args.question)  # before the index, the embedder and the model load
     params = generation_params(args)
     retriever = open_retriever(args.index)  # before the model: an empty or missing index fails fast
     with Engine(args.model, keep_quantized=args.keep_quantized) as engine:

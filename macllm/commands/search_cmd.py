@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
+from typing import Callable
 
 from macllm.commands.index_cmd import add_index_option
 from macllm.errors import MacllmError
@@ -13,7 +14,8 @@ from macllm.errors import MacllmError
 def add_parser(sub) -> None:
     p = sub.add_parser("search", help="search your indexed notes")
     p.add_argument("query", nargs="?", help="what to look for")
-    p.add_argument("--queries", metavar="FILE", help="one query per line; prints one JSON line per query")
+    p.add_argument("--queries", metavar="FILE",
+                   help="one query per line (blank lines are skipped); prints one JSON line per query")
     add_search_options(p)
     p.add_argument("--json", action="store_true", help="print results as JSON")
     p.set_defaults(run=run)
@@ -28,12 +30,17 @@ def add_search_options(p, k: int = 10) -> None:
 
 
 def run(args) -> int:
+    from macllm.rag.retrieve import check_query
     from macllm.rag.session import open_retriever
     from macllm.rag.store import damaged, index_path
 
     if (args.query is None) == (args.queries is None):
         raise MacllmError("give a query or --queries FILE (one of them)")
-    queries = _read_queries(args.queries) if args.queries else [args.query]
+    if args.queries:
+        queries = _read_queries(args.queries, check_query)
+    else:
+        check_query(args.query)  # before the embedder loads
+        queries = [args.query]
     retriever = open_retriever(args.index, progress=not (args.json or args.queries))
     try:
         for query in queries:
@@ -49,12 +56,21 @@ def run(args) -> int:
     return 0
 
 
-def _read_queries(file: str) -> list[str]:
+def _read_queries(file: str, check_query: Callable[[str, str], None]) -> list[str]:
+    """The file's queries, one a line. Blank lines are skipped (spacing); a line of only punctuation is refused
+    with its number, before any search runs, like a single query."""
     try:
         lines = Path(file).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise MacllmError(f"cannot read queries from {file}: {e}") from None
-    return [line.strip() for line in lines if line.strip()]
+    queries = []
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            check_query(line.strip(), f"{file} line {number}: ")
+            queries.append(line.strip())
+    if not queries:
+        raise MacllmError(f"no queries in {file}: write one query per line")
+    return queries
 
 
 def _print_results(results) -> None:

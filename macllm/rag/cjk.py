@@ -34,6 +34,11 @@ def query_words(query: str) -> list[str]:
     return _WORD.findall(_CJK_RUN.sub(" ", query))
 
 
+def has_search_terms(query: str) -> bool:
+    """Whether the query has a word or a CJK character: blanks and punctuation alone match nothing meaningful."""
+    return bool(query_words(query) or _CJK_RUN.search(query))
+
+
 def fts_query(query: str, skip: frozenset[str] = frozenset()) -> str:
     """An FTS5 MATCH expression: any of the query's words (OR, ranked by BM25), CJK runs as phrases.
     Words in `skip` (lower case) are left out, unless that would leave nothing."""

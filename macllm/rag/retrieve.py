@@ -9,6 +9,7 @@ import mlx.core as mx
 import numpy as np
 
 from macllm.errors import MacllmError
+from macllm.rag.cjk import has_search_terms
 from macllm.rag.store import Store
 
 MODES = ("hybrid", "bm25", "dense")
@@ -55,6 +56,7 @@ class Retriever:
             raise MacllmError(f"unknown search mode {mode!r}; use one of {', '.join(MODES)}")
         if k < 1:
             raise MacllmError(f"-k must be at least 1, got {k}")
+        check_query(query)
         glob = _as_glob(path)
         n = max(CANDIDATES, k)
         ranked: list[list[tuple[int, float]]] = []
@@ -95,6 +97,13 @@ class Retriever:
         if glob not in self._mask_cache:
             self._mask_cache[glob] = np.array([fnmatch.fnmatchcase(p, glob) for p in self._paths], dtype=bool)
         return self._mask_cache[glob]
+
+
+def check_query(query: str, where: str = "") -> None:
+    """Refuse a query of blanks or punctuation: dense search would return arbitrary chunks for it."""
+    if not has_search_terms(query):
+        shown = repr(query[:40]) + ("…" if len(query) > 40 else "")
+        raise MacllmError(f"{where}the query {shown} has nothing to search for; use words that occur in your notes")
 
 
 def rrf(lists: list[list[tuple[int, float]]], k: int = RRF_K) -> list[tuple[int, float]]:

@@ -14,10 +14,10 @@ from typing import overload
 import numpy as np
 
 from macllm.errors import MacllmError
-from macllm.paths import macllm_home
+from macllm.paths import create_private_file, macllm_home, private_folder
 from macllm.rag.cjk import cjk_terms, fts_query, query_words
+from macllm.rag.index_file import APPLICATION_ID, IndexFile, check_replaceable, classify, not_ours
 
-APPLICATION_ID = 0x6D6C6E78  # "mlnx": tells our index files from other SQLite files
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -56,16 +56,25 @@ class StoredChunk:
 
 
 def damaged(path: Path, error: Exception) -> MacllmError:
-    return MacllmError(f"{path} is not a macllm notes index or is damaged ({error}); "
+    """SQLite failed on `path`: rebuilding is the advice only for an index of ours, never for someone else's file."""
+    kind = classify(path)
+    if kind not in (IndexFile.OURS, IndexFile.EMPTY):
+        return not_ours(path, kind)
+    return MacllmError(f"{path} is a damaged macllm notes index ({error}); "
                        f"rebuild it with `macllm index DIR --index {path} --rebuild`")
 
 
 class Store:
     def __init__(self, path: Path | str, create: bool = True):
         self.path = Path(path)
-        if not self.path.exists() and not create:
+        kind = classify(self.path)
+        if kind is IndexFile.ABSENT and not create:
             raise MacllmError(f"no notes index at {self.path}; create it with `macllm index DIR`")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if kind in (IndexFile.FOLDER, IndexFile.OTHER):  # never opened for writing: SQLite could change it
+            raise not_ours(self.path, kind)
+        if kind is IndexFile.ABSENT:
+            private_folder(self.path.parent)
+            create_private_file(self.path)  # SQLite gives the WAL and shared-memory files the same mode
         try:
             # Autocommit: we open transactions ourselves; any thread may use it (one at a time).
             self.conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
@@ -77,8 +86,8 @@ class Store:
         c = self.conn
         app_id = c.execute("PRAGMA application_id").fetchone()[0]
         tables = c.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-        if app_id != APPLICATION_ID and tables:
-            raise sqlite3.DatabaseError("it holds other tables")
+        if app_id != APPLICATION_ID and (tables or app_id):
+            raise sqlite3.DatabaseError("it belongs to another application")
         c.execute("PRAGMA journal_mode=WAL")
         c.execute("PRAGMA synchronous=NORMAL")  # with WAL: consistent after a crash, maybe minus the last commit
         c.execute("PRAGMA foreign_keys=ON")
@@ -299,11 +308,12 @@ def index_path(arg: str | None) -> Path:
     """--index: a path, or a bare name for $MACLLM_HOME/indexes/NAME.sqlite; default `notes`."""
     name = arg or "notes"
     if "/" not in name and "." not in name:
-        return macllm_home() / "indexes" / f"{name}.sqlite"
+        return macllm_home() / "indexes" / f"{name}.sqlite"  # Store creates the folder (0700)
     return Path(name).expanduser()
 
 
 def delete_index(path: Path) -> None:
-    """For --rebuild: the file and its WAL companions."""
+    """For --rebuild: the file and its WAL companions, only if it is a macllm index (or blank); else one line."""
+    check_replaceable(path)
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)

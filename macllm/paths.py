@@ -1,8 +1,8 @@
 """Where macllm keeps its files: one home folder, overridable with $MACLLM_HOME.
 
 The home holds chats, notes indexes and adapters, so it is private: created 0700, and a home left looser
-(by an older macllm, or by hand) is tightened once per process, with one stderr line. Only the home itself is
-changed, never the files in it: its mode alone keeps other users out.
+(by an older macllm, or by hand) is tightened once per process, with one stderr line if it held anything. Only
+the home itself is changed, never the files in it: its mode alone keeps other users out.
 """
 
 from __future__ import annotations
@@ -71,16 +71,15 @@ def _subdir(name: str) -> Path:
 def _tighten(home: Path) -> None:
     try:
         current = stat.S_IMODE(home.stat().st_mode)
-    except OSError:
-        return
-    if not current & 0o077:
-        return
-    private = current & PRIVATE_FOLDER
-    try:
+        if not current & 0o077:
+            return
+        private = current & PRIVATE_FOLDER
+        held_something = any(True for _ in home.iterdir())  # one entry is enough: the files are not walked
         os.chmod(home, private)
     except OSError as e:
-        print(f"macllm: warning: {home} is open to other users (mode {current:o}) and could not be made private: "
-              f"{e.strerror or e}", file=sys.stderr)
+        print(f"macllm: warning: {home} is open to other users and could not be made private: {e.strerror or e}",
+              file=sys.stderr)
         return
-    print(f"macllm: made {home} private (mode {current:o} -> {private:o}): it holds your chats and notes",
-          file=sys.stderr)
+    if held_something:  # an empty home exposed nothing: tightening it needs no word
+        print(f"macllm: made {home} private (mode {current:o} -> {private:o}): it holds your chats and notes",
+              file=sys.stderr)

@@ -21,7 +21,7 @@ from macllm.rag.chunking import Chunk
 from macllm.rag.embedder import Embedder
 from macllm.rag.indexer import index_notes
 from macllm.rag.retrieve import Retriever
-from macllm.rag.store import Store
+from macllm.rag.store import Store, delete_index
 from macllm.storage.chat_store import ChatStore
 from tests.tiny_bert import write_tiny_bert
 
@@ -267,3 +267,39 @@ def test_any_query_text_is_results_or_a_one_line_refusal(fuzz_store, query):
         assert "\n" not in str(e)
     else:
         assert len(results) <= 3
+
+
+@pytest.fixture(scope="module")
+def index_bytes(tmp_path_factory, bert) -> bytes:
+    """A real, checkpointed index file's bytes (notes of two files) to mutate."""
+    folder = tmp_path_factory.mktemp("fuzz-notes")
+    (folder / "a.md").write_text("# A\n\nalpha beta\n")
+    path = folder / "i.sqlite"
+    store = Store(path)
+    index_notes(store, Embedder(bert), [folder / "a.md"])
+    store.close()
+    return path.read_bytes()
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_mutated_index_header_is_opened_or_refused_in_one_line(tmp_path_factory, index_bytes, data):
+    """Bytes of the header (and of the file's start) changed at random: the index opens, or one line says why;
+    when the application id no longer says macllm, --rebuild refuses the file and leaves it as it was."""
+    mutated = bytearray(index_bytes)
+    for _ in range(data.draw(st.integers(1, 4))):
+        mutated[data.draw(st.integers(0, 199))] = data.draw(st.integers(0, 255))
+    path = tmp_path_factory.mktemp("mutated") / "m.sqlite"
+    path.write_bytes(bytes(mutated))
+    if mutated[68:72] != index_bytes[68:72]:
+        try:
+            delete_index(path)
+        except MacllmError as e:
+            assert "not a macllm notes index" in str(e)
+            assert path.read_bytes() == mutated
+        else:  # only a blank database (no application id, no tables) may go
+            assert mutated[68:72] == bytes(4)
+    try:
+        Store(path).close()
+    except MacllmError as e:
+        assert "\n" not in str(e)

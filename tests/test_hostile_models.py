@@ -6,16 +6,20 @@ instead of killing pytest; the others call macllm's readers in-process.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlx.core as mx
 import pytest
 
 from macllm.errors import MacllmError
+from macllm.formats.arrays import load_arrays
 from macllm.formats.gguf_header import read_header
 from macllm.formats.gguf_model import gguf_summary
+from macllm.formats.safetensors import read_weights
 from macllm.loader import read_model_files, read_tokenizer
 from tests import tiny_models
-from tests.crafted_files import first, gguf_fields, with_field
-from tests.test_bad_input import error_line, generate_error
+from tests.crafted_files import first, gguf_fields, safetensors_parts, with_field, write_safetensors
+from tests.test_bad_input import error_line, folder_copy, generate_error
 from tests.test_cli import run_macllm
 
 
@@ -147,3 +151,59 @@ def test_unknown_gguf_version_is_refused(tmp_path, tiny_llama_gguf, version):
     crafted = tmp_path / "crafted.gguf"
     crafted.write_bytes(bytes(data))
     assert "version" in _refusal(read_model_files, crafted)
+
+
+# ---------------------------------------------------------------- safetensors
+
+
+def crafted_folder(tiny_llama_folder, dest, **change):
+    """The tiny model folder with the embedding's header entry changed."""
+    folder = folder_copy(tiny_llama_folder, dest)
+    header, body = safetensors_parts(folder / "model.safetensors")
+    header["model.embed_tokens.weight"].update(change)
+    write_safetensors(folder / "model.safetensors", header, body)
+    return folder
+
+
+def test_safetensors_shape_whose_size_overflows_is_refused(tmp_path, tiny_llama_folder):
+    """MLX multiplied the shape in 64 bits: (2^32, 2^30) floats came to 0 bytes and loaded as (0, 2^30)."""
+    folder = crafted_folder(tiny_llama_folder, tmp_path / "model", shape=[2**32, 2**30], data_offsets=[0, 0])
+    message = _refusal(read_weights, folder)
+    assert "model.safetensors" in message and "shape" in message
+
+
+def test_safetensors_negative_dimension_is_one_line(tmp_path, tiny_llama_folder):
+    """MLX allocated without end for a -1 dimension whose wrapped-around size matched the offsets."""
+    folder = crafted_folder(tiny_llama_folder, tmp_path / "model", shape=[-1, 64], data_offsets=[0, 2**64 - 256])
+    message = error_line(run_macllm(tmp_path / "home", "generate", "--model", folder, "-p", "hi", timeout=60))
+    assert "model.safetensors" in message
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"shape": [True, 64]}, "shape"),
+    ({"shape": [279, 64.0]}, "shape"),
+    ({"dtype": "F64"}, "F64"),
+    ({"data_offsets": [0, 2**70]}, "past the end"),
+    ({"data_offsets": [8, 4]}, "offsets"),
+])
+def test_safetensors_entry_that_does_not_fit_is_refused(tmp_path, tiny_llama_folder, change, expected):
+    folder = crafted_folder(tiny_llama_folder, tmp_path / "model", **change)
+    assert expected in _refusal(read_weights, folder)
+
+
+@pytest.mark.parametrize("header, length", [(b"{}", 2**62), (b"[1, 2]", None), (b"\xff{", None),
+                                            (b'{"__metadata__": {"a": 1}}', None)])
+def test_safetensors_header_that_is_not_a_header_is_refused(tmp_path, header, length):
+    path = write_safetensors(tmp_path / "odd.safetensors", header, b"", length)
+    with pytest.raises(ValueError):
+        load_arrays(path)
+
+
+def test_huggingface_cache_layout_is_inside(tmp_path, tiny_llama_folder):
+    """A Hugging Face cache snapshot links its files to ../../blobs: still the model's own files."""
+    repo = tmp_path / "models--org--tiny"
+    snapshot = folder_copy(tiny_llama_folder, repo / "snapshots" / "abc123")
+    (repo / "blobs").mkdir()
+    blob = (snapshot / "model.safetensors").rename(repo / "blobs" / "f00d")
+    (snapshot / "model.safetensors").symlink_to(Path("..") / ".." / "blobs" / blob.name)
+    assert read_weights(snapshot)

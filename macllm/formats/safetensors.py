@@ -10,6 +10,7 @@ import mlx.core as mx
 from macllm.config import ModelConfig
 from macllm.errors import MacllmError
 from macllm.formats.arrays import load_arrays
+from macllm.formats.shards import weight_files
 from macllm.models import model_class
 
 # The sizes every architecture reads; a config.json without them cannot describe a model.
@@ -45,24 +46,6 @@ def check_sizes(raw: dict, path: Path) -> None:
         value = raw.get(key)
         if value is not None and (type(value) is not int or value < 1):
             raise MacllmError(f"{path}: {key} must be a positive integer, got {value!r}")
-
-
-def weight_files(folder: Path) -> list[Path]:
-    index = folder / "model.safetensors.index.json"
-    if index.exists():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError):
-            raise MacllmError(f"{index} is damaged (no weight_map); download the model again") from None
-        files = [folder / s for s in shards]
-        missing = [f.name for f in files if not f.exists()]
-        if missing:
-            raise MacllmError(f"{folder} is missing weight shard(s) {', '.join(missing)}; download it again")
-        return files
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise MacllmError(f"{folder} has no *.safetensors weights")
-    return files
 
 
 def read_weights(folder: Path) -> dict[str, mx.array]:

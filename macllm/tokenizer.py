@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from pathlib import Path
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer as HFTokenizer
 
+from macllm.chat_template import TemplateLimitError, compile_chat_template, render_chat_template
 from macllm.errors import MacllmError
 from macllm.formats.gguf_vocab import build_hf_tokenizer_from_gguf, gguf_default_add_bos
 
@@ -158,31 +157,35 @@ class Tokenizer:
             if messages and messages[0].get("role") == "system":
                 messages = messages[1:]
             messages.insert(0, {"role": "system", "content": system})
+        variables = {
+            "messages": messages,
+            "add_generation_prompt": add_generation_prompt,
+            "bos_token": self._token_text(self.bos_token_id),
+            "eos_token": self._token_text(self.eos_token_id),
+        }
+        template = self._template()
+        input_chars = sum(len(str(m.get("content") or "")) for m in messages)
         try:
-            return self._template().render(
-                messages=messages,
-                add_generation_prompt=add_generation_prompt,
-                bos_token=self._token_text(self.bos_token_id),
-                eos_token=self._token_text(self.eos_token_id),
-            )
+            return render_chat_template(template, variables, input_chars, len(messages))
+        except TemplateLimitError as e:
+            raise MacllmError(f"the model's chat template was stopped: {e}; it is broken or hostile, "
+                              f"so use another model file") from None
         except jinja2.TemplateError as e:
             raise MacllmError(f"the model's chat template failed: {e}") from None
+        except Exception as e:  # the template is code from the model file: anything it raises is its fault
+            detail = next(iter(str(e).splitlines()), "")
+            raise MacllmError(f"the model's chat template failed: {type(e).__name__}: {detail}") from None
 
     def _template(self) -> jinja2.Template:
         source = self.chat_template or CHATML_TEMPLATE
         # Keyed on the source so assigning chat_template later takes effect.
         if self._compiled is None or self._compiled[0] != source:
-            env = ImmutableSandboxedEnvironment(
-                trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
-            )
-            env.globals["raise_exception"] = _raise_template_error
-            env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-            # Jinja's own tojson HTML-escapes; templates expect plain JSON.
-            env.filters["tojson"] = _tojson
             try:
-                self._compiled = (source, env.from_string(source))
+                self._compiled = (source, compile_chat_template(source))
             except jinja2.TemplateError as e:
                 raise MacllmError(f"the model's chat template is invalid: {e}") from None
+            except RecursionError:  # a parser recursion, e.g. thousands of nested brackets
+                raise MacllmError("the model's chat template is invalid: it is nested too deeply") from None
         return self._compiled[1]
 
     def _token_text(self, token_id: int | None) -> str:
@@ -236,14 +239,6 @@ class StreamDecoder:
             decode(self._window[: self._emitted], skip_special=self._skip_special),
             decode(self._window, skip_special=self._skip_special),
         )
-
-
-def _raise_template_error(message: str):
-    raise jinja2.TemplateError(message)
-
-
-def _tojson(value, indent=None, ensure_ascii=False, sort_keys=False):
-    return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii, sort_keys=sort_keys)
 
 
 def _byte_level_table() -> dict[str, int]:

@@ -110,3 +110,10 @@ def test_plain_chat_line_that_is_not_utf8_is_refused_and_the_chat_goes_on(tmp_pa
     err = done.stderr.decode(errors="replace")
     assert done.returncode == 0 and "Traceback" not in err, err
     assert "not UTF-8 text" in err and "2 tokens" in err, err  # refused, then the next line was answered
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_train_seed_range_is_said(tmp_path, seed):
+    # The trainer derives per-step seeds from it (seed * 1_000_003 + step), so its range is 32 bits.
+    line = error_line(run_macllm(tmp_path / "home", "train", "--notes", tmp_path, "--seed", seed))
+    assert "must be a whole number from 0 to 4294967295" in line, line

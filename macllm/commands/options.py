@@ -44,14 +44,14 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
 
 
-def parse_seed(text: str) -> int:
+def parse_seed(text: str, maximum: int = MAX_SEED) -> int:
     """argparse type for --seed: a whole number MLX accepts, else a usage error that says the range."""
     try:
         seed = int(text)
     except ValueError:
         seed = -1
-    if not 0 <= seed <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {MAX_SEED}, got {text}")
+    if not 0 <= seed <= maximum:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {maximum}, got {text}")
     return seed
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import math
+from functools import partial
 from pathlib import Path
 
-from macllm.commands.options import add_model_option
+from macllm.commands.options import add_model_option, parse_seed
 from macllm.errors import MacllmError
 
 TARGET_CHOICES = "q,k,v,o,gate,up,down"
@@ -21,6 +22,9 @@ The adapter lands in the adapter store (see `macllm adapters list`); load it wit
 Ctrl-C saves a checkpoint; continue with the same command plus --resume.
 Across machines: start the same command with `mlx.launch` (see docs/training.md)."""
 
+
+# The trainer derives each step's dropout seed as seed * 1_000_003 + step, which must stay below 2**64.
+MAX_TRAIN_SEED = 2**32 - 1
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="fine-tune a LoRA adapter on your notes",
@@ -50,7 +54,8 @@ def add_parser(sub) -> None:
     p.add_argument("--save-every", type=int, default=None, help="steps between checkpoints (default: with evals)")
     p.add_argument("--patience", type=int, default=3, help="evaluations without improvement before an early "
                                                            "stop (default 3)")
-    p.add_argument("--seed", type=int, default=0, help="random seed: split, order, initial weights (default 0)")
+    p.add_argument("--seed", type=partial(parse_seed, maximum=MAX_TRAIN_SEED), default=0,
+                   help=f"random seed: split, order, initial weights (0 to {MAX_TRAIN_SEED}; default 0)")
     p.add_argument("--grad-checkpoint", action="store_true",
                    help="recompute activations in the backward pass: less memory, ~30%% slower")
     p.add_argument("--mask-prompt", action="store_true",

@@ -399,3 +399,5 @@ def test_add_conversation_with_messages_is_one_transaction(store):
     with pytest.raises(ChatStoreError):
         store.add_conversation_with_messages("too big", {}, [("user", "x" * 100_000, None, {})])
     assert [c.title for c in store.list_conversations()] == ["carried"]  # nothing half-written
+    store._conn.execute("PRAGMA max_page_count = 1073741823")
+    assert store.add_conversation_with_messages("same id", {}, [], conversation_id="abc123").id == "abc123"

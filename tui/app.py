@@ -12,8 +12,10 @@ from textual.app import App
 
 from macllm import hub
 from macllm.commands.options import set_kv_bits
+from macllm.errors import MacllmError
 from macllm.hub.catalog import DEFAULT_MODEL
-from macllm.storage.chat_store import ChatStore
+from macllm.storage.atomic import atomic_write
+from macllm.storage.chat_store import ChatStore, ChatStoreError, default_path, fresh_path, read_only_error
 from tui.bridge import EngineBridge
 from tui.commands import MacllmCommands
 from tui.events import AdaptersChanged, AdaptersFailed, ModelLoaded, ModelLoadFailed
@@ -35,12 +37,31 @@ class MacllmApp(App):
         super().__init__()
         self.state = AppState(model_source=model, keep_quantized=keep_quantized, kv_bits=kv_bits,
                               chat_defaults=dict(default_settings or {}), startup_adapters=list(adapters or []))
-        self.store = store or ChatStore()
+        self.store: ChatStore | None = store
+        self.store_path = store.path if store is not None else default_path()
+        self.store_problem: str | None = None  # one line while chats cannot be saved; the chat screen shows it
+        if store is None:
+            try:
+                self.store = ChatStore(self.store_path)
+            except ChatStoreError as e:  # the app still starts: the chat screen says why and offers a fresh file
+                self.store_problem = str(e)
+        if self.store is not None and not self.store.writable:
+            self.store_problem = str(read_only_error(self.store_path))
         self.bridge = EngineBridge(self)
 
     def on_mount(self) -> None:
         self.push_screen(ChatScreen(self.state))
         self.ensure_model(self.state.model_source)
+
+    # --- chat file -----------------------------------------------------------------------------
+    def use_fresh_store(self) -> ChatStore:
+        """Continue in a new chat file beside the one that cannot be used, which is left as it is (its
+        connection only read from it). Raises ChatStoreError when the new file cannot be made either."""
+        store = ChatStore(fresh_path(self.store_path))
+        if self.store is not None:
+            self.store.close()
+        self.store, self.store_path, self.store_problem = store, store.path, None
+        return store
 
     # --- model --------------------------------------------------------------------------------
     def ensure_model(self, source: str) -> None:
@@ -122,13 +143,16 @@ class MacllmApp(App):
             subprocess.run(["pbcopy"], input=text.encode(), check=False)
         self.notify("Copied the last answer.")
 
-    def export_chat(self, chat_id: str) -> Path:
-        title = self.store.get_conversation(chat_id).title
+    def export_chat(self, store: ChatStore, chat_id: str) -> Path:
+        """The chat as Markdown in the current folder, written atomically and private (0600) like the chats."""
+        title = store.get_conversation(chat_id).title
         safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in title).strip("-")[:40] or "chat"
         path = Path.cwd() / f"{safe}-{datetime.now():%Y%m%d-%H%M%S}.md"
-        tmp = path.with_suffix(".md.partial")
-        tmp.write_text(self.store.export_markdown(chat_id), encoding="utf-8")
-        tmp.replace(path)
+        try:
+            atomic_write(path, store.export_markdown(chat_id))
+        except OSError as e:
+            raise MacllmError(f"could not export to {path.parent}: {e.strerror or e}; "
+                              "start macllm in a writable folder to export there") from None
         return path
 
     async def action_quit(self) -> None:

@@ -130,10 +130,11 @@ class ChatStore:
         return self.get_conversation(conv_id)
 
     def add_conversation_with_messages(self, title: str, settings: dict,
-                                       messages: list[tuple[str, str, str | None, dict]]) -> StoredConversation:
+                                       messages: list[tuple[str, str, str | None, dict]],
+                                       conversation_id: str | None = None) -> StoredConversation:
         """A conversation and its (role, content, finish_reason, meta) messages in one transaction: all or none.
-        Carries a chat on screen into a fresh file when the old one cannot be written."""
-        conv_id = uuid.uuid4().hex[:12]
+        Carries a chat on screen into a fresh file when the old one cannot be written (keeping its id)."""
+        conv_id = conversation_id or uuid.uuid4().hex[:12]
         with self._write() as db:
             now = self._now()
             db.execute("INSERT INTO conversations VALUES (?, ?, ?, ?, ?)",

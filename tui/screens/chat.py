@@ -5,12 +5,12 @@ from __future__ import annotations
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.screen import Screen
 from textual.widgets import Footer
 
+from macllm.errors import MacllmError
 from macllm.lora.store import list_adapters
 from macllm.rag.answer import CITATION
-from macllm.storage.chat_store import auto_title
+from macllm.storage.chat_store import ChatStoreError, StoredConversation, auto_title
 from tui.events import (
     AnswerFailed,
     AnswerFinished,
@@ -20,6 +20,7 @@ from tui.events import (
     ModelLoaded,
 )
 from tui.keymap import bindings
+from tui.screens.chat_saving import ChatSaving, store_guarded
 from tui.screens.prompt_screen import ConfirmScreen, PromptScreen
 from tui.settings import ChatSettings
 from tui.state import AppState
@@ -27,9 +28,10 @@ from tui.widgets.chat_input import ChatInput
 from tui.widgets.chat_list import ChatList
 from tui.widgets.chat_message import ChatMessage
 from tui.widgets.status_bar import StatusBar
+from tui.widgets.store_problem import StoreProblemLine
 
 
-class ChatScreen(Screen):
+class ChatScreen(ChatSaving):
     SCOPE = "chat"
     BINDINGS = bindings(SCOPE)
 
@@ -47,13 +49,10 @@ class ChatScreen(Screen):
             yield ChatList(id="chats")
             with Vertical(id="chat-pane"):
                 yield VerticalScroll(id="conversation")
+                yield StoreProblemLine(id="store-problem")
                 yield ChatInput(id="input")
         yield StatusBar(id="status")
         yield Footer()
-
-    @property
-    def store(self):
-        return self.app.store
 
     @property
     def bridge(self):
@@ -70,18 +69,31 @@ class ChatScreen(Screen):
     async def on_mount(self) -> None:
         self.conversation.anchor()
         self.query_one(ChatInput).focus()
-        chats = self.store.list_conversations()
+        chats = self.saved_chats()
         if chats:
             await self.open_chat(chats[0].id)
         else:
             await self.new_chat()
+        if self.app.store_problem:  # the app started without a usable chat file: say so at once
+            self.show_store_problem()
+            self.offer_fresh_store()
 
     # --- chats ----------------------------------------------------------------------------
     def default_settings(self) -> ChatSettings:
         return ChatSettings.from_dict(self.state.chat_defaults, self.state.model_source)
 
+    def saved_chats(self) -> list[StoredConversation]:
+        """The chat list; empty without a chat file (the problem line says why)."""
+        if self.app.store is None:
+            return []
+        try:
+            return self.store.list_conversations()
+        except ChatStoreError as e:
+            self.store_failed(e)
+            return []
+
     async def refresh_chat_list(self) -> None:
-        await self.query_one(ChatList).show(self.store.list_conversations(), self.chat_id)
+        await self.query_one(ChatList).show(self.saved_chats(), self.chat_id)
 
     async def new_chat(self) -> None:
         self.chat_id = None
@@ -90,6 +102,7 @@ class ChatScreen(Screen):
         await self.refresh_chat_list()
         self.update_status()
 
+    @store_guarded
     async def open_chat(self, chat_id: str) -> None:
         stored = self.store.get_conversation(chat_id)
         self.chat_id = chat_id
@@ -122,14 +135,20 @@ class ChatScreen(Screen):
         if not self.bridge.ready:
             self.notify("The model is still loading…", severity="warning")
             return
+        try:
+            chat_id = self.ensure_chat(event.text)
+            stored = self.store.add_message(chat_id, "user", event.text)
+        except ChatStoreError as e:
+            self.store_failed(e, offer=True)  # the message stays in the input: it was not saved
+            return
         self.query_one(ChatInput).clear()
-        chat_id = self.ensure_chat(event.text)
-        stored = self.store.add_message(chat_id, "user", event.text)
         await self.conversation.mount(ChatMessage("user", event.text, message_id=stored.id))
         await self.start_answer()
         await self.refresh_chat_list()
 
+    @store_guarded
     async def start_answer(self) -> None:
+        history = self.stored_messages()  # read before anything is shown: a failed read starts nothing
         meta = {"model": self.bridge.info.source if self.bridge.info else None}
         if self.bridge.active_adapters:  # each answer records which adapters produced it
             meta["adapters"] = dict(self.bridge.active_adapters)
@@ -138,14 +157,14 @@ class ChatScreen(Screen):
         self.conversation.scroll_end(animate=False)
         params = self.settings.generation_params()
         if self.state.notes_mode:  # a single-turn answer from the notes index, with citations
-            question = self.store.messages(self.chat_id)[-1].content
+            question = history[-1]["content"]
             self.answer_widget.meta["notes_index"] = self.state.notes_index or "notes"
             self.answer_id = self.bridge.ask_notes(question, self.state.notes_index, params, target=self,
                                                    chat_id=self.chat_id)
             self.status.state = "searching notes…"
             return
         system = self.settings.system or None
-        self.answer_id = self.bridge.answer(self.chat_id, system, self.stored_messages(), params, target=self)
+        self.answer_id = self.bridge.answer(self.chat_id, system, history, params, target=self)
         self.status.state = "answering…"
 
     def on_answer_sources(self, message: AnswerSources) -> None:
@@ -177,14 +196,18 @@ class ChatScreen(Screen):
         widget = self.answer_widget
         widget.content = result.text
         await widget.finish(result.finish_reason, meta)
-        stored = self.store.add_message(self.chat_id, "assistant", result.text, result.finish_reason, widget.meta)
-        widget.message_id = stored.id
         self.answer_id, self.answer_widget = None, None
         self.status.state = "stopped" if result.finish_reason == "cancelled" else ""
         self.status.decode_tps = s.generation_tps
         self.status.ttft_ms = s.ttft_s * 1000
         self.status.memory_mb = s.peak_memory_mb
         self.update_status()
+        try:
+            stored = self.store.add_message(self.chat_id, "assistant", result.text, result.finish_reason, widget.meta)
+        except ChatStoreError as e:
+            self.store_failed(e)  # the answer stays on screen; a fresh file takes it along
+            return
+        widget.message_id = stored.id
 
     async def on_answer_failed(self, message: AnswerFailed) -> None:
         if message.answer_id != self.answer_id:
@@ -226,6 +249,7 @@ class ChatScreen(Screen):
         found = [w for w in self.conversation.query(ChatMessage) if w.role == role]
         return found[-1] if found else None
 
+    @store_guarded
     async def action_regenerate(self) -> None:
         if self.bridge.busy or self.chat_id is None or not self.bridge.ready:
             return
@@ -239,6 +263,7 @@ class ChatScreen(Screen):
             await widget.remove()
         await self.start_answer()
 
+    @store_guarded
     async def action_edit_last(self) -> None:
         if self.bridge.busy or self.chat_id is None:
             return
@@ -270,16 +295,19 @@ class ChatScreen(Screen):
     def action_settings(self) -> None:
         from tui.screens.settings_screen import SettingsScreen  # start-up time: loaded when first opened
 
-        async def apply(result: ChatSettings | None) -> None:
-            if result is None:
-                return
-            self.settings = result
-            if self.chat_id is not None:
-                self.store.update_settings(self.chat_id, result.to_dict())
-            self.app.ensure_model(result.model)
-            self.notify("Settings apply from the next answer.")
+        def apply(result: ChatSettings | None) -> None:
+            if result is not None:
+                self.apply_settings(result)
 
         self.app.push_screen(SettingsScreen(self.settings, self.app.model_choices()), apply)
+
+    @store_guarded
+    def apply_settings(self, result: ChatSettings) -> None:
+        self.settings = result
+        self.app.ensure_model(result.model)
+        self.notify("Settings apply from the next answer.")
+        if self.chat_id is not None:
+            self.store.update_settings(self.chat_id, result.to_dict())
 
     def action_notes(self) -> None:
         from tui.screens.notes import NotesScreen  # start-up time: loaded when first opened
@@ -316,6 +344,7 @@ class ChatScreen(Screen):
         chats.display = not chats.display
 
     @on(ChatList.ChatChosen)
+    @store_guarded
     async def chat_chosen(self, event: ChatList.ChatChosen) -> None:
         if event.chat_id == self.chat_id:
             return
@@ -323,6 +352,7 @@ class ChatScreen(Screen):
             self.bridge.stop()
         await self.open_chat(event.chat_id)
 
+    @store_guarded
     def action_rename_chat(self) -> None:
         if self.chat_id is None:
             return
@@ -330,11 +360,17 @@ class ChatScreen(Screen):
 
         async def rename(title: str | None) -> None:
             if title:
-                self.store.rename_conversation(self.chat_id, title)
-                await self.refresh_chat_list()
+                await self.rename_chat(title)
 
         self.app.push_screen(PromptScreen("Rename chat", current), rename)
 
+    @store_guarded
+    async def rename_chat(self, title: str) -> None:
+        if self.chat_id is not None:
+            self.store.rename_conversation(self.chat_id, title)
+            await self.refresh_chat_list()
+
+    @store_guarded
     def action_delete_chat(self) -> None:
         if self.chat_id is None:
             return
@@ -342,15 +378,21 @@ class ChatScreen(Screen):
 
         async def delete(yes: bool | None) -> None:
             if yes:
-                self.bridge.forget(self.chat_id)
-                self.store.delete_conversation(self.chat_id)
-                chats = self.store.list_conversations()
-                if chats:
-                    await self.open_chat(chats[0].id)
-                else:
-                    await self.new_chat()
+                await self.delete_chat()
 
         self.app.push_screen(ConfirmScreen(f"Delete “{title}”? This cannot be undone."), delete)
+
+    @store_guarded
+    async def delete_chat(self) -> None:
+        if self.chat_id is None:
+            return
+        self.store.delete_conversation(self.chat_id)
+        self.bridge.forget(self.chat_id)
+        chats = self.saved_chats()
+        if chats:
+            await self.open_chat(chats[0].id)
+        else:
+            await self.new_chat()
 
     def action_copy_last(self) -> None:
         widget = self.last_message_widget("assistant")
@@ -358,8 +400,15 @@ class ChatScreen(Screen):
             return
         self.app.copy_text(widget.content)
 
+    @store_guarded
     def action_export_chat(self) -> None:
         if self.chat_id is None:
             return
-        path = self.app.export_chat(self.chat_id)
+        try:
+            path = self.app.export_chat(self.store, self.chat_id)
+        except ChatStoreError:
+            raise
+        except MacllmError as e:  # e.g. the current folder is read-only
+            self.notify(str(e), title="Not exported", severity="error", timeout=10)
+            return
         self.notify(f"Exported to {path}")

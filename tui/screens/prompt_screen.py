@@ -1,4 +1,4 @@
-"""Small modal dialogs: ask for one line of text, or confirm a destructive action."""
+"""Small modal dialogs: ask for one line of text, or confirm an action (by default a destructive one)."""
 
 from __future__ import annotations
 
@@ -32,16 +32,18 @@ class ConfirmScreen(ModalScreen[bool]):
     SCOPE = "confirm"
     BINDINGS = bindings(SCOPE)
 
-    def __init__(self, question: str) -> None:
+    def __init__(self, question: str, yes: str = "Delete", no: str = "Cancel", yes_variant: str = "error") -> None:
         super().__init__(classes="dialog-screen")
         self.question = question
+        self.labels = (yes, no)
+        self.yes_variant = yes_variant
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.question, classes="dialog-title")
+            yield Label(self.question, classes="dialog-title", markup=False)  # paths may hold [brackets]
             with Horizontal(classes="dialog-buttons"):
-                yield Button("Delete", variant="error", id="yes")
-                yield Button("Cancel", id="no")
+                yield Button(self.labels[0], variant=self.yes_variant, id="yes")  # type: ignore[arg-type]
+                yield Button(self.labels[1], id="no")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.dismiss(event.button.id == "yes")

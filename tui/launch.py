@@ -13,3 +13,5 @@ def launch_app(*, model: str, keep_quantized: bool, default_settings: dict,
         app.run()
     finally:
         app.bridge.shutdown()  # however the app ended: release the engine thread's MLX streams
+        if app.store is not None:
+            app.store.close()  # folds the WAL back into the chat file

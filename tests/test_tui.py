@@ -6,6 +6,8 @@ import asyncio
 
 import pytest
 
+from macllm import hub
+from macllm.errors import MacllmError
 from macllm.storage.chat_store import ChatStore
 from tui.app import MacllmApp
 from tui.screens.chat import ChatScreen
@@ -462,3 +464,20 @@ async def test_command_palette_runs_keymap_actions(tiny_llama_gguf, store, tmp_p
             await pilot.pause()
         assert not screen.query_one("#chats").display
         await wait_until(pilot, lambda: isinstance(app.screen, TrainScreen))
+
+
+async def test_model_picker_opens_when_models_cannot_be_listed(tiny_llama_gguf, store, tmp_path, monkeypatch):
+    # A read-only $MACLLM_HOME: listing models fails to make the models folder. The picker still opens
+    # (a path can be typed) and a notification says why the list is empty; the app does not crash.
+    app = make_app(tiny_llama_gguf, store, tmp_path)
+
+    def unlistable():
+        raise MacllmError("cannot create the folder /home/x/models (read-only)")
+
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        monkeypatch.setattr(hub, "local_models", unlistable)
+        app.action_pick_model("the model failed to load")
+        await pilot.pause()
+        assert type(app.screen).__name__ == "ModelPicker"
+        assert any("Models cannot be listed" in str(n.message) for n in app._notifications)

@@ -102,7 +102,16 @@ class MacllmApp(App):
                 screen.update_status()
 
     def model_choices(self) -> list[str]:
-        return [m["name"] for m in hub.local_models()]
+        return [m["name"] for m in self.known_models()]
+
+    def known_models(self) -> list[dict]:
+        """The catalog and local models; none (a path can still be typed) when the models folder cannot be
+        read or made, e.g. under a read-only $MACLLM_HOME, which a notification says."""
+        try:
+            return hub.local_models()
+        except (MacllmError, OSError) as e:
+            self.notify(f"Models cannot be listed: {e}", severity="warning", timeout=8)
+            return []
 
     def action_pick_model(self, reason: str | None = None) -> None:
         from tui.screens.model_picker import ModelPicker  # start-up time: loaded when first opened
@@ -114,7 +123,7 @@ class MacllmApp(App):
                     self.screen.settings.model = source
                 self.ensure_model(source)
 
-        self.push_screen(ModelPicker(hub.local_models(), reason), chosen)
+        self.push_screen(ModelPicker(self.known_models(), reason), chosen)
 
     # --- training -----------------------------------------------------------------------------
     def action_train(self) -> None:

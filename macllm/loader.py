@@ -15,6 +15,7 @@ from macllm.errors import MacllmError
 from macllm.formats.gguf_header import read_header
 from macllm.formats.gguf_import import import_cache_path, imported_folder
 from macllm.formats.gguf_model import NeedsImport, load_gguf_model
+from macllm.formats.names import shown
 from macllm.formats.safetensors import load_folder_model
 from macllm.hub import resolve_model
 from macllm.loaded import LoadedModel, ModelInfo
@@ -43,13 +44,13 @@ def _load_strict(model: nn.Module, weights: dict[str, mx.array], source: str) ->
     missing = sorted(set(expected) - set(weights))
     extra = sorted(set(weights) - set(expected))
     if missing or extra:
-        what = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
+        what = f"missing {missing[0]}" if missing else f"unexpected {shown(extra[0])}"  # names from the file
         count = len(missing) + len(extra)
         raise MacllmError(f"weights in {source} do not fit the {model.model_type} architecture ({what}; "
                           f"{count} mismatched tensor(s))")
     for name, value in weights.items():
         if value.shape != expected[name].shape:
-            raise MacllmError(f"weights in {source} do not fit the architecture: {name} has shape "
+            raise MacllmError(f"weights in {source} do not fit the architecture: {shown(name)} has shape "
                               f"{tuple(value.shape)}, expected {tuple(expected[name].shape)}")
     model.load_weights(list(weights.items()), strict=False)
 

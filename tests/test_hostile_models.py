@@ -120,6 +120,20 @@ def test_impossible_gguf_header_is_refused_by_every_reader(tmp_path, tiny_llama_
         assert expected in _refusal(reader, crafted), reader
 
 
+@pytest.mark.parametrize("key, value", [
+    ("block_count", 2**31),  # built layers without end
+    ("block_count", 3),
+    ("embedding_length", 2**31),  # internal error: OverflowError
+    ("attention.head_count", 2**31),  # internal error: std::bad_cast
+    ("attention.head_count", 5),  # internal error: a reshape deep in MLX
+    ("vocab_size", 2**31),  # internal error: OverflowError
+])
+def test_sizes_that_do_not_fit_the_tensors_are_refused(tmp_path, tiny_llama_gguf, key, value):
+    crafted = with_field(tiny_llama_gguf, tmp_path / "crafted.gguf", f"value:llama.{key}", value)
+    message = _refusal(read_model_files, crafted)
+    assert "crafted.gguf" in message and ("do not fit" in message or "layers" in message)
+
+
 @pytest.mark.parametrize("alignment, expected", [(0, "alignment 0"), (3, "alignment 3"), (2**31, "alignment")])
 def test_impossible_alignment_is_refused(tmp_path, aligned_gguf, alignment, expected):
     crafted = with_field(aligned_gguf, tmp_path / "crafted.gguf", "value:general.alignment", alignment)
@@ -207,3 +221,11 @@ def test_huggingface_cache_layout_is_inside(tmp_path, tiny_llama_folder):
     blob = (snapshot / "model.safetensors").rename(repo / "blobs" / "f00d")
     (snapshot / "model.safetensors").symlink_to(Path("..") / ".." / "blobs" / blob.name)
     assert read_weights(snapshot)
+
+
+def test_tensor_name_with_a_newline_stays_one_line(tmp_path, tiny_llama_folder):
+    folder = folder_copy(tiny_llama_folder, tmp_path / "model")
+    header, body = safetensors_parts(folder / "model.safetensors")
+    header["model.extra\nmacllm: error: a second line"] = header["model.norm.weight"]  # an unexpected tensor
+    write_safetensors(folder / "model.safetensors", header, body)
+    assert "second line" in generate_error(tmp_path, folder)

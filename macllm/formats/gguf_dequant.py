@@ -15,6 +15,7 @@ import numpy as np
 from macllm.errors import MacllmError
 from macllm.formats.gguf_blocks import LAYOUTS, read_exact
 from macllm.formats.gguf_header import TensorInfo, read_header, tensor_nbytes
+from macllm.formats.names import shown
 
 # Re-quantizing (types without an exact MLX layout): a tensor stored with at least this many bits per
 # weight gets 8 bits, others 4.
@@ -51,14 +52,14 @@ def check_types(infos: list[TensorInfo], path: Path) -> None:
             continue
         checked.add(info.type_id)
         if name.startswith("unknown"):
-            raise MacllmError(f"{path.name}: tensor {info.name} has an {name}; this GGUF is newer than macllm "
+            raise MacllmError(f"{path.name}: tensor {shown(info.name)} has an {name}; this GGUF is newer than macllm "
                               "understands or damaged")
         qtype = gguf.GGMLQuantizationType(info.type_id)
         block, size = gguf.GGML_QUANT_SIZES[qtype]
         try:
             gguf.quants.dequantize(np.zeros((1, size), np.uint8), qtype)
         except NotImplementedError:
-            raise MacllmError(f"{path.name}: tensor {info.name} uses GGUF type {name}, which macllm cannot "
+            raise MacllmError(f"{path.name}: tensor {shown(info.name)} uses GGUF type {name}, which macllm cannot "
                               "import yet") from None
 
 
@@ -67,7 +68,7 @@ def tensor_bytes(data: np.ndarray, info: TensorInfo) -> np.ndarray:
     nbytes = tensor_nbytes(info)
     raw = data[info.offset:info.offset + nbytes]
     if len(raw) < nbytes:
-        raise MacllmError(f"tensor {info.name} runs past the end of the file; the GGUF is truncated")
+        raise MacllmError(f"tensor {shown(info.name)} runs past the end of the file; the GGUF is truncated")
     return raw
 
 

@@ -20,6 +20,7 @@ import gguf
 import numpy as np
 
 from macllm.errors import MacllmError
+from macllm.formats.names import shown
 
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _NUMPY = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "?", 10: "<u8", 11: "<i8",
@@ -132,7 +133,7 @@ def _parse(buf, path: Path) -> tuple[dict, list[TensorInfo]]:
     for info in infos:
         info.offset += data_start
         if info.offset + tensor_nbytes(info) > len(buf):
-            raise DamagedHeader(f"tensor {info.name} runs past the end of the file")
+            raise DamagedHeader(f"tensor {shown(info.name)} runs past the end of the file")
     return meta, infos
 
 
@@ -146,23 +147,24 @@ def _alignment(value, kind: int) -> int:
 
 def _tensor_info(cur: _Cursor, path: Path, alignment: int) -> TensorInfo:
     name = cur.string("a tensor name")
+    label = shown(name)
     n_dims = cur.scalar("<I")
     if not 1 <= n_dims <= MAX_DIMS:
-        raise DamagedHeader(f"tensor {name} has {n_dims} dimensions (1 to {MAX_DIMS} allowed)")
+        raise DamagedHeader(f"tensor {label} has {n_dims} dimensions (1 to {MAX_DIMS} allowed)")
     dims = [cur.scalar("<Q") for _ in range(n_dims)]
     if 0 in dims:
-        raise DamagedHeader(f"tensor {name} has a zero dimension")
+        raise DamagedHeader(f"tensor {label} has a zero dimension")
     if max(dims) > MAX_DIM:
-        raise DamagedHeader(f"tensor {name} has dimension {max(dims)} (at most {MAX_DIM})")
+        raise DamagedHeader(f"tensor {label} has dimension {max(dims)} (at most {MAX_DIM})")
     type_id, offset = cur.scalar("<I"), cur.scalar("<Q")
     if type_id not in gguf.GGML_QUANT_SIZES:
-        raise MacllmError(f"{path.name}: tensor {name} has an unknown type {type_id}; this GGUF is newer than "
+        raise MacllmError(f"{path.name}: tensor {label} has an unknown type {type_id}; this GGUF is newer than "
                           "macllm understands or damaged")
     block = block_size(type_id)[0]
     if dims[0] % block:
-        raise DamagedHeader(f"tensor {name}'s rows of {dims[0]} do not fill whole blocks of {block}")
+        raise DamagedHeader(f"tensor {label}'s rows of {dims[0]} do not fill whole blocks of {block}")
     if offset % alignment:
-        raise DamagedHeader(f"tensor {name} is not aligned to {alignment} bytes")
+        raise DamagedHeader(f"tensor {label} is not aligned to {alignment} bytes")
     return TensorInfo(name, tuple(reversed(dims)), type_id, offset)
 
 

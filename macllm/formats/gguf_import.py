@@ -68,7 +68,7 @@ def import_gguf(path: Path, out: Path, progress: bool = False) -> Path:
     if progress:
         print(f"Importing {Path(path).name} (once; later loads read the cached copy)…", file=sys.stderr)
     raw, meta, types = read_dequantized(Path(path), keep_exact=True)
-    cfg, weights, _, _ = convert_tensors(raw, meta)
+    cfg, weights, _, _ = convert_tensors(raw, meta, Path(path).name)
     arch = architecture(meta)  # names, q/k row order; triples carried as they are
     bits = {}
     for name, type_id in types.items():

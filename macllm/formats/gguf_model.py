@@ -13,6 +13,8 @@ from macllm.errors import MacllmError
 from macllm.formats.gguf_dequant import check_types, read_dequantized, type_name
 from macllm.formats.gguf_file import read_gguf, read_gguf_metadata_only
 from macllm.formats.gguf_header import read_header
+from macllm.formats.gguf_sizes import check_sizes_fit_tensors
+from macllm.formats.names import shown
 from macllm.models import model_class
 
 NATIVE_TYPES = ("F32", "F16", "Q4_0", "Q4_1", "Q8_0")
@@ -74,7 +76,10 @@ def architecture(meta: dict) -> str:
     arch = meta.get("general.architecture")
     if arch is None:
         raise MacllmError("GGUF has no general.architecture metadata; the file is not a model")
-    return str(arch)
+    if not isinstance(arch, str) or shown(arch) != arch:
+        raise MacllmError(f"GGUF's general.architecture {shown(arch)} is not an architecture name; "
+                          "the file is damaged")
+    return arch
 
 
 def config_from_metadata(meta: dict, weights: dict) -> ModelConfig:
@@ -161,18 +166,19 @@ def load_gguf_model(path: Path) -> tuple[ModelConfig, dict[str, mx.array], dict,
         raw, meta = read_gguf(path)
     except MacllmError as e:
         raise _explain_load_failure(Path(path), e) from None
-    return convert_tensors(raw, meta)
+    return convert_tensors(raw, meta, Path(path).name)
 
 
 def load_gguf_dequantized(path: Path) -> tuple[ModelConfig, dict[str, mx.array], dict, mx.array | None]:
     """Any GGUF, every tensor dequantized to float exactly as llama.cpp computes it (slow: numpy)."""
     raw, meta, _ = read_dequantized(Path(path))
-    return convert_tensors(raw, meta)
+    return convert_tensors(raw, meta, Path(path).name)
 
 
-def convert_tensors(raw: dict[str, mx.array], meta: dict):
+def convert_tensors(raw: dict[str, mx.array], meta: dict, name: str = "the GGUF file"):
     """GGUF names and layout -> mlx-lm's; also the config and rope periods."""
     cfg = config_from_metadata(meta, raw)
+    check_sizes_fit_tensors(cfg, {key: tuple(value.shape) for key, value in raw.items()}, name)
     arch = architecture(meta)
     weights: dict[str, mx.array] = {}
     rope_periods = None

@@ -12,6 +12,8 @@ import math
 import struct
 from pathlib import Path
 
+from macllm.formats.names import shown
+
 # The dtypes MLX reads (F64 and F8_E5M2 it refuses), with their sizes in bytes.
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "U16": 2, "I16": 2, "F16": 2, "BF16": 2, "U32": 4,
                "I32": 4, "F32": 4, "U64": 8, "I64": 8, "C64": 8}
@@ -53,7 +55,8 @@ def _is_int(value) -> bool:
     return type(value) is int  # JSON true/false are bools, which Python would take as 1/0
 
 
-def _check_entry(name: str, entry, body: int) -> None:
+def _check_entry(key: str, entry, body: int) -> None:
+    name = shown(key)
     if not isinstance(entry, dict):
         raise DamagedSafetensors(f"tensor {name} is not described by a JSON object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")

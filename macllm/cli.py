@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None, app: AppLauncher | None = None) -> int:
     try:
         return args.run(args) or 0
     except MacllmError as e:
-        print(f"macllm: error: {e}", file=sys.stderr)
+        # One line, whatever the message holds (a file-supplied name may carry a newline).
+        print("macllm: error: " + " ".join(str(e).split()), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\nmacllm: interrupted", file=sys.stderr)

@@ -19,6 +19,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from macllm.errors import MacllmError
+from macllm.formats.arrays import load_arrays
 from macllm.lora.adapter import Adapter
 from macllm.storage.atomic import atomic_folder
 
@@ -56,7 +57,7 @@ def _load_tensors(path: Path) -> dict[str, mx.array]:
     if not path.exists():
         raise MacllmError(f"{path.parent} has no {path.name}")
     try:
-        tensors = mx.load(str(path))
+        tensors = load_arrays(path)  # the header is checked before MLX reads the file
     except Exception as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise MacllmError(f"cannot read {path} ({first}); the file is truncated or damaged") from None

@@ -149,9 +149,12 @@ class Tokenizer:
     # -- chat -----------------------------------------------------------------
 
     def apply_chat_template(
-        self, messages: list[dict], add_generation_prompt: bool = True, system: str | None = None
+        self, messages: list[dict], add_generation_prompt: bool = True, system: str | None = None,
+        enable_thinking: bool | None = None,
     ) -> str:
-        """Render messages to prompt text. `system` replaces a leading system message or is prepended."""
+        """Render messages to prompt text. `system` replaces a leading system message or is prepended.
+        `enable_thinking` reaches templates of reasoning models (Qwen3); None leaves it undefined, so the
+        template's own default holds, as in transformers."""
         messages = list(messages)
         if system is not None:
             if messages and messages[0].get("role") == "system":
@@ -163,6 +166,8 @@ class Tokenizer:
             "bos_token": self._token_text(self.bos_token_id),
             "eos_token": self._token_text(self.eos_token_id),
         }
+        if enable_thinking is not None:
+            variables["enable_thinking"] = enable_thinking
         template = self._template()
         input_chars = sum(len(str(m.get("content") or "")) for m in messages)
         try:

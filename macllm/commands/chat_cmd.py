@@ -9,12 +9,14 @@ from macllm.commands.options import (
     add_adapter_option,
     add_model_option,
     add_sampling_options,
+    add_thinking_option,
     apply_adapters,
     checked_text,
     generation_params,
     parse_adapter_specs,
     set_kv_bits,
 )
+from macllm.commands.thinking_echo import ThinkingEcho
 from macllm.errors import MacllmError
 
 
@@ -24,6 +26,7 @@ def add_parser(sub) -> None:
     add_adapter_option(p)
     p.add_argument("--system", help="system prompt")
     p.add_argument("--plain", action="store_true", help="line-mode chat in this terminal")
+    add_thinking_option(p)
     add_sampling_options(p)
     # Chat samples by default: small models loop when greedy.
     p.set_defaults(run=run, max_tokens=512, temp=0.7, top_p=0.95, min_p=0.05)
@@ -62,6 +65,8 @@ def run_app(args, app: AppLauncher) -> int:
     defaults = {"temperature": args.temp, "top_p": args.top_p, "min_p": args.min_p, "max_tokens": args.max_tokens}
     if args.system:
         defaults["system"] = args.system
+    if args.enable_thinking is not None:
+        defaults["thinking"] = args.enable_thinking
     app(model=args.model, keep_quantized=args.keep_quantized, default_settings=defaults, adapters=adapters,
         kv_bits=args.kv_bits)
     return 0
@@ -114,17 +119,19 @@ def chat_loop(engine, system: str | None, params) -> None:
             print("(new chat)", file=sys.stderr)
             continue
         stream = engine.chat(conv, text, params)
+        thinking = ThinkingEcho()
         try:
             for event in stream:
                 if isinstance(event, GenerationResult):
+                    thinking.end_thinking()
                     s = event.stats
                     mark = " (stopped)" if event.finish_reason == "cancelled" else ""
                     print(f"\n[{s.generation_tokens} tokens, {s.generation_tps:.1f} tok/s, first token "
                           f"{s.ttft_s * 1000:.0f} ms]{mark}", file=sys.stderr)
-                elif event.text:
-                    sys.stdout.write(event.text)
-                    sys.stdout.flush()
+                else:
+                    thinking.show(event.reasoning, event.text)
         except KeyboardInterrupt:
+            thinking.end_thinking()
             stream.cancel()
             stream.result()
             print("\n(stopped)", file=sys.stderr)

@@ -10,12 +10,14 @@ from macllm.commands.options import (
     add_adapter_option,
     add_model_option,
     add_sampling_options,
+    add_thinking_option,
     apply_adapters,
     checked_text,
     generation_params,
     read_text_arg,
     set_kv_bits,
 )
+from macllm.commands.thinking_echo import ThinkingEcho
 
 if TYPE_CHECKING:
     from macllm.generation import GenerationResult
@@ -30,8 +32,11 @@ def add_parser(sub) -> None:
     src.add_argument("--prompt-file", help="read the prompt from a file")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.add_argument("--system", help="system prompt (with --chat)")
+    add_thinking_option(p)
     add_sampling_options(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object with text, tokens and stats")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object with text (the answer), reasoning (a reasoning model's thinking), "
+                        "tokens and stats")
     p.set_defaults(run=run)
 
 
@@ -62,12 +67,13 @@ def complete(engine, args, prompt: str, params) -> GenerationResult:
     else:
         stream = engine.generate(prompt, params)
     result = None
+    thinking = ThinkingEcho()
     for event in stream:
         if isinstance(event, GenerationResult):
             result = event
-        elif not args.json and event.text:
-            sys.stdout.write(event.text)
-            sys.stdout.flush()
+        elif not args.json:
+            thinking.show(event.reasoning, event.text)
+    thinking.end_thinking()
     assert result is not None, "a finished stream ends with its result"
     return result
 
@@ -75,7 +81,8 @@ def complete(engine, args, prompt: str, params) -> GenerationResult:
 def print_json(result: GenerationResult) -> None:
     s = result.stats
     print(json.dumps({
-        "text": result.text, "token_ids": result.token_ids, "prompt_tokens": s.prompt_tokens,
+        "text": result.text, "reasoning": result.reasoning, "token_ids": result.token_ids,
+        "prompt_tokens": s.prompt_tokens,
         "generation_tokens": s.generation_tokens, "prompt_tps": round(s.prompt_tps, 2),
         "generation_tps": round(s.generation_tps, 2), "ttft_s": round(s.ttft_s, 4),
         "peak_memory_mb": round(s.peak_memory_mb, 1), "finish_reason": result.finish_reason,

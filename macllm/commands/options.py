@@ -44,6 +44,12 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
 
 
+def add_thinking_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--think", dest="enable_thinking", action=argparse.BooleanOptionalAction, default=None,
+                   help="reasoning models (Qwen3): think before answering, or not with --no-think; passed to "
+                        "the chat template as enable_thinking (default: the template's own default)")
+
+
 def parse_seed(text: str, maximum: int = MAX_SEED) -> int:
     """argparse type for --seed: a whole number MLX accepts, else a usage error that says the range."""
     try:
@@ -95,7 +101,8 @@ def generation_params(args) -> GenerationParams:
         checked_text(stop, "--stop")
     return GenerationParams(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                             repetition_penalty=args.repeat_penalty, seed=args.seed,
-                            max_tokens=args.max_tokens, stop_strings=tuple(args.stop))
+                            max_tokens=args.max_tokens, stop_strings=tuple(args.stop),
+                            enable_thinking=getattr(args, "enable_thinking", None))
 
 
 def read_text_arg(text: str | None, file: str | None, what: str = "prompt") -> str:

@@ -24,7 +24,7 @@ class Conversation:
 
     def template_messages(self) -> list[dict]:
         head = [{"role": "system", "content": self.system}] if self.system else []
-        return head + [{"role": m["role"], "content": m["content"]} for m in self.messages]
+        return head + [_template_message(m) for m in self.messages]
 
     def invalidate_cache(self) -> None:
         """Forget cached keys/values (e.g. they were computed under other adapters)."""
@@ -33,6 +33,16 @@ class Conversation:
 
     def view(self) -> "ConversationView":
         return ConversationView(self.id, self.system, [dict(m) for m in self.messages], len(self.cached_tokens))
+
+
+def _template_message(message: dict) -> dict:
+    """What a chat template is given of a message. An answer's thinking travels as `reasoning_content`, the
+    field reasoning templates read (Qwen3's drops it for turns before the last question, as it drops a
+    <think> block left in the content); templates that do not know the field ignore it."""
+    out = {"role": message["role"], "content": message["content"]}
+    if message.get("reasoning_content"):
+        out["reasoning_content"] = message["reasoning_content"]
+    return out
 
 
 @dataclass(frozen=True)

@@ -219,8 +219,10 @@ class Engine:
         for event in events:
             if isinstance(event, GenerationResult) and conv is not None:
                 conv.cached_tokens = event.fed_tokens
-                conv.messages.append({"role": "assistant", "content": event.text,
-                                      "finish_reason": event.finish_reason})
+                answer = {"role": "assistant", "content": event.text, "finish_reason": event.finish_reason}
+                if event.reasoning:
+                    answer["reasoning_content"] = event.reasoning
+                conv.messages.append(answer)
                 self._publish_context()
             stream._put(event)
 
@@ -267,25 +269,31 @@ class Engine:
 
     def chat(self, conv_id: str, text: str, params: GenerationParams | None = None) -> TokenStream:
         """Add a user message and stream the assistant's answer; the reply is appended when done."""
+        chosen = params or GenerationParams()
+
         def prepare(loaded: LoadedModel):
             conv = self._conversation(conv_id)
             conv.messages.append({"role": "user", "content": text})
-            return self._render(loaded, conv), conv
+            return self._render(loaded, conv, chosen.enable_thinking), conv
 
-        return self._stream_job(prepare, params or GenerationParams())
+        return self._stream_job(prepare, chosen)
 
     def reply(self, conv_id: str, params: GenerationParams | None = None) -> TokenStream:
         """Answer the conversation as it stands (after a regenerate or an edit)."""
+        chosen = params or GenerationParams()
+
         def prepare(loaded: LoadedModel):
             conv = self._conversation(conv_id)
-            return self._render(loaded, conv), conv
+            return self._render(loaded, conv, chosen.enable_thinking), conv
 
-        return self._stream_job(prepare, params or GenerationParams())
+        return self._stream_job(prepare, chosen)
 
     @staticmethod
-    def _render(loaded: LoadedModel, conv: Conversation) -> list[int]:
+    def _render(loaded: LoadedModel, conv: Conversation, enable_thinking: bool | None) -> list[int]:
         tok = loaded.tokenizer
-        return tok.encode(tok.apply_chat_template(conv.template_messages(), add_generation_prompt=True))
+        text = tok.apply_chat_template(conv.template_messages(), add_generation_prompt=True,
+                                       enable_thinking=enable_thinking)
+        return tok.encode(text)
 
     def close_conversation(self, conv_id: str) -> Future:
         """Forget a conversation and free its KV cache (after the jobs queued before this one)."""

@@ -12,14 +12,16 @@ class GenerationParams(SamplingParams):
     max_tokens: int = 256
     stop_strings: tuple[str, ...] = ()
     top_alternatives: int = 0  # >0: each token event carries that many most likely alternatives
+    enable_thinking: bool | None = None  # chat templates' switch for reasoning models; None: the template's default
 
 
 @dataclass
 class TokenEvent:
     token_id: int
-    text: str  # new, complete text this token made visible (may be "")
+    text: str  # new, complete answer text this token made visible (may be "")
     logprob: float
     alternatives: list[tuple[int, float]] | None = None
+    reasoning: str = ""  # new text of a reasoning model's thinking (between <think> and </think>)
 
 
 @dataclass
@@ -40,3 +42,4 @@ class GenerationResult:
     finish_reason: str  # "stop" | "length" | "cancelled"
     stats: GenerationStats
     fed_tokens: list[int] = field(default_factory=list)  # exactly what the KV cache now holds
+    reasoning: str = ""  # a reasoning model's thinking, without its tags; `text` is the answer after it

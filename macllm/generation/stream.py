@@ -19,7 +19,11 @@ from macllm.generation.params import (
     GenerationStats,
     TokenEvent,
 )
+from macllm.generation.reasoning import ReasoningSplitter, SplitText, prompt_opens_thinking, template_thinks
 from macllm.generation.stop_strings import StopStringWatcher
+
+# Enough prompt tokens to see whether the template left a think block open for the model.
+PROMPT_TAIL_TOKENS = 16
 
 
 def _check_prompt(model, prompt: list[int], context_length: int | None) -> int | None:
@@ -39,6 +43,13 @@ def _reusable_prefix(cache: list[LayerCache], cached: list[int], prompt: list[in
     if not trim_cache(cache, cache_length(cache) - reuse):
         reuse = 0  # a sliding-window layer had dropped positions the reused prefix needs
     return reuse
+
+
+def _reasoning_splitter(tokenizer, prompt: list[int]) -> ReasoningSplitter | None:
+    """A splitter for models whose chat template knows think blocks; None for the others."""
+    if not template_thinks(getattr(tokenizer, "chat_template", None)):
+        return None
+    return ReasoningSplitter(inside=prompt_opens_thinking(tokenizer.decode(prompt[-PROMPT_TAIL_TOKENS:])))
 
 
 def stream_generate(model, tokenizer, prompt: list[int], params: GenerationParams,
@@ -65,10 +76,19 @@ def stream_generate(model, tokenizer, prompt: list[int], params: GenerationParam
 
     detok = tokenizer.stream_decoder()
     stops = StopStringWatcher(params.stop_strings)
+    splitter = _reasoning_splitter(tokenizer, prompt)
     eos = tokenizer.eos_token_ids
     fed = list(prompt)
     generated: list[int] = []
     text_parts: list[str] = []
+    reasoning_parts: list[str] = []
+
+    def split(text: str) -> SplitText:
+        piece = SplitText(answer=text) if splitter is None else splitter.feed(text)
+        text_parts.append(piece.answer)
+        reasoning_parts.append(piece.reasoning)
+        return piece
+
     finish = "length"
     max_new = min(params.max_tokens, limit - len(prompt)) if limit else params.max_tokens
     t_decode = time.perf_counter()
@@ -80,9 +100,8 @@ def stream_generate(model, tokenizer, prompt: list[int], params: GenerationParam
             finish = "stop"
             break
         text, stopped = stops.feed(detok.add(step.token_id))
-        if text:
-            text_parts.append(text)
-        yield TokenEvent(step.token_id, text, step.logprob, step.alternatives)
+        piece = split(text)
+        yield TokenEvent(step.token_id, piece.answer, step.logprob, step.alternatives, reasoning=piece.reasoning)
         if stopped:
             finish = "stop"
             break
@@ -92,15 +111,18 @@ def stream_generate(model, tokenizer, prompt: list[int], params: GenerationParam
     if finish != "stop" or not stops.stops:
         tail, _ = stops.feed(detok.flush())
         tail += stops.flush()
-        if tail:
-            text_parts.append(tail)
+        split(tail)
+    if splitter is not None:
+        rest = splitter.flush()
+        text_parts.append(rest.answer)
+        reasoning_parts.append(rest.reasoning)
     elapsed = time.perf_counter() - t_decode
     stats.generation_tokens = len(generated)
     stats.generation_tps = (len(generated) - 1) / elapsed if len(generated) > 1 and elapsed > 0 else 0.0
     stats.peak_memory_mb = backend.peak_memory_mb()
     # The queued step may have fed one token past a stop; keep cache and `fed` in step.
     trim_cache(cache, cache_length(cache) - len(fed))
-    yield GenerationResult("".join(text_parts), generated, finish, stats, fed)
+    yield GenerationResult("".join(text_parts), generated, finish, stats, fed, reasoning="".join(reasoning_parts))
 
 
 def generate(model, tokenizer, prompt: list[int], params: GenerationParams, **kw) -> GenerationResult:

@@ -11,7 +11,10 @@ from macllm.config import ModelConfig
 from macllm.errors import MacllmError
 from macllm.formats.arrays import load_arrays
 from macllm.formats.shards import weight_files
+from macllm.formats.text_config import text_model_config
 from macllm.models import model_class
+from macllm.models.family_config import family_config
+from macllm.models.implementation import MLX_LM_LABEL, implementation
 
 # The sizes every architecture reads; a config.json without them cannot describe a model.
 _REQUIRED_SIZES = ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads", "vocab_size")
@@ -62,12 +65,15 @@ def read_weights(folder: Path) -> dict[str, mx.array]:
 
 
 def load_folder_model(folder: Path) -> tuple[ModelConfig, dict[str, mx.array]]:
-    raw = read_config(folder)
+    raw = text_model_config(read_config(folder))  # a multimodal checkpoint runs as its text model
     if "model_type" not in raw:
         raise MacllmError(f"{folder / 'config.json'} has no model_type")
     model_class(raw["model_type"])  # clear error for unsupported architectures
-    check_sizes(raw, folder / "config.json")
-    cfg = ModelConfig.from_hf_dict(raw)
+    if implementation(raw["model_type"]) == MLX_LM_LABEL:
+        cfg = family_config(raw)  # mlx-lm's classes read the raw dict; sizes go by the family's names
+    else:
+        check_sizes(raw, folder / "config.json")
+        cfg = ModelConfig.from_hf_dict(raw)
     weights = read_weights(folder)
     if cfg.tie_word_embeddings:
         for k in [k for k in weights if k.startswith("lm_head.")]:

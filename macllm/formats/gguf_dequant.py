@@ -96,14 +96,16 @@ def read_dequantized(path: Path, keep_exact: bool = False) -> tuple[dict[str, mx
     for info in infos:
         types[info.name] = info.type_id
         name = type_name(info.type_id)
-        if keep_exact and name in LAYOUTS and len(info.shape) == 2 and info.name.endswith(".weight"):
+        # Matrices, and stacked experts (experts, out, in): read_exact works on rows, whatever leads them.
+        if keep_exact and name in LAYOUTS and len(info.shape) in (2, 3) and info.name.endswith(".weight"):
             exact = read_exact(tensor_bytes(data, info), name, info.shape)
             if exact is not None:
                 packed, scales, biases, _ = exact
                 prefix = info.name[: -len(".weight")]
-                tensors[info.name] = mx.array(packed)
-                tensors[prefix + ".scales"] = mx.array(scales).astype(mx.float16)
-                tensors[prefix + ".biases"] = mx.array(biases).astype(mx.float16)
+                lead = tuple(info.shape[:-1])
+                tensors[info.name] = mx.array(packed.reshape(*lead, -1))
+                tensors[prefix + ".scales"] = mx.array(scales.reshape(*lead, -1)).astype(mx.float16)
+                tensors[prefix + ".biases"] = mx.array(biases.reshape(*lead, -1)).astype(mx.float16)
                 continue
         value = read_tensor(data, info)
         tensors[info.name] = mx.array(value.astype(np.float32) if value.dtype == np.float64 else value)

@@ -39,7 +39,19 @@ _GEMMA3_LAYER_NAMES = {
     "attn_q_norm": "self_attn.q_norm",
     "attn_k_norm": "self_attn.k_norm",
 }
-_ARCH_LAYER_NAMES = {"gemma3": _GEMMA3_LAYER_NAMES}
+# Qwen3 adds per-head q/k norms; Qwen3-MoE a router and each projection's experts stacked (experts, out, in),
+# already mlx-lm's switch_mlp layout (llama.cpp's converter stacks Hugging Face's per-expert tensors so).
+_QWEN3_LAYER_NAMES = {**_LAYER_NAMES, "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}
+_QWEN3MOE_LAYER_NAMES = {
+    **_QWEN3_LAYER_NAMES,
+    "ffn_gate_inp": "mlp.gate",
+    "ffn_gate_exps": "mlp.switch_mlp.gate_proj",
+    "ffn_up_exps": "mlp.switch_mlp.up_proj",
+    "ffn_down_exps": "mlp.switch_mlp.down_proj",
+}
+_ARCH_LAYER_NAMES = {"gemma3": _GEMMA3_LAYER_NAMES, "qwen3": _QWEN3_LAYER_NAMES, "qwen3moe": _QWEN3MOE_LAYER_NAMES}
+# llama.cpp's architecture name -> our model_type, where they differ.
+_MODEL_TYPES = {"qwen3moe": "qwen3_moe"}
 # llama.cpp's converter stores Gemma norm weights as 1 + w (its norm multiplies by the weight);
 # Hugging Face and mlx-lm keep w and multiply by 1 + w.
 _NORM_SHIFTED = {"gemma3"}
@@ -84,10 +96,15 @@ def architecture(meta: dict) -> str:
 
 def config_from_metadata(meta: dict, weights: dict) -> ModelConfig:
     arch = architecture(meta)
-    model_class(arch)  # raises a clear error for unsupported architectures
+    model_type = _MODEL_TYPES.get(arch, arch)
+    model_class(model_type)  # raises a clear error for unsupported architectures
 
     def get(key: str, default: Any = None) -> Any:  # GGUF metadata values are whatever the file holds
-        return meta.get(f"{arch}.{key}", default)
+        value = meta.get(f"{arch}.{key}", default)
+        if key == "feed_forward_length" and value is None:
+            # Qwen3-MoE files may name only the experts' width (every layer sparse).
+            value = meta.get(f"{arch}.expert_feed_forward_length")
+        return value
 
     n_heads = get("attention.head_count")
     hidden = get("embedding_length")
@@ -104,7 +121,7 @@ def config_from_metadata(meta: dict, weights: dict) -> ModelConfig:
     if get("rope.scaling.type") == "linear" and get("rope.scaling.factor"):
         rope_scaling = {"rope_type": "linear", "factor": float(get("rope.scaling.factor"))}
     cfg = ModelConfig(
-        model_type=arch,
+        model_type=model_type,
         hidden_size=int(hidden),
         num_hidden_layers=int(get("block_count")),
         intermediate_size=int(get("feed_forward_length")),
@@ -121,7 +138,29 @@ def config_from_metadata(meta: dict, weights: dict) -> ModelConfig:
     )
     if arch == "gemma3":
         _gemma3_settings(cfg, get)
+    if arch == "qwen3moe":
+        _qwen3moe_settings(cfg, get, weights)
     return cfg
+
+
+def _qwen3moe_settings(cfg: ModelConfig, get, weights: dict) -> None:
+    """The expert settings, as mlx-lm's config.json names them (MoEArgs checks them when the model is built)."""
+    layers = range(cfg.num_hidden_layers)
+    # GGUF has no decoder_sparse_step / mlp_only_layers: a layer is sparse when it holds a router. Without
+    # tensors (a header-only check) every layer is, as llama.cpp assumes.
+    dense = [i for i in layers if weights and f"blk.{i}.ffn_gate_inp.weight" not in weights]
+    missing = [k for k in ("expert_count", "expert_used_count", "expert_feed_forward_length") if get(k) is None]
+    if missing:
+        raise MacllmError(f"GGUF is missing qwen3moe hyper-parameters ({', '.join(missing)})")
+    cfg.extra.update({
+        "num_experts": get("expert_count"),
+        "num_experts_per_tok": get("expert_used_count"),
+        "moe_intermediate_size": get("expert_feed_forward_length"),
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": dense,
+        # llama.cpp renormalises the top-k router weights for qwen3moe unless the file says otherwise.
+        "norm_topk_prob": bool(get("expert_weights_norm", True)),
+    })
 
 
 def _gemma3_settings(cfg: ModelConfig, get) -> None:

@@ -29,14 +29,33 @@ def check_sizes_fit_tensors(cfg: ModelConfig, shapes: dict[str, tuple[int, ...]]
         "attn_k.weight": cfg.num_key_value_heads * cfg.head_dim,
         "ffn_up.weight": cfg.intermediate_size,
     }
+    experts = _expert_shapes(cfg)
     for tensor, shape in shapes.items():
         rows: int | None
         if tensor == "token_embd.weight":
             rows = cfg.vocab_size
         elif _LAYER.match(tensor):
-            rows = per_layer.get(_LAYER.sub("", tensor))
+            part = _LAYER.sub("", tensor)
+            if part in experts:  # (experts, out, in): the expert count and width lead
+                lead = experts[part]
+                if tuple(shape[:len(lead)]) != lead:
+                    raise MacllmError(f"{name}: {shown(tensor)} has shape {shape} but the metadata's expert "
+                                      f"settings say {lead} first; the weights do not fit the file's sizes")
+                continue
+            rows = per_layer.get(part)
         else:
             continue
         if rows is not None and shape[0] != rows:
             raise MacllmError(f"{name}: {shown(tensor)} has shape {shape} but the metadata's sizes say {rows} "
                               "rows; the weights do not fit the file's head counts or sizes")
+
+
+def _expert_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Leading dims of mixture-of-experts tensors: checked before the experts are built (a huge
+    expert_count would allocate before any weight is compared)."""
+    e = cfg.extra
+    if e.get("num_experts") is None or e.get("moe_intermediate_size") is None:
+        return {}
+    n, width = int(e["num_experts"]), int(e["moe_intermediate_size"])
+    return {"ffn_gate_inp.weight": (n,), "ffn_gate_exps.weight": (n, width), "ffn_up_exps.weight": (n, width),
+            "ffn_down_exps.weight": (n, cfg.hidden_size)}

@@ -26,6 +26,7 @@ class ModelInfo:
     parameters: int
     compute: str  # how it computes, e.g. "float32 (dequantized for the CPU fast path)"
     quantization: str  # of the stored weights, e.g. "4-bit g32" or "none"
+    implementation: str = "own"  # whose model class computes it: "own" (macllm's) or "mlx-lm"
 
 
 @dataclass

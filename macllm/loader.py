@@ -20,6 +20,7 @@ from macllm.formats.safetensors import load_folder_model
 from macllm.hub import resolve_model
 from macllm.loaded import LoadedModel, ModelInfo
 from macllm.models import model_class
+from macllm.models.implementation import OWN_LABEL
 from macllm.quant.weights import dequantize_all, layer_quantization
 from macllm.tokenizer import Tokenizer
 
@@ -99,7 +100,8 @@ def build_model(cfg: ModelConfig, weights: dict, rope_periods=None, keep_quantiz
     model.eval()
     info = ModelInfo(source=source, path="", architecture=cfg.model_type, context_length=cfg.max_position_embeddings,
                      parameters=params, compute=compute,
-                     quantization=f"{quant['bits']}-bit g{quant['group_size']}" if quant else "none")
+                     quantization=f"{quant['bits']}-bit g{quant['group_size']}" if quant else "none",
+                     implementation=getattr(model, "implementation", OWN_LABEL))
     return model, info
 
 

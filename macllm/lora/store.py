@@ -15,6 +15,7 @@ from pathlib import Path
 from macllm.config import ModelConfig
 from macllm.errors import MacllmError
 from macllm.lora import formats
+from macllm.models.implementation import MLX_LM_LABEL, implementation
 from macllm.paths import adapters_dir
 
 BUNDLED = Path(__file__).resolve().parents[2] / "adapters"
@@ -23,11 +24,23 @@ BUNDLED = Path(__file__).resolve().parents[2] / "adapters"
 def fingerprint(cfg: ModelConfig) -> str:
     """Architecture, width, depth, vocab and a hash of the projection shapes: equal for the same base
     whatever its file (GGUF or folder, quantized or not)."""
+    if implementation(cfg.model_type) == MLX_LM_LABEL:
+        return _family_fingerprint(cfg)
     hd, heads, kv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
     d, f = cfg.hidden_size, cfg.intermediate_size
     shapes = [(heads * hd, d), (kv * hd, d), (kv * hd, d), (d, heads * hd), (f, d), (f, d), (d, f)]
     digest = hashlib.sha256(json.dumps([cfg.model_type, shapes, cfg.tie_word_embeddings]).encode()).hexdigest()
     return f"{cfg.model_type}-d{d}-l{cfg.num_hidden_layers}-v{cfg.vocab_size}-{digest[:8]}"
+
+
+def _family_fingerprint(cfg: ModelConfig) -> str:
+    """mlx-lm's families name their sizes their own way: hash every integer (and list) setting of the config
+    but token ids, which is what shapes the tensors, and nothing quantization or dtype changes."""
+    raw = cfg.extra if cfg.extra.get("model_type") == cfg.model_type else cfg.to_hf_dict()
+    shaping = sorted((k, v) for k, v in raw.items() if not k.endswith(("token_id", "token_ids"))
+                     and k != "architectures" and (type(v) is int or isinstance(v, list)))
+    digest = hashlib.sha256(json.dumps([cfg.model_type, shaping]).encode()).hexdigest()
+    return f"{cfg.model_type}-d{cfg.hidden_size}-l{cfg.num_hidden_layers}-v{cfg.vocab_size}-{digest[:8]}"
 
 
 def search_dirs() -> list[Path]:

@@ -125,6 +125,8 @@ class Trainer:
         self.group = group or Group()
         self.emit = emit if (emit and self.group.is_main) else (lambda event: None)
         self.paths = target_paths(self.model_config.num_hidden_layers, cfg)
+        if hasattr(self.model, "lora_paths"):  # mlx-lm's model classes name their linear layers their own way
+            self.paths = self.model.lora_paths(cfg.layers, [TARGETS[t] for t in cfg.targets])
         self.wrappers = self._install()
         self.lora = LoRAParams([w.dims for w in self.wrappers], cfg.rank, cfg.seed)
         global_batch = cfg.batch * self.group.size

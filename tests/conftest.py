@@ -31,7 +31,6 @@ SLOW_TESTS: tuple[str, ...] = (
     "test_notes_questions.py::test_a_hundred_notes_questions_keep_conversations_and_memory_flat",  # ~5 s
     "test_train_distributed.py::test_two_ring_ranks_equal_one_rank_with_the_combined_batch",  # ~5 s
     "test_engine_threads.py::test_public_api_from_many_threads_keeps_the_engine_consistent",  # ~4 s
-    "test_mlx_lm_family.py::test_load_generate_adapter_swap_and_two_training_steps",  # 2-20 s each (compiles)
 )
 
 

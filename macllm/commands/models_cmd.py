@@ -27,8 +27,9 @@ def run_models(args) -> int:
     if args.json:
         print(json.dumps(rows, default=str))
         return 0
-    header = ("NAME", "ARCH", "PARAMS", "QUANT", "SIZE", "STATUS")
-    table = [header] + [(r["name"], r.get("architecture") or "?", r.get("params") or "?",
+    header = ("NAME", "ARCH", "IMPL", "PARAMS", "QUANT", "SIZE", "STATUS")
+    table = [header] + [(r["name"], r.get("architecture") or "?", r.get("implementation") or "?",
+                         r.get("params") or "?",
                          r.get("quantization") or "?", _size(r.get("size_bytes")),
                          "downloaded" if r.get("pulled") else "not downloaded (macllm pull)")
                         for r in rows]

@@ -12,14 +12,15 @@ from macllm.formats.gguf_file import read_gguf_metadata_only
 from macllm.hub.catalog import CATALOG, CatalogEntry
 from macllm.hub.folder import model_in_folder
 from macllm.hub.wheels import VERIFIED_SUFFIX, catalog_path
+from macllm.models.implementation import implementation
 from macllm.paths import models_dir
 
 
 def local_models() -> list[dict]:
     """Every catalog model (pulled or not) and whatever else sits in models_dir().
 
-    Keys: name, description, path, pulled, size_bytes (on disk), architecture, params, quantization,
-    source ("catalog" or "local"). Unknown facts are None.
+    Keys: name, description, path, pulled, size_bytes (on disk), architecture, implementation ("own",
+    "mlx-lm"), params, quantization, source ("catalog" or "local"). Unknown facts are None.
     """
     root = models_dir()
     rows = [_catalog_row(entry) for entry in CATALOG.values()]
@@ -42,6 +43,7 @@ def _catalog_row(entry: CatalogEntry) -> dict:
         "pulled": pulled,
         "size_bytes": _size_on_disk(path) if pulled else 0,
         "architecture": entry.architecture,
+        "implementation": implementation(entry.architecture),
         "params": entry.params_label,
         "quantization": entry.quantization,
         "source": "catalog",
@@ -66,6 +68,7 @@ def _local_row(child: Path) -> dict | None:
         "pulled": True,
         "size_bytes": _size_on_disk(child),
         "architecture": architecture,
+        "implementation": implementation(architecture),
         "params": params,
         "quantization": quantization,
         "source": "local",

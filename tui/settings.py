@@ -15,6 +15,7 @@ class ChatSettings:
     top_p: float = 0.95
     min_p: float = 0.05
     max_tokens: int = 512
+    thinking: bool = True  # reasoning models (Qwen3) think before answering; sent to the template as enable_thinking
 
     @classmethod
     def from_dict(cls, data: dict, default_model: str) -> "ChatSettings":
@@ -29,4 +30,4 @@ class ChatSettings:
     def generation_params(self) -> GenerationParams:
         # Alternatives feed the token inspector; cheap next to a decode step.
         return GenerationParams(temperature=self.temperature, top_p=self.top_p, min_p=self.min_p,
-                                max_tokens=self.max_tokens, top_alternatives=5)
+                                max_tokens=self.max_tokens, top_alternatives=5, enable_thinking=self.thinking)

@@ -124,7 +124,7 @@ class ChatScreen(ChatSaving):
         return self.chat_id
 
     def stored_messages(self) -> list[dict]:
-        return [{"role": m.role, "content": m.content} for m in self.store.messages(self.chat_id)]
+        return [_history_message(m) for m in self.store.messages(self.chat_id)]
 
     # --- sending and streaming ------------------------------------------------------------
     @on(ChatInput.Submitted)
@@ -183,6 +183,7 @@ class ChatScreen(ChatSaving):
         if self.status.state.startswith("reading"):  # the prefill is over
             self.status.state = "answering from notes…" if self.state.notes_mode else "answering…"
         self.answer_widget.tokens.append(message.event)
+        await self.answer_widget.append_reasoning(message.event.reasoning)
         await self.answer_widget.append(message.event.text)
 
     async def on_answer_finished(self, message: AnswerFinished) -> None:
@@ -195,6 +196,8 @@ class ChatScreen(ChatSaving):
             "generation_tps": round(s.generation_tps, 2), "ttft_s": round(s.ttft_s, 4)}}
         widget = self.answer_widget
         widget.content = result.text
+        if result.reasoning:  # stored with the answer: shown when reopened, sent back as the template says
+            meta["reasoning"] = widget.reasoning = result.reasoning
         await widget.finish(result.finish_reason, meta)
         self.answer_id, self.answer_widget = None, None
         self.status.state = "stopped" if result.finish_reason == "cancelled" else ""
@@ -412,3 +415,11 @@ class ChatScreen(ChatSaving):
             self.notify(str(e), title="Not exported", severity="error", timeout=10)
             return
         self.notify(f"Exported to {path}")
+
+
+def _history_message(message) -> dict:
+    """A stored message as the engine gets it; an answer's thinking travels as reasoning_content."""
+    out = {"role": message.role, "content": message.content}
+    if (message.meta or {}).get("reasoning"):
+        out["reasoning_content"] = message.meta["reasoning"]
+    return out

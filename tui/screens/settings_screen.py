@@ -1,11 +1,11 @@
-"""Per-chat settings: model, system prompt, temperature, top-p, min-p, max tokens."""
+"""Per-chat settings: model, system prompt, temperature, top-p, min-p, max tokens, thinking."""
 
 from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, Select, TextArea
+from textual.widgets import Button, Input, Label, Select, Switch, TextArea
 
 from tui.keymap import bindings
 from tui.settings import ChatSettings
@@ -37,6 +37,8 @@ class SettingsScreen(ModalScreen[ChatSettings | None]):
             for name, label, _, _, _ in NUMBER_FIELDS:
                 yield Label(label)
                 yield Input(str(getattr(self.settings, name)), id=name)
+            yield Label("Thinking (reasoning models such as Qwen3 think before answering)")
+            yield Switch(self.settings.thinking, id="thinking")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Save", variant="primary", id="save")
                 yield Button("Cancel", id="cancel")
@@ -49,7 +51,8 @@ class SettingsScreen(ModalScreen[ChatSettings | None]):
 
     def action_save(self) -> None:
         values = {"model": self.query_one("#model", Select).value,
-                  "system": self.query_one("#system", TextArea).text.strip()}
+                  "system": self.query_one("#system", TextArea).text.strip(),
+                  "thinking": self.query_one("#thinking", Switch).value}
         for name, label, kind, lower, upper in NUMBER_FIELDS:
             raw = self.query_one(f"#{name}", Input).value.strip()
             try:

@@ -21,7 +21,8 @@ class ModelLoadFailed(Message):
 
 
 class AnswerToken(Message):
-    """One generated token: its text (possibly empty), probability and top alternatives."""
+    """One generated token: the answer text and the thinking it made visible (either may be empty; a reasoning
+    model's thinking is `event.reasoning`), its probability and top alternatives."""
 
     def __init__(self, answer_id: int, event) -> None:
         super().__init__()

@@ -163,9 +163,10 @@ def test_hf_repo_found_via_hf_home(tmp_path, monkeypatch):
 
 
 def test_hf_repo_offline_and_not_cached():
-    with pytest.raises(MacllmError, match=r"cannot download owner/absent from Hugging Face \(offline\?\)") as err:
+    with pytest.raises(MacllmError, match=r"owner/absent is not cached here") as err:
         hub.resolve_model("owner/absent", progress=False)
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and "`hf download owner/absent`" in str(err.value)
+    assert "HF_HUB_OFFLINE" in str(err.value)
 
 
 class FakeHub:
@@ -201,9 +202,10 @@ def test_hf_repo_unreachable_is_one_clear_line(monkeypatch):
         raise ConnectionError("Failed to resolve 'huggingface.co'\nmore detail")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", FakeHub(unreachable))
-    with pytest.raises(MacllmError, match=r"cannot download owner/x from Hugging Face \(offline\?\)") as err:
+    with pytest.raises(MacllmError, match=r"owner/x is not cached here .* could not be downloaded now") as err:
         hub.resolve_model("owner/x", progress=False)
     assert "ConnectionError: Failed to resolve" in str(err.value) and "\n" not in str(err.value)
+    assert "`hf download owner/x`" in str(err.value)
 
 
 def test_hf_repo_that_does_not_exist(monkeypatch):
@@ -381,6 +383,16 @@ def test_local_models_lists_catalog_and_local(tiny, tmp_path):
     assert rows["my-mlx"]["architecture"] == "qwen2" and rows["my-mlx"]["quantization"] == "4-bit"
     assert rows["my-mlx"]["size_bytes"] > 10 and rows["my-mlx"]["path"] == str(folder)
     assert rows["broken"]["architecture"] is None  # unreadable metadata does not break the listing
+
+
+def test_local_models_lists_the_hugging_face_cache_by_repo_id(tmp_path):
+    snapshot = fake_hf_snapshot(tmp_path / "hf", "mlx-community/tiny-qwen")
+    (snapshot / "config.json").write_text(json.dumps({"model_type": "falcon_mamba", "quantization": {"bits": 4}}))
+    rows = {row["name"]: row for row in hub.local_models()}
+    row = rows["mlx-community/tiny-qwen"]
+    assert (row["source"], row["path"], row["architecture"], row["quantization"]) == (
+        "hf", str(snapshot), "falcon_mamba", "4-bit")
+    assert row["implementation"] == "mlx-lm"  # an mlx-lm alias (of mamba) is known
 
 
 @pytest.mark.real_model

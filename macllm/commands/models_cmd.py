@@ -20,6 +20,12 @@ def _size(n: int | None) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
 
 
+def _status(row: dict) -> str:
+    if row.get("source") == "hf":
+        return "in the Hugging Face cache"  # its name is the repo id `--model` takes
+    return "downloaded" if row.get("pulled") else "not downloaded (macllm pull)"
+
+
 def run_models(args) -> int:
     from macllm.hub import local_models
 
@@ -30,8 +36,7 @@ def run_models(args) -> int:
     header = ("NAME", "ARCH", "IMPL", "PARAMS", "QUANT", "SIZE", "STATUS")
     table = [header] + [(r["name"], r.get("architecture") or "?", r.get("implementation") or "?",
                          r.get("params") or "?",
-                         r.get("quantization") or "?", _size(r.get("size_bytes")),
-                         "downloaded" if r.get("pulled") else "not downloaded (macllm pull)")
+                         r.get("quantization") or "?", _size(r.get("size_bytes")), _status(r))
                         for r in rows]
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     for row in table:

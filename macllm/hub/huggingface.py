@@ -42,10 +42,45 @@ def from_hugging_face(repo_id: str, progress: bool) -> Path:
             raise
         except Exception as error:
             reason = _one_line(error)
-    raise MacllmError(
-        f"cannot download {repo_id} from Hugging Face (offline?) and it is not in the local cache ({reason}); "
-        "connect once to fetch it, or pass a local model folder"
-    )
+    raise not_cached_error(repo_id, reason)
+
+
+def not_cached_error(repo_id: str, reason: str) -> MacllmError:
+    """A first run without network: what is missing, where we looked, and the one command that fixes it."""
+    where = _hf_cache_dir() or _default_hf_cache()
+    if _hf_offline():
+        fix = (f"unset HF_HUB_OFFLINE and rerun to download it, or fetch it once online with "
+               f"`hf download {repo_id}`")
+    else:
+        fix = (f"it could not be downloaded now ({reason}); when online, rerun this command or fetch it "
+               f"with `hf download {repo_id}`")
+    partial = "" if reason in {"not cached", "HF_HUB_OFFLINE is set"} or not _hf_offline() else f": {reason}"
+    return MacllmError(f"{repo_id} is not cached here (Hugging Face cache {where}{partial}); {fix}; "
+                       "or pass a local model folder or .gguf file")
+
+
+def hf_cached_models() -> list[tuple[str, Path, int]]:
+    """(repo id, model folder or .gguf, bytes on disk) for every model repo in the Hugging Face cache that
+    holds a model; the revision `main` names, else the newest. Best-effort: an odd cache lists nothing."""
+    # Start-up time: only `macllm models` and the picker list the cache.
+    from huggingface_hub import scan_cache_dir
+
+    try:
+        info = scan_cache_dir(_hf_cache_dir())
+    except Exception:  # no cache folder yet, or one huggingface_hub cannot read
+        return []
+    found = []
+    for repo in sorted(info.repos, key=lambda r: r.repo_id):
+        if repo.repo_type != "model" or not repo.revisions:
+            continue
+        revision = next((r for r in repo.revisions if "main" in r.refs),
+                        max(repo.revisions, key=lambda r: r.last_modified))
+        try:
+            model = model_in_folder(Path(revision.snapshot_path))
+        except MacllmError:
+            continue  # a tokenizer-only or dataset-like repo: not a model to offer
+        found.append((repo.repo_id, model, int(repo.size_on_disk)))
+    return found
 
 
 def _hf_cache_dir() -> str | None:
@@ -55,6 +90,10 @@ def _hf_cache_dir() -> str | None:
     if os.environ.get("HF_HOME"):
         return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
     return None
+
+
+def _default_hf_cache() -> str:
+    return os.path.join(os.path.expanduser(os.environ.get("XDG_CACHE_HOME", "~/.cache")), "huggingface", "hub")
 
 
 def _hf_offline() -> bool:

@@ -1,4 +1,5 @@
-"""What `macllm models` lists: every catalog model (pulled or not) and whatever else sits in models_dir()."""
+"""What `macllm models` lists: every catalog model (pulled or not), whatever else sits in models_dir(), and the
+models in the Hugging Face cache (by repo id, which is how `--model` names them)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,17 @@ from macllm.errors import MacllmError
 from macllm.formats.gguf_file import read_gguf_metadata_only
 from macllm.hub.catalog import CATALOG, CatalogEntry
 from macllm.hub.folder import model_in_folder
+from macllm.hub.huggingface import hf_cached_models
 from macllm.hub.wheels import VERIFIED_SUFFIX, catalog_path
 from macllm.models.implementation import implementation
 from macllm.paths import models_dir
 
 
 def local_models() -> list[dict]:
-    """Every catalog model (pulled or not) and whatever else sits in models_dir().
+    """Every catalog model (pulled or not), whatever else sits in models_dir(), and the Hugging Face cache's models.
 
     Keys: name, description, path, pulled, size_bytes (on disk), architecture, implementation ("own",
-    "mlx-lm"), params, quantization, source ("catalog" or "local"). Unknown facts are None.
+    "mlx-lm"), params, quantization, source ("catalog", "local" or "hf"). Unknown facts are None.
     """
     root = models_dir()
     rows = [_catalog_row(entry) for entry in CATALOG.values()]
@@ -30,6 +32,7 @@ def local_models() -> list[dict]:
         row = _local_row(child)
         if row is not None:
             rows.append(row)
+    rows += [_found_row(repo_id, model, size, "hf") for repo_id, model, size in hf_cached_models()]
     return rows
 
 
@@ -60,18 +63,23 @@ def _local_row(child: Path) -> dict | None:
             return None
     except MacllmError:
         return None  # not a model folder: not ours to list
+    return _found_row(child.stem if child.is_file() else child.name, model, _size_on_disk(child), "local")
+
+
+def _found_row(name: str, model: Path, size: int, source: str) -> dict:
+    """A model found on disk (not from the catalog): its facts read from its own metadata."""
     architecture, params, quantization = _describe(model)
     return {
-        "name": child.stem if child.is_file() else child.name,
+        "name": name,
         "description": "",
         "path": str(model),
         "pulled": True,
-        "size_bytes": _size_on_disk(child),
+        "size_bytes": size,
         "architecture": architecture,
         "implementation": implementation(architecture),
         "params": params,
         "quantization": quantization,
-        "source": "local",
+        "source": source,
     }
 
 

@@ -481,3 +481,66 @@ async def test_model_picker_opens_when_models_cannot_be_listed(tiny_llama_gguf, 
         await pilot.pause()
         assert type(app.screen).__name__ == "ModelPicker"
         assert any("Models cannot be listed" in str(n.message) for n in app._notifications)
+
+
+async def test_the_picker_rows_say_which_implementation_and_list_the_hugging_face_cache(
+        tiny_llama_gguf, store, tmp_path, monkeypatch):
+    from textual.widgets import OptionList
+
+    rows = [{"name": "tiny", "architecture": "llama", "implementation": "own", "params": "1M", "pulled": True,
+             "source": "local"},
+            {"name": "mlx-community/Phi-mini-4bit", "architecture": "olmo2", "implementation": "mlx-lm",
+             "quantization": "4-bit", "pulled": True, "source": "hf"}]
+    app = make_app(tiny_llama_gguf, store, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        monkeypatch.setattr(hub, "local_models", lambda: rows)
+        chosen: list[str] = []
+        monkeypatch.setattr(app, "ensure_model", chosen.append)
+        app.action_pick_model()
+        await pilot.pause()
+        options = app.screen.query_one("#models", OptionList)
+        prompts = [str(options.get_option_at_index(i).prompt) for i in range(options.option_count)]
+        assert "llama · own · 1M · downloaded" in prompts[0]
+        assert "olmo2 · mlx-lm · 4-bit · Hugging Face cache" in prompts[1]
+        options.highlighted = 1
+        options.action_select()
+        await pilot.pause()
+        assert chosen == ["mlx-community/Phi-mini-4bit"]  # the repo id: resolved from the cache, offline
+
+
+async def test_the_load_notification_says_which_implementation_runs_the_model(tmp_path, store):
+    from tests.test_mlx_lm_family import save_mlx_lm_folder
+
+    folder = save_mlx_lm_folder("olmo2", tmp_path / "olmo2")
+    app = MacllmApp(model=str(folder), store=store, default_settings={"temperature": 0.0, "max_tokens": 4})
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await wait_until(pilot, lambda: any("ready" in str(n.message) for n in app._notifications))
+        ready_note = next(str(n.message) for n in app._notifications if "ready" in str(n.message))
+        assert "runs on mlx-lm's model class" in ready_note
+        await send(pilot, "hello")
+        assert store.messages(pilot.app.screen.chat_id)[-1].role == "assistant"
+
+
+async def test_the_thinking_choice_is_three_way_and_kept_with_the_chat(tiny_llama_gguf, store, tmp_path):
+    from textual.widgets import Select
+
+    from tui.screens.settings_screen import SettingsScreen
+    from tui.settings import ChatSettings
+
+    # Stored values of another kind (a damaged row) fall back to the template's default.
+    assert ChatSettings.from_dict({"thinking": "yes"}, "m").thinking is None
+    assert ChatSettings.from_dict({"thinking": False}, "m").generation_params().enable_thinking is False
+    app = make_app(tiny_llama_gguf, store, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(pilot)
+        await send(pilot, "hello")
+        for choice, expected in (("on", True), ("default", None), ("off", False)):
+            await pilot.press("ctrl+s")
+            await wait_until(pilot, lambda: isinstance(app.screen, SettingsScreen))
+            app.screen.query_one("#thinking", Select).value = choice
+            app.screen.action_save()
+            await pilot.pause()
+            assert screen.settings.generation_params().enable_thinking is expected
+            assert store.get_conversation(screen.chat_id).settings["thinking"] is expected

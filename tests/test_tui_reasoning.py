@@ -72,18 +72,19 @@ async def test_an_answer_from_a_thinking_model_is_split_stored_and_reopened_coll
         assert reopened.thinking is not None and reopened.thinking.collapsed and reasoning_text(reopened) == "hello"
 
 
-async def test_the_thinking_switch_in_settings_reaches_the_template(thinking_folder, store):
-    from textual.widgets import Switch
+async def test_the_thinking_choice_in_settings_reaches_the_template(thinking_folder, store):
+    from textual.widgets import Select
 
     from tui.screens.settings_screen import SettingsScreen
 
     app = MacllmApp(model=str(thinking_folder), store=store, default_settings={"temperature": 0.0, "max_tokens": 8})
     async with app.run_test(size=SIZE) as pilot:
         screen = await ready(pilot)
-        assert screen.settings.generation_params().enable_thinking is True
+        assert screen.settings.generation_params().enable_thinking is None  # the template's own default
         await pilot.press("ctrl+s")
         await wait_until(pilot, lambda: isinstance(app.screen, SettingsScreen))
-        app.screen.query_one("#thinking", Switch).value = False
+        assert app.screen.query_one("#thinking", Select).value == "default"
+        app.screen.query_one("#thinking", Select).value = "off"
         app.screen.action_save()
         await pilot.pause()
         assert screen.settings.thinking is False

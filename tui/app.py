@@ -24,6 +24,11 @@ from tui.screens.chat import ChatScreen
 from tui.state import AppState
 
 
+def implementation_words(implementation: str) -> str:
+    """Whose model code runs the model: macllm's own, or mlx-lm's class for an architecture we do not implement."""
+    return "macllm's own implementation" if implementation == "own" else f"runs on {implementation}'s model class"
+
+
 class MacllmApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "macllm"
@@ -72,7 +77,7 @@ class MacllmApp(App):
 
     def on_model_loaded(self, message: ModelLoaded) -> None:
         info = message.info
-        self.notify(f"{info.source} ready · {info.compute}", timeout=3)
+        self.notify(f"{info.source} ready · {info.compute} · {implementation_words(info.implementation)}", timeout=3)
         if self.state.kv_bits:
             set_kv_bits(self.bridge.engine, self.state.kv_bits)
         self.refresh_status()

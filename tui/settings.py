@@ -15,13 +15,16 @@ class ChatSettings:
     top_p: float = 0.95
     min_p: float = 0.05
     max_tokens: int = 512
-    thinking: bool = True  # reasoning models (Qwen3) think before answering; sent to the template as enable_thinking
+    # Reasoning models (Qwen3): sent to the template as enable_thinking; None leaves the template's own default.
+    thinking: bool | None = None
 
     @classmethod
     def from_dict(cls, data: dict, default_model: str) -> "ChatSettings":
         known = {f.name for f in fields(cls)}
         s = cls(**{k: v for k, v in (data or {}).items() if k in known})
         s.model = s.model or default_model
+        if not isinstance(s.thinking, bool):  # a stored value of another kind: the template decides
+            s.thinking = None
         return s
 
     def to_dict(self) -> dict:

@@ -36,8 +36,24 @@ def collect() -> dict:
         "float32_budget_gb": round(backend.float32_budget_bytes() / (1 << 30), 1),
         "macllm_home": str(macllm_home()),
         "model_cache": str(models_dir()),
+        "architectures": architectures_line(),
         "kernels": kernel_paths(),
     }
+
+
+def architectures_line() -> str:
+    """Which model types run on our own code and that the rest go through mlx-lm (read without importing it)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from macllm.models.implementation import OWN, mlx_lm_architectures
+
+    own = "own: " + ", ".join(OWN)
+    try:
+        mlx_lm = f"mlx-lm {version('mlx-lm')}"
+    except PackageNotFoundError:
+        return f"{own}; mlx-lm is not installed, so no others"
+    others = [a for a in mlx_lm_architectures() if a not in OWN]
+    return f"{own}; {len(others)} others through {mlx_lm}'s model classes (`macllm models` shows IMPL)"
 
 
 def kernel_paths() -> dict[str, dict[str, str]] | str:

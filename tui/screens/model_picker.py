@@ -4,11 +4,22 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.markup import escape
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, OptionList
 from textual.widgets.option_list import Option
 
 from tui.keymap import bindings
+
+
+def row_detail(model: dict) -> str:
+    """Architecture, implementation ("own" / "mlx-lm"), size, quantization and where it is, as one dim line."""
+    if model.get("source") == "hf":
+        status = "Hugging Face cache"
+    else:
+        status = "downloaded" if model.get("pulled") else "download on first use"
+    return " · ".join(str(x) for x in (model.get("architecture"), model.get("implementation"), model.get("params"),
+                                       model.get("quantization"), status) if x)
 
 
 class ModelPicker(ModalScreen[str | None]):
@@ -27,10 +38,7 @@ class ModelPicker(ModalScreen[str | None]):
                 yield Label(self.reason, classes="error-text")
             options = []
             for m in self.models:
-                status = "downloaded" if m.get("pulled") else "download on first use"
-                detail = " · ".join(str(x) for x in (m.get("architecture"), m.get("params"),
-                                                     m.get("quantization"), status) if x)
-                options.append(Option(f"{m['name']}  [dim]{detail}[/dim]", id=m["name"]))
+                options.append(Option(f"{escape(m['name'])}  [dim]{escape(row_detail(m))}[/dim]", id=m["name"]))
             yield OptionList(*options, id="models")
             yield Label("…or a .gguf path, a model folder or a Hugging Face repo id:")
             yield Input(placeholder="owner/name or /path/to/model.gguf", id="custom")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, Select, Switch, TextArea
+from textual.widgets import Button, Input, Label, Select, TextArea
 
 from tui.keymap import bindings
 from tui.settings import ChatSettings
@@ -16,6 +16,17 @@ NUMBER_FIELDS = (  # (attribute, label, type, lower, upper)
     ("min_p", "Min-p (0 = off)", float, 0.0, 0.99),
     ("max_tokens", "Max tokens", int, 1, 32768),
 )
+
+# Select key -> (label, ChatSettings.thinking): a template's default is kept unless the user picks on or off.
+THINKING_CHOICES: dict[str, tuple[str, bool | None]] = {
+    "default": ("Model default (as its chat template says)", None),
+    "on": ("On: think before answering", True),
+    "off": ("Off: answer at once", False),
+}
+
+
+def thinking_key(thinking: bool | None) -> str:
+    return next(key for key, (_, value) in THINKING_CHOICES.items() if value is thinking)
 
 
 class SettingsScreen(ModalScreen[ChatSettings | None]):
@@ -38,7 +49,8 @@ class SettingsScreen(ModalScreen[ChatSettings | None]):
                 yield Label(label)
                 yield Input(str(getattr(self.settings, name)), id=name)
             yield Label("Thinking (reasoning models such as Qwen3 think before answering)")
-            yield Switch(self.settings.thinking, id="thinking")
+            yield Select([(label, key) for key, (label, _) in THINKING_CHOICES.items()],
+                         value=thinking_key(self.settings.thinking), allow_blank=False, id="thinking")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Save", variant="primary", id="save")
                 yield Button("Cancel", id="cancel")
@@ -52,7 +64,7 @@ class SettingsScreen(ModalScreen[ChatSettings | None]):
     def action_save(self) -> None:
         values = {"model": self.query_one("#model", Select).value,
                   "system": self.query_one("#system", TextArea).text.strip(),
-                  "thinking": self.query_one("#thinking", Switch).value}
+                  "thinking": THINKING_CHOICES[str(self.query_one("#thinking", Select).value)][1]}
         for name, label, kind, lower, upper in NUMBER_FIELDS:
             raw = self.query_one(f"#{name}", Input).value.strip()
             try:

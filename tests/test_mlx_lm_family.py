@@ -36,7 +36,8 @@ COMMON = dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128, num_at
               max_position_embeddings=512, tie_word_embeddings=False)
 # Each architecture's own settings beyond COMMON (names as in mlx-lm's ModelArgs).
 ARCHITECTURES = {
-    "phi3": {},
+    # (phi3 and smollm3 moved to our own classes: tests/test_phi3_smollm3.py)
+    "phi": dict(partial_rotary_factor=0.5, layer_norm_eps=1e-5),
     "gemma": {},
     "gemma2": dict(query_pre_attn_scalar=16, sliding_window=32, attn_logit_softcapping=50.0,
                    final_logit_softcapping=30.0),
@@ -50,7 +51,7 @@ ARCHITECTURES = {
     "stablelm": dict(partial_rotary_factor=0.25, layer_norm_eps=1e-5, use_qkv_bias=True),
     "gpt_neox": dict(layer_norm_eps=1e-5, rotary_pct=0.25, rotary_emb_base=10000, use_parallel_residual=True),
     "minicpm": dict(dim_model_base=32, scale_depth=1.4, scale_emb=12),
-    "smollm3": dict(no_rope_layer_interval=2),
+    "helium": dict(attention_bias=False, mlp_bias=False),
     "ernie4_5": dict(use_bias=False),
     "hunyuan_v1_dense": dict(use_qk_norm=True),
     "seed_oss": {},
@@ -201,7 +202,7 @@ def test_recurrent_caches_recompute_a_changed_prompt_and_say_so_in_one_line(fold
 
 
 def test_attention_caches_reuse_the_prefix(folders):
-    loaded = load_model(str(folders["phi3"]), progress=False)
+    loaded = load_model(str(folders["phi"]), progress=False)
     params = GenerationParams(max_tokens=4, temperature=0.0)
     cache = make_cache(loaded.model)
     first = generate(loaded.model, loaded.tokenizer, PROMPT, params, cache=cache, cached=[])
@@ -225,10 +226,10 @@ def test_kv_bits_quantize_attention_layers_and_leave_the_others(tmp_path, capsys
 
 
 def test_quantized_folder_runs_on_the_float32_fast_path_with_the_same_fingerprint(folders, tmp_path):
-    quantized = save_mlx_lm_folder("phi3", tmp_path / "phi3-4bit", bits=4)
+    quantized = save_mlx_lm_folder("phi", tmp_path / "phi-4bit", bits=4)
     loaded = load_model(str(quantized), progress=False)
     assert loaded.info.compute.startswith("float32 (dequantized") and loaded.info.quantization == "4-bit g32"
-    assert fingerprint(loaded.config) == fingerprint(load_model(str(folders["phi3"]), progress=False).config)
+    assert fingerprint(loaded.config) == fingerprint(load_model(str(folders["phi"]), progress=False).config)
     kept = load_model(str(quantized), keep_quantized=True, progress=False)
     assert our_greedy(kept, PROMPT) == mlx_lm_greedy(quantized, PROMPT, GREEDY_TOKENS)[:len(our_greedy(kept, PROMPT))]
 

@@ -49,7 +49,11 @@ _QWEN3MOE_LAYER_NAMES = {
     "ffn_up_exps": "mlp.switch_mlp.up_proj",
     "ffn_down_exps": "mlp.switch_mlp.down_proj",
 }
-_ARCH_LAYER_NAMES = {"gemma3": _GEMMA3_LAYER_NAMES, "qwen3": _QWEN3_LAYER_NAMES, "qwen3moe": _QWEN3MOE_LAYER_NAMES}
+# Phi-3 keeps q/k/v fused (attn_qkv) and gate+up fused in ffn_up (gate rows first, as Hugging Face's
+# gate_up_proj; llama.cpp splits it in halves for SwiGLU). Separate attn_q/k/v are fused by phi3's sanitize.
+_PHI3_LAYER_NAMES = {**_LAYER_NAMES, "attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"}
+_ARCH_LAYER_NAMES = {"gemma3": _GEMMA3_LAYER_NAMES, "qwen3": _QWEN3_LAYER_NAMES, "qwen3moe": _QWEN3MOE_LAYER_NAMES,
+                     "phi3": _PHI3_LAYER_NAMES}
 # llama.cpp's architecture name -> our model_type, where they differ.
 _MODEL_TYPES = {"qwen3moe": "qwen3_moe"}
 # llama.cpp's converter stores Gemma norm weights as 1 + w (its norm multiplies by the weight);
@@ -60,7 +64,9 @@ _BLOCK = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias|scales|biases)$")
 _TOP = re.compile(r"^([a-z_]+)\.(weight|bias|scales|biases)$")
 
 # llama.cpp's converter permutes q/k rows of these architectures for its interleaved rope.
-_PERMUTED_QK = {"llama", "mistral"}
+_PERMUTED_QK = {"llama", "mistral", "smollm3"}
+# llama.cpp has no key for SmolLM3's NoPE layers: every 4th layer skips RoPE (hard-coded there).
+_SMOLLM3_NO_ROPE_INTERVAL = 4
 
 
 def hf_name(name: str, arch: str = "llama") -> str | None:
@@ -140,7 +146,31 @@ def config_from_metadata(meta: dict, weights: dict) -> ModelConfig:
         _gemma3_settings(cfg, get)
     if arch == "qwen3moe":
         _qwen3moe_settings(cfg, get, weights)
+    if arch == "phi3":
+        _phi3_settings(cfg, get, weights)
+    if arch == "smollm3":
+        cfg.extra["no_rope_layer_interval"] = _SMOLLM3_NO_ROPE_INTERVAL
     return cfg
+
+
+def _phi3_settings(cfg: ModelConfig, get, weights: dict) -> None:
+    """Partial rotary and LongRoPE as config.json says them: llama.cpp's converter stores the rotated width
+    (rope.dimension_count), the factors as tensors (rope_factors_long/short), the training context and the
+    attention factor it computed. Without tensors (a header-only check) the factors are not read."""
+    rotated = get("rope.dimension_count")
+    if rotated:
+        cfg.extra["partial_rotary_factor"] = int(rotated) / (cfg.hidden_size // cfg.num_attention_heads)
+    original = get("rope.scaling.original_context_length")
+    if original:
+        cfg.extra["original_max_position_embeddings"] = int(original)
+    long, short = weights.get("rope_factors_long.weight"), weights.get("rope_factors_short.weight")
+    if long is None:
+        return
+    scaling: dict = {"type": "longrope", "long_factor": long.astype(mx.float32).tolist(),
+                     "short_factor": (short if short is not None else long).astype(mx.float32).tolist()}
+    if get("rope.scaling.attn_factor") is not None:
+        scaling["attention_factor"] = float(get("rope.scaling.attn_factor"))
+    cfg.rope_scaling = scaling
 
 
 def _qwen3moe_settings(cfg: ModelConfig, get, weights: dict) -> None:

@@ -29,6 +29,10 @@ def check_sizes_fit_tensors(cfg: ModelConfig, shapes: dict[str, tuple[int, ...]]
         "attn_k.weight": cfg.num_key_value_heads * cfg.head_dim,
         "ffn_up.weight": cfg.intermediate_size,
     }
+    if cfg.model_type == "phi3":  # fused: q, k and v rows in attn_qkv; gate and up rows in ffn_up
+        head_dim = cfg.hidden_size // cfg.num_attention_heads
+        per_layer["attn_qkv.weight"] = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * head_dim
+        per_layer["ffn_up.weight"] = 2 * cfg.intermediate_size
     experts = _expert_shapes(cfg)
     for tensor, shape in shapes.items():
         rows: int | None

@@ -1,4 +1,4 @@
-"""Rotary position embeddings, including Llama 3's frequency scaling.
+"""Rotary position embeddings, including Llama 3's and LongRoPE's ("su") frequency scaling.
 
 On Metal, `mx.fast.rope` is one fused kernel. On the CPU backend it is composed from ~15 small ops that
 recompute the frequencies on every call (~60 us each, ~8 ms per token for a 30-layer model), so there
@@ -31,6 +31,23 @@ def llama3_periods(dims: int, base: float, scaling: dict) -> mx.array:
     return mx.where(in_between, blended, scaled)
 
 
+def su_scaled(dims: int, base: float, scaling: dict, context: int, original: int) -> tuple[mx.array, float]:
+    """LongRoPE ("su" / "longrope", Phi-3 and Phi-4): (per-pair periods, attention factor).
+
+    Always the long factors, as mlx-lm does (and llama.cpp at a full-size context): switching to the short
+    ones for short prompts would change the rotation of keys already in the KV cache. The attention factor
+    scales the rotated part of q and k; the config's own wins over the default sqrt(1 + ln s / ln original)."""
+    factors = mx.array(scaling["long_factor"], dtype=mx.float32)
+    if factors.shape != (dims // 2,):
+        raise ValueError(f"rope_scaling.long_factor has {factors.size} values for {dims // 2} rotated pairs")
+    periods = factors * base ** (mx.arange(0, dims, 2, dtype=mx.float32) / dims)
+    attention_factor = scaling.get("attention_factor")
+    if attention_factor is None:
+        stretch = context / original
+        attention_factor = 1.0 if stretch <= 1.0 else math.sqrt(1 + math.log(stretch) / math.log(original))
+    return periods, float(attention_factor)
+
+
 def rotate_half_split(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
     """Hugging Face style rope (first half / second half of each head form the pairs)."""
     half = x.shape[-1] // 2
@@ -42,11 +59,14 @@ class RoPE(nn.Module):
     """One instance serves every layer of a model, so the CPU tables are built once per step."""
 
     def __init__(self, dims: int, base: float, scaling: dict | None = None, traditional: bool = False,
-                 periods: mx.array | None = None):
+                 periods: mx.array | None = None, attention_factor: float = 1.0):
+        """`dims` < head width rotates only the first `dims` features (partial rotary); `attention_factor`
+        multiplies the rotated features (LongRoPE's)."""
         super().__init__()
         self.dims = dims
         self.traditional = traditional
         self.scale = 1.0
+        self.attention_factor = attention_factor
         self.base: float | None = base
         self._periods = periods
         scaling = scaling or {}
@@ -73,14 +93,19 @@ class RoPE(nn.Module):
                 periods = self.base ** (mx.arange(0, self.dims, 2, dtype=mx.float32) / self.dims)
             positions = mx.arange(offset, offset + length, dtype=mx.float32) * self.scale
             angles = positions[:, None] / periods[None, :]
-            self._table = (mx.cos(angles), mx.sin(angles))
+            # The attention factor folded into the tables: free once they are built.
+            self._table = (mx.cos(angles) * self.attention_factor, mx.sin(angles) * self.attention_factor)
             self._table_key = (offset, length)
         return self._table
 
     def __call__(self, x: mx.array, offset: int = 0) -> mx.array:
         """x: (B, heads, L, head_dim)."""
-        if self._use_tables() and x.shape[-1] == self.dims:
+        if self._use_tables():
             cos, sin = self._cos_sin(offset, x.shape[-2])
-            return rotate_half_split(x, cos, sin)
+            if x.shape[-1] == self.dims:
+                return rotate_half_split(x, cos, sin)
+            return mx.concatenate([rotate_half_split(x[..., :self.dims], cos, sin), x[..., self.dims:]], axis=-1)
+        if self.attention_factor != 1.0:
+            x = x.at[..., :self.dims].multiply(self.attention_factor)
         return mx.fast.rope(x, self.dims, traditional=self.traditional, base=self.base, scale=self.scale,
                             offset=offset, freqs=self._periods)

@@ -341,3 +341,32 @@ def test_gguf_with_a_wrong_fused_width_is_one_line(tmp_path):
     write_gguf(mlx_lm_model(config), dict(config, intermediate_size=96), path)
     with pytest.raises(MacllmError, match=r"ffn_up\.weight has shape .* 192 rows"):
         load_model(str(path), progress=False)
+
+
+def test_gguf_import_keeps_longrope_and_partial_rotary(tmp_path, monkeypatch):
+    """A type MLX cannot read (BF16) goes through the cached import: the factors, the attention factor and the
+    rotated width travel in the imported config.json, and the model computes what mlx-lm does with the
+    imported weights."""
+    monkeypatch.setenv("MACLLM_HOME", str(tmp_path / "home"))
+    config = vocab_config(PHI4_MINI)
+    theirs = mlx_lm_model(config)
+    write_gguf(theirs, config, tmp_path / "phi4-mini-bf16.gguf", "BF16")
+    ours = load_model(str(tmp_path / "phi4-mini-bf16.gguf"), progress=False)
+    scaling = ours.config.rope_scaling
+    assert scaling is not None and scaling["long_factor"] == pytest.approx(_FACTORS[:6])
+    assert ours.config.extra["partial_rotary_factor"] == 0.75
+    theirs.load_weights(tree_flatten(ours.model.parameters()))
+    diff = max_diff(ours.model(mx.array([PROMPT])), theirs(mx.array([PROMPT])))
+    print(f"\nphi4-mini GGUF (BF16, imported): max abs logit diff vs mlx-lm on the same weights {diff:.2e}")
+    assert diff <= MAX_DIFF
+
+
+def test_rope_without_tables_agrees(folders, monkeypatch):
+    """The fused-kernel path (Metal's: mx.fast.rope with the attention factor applied to the rotated part)
+    gives what the CPU tables give, partial rotary included."""
+    from macllm.models.rope import RoPE
+
+    ours = load_model(str(folders["phi4-mini"]), progress=False)
+    tables = ours.model(mx.array([PROMPT]))
+    monkeypatch.setattr(RoPE, "_use_tables", lambda self: False)
+    assert max_diff(ours.model(mx.array([PROMPT])), tables) <= MAX_DIFF

@@ -155,6 +155,10 @@ def test_bad_longrope_factors_are_one_line(tmp_path, folders):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(MacllmError, match="2 values for 8 rotated pairs"):
         load_model(str(folder), progress=False)
+    config["partial_rotary_factor"] = 0.01
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(MacllmError, match="rotates 0 of 16 features"):
+        load_model(str(folder), progress=False)
 
 
 # ---------------------------------------------------------------- LoRA adapters made by mlx-lm

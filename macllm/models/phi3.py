@@ -27,6 +27,9 @@ def phi3_rope(cfg: ModelConfig, head_dim: int) -> RoPE:
     """The one RoPE every layer shares, with the config's scaling (mlx-lm's reading of it)."""
     e = cfg.extra
     dims = int(head_dim * float(e.get("partial_rotary_factor", 1.0)))
+    if not 0 < dims <= head_dim or dims % 2:
+        raise MacllmError(f"this phi3 model's partial_rotary_factor rotates {dims} of {head_dim} features per head; "
+                          "it must be an even number of them, at least 2")
     scaling = cfg.rope_scaling or {}
     kind = scaling.get("type", scaling.get("rope_type"))
     traditional = bool(e.get("rope_traditional", False))
@@ -36,7 +39,7 @@ def phi3_rope(cfg: ModelConfig, head_dim: int) -> RoPE:
         try:
             periods, factor = su_scaled(dims, cfg.rope_theta, scaling, cfg.max_position_embeddings, int(original))
         except (KeyError, TypeError, ValueError) as err:
-            raise MacllmError(f"config.json's {kind} rope_scaling does not fit this phi3 model ({err})") from None
+            raise MacllmError(f"the {kind} rope scaling does not fit this phi3 model ({err})") from None
         return RoPE(dims, cfg.rope_theta, traditional=traditional, periods=periods, attention_factor=factor)
     if kind not in (None, "default", "linear"):
         raise MacllmError(f"phi3 rope_scaling type {kind!r} is not supported (linear, su, longrope)")

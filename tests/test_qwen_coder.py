@@ -1,0 +1,111 @@
+"""The real Qwen2.5-Coder Instruct models of the catalog against llama.cpp, an independent implementation.
+
+The references (tests/data/qwen_coder_*_llamacpp_reference.json) come from
+`scripts/record_reference.py --catalog qwen2.5-coder-0.5b` (and -1.5b). Tokenization must match exactly.
+The model is checked by teacher forcing, as tests/test_reference_llamacpp.py does for SmolLM2: on llama.cpp's
+own greedy continuations and on a fixed code text, our argmax must pick llama.cpp's token at >= 95% of
+positions. Only the 0.5B runs here (its one-time import is cached in the test cache, so later loads are
+quick); the 1.5B shares its tokenizer, so its recorded ids are checked with the 0.5B's tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlx.core as mx
+import pytest
+
+from macllm.hub.catalog import CATALOG
+from tests.conftest import TEST_HOME
+from tests.test_reference_llamacpp import agreement_table
+
+DATA = Path(__file__).resolve().parent / "data"
+REFERENCES = {"qwen2.5-coder-0.5b": DATA / "qwen_coder_0.5b_llamacpp_reference.json",
+              "qwen2.5-coder-1.5b": DATA / "qwen_coder_1.5b_llamacpp_reference.json"}
+MIN_AGREEMENT = 0.95
+
+pytestmark = pytest.mark.real_model
+
+
+@contextmanager
+def in_test_cache_home() -> Iterator[None]:
+    """MACLLM_HOME pointed at the test cache, where the pulled GGUF's one-time import is kept across runs."""
+    old = os.environ.get("MACLLM_HOME")
+    os.environ["MACLLM_HOME"] = str(TEST_HOME)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("MACLLM_HOME", None)
+        else:
+            os.environ["MACLLM_HOME"] = old
+
+
+def load_reference(name: str) -> dict:
+    path = REFERENCES[name]
+    if not path.is_file():
+        pytest.skip(f"no llama.cpp reference recorded for {name}")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    # pull() checks the file against the catalog's sha256, so this ties the reference to the tested bytes.
+    assert data["model_sha256"] == CATALOG[name].sha256, f"{path.name} was recorded from another file"
+    return data
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict:
+    return load_reference("qwen2.5-coder-0.5b")
+
+
+@pytest.fixture(scope="module")
+def qwen_coder(qwen_coder_gguf):
+    """The 0.5B as users get it on CPU: the cached import, computed in float32."""
+    from macllm.loader import load_model
+
+    with in_test_cache_home():
+        return load_model(str(qwen_coder_gguf), progress=False)
+
+
+def test_reference_covers_chat_fim_and_code(reference):
+    names = {p["name"] for p in reference["prompts"]}
+    assert {"qwen_chat", "fim", "code", "cjk", "emoji"} <= names
+    assert all(len(p["continuation_ids"]) == 32 for p in reference["prompts"])
+    text = reference["teacher_forced_text"]
+    assert len(text["ids"]) == len(text["argmax_ids"]) >= 200
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_tokenizer_matches_llamacpp(name, qwen_coder_gguf):
+    """Both sizes share one tokenizer: the 0.5B's must give llama.cpp's ids for each model's reference."""
+    from macllm.loader import read_tokenizer
+
+    data = load_reference(name)
+    tokenizer = read_tokenizer(qwen_coder_gguf)
+    for p in data["prompts"]:
+        assert tokenizer.encode(p["text"]) == p["prompt_ids"], f"prompt {p['name']!r}: {p['text']!r}"
+    assert tokenizer.encode(data["teacher_forced_text"]["text"]) == data["teacher_forced_text"]["ids"]
+
+
+def test_runs_our_own_qwen2_in_float32(qwen_coder):
+    info = qwen_coder.info
+    assert (info.architecture, info.implementation) == ("qwen2", "own")
+    assert info.compute.startswith("float32"), info.compute
+
+
+def test_teacher_forced_agreement_on_llamacpp_continuations(qwen_coder, reference):
+    overall, table = agreement_table(qwen_coder.model, reference["prompts"])
+    print(f"\nQwen2.5-Coder 0.5B ({qwen_coder.info.compute}) vs llama.cpp, teacher forced:\n{table}")
+    assert overall >= MIN_AGREEMENT, f"agreement {overall:.2%} < {MIN_AGREEMENT:.0%}\n{table}"
+
+
+def test_teacher_forced_agreement_on_a_code_text(qwen_coder, reference):
+    text = reference["teacher_forced_text"]
+    logits = qwen_coder.model(mx.array([text["ids"]]))
+    ours = mx.argmax(logits[0], axis=-1).tolist()
+    misses = [i for i, (a, b) in enumerate(zip(ours, text["argmax_ids"], strict=True)) if a != b]
+    agreement = 1 - len(misses) / len(ours)
+    print(f"\ncode text: {len(ours) - len(misses)}/{len(ours)} = {agreement:.2%}, differs at {misses}")
+    assert agreement >= MIN_AGREEMENT, f"agreement {agreement:.2%}, differs at {misses}"

@@ -231,6 +231,13 @@ def _explain_load_failure(path: Path, err: MacllmError) -> MacllmError:
 def load_gguf_model(path: Path) -> tuple[ModelConfig, dict[str, mx.array], dict, mx.array | None]:
     """Returns config, weights (HF names, quantized triples kept), metadata, rope periods if stored.
     Raises NeedsImport for files with types only the gguf package can dequantize."""
+    # The header decides, not mx.load: MLX refuses some other types (Q5_0) but decodes some itself, Q4_K
+    # wrongly (MLX 0.32: errors up to 1.9 on Qwen2.5-Coder-1.5B's attn_q), so every non-native type imports.
+    _, infos = read_header(Path(path))
+    other_types = sorted({type_name(t.type_id) for t in infos} - set(NATIVE_TYPES))
+    if other_types:
+        check_types(infos, Path(path))  # raises, naming a type nothing here can read
+        raise NeedsImport(f"{Path(path).name} uses GGUF tensor type(s) {', '.join(other_types)}")
     try:
         raw, meta = read_gguf(path)
     except MacllmError as e:

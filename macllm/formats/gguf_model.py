@@ -239,7 +239,7 @@ def load_gguf_model(path: Path) -> tuple[ModelConfig, dict[str, mx.array], dict,
         check_types(infos, Path(path))  # raises, naming a type nothing here can read
         raise NeedsImport(f"{Path(path).name} uses GGUF tensor type(s) {', '.join(other_types)}")
     try:
-        raw, meta = read_gguf(path)
+        raw, meta = read_gguf(path, header_checked=True)  # read_header above validated it
     except MacllmError as e:
         raise _explain_load_failure(Path(path), e) from None
     return convert_tensors(raw, meta, Path(path).name)

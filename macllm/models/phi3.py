@@ -12,9 +12,9 @@ import mlx.nn as nn
 
 from macllm.config import ModelConfig
 from macllm.errors import MacllmError
-from macllm.kernels import residual_rms_norm
 from macllm.models.attention import rotate_cache_attend
 from macllm.models.base import CausalLM
+from macllm.models.decoder import DecoderStack, PreNormDecoderLayer
 from macllm.models.rope import RoPE, su_scaled
 
 _LONGROPE = ("su", "longrope")
@@ -79,37 +79,12 @@ class MLP(nn.Module):
         return self.down_proj(nn.silu(gate) * up)
 
 
-class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, rope: RoPE):
-        super().__init__()
-        self.self_attn = Attention(cfg, rope)
-        self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size)
-        self.input_layernorm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
-        self.post_attention_layernorm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
-
-    def __call__(self, x: mx.array, mask, cache) -> mx.array:
-        # The residual add and the post-attention norm: one fused kernel when decoding on Metal.
-        norm = self.post_attention_layernorm
-        h, normed = residual_rms_norm.apply(x, self.self_attn(self.input_layernorm(x), mask, cache),
-                                            norm.weight, norm.eps)
-        return h + self.mlp(normed)
-
-
-class Phi3Body(nn.Module):
+class Phi3Body(DecoderStack):
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         rope = phi3_rope(cfg, cfg.hidden_size // cfg.num_attention_heads)
-        self.layers = [DecoderLayer(cfg, rope) for _ in range(cfg.num_hidden_layers)]
-        self.norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
-
-    def __call__(self, tokens: mx.array, cache) -> mx.array:
-        h = self.embed_tokens(tokens)
-        # One query row attends to everything cached; several need the causal mask.
-        mask = "causal" if h.shape[1] > 1 else None
-        for i, layer in enumerate(self.layers):
-            h = layer(h, mask, cache[i] if cache is not None else None)
-        return self.norm(h)
+        layers = [PreNormDecoderLayer(cfg, Attention(cfg, rope), MLP(cfg.hidden_size, cfg.intermediate_size))
+                  for _ in range(cfg.num_hidden_layers)]
+        super().__init__(cfg, layers)
 
 
 def fuse_projections(weights: dict[str, mx.array]) -> dict[str, mx.array]:

@@ -14,9 +14,9 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from macllm.config import ModelConfig
-from macllm.kernels import residual_rms_norm
 from macllm.models.attention import rotate_cache_attend
 from macllm.models.base import CausalLM
+from macllm.models.decoder import DecoderStack, PreNormDecoderLayer
 from macllm.models.llama import MLP
 from macllm.models.rope import RoPE
 
@@ -49,38 +49,12 @@ class Attention(nn.Module):
         return self.o_proj(rotate_cache_attend(q, k, v, self.rope, cache, self.scale, mask))
 
 
-class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, rope: RoPE, mlp: nn.Module):
-        super().__init__()
-        self.self_attn = Attention(cfg, rope)
-        self.mlp = mlp
-        self.input_layernorm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
-        self.post_attention_layernorm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
-
-    def __call__(self, x: mx.array, mask, cache) -> mx.array:
-        # The residual add and the post-attention norm: one fused kernel when decoding on Metal.
-        norm = self.post_attention_layernorm
-        h, normed = residual_rms_norm.apply(x, self.self_attn(self.input_layernorm(x), mask, cache),
-                                            norm.weight, norm.eps)
-        return h + self.mlp(normed)
-
-
-class Qwen3Body(nn.Module):
+class Qwen3Body(DecoderStack):
     def __init__(self, cfg: ModelConfig, make_mlp: MakeMLP, rope_periods: mx.array | None = None):
-        super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         # One instance for every layer: the CPU cos/sin tables are built once a step.
         rope = RoPE(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, periods=rope_periods)
-        self.layers = [DecoderLayer(cfg, rope, make_mlp(i)) for i in range(cfg.num_hidden_layers)]
-        self.norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
-
-    def __call__(self, tokens: mx.array, cache) -> mx.array:
-        h = self.embed_tokens(tokens)
-        # One query row attends to everything cached; several need the causal mask.
-        mask = "causal" if h.shape[1] > 1 else None
-        for i, layer in enumerate(self.layers):
-            h = layer(h, mask, cache[i] if cache is not None else None)
-        return self.norm(h)
+        super().__init__(cfg, [PreNormDecoderLayer(cfg, Attention(cfg, rope), make_mlp(i))
+                               for i in range(cfg.num_hidden_layers)])
 
 
 class Model(CausalLM):

@@ -44,6 +44,5 @@ class Model(CausalLM):
         body = LlamaBody(cfg, rope_periods)
         for layer, rotates in zip(body.layers, rope_layers(cfg), strict=True):
             if not rotates:
-                # llama's Attention annotates its rope as RoPE; any (x, offset) -> x callable serves it.
-                layer.self_attn.rope = NoRoPE()  # type: ignore[assignment]
+                layer.self_attn.rope = NoRoPE()  # any (x, offset) -> x callable serves llama's Attention
         super().__init__(cfg, body)

@@ -10,7 +10,6 @@ use (damaged, foreign, read-only) is never changed: `ChatStoreError` says what a
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from macllm.errors import MacllmError
-from macllm.paths import macllm_home
+from macllm.paths import create_private_file, macllm_home
 
 SCHEMA_VERSION = 1
 # PRAGMA application_id: b"mLLM", so a file of ours is told apart from any other SQLite file.
@@ -287,7 +286,7 @@ def _open(path: Path) -> tuple[sqlite3.Connection, bool]:
     """The connection, and whether the file can be written (a read-only one still shows its chats)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _create_private(path)
+        create_private_file(path)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per write.
         conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
     except (OSError, sqlite3.Error) as e:
@@ -300,14 +299,6 @@ def _open(path: Path) -> tuple[sqlite3.Connection, bool]:
     except sqlite3.Error as e:
         conn.close()
         raise _storage_error(path, e, "cannot open chat database") from e
-
-
-def _create_private(path: Path) -> None:
-    """An empty file readable by its owner only; SQLite then gives its -wal and -shm files the same mode."""
-    try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        pass  # an existing file keeps the mode its owner gave it
 
 
 def _check_or_create_schema(conn: sqlite3.Connection, path: Path) -> bool:

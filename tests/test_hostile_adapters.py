@@ -20,6 +20,7 @@ from macllm.errors import MacllmError
 from macllm.lora.formats import read_adapter, write_adapter
 from macllm.lora.random_adapter import random_adapter
 from macllm.lora.weight_bounds import MAX_ADAPTER_WEIGHT
+from tests.read_only_folder import read_only
 
 PROMPT = [1, 40, 50, 60, 70, 80, 90, 100]
 
@@ -52,25 +53,6 @@ def one_line(capsys, code, *needles) -> str:
     for needle in needles:
         assert needle in errors[0], err
     return errors[0]
-
-
-def read_only(monkeypatch, folder: Path) -> None:
-    """Make `folder` refuse new files and folders the way a 0555 folder does for a normal user.
-
-    The tests run as root, and root ignores file modes (chmod 0555 would change nothing), so creation inside
-    the folder is refused where Python asks the OS for it: os.open (files, tempfile.mkstemp) and os.mkdir
-    (Path.mkdir, tempfile.mkdtemp)."""
-    inside = str(folder.resolve()) + os.sep
-
-    def guard(real):
-        def refuse(path, *args, **kwargs):
-            if isinstance(path, (str, os.PathLike)) and os.path.abspath(path).startswith(inside):
-                raise PermissionError(errno.EACCES, "Permission denied", str(path))
-            return real(path, *args, **kwargs)
-        return refuse
-
-    monkeypatch.setattr(os, "open", guard(os.open))
-    monkeypatch.setattr(os, "mkdir", guard(os.mkdir))
 
 
 # --- scale bounds (item 9) ------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import pytest
 
 from macllm.lora import formats
 from macllm.tuner import checkpoint
+from tests.read_only_folder import read_only
 from tests.train_helpers import train, write_notes
 
 
@@ -142,24 +143,6 @@ def test_out_dir_under_a_file_is_refused_before_the_first_step(tiny_llama_folder
                                    "--out-dir", blocker / "adapters", "--iters", 2, "--batch", 2),
                             str(blocker), "not a folder")
     assert blocker.read_text() == "keep me"
-
-
-def read_only(monkeypatch, folder):
-    """Root (the tests' user) ignores file modes, so a 0555 folder is simulated: os.open and os.mkdir, which
-    every file and folder creation in Python goes through, refuse paths inside it with EACCES."""
-    import os
-
-    inside = str(folder.resolve()) + os.sep
-
-    def guard(real):
-        def refuse(path, *args, **kwargs):
-            if isinstance(path, (str, os.PathLike)) and os.path.abspath(path).startswith(inside):
-                raise PermissionError(errno.EACCES, "Permission denied", str(path))
-            return real(path, *args, **kwargs)
-        return refuse
-
-    monkeypatch.setattr(os, "open", guard(os.open))
-    monkeypatch.setattr(os, "mkdir", guard(os.mkdir))
 
 
 def test_read_only_adapter_store_is_refused_before_the_first_step(tiny_llama_folder, tmp_path, home, capsys,

@@ -11,7 +11,6 @@ from pathlib import Path
 from textual.app import App
 
 from macllm import hub
-from macllm.commands.options import set_kv_bits
 from macllm.errors import MacllmError
 from macllm.hub.catalog import DEFAULT_MODEL
 from macllm.storage.atomic import atomic_write
@@ -79,7 +78,7 @@ class MacllmApp(App):
         info = message.info
         self.notify(f"{info.source} ready · {info.compute} · {implementation_words(info.implementation)}", timeout=3)
         if self.state.kv_bits:
-            set_kv_bits(self.bridge.engine, self.state.kv_bits)
+            self.bridge.set_kv_bits(self.state.kv_bits)
         self.refresh_status()
         startup = self.state.startup_adapters
         if startup:

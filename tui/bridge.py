@@ -212,6 +212,10 @@ class EngineBridge:
         return answer_id
 
     # --- adapters ------------------------------------------------------------------------
+    def set_kv_bits(self, bits: int | None) -> None:
+        """Caches made from now on store keys/values at `bits` (an engine job; never waits)."""
+        self.engine.set_kv_bits(bits)
+
     def model_fingerprint(self) -> str | None:
         """Which base shapes the loaded model has (adapters made for others are refused)."""
         loaded = self.engine.loaded

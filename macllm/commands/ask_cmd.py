@@ -11,7 +11,6 @@ from macllm.commands.options import (
     add_sampling_options,
     apply_adapters,
     generation_params,
-    set_kv_bits,
 )
 from macllm.commands.search_cmd import add_search_options
 
@@ -38,8 +37,7 @@ def run(args) -> int:
     check_query(args.question)  # before the index, the embedder and the model load
     params = generation_params(args)
     retriever = open_retriever(args.index)  # before the model: an empty or missing index fails fast
-    with Engine(args.model, keep_quantized=args.keep_quantized) as engine:
-        set_kv_bits(engine, args.kv_bits)
+    with Engine(args.model, keep_quantized=args.keep_quantized, kv_bits=args.kv_bits) as engine:
         apply_adapters(engine, args.adapter)
         try:
             answer = ask(engine, retriever, args.question, k=args.k, mode=args.mode, path=args.path, params=params)

@@ -14,7 +14,6 @@ from macllm.commands.options import (
     checked_text,
     generation_params,
     parse_adapter_specs,
-    set_kv_bits,
 )
 from macllm.commands.thinking_echo import ThinkingEcho
 from macllm.errors import MacllmError
@@ -78,8 +77,7 @@ def run_plain_chat(args) -> int:
     params = generation_params(args)
     if sys.stderr.isatty():  # a status line only for people; errors stay one line
         print(f"Loading {args.model}…", file=sys.stderr)
-    with Engine(args.model, keep_quantized=args.keep_quantized) as engine:
-        set_kv_bits(engine, args.kv_bits)
+    with Engine(args.model, keep_quantized=args.keep_quantized, kv_bits=args.kv_bits) as engine:
         apply_adapters(engine, args.adapter)
         info = engine.info
         assert info is not None, "the engine was started with a model"

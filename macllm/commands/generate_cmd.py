@@ -15,7 +15,6 @@ from macllm.commands.options import (
     checked_text,
     generation_params,
     read_text_arg,
-    set_kv_bits,
 )
 from macllm.commands.thinking_echo import ThinkingEcho
 
@@ -47,8 +46,8 @@ def run(args) -> int:
     params = generation_params(args)
     if args.system is not None:
         checked_text(args.system, "--system")
-    with Engine(args.model, keep_quantized=args.keep_quantized, progress=not args.json) as engine:
-        set_kv_bits(engine, args.kv_bits)
+    with Engine(args.model, keep_quantized=args.keep_quantized, progress=not args.json,
+                kv_bits=args.kv_bits) as engine:
         apply_adapters(engine, args.adapter)
         result = complete(engine, args, prompt, params)
     if args.json:

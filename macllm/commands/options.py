@@ -27,11 +27,6 @@ def add_model_option(p: argparse.ArgumentParser) -> None:
                    help="store the KV cache quantized (group 64) once the context passes 256 tokens")
 
 
-def set_kv_bits(engine, bits: int | None) -> None:
-    """Caches made from now on store keys/values at `bits` (see macllm/cache/quantized.py); an engine job."""
-    engine.set_kv_bits(bits)
-
-
 def add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, default=256, help="most tokens to generate (default 256)")
     p.add_argument("--temp", type=float, default=0.0, help="temperature; 0 = greedy (default)")

@@ -28,6 +28,7 @@ from macllm.models.implementation import implementation, mlx_lm_architectures
 from macllm.tuner.examples import Example, TrainingData
 from macllm.tuner.train import TrainConfig, Trainer
 from tests import tiny_models
+from tests.test_qwen3 import save_mlx_lm_adapter
 
 GREEDY_TOKENS = 8
 PROMPT = [1, 40, 77, 114, 151, 188, 225, 262, 30, 67]
@@ -172,6 +173,29 @@ def test_load_generate_adapter_swap_and_two_training_steps(folders, arch):
     trained = trainer.adapter()
     assert trained.base_fingerprint == fingerprint(loaded.config)
     assert any(mx.abs(b).max().item() > 0 for _, b in trained.weights.values())
+
+
+def test_mlx_lm_default_lora_on_mixtral_experts_gives_mlx_lm_logits(folders, tmp_path):
+    """mlx-lm's trainer adapts the experts too (its LoRASwitchLinear on SwitchGLU): on mlx-lm's own Mixtral
+    class our expert slots give the logits mlx-lm gives with the same adapter."""
+    import mlx_lm
+
+    from macllm.lora.formats import read_adapter
+
+    folder = folders["mixtral"]
+    adapter_dir = save_mlx_lm_adapter(folder, tmp_path / "adapter")
+    adapter = read_adapter(adapter_dir)
+    assert any(a.ndim == 3 for a, _ in adapter.weights.values())
+    loaded = load_model(str(folder), progress=False)
+    manager = AdapterManager(loaded.model, loaded.config)
+    manager.load(adapter)
+    manager.activate({adapter.name: 1.0})
+    theirs, _ = mlx_lm.load(str(folder), adapter_path=str(adapter_dir))
+    prompt = mx.array([PROMPT])
+    ours = loaded.model(prompt)
+    assert mx.abs(ours - theirs(prompt)).max().item() <= 1e-4
+    manager.activate({})
+    assert mx.abs(loaded.model(prompt) - ours).max().item() > 1e-3
 
 
 def _logits_moved(loaded, manager: AdapterManager) -> bool:

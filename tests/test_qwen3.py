@@ -257,22 +257,69 @@ def test_mlx_lm_lora_adapter_loads_and_swaps_on_qwen3(folders, tmp_path, name, k
     assert max_diff(ours.model(mx.array([PROMPT])), base) == 0.0
 
 
-def test_lora_on_moe_attention_loads_and_expert_adapters_are_refused(folders, tmp_path):
-    """Attention adapters work on Qwen3-MoE; the experts are not Linear layers (out of scope: mlx-lm's
-    LoRASwitchLinear stores 3-D A/B), and such an adapter is refused with one line, nothing changed."""
+@pytest.mark.parametrize("name,keep_quantized", [("qwen3_moe", False), ("qwen3_moe-4bit", True)])
+def test_mlx_lm_default_lora_with_expert_adapters_matches_mlx_lm_on_qwen3_moe(folders, tmp_path, name,
+                                                                              keep_quantized):
+    """mlx-lm's trainer puts LoRA on every expert by default (LoRASwitchLinear, 3-D A/B): such an adapter
+    gives mlx-lm's logits and greedy tokens, blends with an attention-only one as the sum of both, and
+    switched off gives the base back exactly."""
     import mlx_lm
 
+    folder = folders[name]
+    experts_dir = save_mlx_lm_adapter(folder, tmp_path / "all")
+    attn_dir = save_mlx_lm_adapter(folder, tmp_path / "attn", keys=ATTENTION_KEYS, seed=2)
+    ours = load_model(str(folder), keep_quantized=keep_quantized, progress=False)
+    base = ours.model(mx.array([PROMPT]))
+    experts, attn = read_adapter(experts_dir), read_adapter(attn_dir)
+    assert any(m.endswith("switch_mlp.up_proj") for m in experts.weights)
+    manager = AdapterManager(ours.model, ours.config)
+    manager.load(experts)
+    manager.load(attn)
+    manager.activate({experts.name: 1.0})
+    theirs, _ = mlx_lm.load(str(folder), adapter_path=str(experts_dir))
+    with_experts = ours.model(mx.array([PROMPT]))
+    diff = max_diff(with_experts, theirs(mx.array([PROMPT])))
+    print(f"\n{name} + mlx-lm LoRA on experts: max abs logit diff {diff:.2e}")
+    assert diff <= MAX_DIFF and max_diff(with_experts, base) > 1e-2
+    assert_same_greedy(our_greedy(ours, PROMPT[:8], GREEDY_TOKENS), mlx_lm_greedy(theirs, PROMPT[:8], GREEDY_TOKENS))
+
+    # A blend stacks the pairs along the rank axis: equal to both deltas applied, within float rounding.
+    manager.activate({experts.name: 1.0, attn.name: 0.5})
+    blend = ours.model(mx.array([PROMPT]))
+    manager.activate({attn.name: 0.5})
+    attn_only = ours.model(mx.array([PROMPT]))
+    assert max_diff(blend, with_experts) > 1e-2 and max_diff(blend, attn_only) > 1e-2
+    manager.activate({})
+    assert max_diff(ours.model(mx.array([PROMPT])), base) == 0.0
+
+
+def test_expert_adapter_fused_into_the_weights_equals_the_live_adapter(folders, tmp_path):
+    """fuse_weights adds each expert's own delta to its slice of the stacked (experts, out, in) weight."""
+    from macllm.loader import read_model_files
+    from macllm.lora.fuse import fuse_weights
+
     folder = folders["qwen3_moe"]
-    adapter_dir = save_mlx_lm_adapter(folder, tmp_path / "attn", keys=ATTENTION_KEYS)
+    adapter = read_adapter(save_mlx_lm_adapter(folder, tmp_path / "all"))
     ours = load_model(str(folder), progress=False)
     manager = AdapterManager(ours.model, ours.config)
-    adapter = read_adapter(adapter_dir)
     manager.load(adapter)
     manager.activate({adapter.name: 1.0})
-    theirs, _ = mlx_lm.load(str(folder), adapter_path=str(adapter_dir))
-    assert max_diff(ours.model(mx.array([PROMPT])), theirs(mx.array([PROMPT]))) <= MAX_DIFF
+    live = ours.model(mx.array([PROMPT]))
+    cfg, weights, _, _ = read_model_files(folder)
+    fused = fuse_weights(weights, cfg.quantization, [(adapter, 1.0)])
+    plain = load_model(str(folder), progress=False)
+    plain.model.load_weights(list(fused.items()), strict=False)
+    assert max_diff(plain.model(mx.array([PROMPT])), live) <= MAX_DIFF
 
-    experts_dir = save_mlx_lm_adapter(folder, tmp_path / "experts", keys=["mlp.switch_mlp.up_proj"])
-    with pytest.raises(MacllmError, match=r"switch_mlp\.up_proj LoRA matrices must be 2-D"):
-        manager.load(read_adapter(experts_dir))
-    assert list(manager.loaded) == [adapter.name]
+
+def test_expert_adapter_for_another_expert_count_is_one_line_and_changes_nothing(folders, tmp_path):
+    folder = folders["qwen3_moe"]
+    adapter = read_adapter(save_mlx_lm_adapter(folder, tmp_path / "all"))
+    module = next(m for m in adapter.weights if m.endswith("switch_mlp.up_proj"))
+    a, b = adapter.weights[module]
+    adapter.weights[module] = (a[:4], b[:4])
+    ours = load_model(str(folder), progress=False)
+    manager = AdapterManager(ours.model, ours.config)
+    with pytest.raises(MacllmError, match=r"switch_mlp\.up_proj: it has 4 experts, the layer 8"):
+        manager.load(adapter)
+    assert not manager.loaded and not manager._layers

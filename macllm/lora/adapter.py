@@ -13,7 +13,8 @@ class Adapter:
     name: str
     rank: int
     scale: float  # the trained scale; set_adapters multiplies it by the user's weight
-    # Module path (e.g. "model.layers.3.self_attn.q_proj") -> (A: in x rank, B: rank x out).
+    # Module path (e.g. "model.layers.3.self_attn.q_proj") -> (A: in x rank, B: rank x out); experts of a
+    # mixture-of-experts layer have one pair each: (experts x in x rank, experts x rank x out).
     weights: dict[str, tuple[mx.array, mx.array]]
     dropout: float = 0.0
     num_layers: int | None = None
@@ -41,6 +42,7 @@ class Adapter:
         return sum(a.nbytes + b.nbytes for a, b in self.weights.values())
 
     def delta(self, module: str) -> mx.array:
-        """scale * (A B)^T: what this adapter adds to the module's (out x in) weight."""
+        """scale * (A B)^T: what this adapter adds to the module's (out x in) weight (per expert for a
+        mixture-of-experts layer: (experts x out x in))."""
         a, b = self.weights[module]
-        return (self.scale * b.T) @ a.T
+        return (self.scale * b.swapaxes(-1, -2)) @ a.swapaxes(-1, -2)

@@ -1,7 +1,8 @@
 """Adapter folders on disk: mlx-lm's format (read + write) and Hugging Face PEFT's (read).
 
 mlx-lm: adapter_config.json {fine_tune_type, num_layers, lora_parameters: {rank, scale, dropout, keys}}
-        + adapters.safetensors with `<module path>.lora_a` (in x rank) and `.lora_b` (rank x out).
+        + adapters.safetensors with `<module path>.lora_a` (in x rank) and `.lora_b` (rank x out); on the
+        experts of a mixture-of-experts layer (experts x rank x in) and (experts x out x rank).
 PEFT:   adapter_config.json {peft_type: LORA, r, lora_alpha, target_modules, ...}
         + adapter_model.safetensors with `base_model.model.<module path>.lora_A.weight` (rank x in) and
         `.lora_B.weight` (out x rank); scale = lora_alpha / r (or / sqrt(r) with use_rslora).
@@ -100,16 +101,23 @@ def _pairs(tensors: dict, a_suffix: str, b_suffix: str, strip: str, path: Path) 
     for module, (a, b) in pairs.items():
         if a is None or b is None:
             raise MacllmError(f"{path}: {module} has only one of its two LoRA matrices")
-        if a.ndim != 2 or b.ndim != 2:
-            raise MacllmError(f"{path}: {module} LoRA matrices must be 2-D")
+        if a.ndim != b.ndim or a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[0] != b.shape[0]):
+            raise MacllmError(f"{path}: {module} LoRA matrices must be 2-D (a linear layer) or 3-D with one "
+                              f"pair per expert (a mixture-of-experts layer)")
     return pairs
 
 
 def _check_rank(pairs: dict[str, tuple], rank: int, path: Path) -> None:
     for module, (a, b) in pairs.items():
-        if a.shape[1] != rank or b.shape[0] != rank:
-            raise MacllmError(f"{path}: {module} has rank {a.shape[1]}x{b.shape[0]} but the config says "
+        if a.shape[-1] != rank or b.shape[-2] != rank:
+            raise MacllmError(f"{path}: {module} has rank {a.shape[-1]}x{b.shape[-2]} but the config says "
                               f"rank {rank}")
+
+
+def _from_mlx_lm(a: mx.array, b: mx.array) -> tuple[mx.array, mx.array]:
+    """mlx-lm's per-expert pairs are (experts, rank, in) and (experts, out, rank); ours are (experts, in,
+    rank) and (experts, rank, out), the plain layout with an expert axis in front. Plain pairs pass."""
+    return (a.swapaxes(-1, -2), b.swapaxes(-1, -2)) if a.ndim == 3 else (a, b)
 
 
 def _read_mlx_lm(folder: Path, config: dict, name: str) -> Adapter:
@@ -125,7 +133,7 @@ def _read_mlx_lm(folder: Path, config: dict, name: str) -> Adapter:
     dropout = float(params.get("dropout") or 0.0)
     wpath = folder / MLX_WEIGHTS
     raw = _pairs(_load_tensors(wpath), ".lora_a", ".lora_b", "", wpath)
-    pairs = {m: (a, b) for m, (a, b) in raw.items()}
+    pairs = {m: _from_mlx_lm(a, b) for m, (a, b) in raw.items()}
     _check_rank(pairs, rank, wpath)
     ours = config.get("macllm")
     if not isinstance(ours, dict):
@@ -153,6 +161,9 @@ def _read_peft(folder: Path, config: dict, name: str) -> Adapter:
     if not wpath.exists() and (folder / MLX_WEIGHTS).exists():
         raise MacllmError(f"{cpath} is a PEFT config but the folder holds mlx-lm weights")
     raw = _pairs(_load_tensors(wpath), ".lora_A.weight", ".lora_B.weight", PEFT_PREFIX, wpath)
+    if any(a.ndim != 2 for a, _ in raw.values()):
+        raise MacllmError(f"{wpath}: PEFT adapters on mixture-of-experts layers are not supported (use "
+                          f"mlx-lm's format)")
     pairs = {m: (a.T, b.T) for m, (a, b) in raw.items()}  # PEFT stores them as nn.Linear weights
     _check_rank(pairs, rank, wpath)
     keys = sorted({m.split(".layers.")[-1].split(".", 1)[-1] for m in pairs})
@@ -180,6 +191,7 @@ def write_adapter(adapter: Adapter, out: Path, num_model_layers: int, overwrite:
     }
     tensors = {}
     for module, (a, b) in adapter.weights.items():
+        a, b = _from_mlx_lm(a, b)  # the swap is its own inverse: back to mlx-lm's per-expert layout
         tensors[f"{module}.lora_a"] = a
         tensors[f"{module}.lora_b"] = b
     _check_finite(tensors, out, "will not write it (a training that diverged? lower --lr)")

@@ -15,7 +15,7 @@ import mlx.nn as nn
 from macllm.kernels import lora_delta
 
 
-class _Slots:
+class AdapterSlots:
     """Loaded (A, B) pairs by adapter name, and the precomputed active delta."""
 
     def __init__(self):
@@ -25,17 +25,45 @@ class _Slots:
         # scales folded into B, so a blend costs two matmuls whatever the count.
         self.active: tuple[mx.array, mx.array, float] | None = None
 
+    def activate(self, scales: dict[str, float]) -> None:
+        """Make exactly these slots active (names without a slot here are skipped; scale 0 = off).
+
+        The rank axis is A's last and B's second-to-last, for plain (in x R, R x out) and per-expert
+        (E x in x R, E x R x out) pairs alike."""
+        pairs = [(self.loaded[n], s) for n, s in scales.items() if s != 0 and n in self.loaded]
+        if not pairs:
+            self.active = None
+        elif len(pairs) == 1:
+            (a, b), s = pairs[0]
+            self.active = (a, b, float(s))
+        else:
+            a = mx.concatenate([a for (a, _), _ in pairs], axis=-1)
+            b = mx.concatenate([b * s for (_, b), s in pairs], axis=-2)
+            self.active = (a, b, 1.0)
+
+
+def is_quantized(layer: nn.Module) -> bool:
+    """nn.QuantizedLinear, or a quantized expert layer (ours or mlx-lm's): packed weight plus scales."""
+    return isinstance(layer, nn.QuantizedLinear) or ("scales" in layer and hasattr(layer, "bits"))
+
+
+def is_expert_layer(layer: nn.Module) -> bool:
+    """A mixture-of-experts projection (our or mlx-lm's SwitchLinear): one (experts, out, in) weight,
+    called as layer(x, indices)."""
+    weight = layer.get("weight") if isinstance(layer, nn.Module) else None
+    return isinstance(weight, mx.array) and weight.ndim == 3
+
 
 def base_dims(linear: nn.Module) -> tuple[int, int]:
-    """(input dims, output dims) of nn.Linear or nn.QuantizedLinear."""
-    out_dims, in_dims = linear.weight.shape
-    if isinstance(linear, nn.QuantizedLinear):
+    """(input dims, output dims) of a linear or expert layer, float or quantized."""
+    out_dims, in_dims = linear.weight.shape[-2:]
+    if is_quantized(linear):
         in_dims = in_dims * 32 // linear.bits
     return in_dims, out_dims
 
 
 def compute_dtype(linear: nn.Module) -> mx.Dtype:
-    return linear.scales.dtype if isinstance(linear, nn.QuantizedLinear) else linear.weight.dtype
+    return linear.scales.dtype if is_quantized(linear) else linear.weight.dtype
 
 
 class LoRALinear(nn.Module):
@@ -43,7 +71,7 @@ class LoRALinear(nn.Module):
         super().__init__()
         self.linear = linear
         self.dropout = dropout  # applied only in training mode
-        self._slots = _Slots()
+        self._slots = AdapterSlots()
 
     @property
     def dims(self) -> tuple[int, int]:
@@ -62,16 +90,7 @@ class LoRALinear(nn.Module):
 
     def activate(self, scales: dict[str, float]) -> None:
         """Make exactly these slots active (names without a slot here are skipped; scale 0 = off)."""
-        pairs = [(self._slots.loaded[n], s) for n, s in scales.items() if s != 0 and n in self._slots.loaded]
-        if not pairs:
-            self._slots.active = None
-        elif len(pairs) == 1:
-            (a, b), s = pairs[0]
-            self._slots.active = (a, b, float(s))
-        else:
-            a = mx.concatenate([a for (a, _), _ in pairs], axis=1)
-            b = mx.concatenate([b * s for (_, b), s in pairs], axis=0)
-            self._slots.active = (a, b, 1.0)
+        self._slots.activate(scales)
 
     @property
     def active_arrays(self) -> list[mx.array]:

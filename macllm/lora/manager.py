@@ -12,7 +12,8 @@ import mlx.nn as nn
 
 from macllm.errors import MacllmError
 from macllm.lora.adapter import Adapter
-from macllm.lora.layers import LoRALinear, base_dims, compute_dtype
+from macllm.lora.expert_layers import LoRASwitchLinear
+from macllm.lora.layers import LoRALinear, base_dims, compute_dtype, is_expert_layer
 from macllm.lora.store import fingerprint
 from macllm.lora.weight_bounds import weight_problem
 
@@ -42,7 +43,7 @@ class AdapterManager:
         self.base_id = base_id
         self.loaded: dict[str, Adapter] = {}
         self.active: dict[str, float] = {}  # name -> user weight (multiplies the adapter's own scale)
-        self._layers: dict[str, LoRALinear] = {}  # module path -> wrapper
+        self._layers: dict[str, LoRALinear | LoRASwitchLinear] = {}  # module path -> wrapper
 
     # --- loading ---------------------------------------------------------------------------
     def check(self, adapter: Adapter) -> dict[str, nn.Module]:
@@ -55,15 +56,23 @@ class AdapterManager:
         for module, (a, b) in adapter.weights.items():
             found = find_module(self.model, module)
             layer = found[2] if found else None
-            if isinstance(layer, LoRALinear):
+            if isinstance(layer, (LoRALinear, LoRASwitchLinear)):
                 layer = layer.linear
-            if not isinstance(layer, (nn.Linear, nn.QuantizedLinear)):
+            experts = layer is not None and is_expert_layer(layer)
+            if not (experts or isinstance(layer, (nn.Linear, nn.QuantizedLinear))):
                 what = "no such layer" if layer is None else f"a {type(layer).__name__}, not a linear layer"
                 raise MacllmError(f"adapter {adapter.name!r} targets {module}: {what} in this model")
+            if a.ndim != (3 if experts else 2):
+                kind = "a mixture-of-experts layer" if experts else "a linear layer"
+                raise MacllmError(f"adapter {adapter.name!r} does not fit {module}: it holds {a.ndim}-D LoRA "
+                                  f"matrices but the layer is {kind} (made for another base?)")
+            if experts and a.shape[0] != layer.weight.shape[0]:
+                raise MacllmError(f"adapter {adapter.name!r} does not fit {module}: it has {a.shape[0]} experts, "
+                                  f"the layer {layer.weight.shape[0]} (made for another base?)")
             in_dims, out_dims = base_dims(layer)
-            if a.shape[0] != in_dims or b.shape[1] != out_dims:
-                raise MacllmError(f"adapter {adapter.name!r} does not fit {module}: LoRA maps {a.shape[0]} -> "
-                                  f"{b.shape[1]} but the layer maps {in_dims} -> {out_dims} (made for another base?)")
+            if a.shape[-2] != in_dims or b.shape[-1] != out_dims:
+                raise MacllmError(f"adapter {adapter.name!r} does not fit {module}: LoRA maps {a.shape[-2]} -> "
+                                  f"{b.shape[-1]} but the layer maps {in_dims} -> {out_dims} (made for another base?)")
             targets[module] = layer
         return targets
 
@@ -82,11 +91,11 @@ class AdapterManager:
         adapter.weights = arrays
         self.loaded[adapter.name] = adapter
 
-    def _wrapper(self, module: str) -> LoRALinear:
+    def _wrapper(self, module: str) -> LoRALinear | LoRASwitchLinear:
         wrapper = self._layers.get(module)
         if wrapper is None:
             parent, key, layer = find_module(self.model, module)
-            wrapper = LoRALinear(layer)
+            wrapper = LoRASwitchLinear(layer) if is_expert_layer(layer) else LoRALinear(layer)
             wrapper.train(self.model.training)
             self._set_child(parent, key, wrapper)
             self._layers[module] = wrapper

@@ -59,7 +59,7 @@ class AdapterManager:
             if isinstance(layer, (LoRALinear, LoRASwitchLinear)):
                 layer = layer.linear
             experts = layer is not None and is_expert_layer(layer)
-            if not (experts or isinstance(layer, (nn.Linear, nn.QuantizedLinear))):
+            if layer is None or not (experts or isinstance(layer, (nn.Linear, nn.QuantizedLinear))):
                 what = "no such layer" if layer is None else f"a {type(layer).__name__}, not a linear layer"
                 raise MacllmError(f"adapter {adapter.name!r} targets {module}: {what} in this model")
             if a.ndim != (3 if experts else 2):

@@ -202,6 +202,33 @@ def test_sparse_layers_follow_step_and_mlp_only_layers():
         MoEArgs.from_config(ModelConfig.from_hf_dict(vocab_config(dict(QWEN3_MOE, num_experts="many"))))
 
 
+@pytest.mark.parametrize("scaling", [
+    {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128},
+    {"type": "yarn", "factor": 2.0, "original_max_position_embeddings": 64, "beta_fast": 16, "beta_slow": 2,
+     "mscale": 0.8, "mscale_all_dim": 0.5},
+])
+def test_yarn_rope_scaling_matches_mlx_lm(tmp_path, scaling):
+    """Qwen3's long-context setting (rope_scaling yarn): stretched low frequencies and the attention factor,
+    on the CPU tables and on mx.fast.rope (Metal's path) alike."""
+    import mlx_lm
+
+    from macllm.models.rope import RoPE
+
+    config = vocab_config(dict(QWEN3, rope_scaling=scaling))
+    folder = save_as_mlx_lm(mlx_lm_model(config), config, tmp_path / "yarn")
+    ours = load_model(str(folder), progress=False)
+    theirs, _ = mlx_lm.load(str(folder))
+    prompt = mx.array([PROMPT])
+    assert max_diff(ours.model(prompt), theirs(prompt)) <= MAX_DIFF
+    rope = RoPE(32, 1_000_000.0, scaling)
+    x = mx.random.normal((1, 2, 5, 32))
+    table = rope(x, offset=90)
+    with mx.stream(mx.cpu):
+        rope._use_tables = lambda: False  # type: ignore[method-assign]
+        fused = rope(x, offset=90)
+    assert max_diff(table, fused) <= 1e-5
+
+
 def test_rope_parameters_of_transformers_5_configs():
     raw = {k: v for k, v in vocab_config(QWEN3).items() if k != "rope_theta"}
     cfg = ModelConfig.from_hf_dict(dict(raw, rope_parameters={"rope_type": "default", "rope_theta": 5e5}))

@@ -66,6 +66,11 @@ def write_gguf(model: nn.Module, config: dict, path: Path, qtype: str = "F32",
     w.add_value_length(config["head_dim"])
     w.add_layer_norm_rms_eps(config["rms_norm_eps"])
     w.add_rope_freq_base(config["rope_theta"])
+    yarn = config.get("rope_scaling")
+    if yarn:  # as llama.cpp's converter writes a yarn rope_scaling
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(yarn["factor"])
+        w.add_rope_scaling_orig_ctx_len(yarn["original_max_position_embeddings"])
     if moe:
         w.add_expert_count(config["num_experts"])
         w.add_expert_used_count(config["num_experts_per_tok"])
@@ -115,6 +120,10 @@ def mlx_lm_greedy(model, prompt: list[int], n: int) -> list[int]:
 
 CASES = [("qwen3", QWEN3, "F32"), ("qwen3moe", QWEN3_MOE_ALL_SPARSE, "F32"), ("qwen3moe-dense-layer", QWEN3_MOE, "F32"),
          ("qwen3-q8", QWEN3, "Q8_0"), ("qwen3moe-q8", QWEN3_MOE_ALL_SPARSE, "Q8_0")]
+
+
+YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128}
+CASES.append(("qwen3-yarn", dict(QWEN3, rope_scaling=YARN), "F32"))
 
 
 @pytest.mark.parametrize("name,base,qtype", CASES, ids=[c[0] for c in CASES])

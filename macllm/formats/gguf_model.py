@@ -126,6 +126,13 @@ def config_from_metadata(meta: dict, weights: dict) -> ModelConfig:
     rope_scaling = None
     if get("rope.scaling.type") == "linear" and get("rope.scaling.factor"):
         rope_scaling = {"rope_type": "linear", "factor": float(get("rope.scaling.factor"))}
+    elif get("rope.scaling.type") == "yarn" and get("rope.scaling.factor"):
+        rope_scaling = {"rope_type": "yarn", "factor": float(get("rope.scaling.factor"))}
+        for ours, theirs in (("original_max_position_embeddings", "rope.scaling.original_context_length"),
+                             ("beta_fast", "rope.scaling.yarn_beta_fast"),
+                             ("beta_slow", "rope.scaling.yarn_beta_slow")):
+            if get(theirs) is not None:
+                rope_scaling[ours] = get(theirs)
     cfg = ModelConfig(
         model_type=model_type,
         hidden_size=int(hidden),

@@ -1,4 +1,4 @@
-"""Rotary position embeddings, including Llama 3's and LongRoPE's ("su") frequency scaling.
+"""Rotary position embeddings, including Llama 3's, YaRN's and LongRoPE's ("su") frequency scaling.
 
 On Metal, `mx.fast.rope` is one fused kernel. On the CPU backend it is composed from ~15 small ops that
 recompute the frequencies on every call (~60 us each, ~8 ms per token for a 30-layer model), so there
@@ -48,6 +48,37 @@ def su_scaled(dims: int, base: float, scaling: dict, context: int, original: int
     return periods, float(attention_factor)
 
 
+def yarn_scaled(dims: int, base: float, scaling: dict) -> tuple[mx.array, float]:
+    """YaRN (Qwen3 / Qwen2.5 long context, DeepSeek): (per-pair periods, attention factor).
+
+    Pairs that turn many times within the original context keep their period (extrapolate); pairs that turn
+    less than once are stretched by `factor` (interpolate); a linear ramp over the pair index between the
+    two blends them. The attention factor 0.1 ln(factor) + 1 (relative to `mscale_all_dim`'s) scales the
+    rotated features, as mlx-lm and transformers do."""
+    factor = float(scaling["factor"])
+    original = scaling.get("original_max_position_embeddings", 4096)
+    beta_fast, beta_slow = scaling.get("beta_fast", 32), scaling.get("beta_slow", 1)
+
+    def pair_turning(turns: float) -> float:  # the pair index whose period fits `turns` in the context
+        return dims * math.log(original / (turns * 2 * math.pi)) / (2 * math.log(base))
+
+    low = max(math.floor(pair_turning(beta_fast)), 0)
+    high = min(math.ceil(pair_turning(beta_slow)), dims - 1)
+    if high == low:
+        high += 0.001
+    ramp = mx.clip((mx.arange(dims // 2, dtype=mx.float32) - low) / (high - low), 0, 1)
+    keep = 1.0 - ramp  # 1: extrapolate (unchanged period), 0: interpolate (period * factor)
+    periods = base ** (mx.arange(0, dims, 2, dtype=mx.float32) / dims)
+    stretched = factor * periods
+    blended = stretched * periods / (stretched * keep + periods * (1 - keep))
+
+    def magnitude(m: float) -> float:
+        return 1.0 if factor <= 1 else 0.1 * m * math.log(factor) + 1.0
+
+    attention_factor = magnitude(scaling.get("mscale", 1)) / magnitude(scaling.get("mscale_all_dim", 0))
+    return blended, attention_factor
+
+
 def rotate_half_split(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
     """Hugging Face style rope (first half / second half of each head form the pairs)."""
     half = x.shape[-1] // 2
@@ -73,6 +104,8 @@ class RoPE(nn.Module):
         kind = scaling.get("rope_type", scaling.get("type"))
         if periods is None and kind == "llama3":
             self._periods = llama3_periods(dims, base, scaling)
+        elif periods is None and kind == "yarn":
+            self._periods, self.attention_factor = yarn_scaled(dims, base, scaling)
         elif kind == "linear":
             self.scale = 1.0 / scaling["factor"]
         elif kind not in (None, "default"):

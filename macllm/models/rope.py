@@ -62,8 +62,8 @@ def yarn_scaled(dims: int, base: float, scaling: dict) -> tuple[mx.array, float]
     def pair_turning(turns: float) -> float:  # the pair index whose period fits `turns` in the context
         return dims * math.log(original / (turns * 2 * math.pi)) / (2 * math.log(base))
 
-    low = max(math.floor(pair_turning(beta_fast)), 0)
-    high = min(math.ceil(pair_turning(beta_slow)), dims - 1)
+    low = float(max(math.floor(pair_turning(beta_fast)), 0))
+    high = float(min(math.ceil(pair_turning(beta_slow)), dims - 1))
     if high == low:
         high += 0.001
     ramp = mx.clip((mx.arange(dims // 2, dtype=mx.float32) - low) / (high - low), 0, 1)

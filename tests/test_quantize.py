@@ -107,3 +107,27 @@ def test_distill_needs_calibration_text_and_runs_with_it(tiny_llama_folder, tmp_
     assert main(["quantize", str(tiny_llama_folder), str(tmp_path / "q"), "--calibrate", str(notes),
                  "--distill", "1", "--json"]) == 0
     assert "distilled (1 epochs)" in json.loads(capsys.readouterr().out)["method"]
+
+
+def test_mixture_of_experts_are_quantized_and_load_in_macllm_and_mlx_lm_alike(tmp_path):
+    """The stacked (experts, out, in) projections are quantized too (they are nearly all of an MoE model's
+    weights), in mlx-lm's layout: mlx-lm's own Qwen3-MoE class reads our folder and agrees with ours."""
+    from mlx_lm import load
+
+    from macllm.loader import load_model
+    from tests.test_qwen3 import QWEN3_MOE, mlx_lm_model, save_as_mlx_lm, vocab_config
+
+    config = vocab_config(QWEN3_MOE)
+    folder = save_as_mlx_lm(mlx_lm_model(config), config, tmp_path / "moe")
+    out = tmp_path / "q"
+    assert main(["quantize", str(folder), str(out), "--bits", "4", "--group-size", "32"]) == 0
+    stored = mx.load(str(out / "model.safetensors"))
+    experts = stored["model.layers.0.mlp.switch_mlp.up_proj.weight"]
+    assert experts.dtype == mx.uint32 and experts.shape == (8, 64, 64 * 4 // 32)
+    assert stored["model.layers.0.mlp.switch_mlp.up_proj.scales"].shape == (8, 64, 2)
+    ours = load_model(str(out), keep_quantized=True, progress=False)
+    theirs, _ = load(str(out))
+    ids = mx.array([[5, 40, 77, 100, 200, 31]])
+    assert mx.allclose(ours.model(ids), theirs(ids), atol=1e-4).item()
+    float_model = load_model(str(folder), progress=False)
+    assert mx.abs(ours.model(ids) - float_model.model(ids)).max().item() < 1.0  # close to the float model

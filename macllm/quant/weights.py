@@ -16,9 +16,29 @@ from macllm.quant.affine import affine_quantize
 from macllm.quant.recipe import MIXED_HIGH_PRECISION
 
 
+def is_expert_stack(name: str, value: mx.array) -> bool:
+    """The (experts, out, in) weight of a mixture-of-experts projection (mlx-lm's `switch_mlp` naming,
+    which our MoE models share); other 3-D weights (convolutions) are not matrices to quantize."""
+    return value.ndim == 3 and ".switch_mlp." in name
+
+
 def is_quantizable(name: str, value: mx.array, group_size: int) -> bool:
-    """Linear and embedding matrices; norms, biases and odd-sized matrices stay float."""
-    return name.endswith(".weight") and value.ndim == 2 and value.shape[-1] % group_size == 0
+    """Linear and embedding matrices and stacked experts; norms, biases and odd-sized matrices stay float."""
+    shaped = value.ndim == 2 or is_expert_stack(name, value)
+    return name.endswith(".weight") and shaped and value.shape[-1] % group_size == 0
+
+
+def quantize_matrix(value: mx.array, bits: int, group_size: int, importance: mx.array | None,
+                    search: bool) -> tuple[mx.array, mx.array, mx.array]:
+    """affine_quantize on a matrix, or on each expert of a stack: groups run along rows, so quantizing the
+    (experts * out, in) rows at once and restoring the expert axis is the same as one expert at a time."""
+    if value.ndim == 2:
+        return affine_quantize(value, bits, group_size, importance, search)
+    experts, rows, cols = value.shape
+    packed, scales, biases = affine_quantize(value.reshape(experts * rows, cols), bits, group_size, importance,
+                                             search)
+    return (packed.reshape(experts, rows, -1), scales.reshape(experts, rows, -1),
+            biases.reshape(experts, rows, -1))
 
 
 def bits_for(prefix: str, bits: int, mixed: bool) -> int:
@@ -45,7 +65,7 @@ def quantize_weights(weights: dict[str, mx.array], bits: int = 4, group_size: in
         if not layer_bits:  # bits_of may keep a layer float
             out[name] = value
             continue
-        packed, scales, biases = affine_quantize(value, layer_bits, group_size, importance.get(prefix), search)
+        packed, scales, biases = quantize_matrix(value, layer_bits, group_size, importance.get(prefix), search)
         mx.eval(packed, scales, biases)  # one matrix at a time keeps peak memory low
         out[name], out[f"{prefix}.scales"], out[f"{prefix}.biases"] = packed, scales, biases
         if layer_bits != bits:

@@ -519,6 +519,7 @@ async def test_the_load_notification_says_which_implementation_runs_the_model(tm
         await wait_until(pilot, lambda: any("ready" in str(n.message) for n in app._notifications))
         ready_note = next(str(n.message) for n in app._notifications if "ready" in str(n.message))
         assert "runs on mlx-lm's model class" in ready_note
+        assert "(mlx-lm)" in pilot.app.screen.status.render()  # and the status bar keeps saying it
         await send(pilot, "hello")
         assert store.messages(pilot.app.screen.chat_id)[-1].role == "assistant"
 

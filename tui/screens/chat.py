@@ -231,7 +231,9 @@ class ChatScreen(ChatSaving):
             return
         info = self.bridge.info
         state = "" if self.bridge.ready else " (loading…)" if self.bridge.loading else " (not loaded)"
-        self.status.model = ((info.source if info else None) or self.settings.model or "no model") + state
+        # Our own implementation is the norm; a model on mlx-lm's class says so (features may differ).
+        runs_on = f" ({info.implementation})" if info and info.implementation != "own" else ""
+        self.status.model = ((info.source if info else None) or self.settings.model or "no model") + runs_on + state
         self.status.context_length = info.context_length if info else 0
         self.status.adapters = ", ".join(f"{k}×{v:g}" for k, v in self.bridge.active_adapters.items())
         self.status.notes = f"notes: {self.state.notes_index or 'notes'}" if self.state.notes_mode else ""

@@ -32,6 +32,9 @@ SLOW_TESTS: tuple[str, ...] = (
     "test_notes_questions.py::test_a_hundred_notes_questions_keep_conversations_and_memory_flat",  # ~5 s
     "test_train_distributed.py::test_two_ring_ranks_equal_one_rank_with_the_combined_batch",  # ~5 s
     "test_engine_threads.py::test_public_api_from_many_threads_keeps_the_engine_consistent",  # ~4 s
+    "test_speculative.py::test_sampling_with_a_draft_matches_the_models_joint_distribution",  # ~13 s
+    "test_speculative.py::test_accept_reject_emits_exactly_the_models_distribution",  # ~5 s
+    "test_speculative.py::test_certain_guesses_emit_exactly_the_models_distribution",  # ~5 s
 )
 
 

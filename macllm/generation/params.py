@@ -13,6 +13,11 @@ class GenerationParams(SamplingParams):
     stop_strings: tuple[str, ...] = ()
     top_alternatives: int = 0  # >0: each token event carries that many most likely alternatives
     enable_thinking: bool | None = None  # chat templates' switch for reasoning models; None: the template's default
+    # Speculative decoding (speculative.py): a draft model with the same tokenizer, which the Engine loads and
+    # keeps, or guesses copied from the prompt. Either way the output is the model's own.
+    draft_model: str | None = None
+    prompt_lookup: bool = False
+    draft_tokens: int = 0  # guesses per round; 0: adapt to the acceptance rate
 
 
 @dataclass
@@ -22,6 +27,7 @@ class TokenEvent:
     logprob: float
     alternatives: list[tuple[int, float]] | None = None
     reasoning: str = ""  # new text of a reasoning model's thinking (between <think> and </think>)
+    drafted: bool = False  # speculative decoding guessed this token and the model confirmed it
 
 
 @dataclass
@@ -33,6 +39,12 @@ class GenerationStats:
     generation_tokens: int = 0
     generation_tps: float = 0.0
     peak_memory_mb: float = 0.0
+    draft_proposed: int = 0  # speculative decoding: tokens guessed, and how many of them the model kept
+    draft_accepted: int = 0
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        return self.draft_accepted / self.draft_proposed if self.draft_proposed else None
 
 
 @dataclass

@@ -25,6 +25,7 @@ class Step:
     logprob: float
     alternatives: list[tuple[int, float]] | None
     fed: bool  # the token is already in the cache (the next step was queued with it)
+    drafted: bool = False  # a guess of speculative decoding that the model confirmed (speculative.py)
 
 
 def common_prefix_length(a: list[int], b: list[int]) -> int:

@@ -12,7 +12,7 @@ import mlx.core as mx
 from macllm import backend
 from macllm.cache import LayerCache, cache_length, make_cache, trim_cache
 from macllm.errors import MacllmError
-from macllm.generation import steps
+from macllm.generation import speculative, steps
 from macllm.generation.params import (
     GenerationParams,
     GenerationResult,
@@ -56,10 +56,13 @@ def stream_generate(model, tokenizer, prompt: list[int], params: GenerationParam
                     cache: list[LayerCache] | None = None, cached: list[int] | None = None,
                     cancel: threading.Event | None = None,
                     context_length: int | None = None,
-                    on_prefill: steps.PrefillProgress | None = None) -> Iterator[TokenEvent | GenerationResult]:
+                    on_prefill: steps.PrefillProgress | None = None,
+                    draft: speculative.DraftModel | None = None) -> Iterator[TokenEvent | GenerationResult]:
     """Generate after `prompt`. If `cache` already holds `cached` tokens, only the part of `prompt`
     after their common prefix is computed. Yields TokenEvents, then one GenerationResult.
-    `on_prefill(done, total)` reports a long prefill's progress (see steps.prefill)."""
+    `on_prefill(done, total)` reports a long prefill's progress (see steps.prefill). With `draft` (or
+    `params.prompt_lookup`) tokens are decoded speculatively (speculative.py); `params.draft_model` is the
+    Engine's to turn into a `draft`."""
     limit = _check_prompt(model, prompt, context_length)
     if cache is None:
         cache, cached = make_cache(model), []
@@ -69,8 +72,10 @@ def stream_generate(model, tokenizer, prompt: list[int], params: GenerationParam
 
     choose = steps.TokenChooser(params, prompt)
     t0 = time.perf_counter()
-    first = choose(steps.prefill(model, prompt[reuse:], cache, on_prefill))
+    last_logits = steps.prefill(model, prompt[reuse:], cache, on_prefill)
+    first = choose(last_logits)
     mx.eval(first)
+    proposer = _proposer(cache, prompt, params, draft, vocab_width=last_logits.shape[-1])
     stats.ttft_s = time.perf_counter() - t0
     stats.prompt_tps = stats.prefilled_tokens / max(stats.ttft_s, 1e-9)
 
@@ -92,7 +97,13 @@ def stream_generate(model, tokenizer, prompt: list[int], params: GenerationParam
     finish = "length"
     max_new = min(params.max_tokens, limit - len(prompt)) if limit else params.max_tokens
     t_decode = time.perf_counter()
-    for step in steps.decode_steps(model, cache, first, choose, max_new, cancel):
+    spec_stats = speculative.SpeculationStats()
+    if proposer is None:
+        decoded = steps.decode_steps(model, cache, first, choose, max_new, cancel)
+    else:
+        decoded = speculative.decode_steps(model, cache, _first_step(first), prompt, params, proposer, max_new,
+                                           spec_stats, cancel)
+    for step in decoded:
         generated.append(step.token_id)
         if step.fed:
             fed.append(step.token_id)
@@ -101,7 +112,8 @@ def stream_generate(model, tokenizer, prompt: list[int], params: GenerationParam
             break
         text, stopped = stops.feed(detok.add(step.token_id))
         piece = split(text)
-        yield TokenEvent(step.token_id, piece.answer, step.logprob, step.alternatives, reasoning=piece.reasoning)
+        yield TokenEvent(step.token_id, piece.answer, step.logprob, step.alternatives, reasoning=piece.reasoning,
+                         drafted=step.drafted)
         if stopped:
             finish = "stop"
             break
@@ -120,9 +132,29 @@ def stream_generate(model, tokenizer, prompt: list[int], params: GenerationParam
     stats.generation_tokens = len(generated)
     stats.generation_tps = (len(generated) - 1) / elapsed if len(generated) > 1 and elapsed > 0 else 0.0
     stats.peak_memory_mb = backend.peak_memory_mb()
+    stats.draft_proposed, stats.draft_accepted = spec_stats.proposed, spec_stats.accepted
     # The queued step may have fed one token past a stop; keep cache and `fed` in step.
     trim_cache(cache, cache_length(cache) - len(fed))
     yield GenerationResult("".join(text_parts), generated, finish, stats, fed, reasoning="".join(reasoning_parts))
+
+
+def _proposer(cache, prompt: list[int], params: GenerationParams, draft: speculative.DraftModel | None,
+              vocab_width: int) -> speculative.Proposer | None:
+    """What guesses tokens for this answer (a draft model, else prompt lookup if asked), its cache filled."""
+    if draft is None and not params.prompt_lookup:
+        return None
+    speculative.check_rewindable(cache, "this model")
+    if draft is None:
+        return speculative.LookupProposer()
+    draft.start(prompt, params, vocab_width)
+    speculative.check_rewindable(draft.cache, "the draft model")
+    return draft
+
+
+def _first_step(first: tuple) -> steps.Step:
+    token, logprob, alts = first
+    alternatives = list(zip(alts[0][0].tolist(), alts[1][0].tolist(), strict=True)) if alts is not None else None
+    return steps.Step(token.item(), logprob.item(), alternatives, False)
 
 
 def generate(model, tokenizer, prompt: list[int], params: GenerationParams, **kw) -> GenerationResult:

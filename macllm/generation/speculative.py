@@ -1,0 +1,337 @@
+"""Speculative decoding: something cheap guesses the next k tokens, the model checks all of them in one forward
+pass, and every guess it agrees with is a token that cost no decode step of its own.
+
+Two guessers (proposers): a small draft model with the same tokenizer (`DraftModel`), or prompt lookup
+(`LookupProposer`, prompt_lookup.py), which copies what followed the last few tokens earlier in the text.
+
+The output is the model's own. Greedy: a guess is kept while it is the model's argmax, and the first
+disagreement is replaced by the argmax, so the text is what plain greedy decoding gives. Sampling: the
+standard accept/reject rule (Leviathan et al. 2023, Chen et al. 2023): guess d, drawn from the guesser's q, is
+kept with probability min(1, p(d)/q(d)); the first rejected one is replaced by a draw from max(0, p - q)
+renormalised; when all are kept, one more token comes from p. Each emitted token is then distributed exactly as
+p, the model's distribution after penalty, temperature and top-k/top-p/min-p. Prompt lookup's guesses are
+certain (q is one-hot), so the rule keeps d with probability p(d) and otherwise draws from p without d.
+
+One round builds the draft's k steps and the model's check as one lazy MLX graph, evaluated while the caller
+shows the previous token; the only wait is for the verdict. Rejected positions are trimmed from both caches.
+k adapts to the acceptance rate (`AdaptiveK`).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol
+
+import mlx.core as mx
+
+from macllm.cache import LayerCache, cache_length, make_cache, trim_cache
+from macllm.errors import MacllmError
+from macllm.generation.params import GenerationParams
+from macllm.generation.prompt_lookup import PromptLookup
+from macllm.generation.sampling import apply_repetition_penalty, filter_logprobs
+from macllm.generation.steps import Step, common_prefix_length, prefill
+
+START_K = 4
+MAX_K = 8  # past this the check's forward pass stops costing about one decode step on a CPU
+
+
+class AdaptiveK:
+    """Tokens to guess next round: one more after a round where every guess was kept, one fewer after a round
+    where at most half were; a fixed k when the caller chose one."""
+
+    def __init__(self, fixed: int = 0):
+        self.fixed = fixed
+        self.value = fixed or START_K
+
+    def update(self, proposed: int, accepted: int) -> None:
+        if self.fixed or proposed == 0:
+            return
+        if accepted == proposed:
+            self.value = min(self.value + 1, MAX_K)
+        elif 2 * accepted <= proposed:
+            self.value = max(self.value - 1, 1)
+
+
+@dataclass
+class Proposal:
+    tokens: mx.array  # (k,) int32, possibly still lazy
+    probs: mx.array | None  # (k, vocab): the distribution each guess was drawn from; None: certain guesses
+
+    @property
+    def size(self) -> int:
+        return self.tokens.shape[0]
+
+
+class Proposer(Protocol):
+    def propose(self, history: list[int], k: int) -> Proposal | None:
+        """Up to k guesses to follow `history` (the tokens so far, the last one not yet in any cache)."""
+
+    def settle(self, proposed: list[int]) -> None:
+        """The guesses of the last proposal, now known (whether or not they were kept)."""
+
+
+@dataclass
+class SpeculationStats:
+    proposed: int = 0
+    accepted: int = 0
+    rounds: int = 0
+
+
+class _Keys:
+    """Random keys split from the seed (None without one: MLX's global state), as `Sampler` does."""
+
+    def __init__(self, seed: int | None):
+        self._key = mx.random.key(seed) if seed is not None else None
+
+    def next(self):
+        if self._key is None:
+            return None
+        self._key, sub = mx.random.split(self._key)
+        return sub
+
+
+def _distribution(logprobs: mx.array, params: GenerationParams) -> mx.array:
+    """Rows of log-probabilities -> the probabilities sampling draws from (temperature, then the filters)."""
+    scaled = filter_logprobs(logprobs / params.temperature, params.top_k, params.top_p, params.min_p)
+    return mx.softmax(scaled.astype(mx.float32), axis=-1)
+
+
+def _fit_width(logits: mx.array, width: int) -> mx.array:
+    """The draft's logits over the model's vocabulary width (checkpoints pad their embeddings differently)."""
+    have = logits.shape[-1]
+    if have > width:
+        return logits[..., :width]
+    if have < width:
+        pad = mx.full((*logits.shape[:-1], width - have), -float("inf"), logits.dtype)
+        return mx.concatenate([logits, pad], axis=-1)
+    return logits
+
+
+class LookupProposer:
+    """Guesses copied from earlier in the prompt and the answer so far (prompt_lookup.py)."""
+
+    def __init__(self):
+        self.index = PromptLookup()
+
+    def propose(self, history: list[int], k: int) -> Proposal | None:
+        self.index.extend(history[len(self.index.tokens):])
+        guesses = self.index.propose(k)
+        if not guesses:
+            return None
+        return Proposal(mx.array(guesses, dtype=mx.int32), None)
+
+    def settle(self, proposed: list[int]) -> None:
+        pass
+
+
+class DraftModel:
+    """A small model with the same tokenizer that guesses by decoding k tokens itself, bare (no adapters).
+
+    Owns its KV cache and the tokens it holds (`cached`), so a conversation can keep it between turns."""
+
+    def __init__(self, model, tokenizer, cache: list[LayerCache] | None = None, cached: list[int] | None = None,
+                 kv_bits: int | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.cache = cache if cache is not None else make_cache(model, kv_bits)
+        self.cached = list(cached or [])
+        self.params = GenerationParams()
+        self.width = 0  # the model's vocabulary width, set by `start`
+        self._keys = _Keys(None)
+        self._base: list[int] = []
+
+    def start(self, prompt: list[int], params: GenerationParams, width: int) -> None:
+        """Take the prompt into the draft's cache (reusing what it already holds) before the first round."""
+        self.params, self.width = params, width
+        self._keys = _Keys(None if params.seed is None else params.seed + 1)  # apart from the model's draws
+        self._catch_up(prompt, keep_last=False)
+        if len(prompt) > len(self.cached):
+            mx.eval(prefill(self.model, prompt[len(self.cached):], self.cache))
+            self.cached = list(prompt)
+
+    def _catch_up(self, history: list[int], keep_last: bool) -> int:
+        """Trim the cache to its common prefix with `history` (leaving the last token to run if `keep_last`)."""
+        limit = len(history) - 1 if keep_last else len(history)
+        held = self.cached[:cache_length(self.cache)]
+        common = min(common_prefix_length(held, history), limit)
+        if not trim_cache(self.cache, cache_length(self.cache) - common):
+            common = 0
+        self.cached = history[:common]
+        return common
+
+    def propose(self, history: list[int], k: int) -> Proposal | None:
+        common = self._catch_up(history, keep_last=True)
+        logits = self.model(mx.array(history[common:])[None], cache=self.cache, last_only=True)[:, -1, :]
+        tokens: list[mx.array] = []
+        probs: list[mx.array] = []
+        for i in range(k):
+            token, q = self._choose(logits)
+            tokens.append(token)
+            if q is not None:
+                probs.append(q)
+            if i + 1 < k:  # the last guess's own continuation is not needed
+                logits = self.model(token[None], cache=self.cache)[:, -1, :]
+        self._base = list(history)
+        return Proposal(mx.concatenate(tokens).astype(mx.int32), mx.concatenate(probs) if probs else None)
+
+    def _choose(self, logits: mx.array) -> tuple[mx.array, mx.array | None]:
+        logits = _fit_width(logits, self.width)
+        if self.params.temperature <= 0:
+            return mx.argmax(logits, axis=-1), None
+        q = _distribution(logits - mx.logsumexp(logits, axis=-1, keepdims=True), self.params)
+        return mx.random.categorical(mx.log(q), key=self._keys.next()), q
+
+    def settle(self, proposed: list[int]) -> None:
+        self.cached = self._base + proposed[:-1]  # what the draft's cache now holds
+
+
+@dataclass
+class Verdict:
+    """One round's outcome, all lazy until `resolve`."""
+
+    drafts: mx.array  # (k,)
+    accept: mx.array  # (k,) bool: each guess on its own (only the leading run counts)
+    replacement: mx.array  # (k+1,): the token to emit if the first rejection is at i (k: all kept)
+    logprobs: mx.array  # (k+1, vocab): the model's log-probabilities (after penalty) at each position
+    alternatives: tuple[mx.array, mx.array] | None = None
+
+    def arrays(self) -> list[mx.array]:
+        extra = list(self.alternatives) if self.alternatives is not None else []
+        return [self.drafts, self.accept, self.replacement, self.logprobs, *extra]
+
+
+@dataclass
+class Resolved:
+    tokens: list[int]  # the kept guesses, then the replacement (or the extra token)
+    logprobs: list[float]
+    alternatives: list[list[tuple[int, float]] | None] = field(default_factory=list)
+    proposed: list[int] = field(default_factory=list)
+
+    @property
+    def kept(self) -> int:
+        return len(self.tokens) - 1
+
+
+def _penalised(logits: mx.array, history: list[int], drafts: mx.array, params: GenerationParams) -> mx.array:
+    """Per-position repetition penalty: position i has seen `history` and the first i guesses."""
+    if params.repetition_penalty == 1.0:
+        return logits
+    window = max(params.repetition_window, 1)
+    seen = mx.concatenate([mx.array(history, dtype=mx.int32), drafts.astype(mx.int32)])
+    rows = []
+    for i in range(logits.shape[0]):
+        upto = len(history) + i
+        rows.append(apply_repetition_penalty(logits[i:i + 1], seen[max(0, upto - window):upto],
+                                             params.repetition_penalty))
+    return mx.concatenate(rows)
+
+
+def judge(logits: mx.array, proposal: Proposal, history: list[int], params: GenerationParams, keys: _Keys) -> Verdict:
+    """logits (k+1, vocab): the model's at the last token and after each guess -> the round's Verdict."""
+    k = proposal.size
+    drafts = proposal.tokens
+    logits = _penalised(logits, history, drafts, params)
+    logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    if params.temperature <= 0:
+        best = mx.argmax(logprobs, axis=-1)
+        verdict = Verdict(drafts, best[:k] == drafts, best, logprobs)
+    else:
+        p = _distribution(logprobs, params)
+        rows = mx.arange(k)
+        p_d = p[rows, drafts]
+        if proposal.probs is None:  # certain guesses: q is one-hot at d
+            q_d = mx.ones_like(p_d)
+            residual = mx.where(mx.arange(p.shape[-1])[None] == drafts[:, None], 0.0, p[:k])
+        else:
+            q_d = proposal.probs[rows, drafts]
+            residual = mx.maximum(p[:k] - proposal.probs, 0.0)
+        # Where p and q agree to rounding the residual is empty; a draw from p itself is then as good.
+        residual = mx.where(residual.sum(axis=-1, keepdims=True) > 0, residual, p[:k])
+        accept = mx.random.uniform(shape=(k,), key=keys.next()) * q_d < p_d
+        pick_from = mx.concatenate([residual, p[k:]])
+        replacement = mx.random.categorical(mx.log(pick_from), key=keys.next())
+        verdict = Verdict(drafts, accept, replacement, logprobs)
+    if params.top_alternatives > 0:
+        ids = mx.argpartition(-logprobs, kth=params.top_alternatives - 1, axis=-1)[:, :params.top_alternatives]
+        verdict.alternatives = (ids, mx.take_along_axis(logprobs, ids, axis=-1))
+    return verdict
+
+
+def _listed(a: mx.array) -> list:
+    values = a.tolist()
+    assert isinstance(values, list), "a one- or two-dimensional array"
+    return values
+
+
+def resolve(verdict: Verdict, limit: int) -> Resolved:
+    """Wait for the verdict; keep at most `limit` guesses."""
+    drafts = _listed(verdict.drafts)
+    accept = _listed(verdict.accept)
+    kept = 0
+    while kept < min(len(drafts), limit) and accept[kept]:
+        kept += 1
+    tokens = drafts[:kept] + [verdict.replacement[kept].item()]
+    lp = _listed(verdict.logprobs[mx.arange(kept + 1), mx.array(tokens)])
+    alts: list[list[tuple[int, float]] | None] = [None] * len(tokens)
+    if verdict.alternatives is not None:
+        ids, vals = _listed(verdict.alternatives[0]), _listed(verdict.alternatives[1])
+        alts = [list(zip(ids[i], vals[i], strict=True)) for i in range(len(tokens))]
+    return Resolved(tokens, lp, alts, drafts)
+
+
+def check_rewindable(cache: list[LayerCache], who: str) -> None:
+    """Speculation trims rejected guesses; a layer whose cache cannot step back (recurrent state) cannot."""
+    if not all(c.can_trim(1) for c in cache):
+        raise MacllmError(f"{who} has layers whose cache cannot step back (recurrent state), which speculative "
+                          "decoding needs; run it without --draft-model / prompt lookup")
+
+
+def decode_steps(model, cache: list[LayerCache], first: Step, history: list[int], params: GenerationParams,
+                 proposer: Proposer, max_new: int, stats: SpeculationStats,
+                 cancel: threading.Event | None = None) -> Iterator[Step]:
+    """Like steps.decode_steps, with guesses: yields up to `max_new` Steps from `first` (the token after the
+    prompt `history`); kept guesses come as Steps with `drafted` set. The caller stops by breaking."""
+    keys = _Keys(params.seed)
+    adaptive = AdaptiveK(params.draft_tokens)
+    history = list(history)
+    pending = first
+    produced = 0
+    while True:
+        produced += 1
+        room = max_new - produced  # tokens still allowed after `pending`
+        if room <= 0 or (cancel is not None and cancel.is_set()):
+            yield Step(pending.token_id, pending.logprob, pending.alternatives, False)
+            return
+        history.append(pending.token_id)
+        proposal = proposer.propose(history, min(adaptive.value, room))
+        if proposal is None:
+            proposal = Proposal(mx.zeros((0,), dtype=mx.int32), None)
+        tokens = mx.concatenate([mx.array([pending.token_id], dtype=mx.int32), proposal.tokens])
+        logits = model(tokens[None], cache=cache)[0]
+        verdict = judge(logits, proposal, history, params, keys)
+        mx.async_eval(verdict.arrays())
+        yield Step(pending.token_id, pending.logprob, pending.alternatives, True, pending.drafted)
+
+        outcome = resolve(verdict, room)
+        proposer.settle(outcome.proposed)
+        trim_cache(cache, proposal.size - outcome.kept)  # the cache keeps `pending` and the kept guesses
+        if proposal.size:
+            stats.rounds += 1
+            stats.proposed += proposal.size
+            stats.accepted += outcome.kept
+            adaptive.update(proposal.size, outcome.kept)
+        for i in range(outcome.kept):
+            produced += 1
+            yield Step(outcome.tokens[i], outcome.logprobs[i], outcome.alternatives[i], True, drafted=True)
+        history.extend(outcome.tokens[:outcome.kept])
+        if produced >= max_new:
+            return
+        pending = Step(outcome.tokens[-1], outcome.logprobs[-1], outcome.alternatives[-1], False)
+
+
+def same_vocabulary(draft_tokenizer, tokenizer) -> bool:
+    """Whether two tokenizers map the same strings to the same ids (a draft must, or its guesses are noise)."""
+    a, b = draft_tokenizer.hf_tokenizer, tokenizer.hf_tokenizer
+    if a.get_vocab_size(with_added_tokens=True) != b.get_vocab_size(with_added_tokens=True):
+        return False
+    return bool(a.get_vocab(with_added_tokens=True) == b.get_vocab(with_added_tokens=True))

@@ -1,0 +1,257 @@
+"""Speculative decoding on tiny random models: greedy output identical to plain decoding (the model as its own
+draft: every guess kept; a perturbed copy: some kept; prompt lookup), the sampled output distributed exactly as
+the model's (the accept/reject rule on a small vocabulary, and end to end), caches trimmed to what was kept."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx.utils import tree_map
+from scipy.stats import chisquare
+
+from macllm.cache import cache_length, make_cache
+from macllm.generation import GenerationParams, generate
+from macllm.generation import speculative as spec
+from macllm.generation.prompt_lookup import PromptLookup
+from macllm.generation.steps import Step, prefill
+from macllm.loader import load_model
+
+
+def perturbed(path, *noise: tuple[float, int]):
+    """The tiny model with noise (scale, seed) added to every weight, once per pair. The tiny model itself
+    repeats one token greedily; noise of 0.3 makes a livelier target, 0.02 more a draft that agrees with it
+    often (about half its guesses), not always."""
+    lm = load_model(str(path), progress=False)
+    for scale, seed in noise:
+        rng = np.random.default_rng(seed)
+
+        def shaken(a, rng=rng, scale=scale):
+            return a + mx.array(rng.standard_normal(a.shape).astype(np.float32)) * scale
+
+        lm.model.update(tree_map(shaken, lm.model.parameters()))
+    return lm
+
+
+LIVELY = (0.3, 7)
+
+
+@pytest.fixture(scope="module")
+def target(tiny_llama_gguf):
+    return perturbed(tiny_llama_gguf, LIVELY)
+
+
+@pytest.fixture(scope="module")
+def self_draft(tiny_llama_gguf):
+    return perturbed(tiny_llama_gguf, LIVELY)
+
+
+@pytest.fixture(scope="module")
+def noisy_draft(tiny_llama_gguf):
+    return perturbed(tiny_llama_gguf, LIVELY, (0.02, 1))
+
+
+PROMPTS = ["hello world user", "assistant hello hello world", "the world is a user of hello"]
+
+
+def draft_of(lm) -> spec.DraftModel:
+    return spec.DraftModel(lm.model, lm.tokenizer)
+
+
+@pytest.mark.parametrize("text", PROMPTS)
+def test_greedy_with_a_draft_is_plain_greedy(target, self_draft, noisy_draft, text):
+    ids = target.tokenizer.encode(text)
+    plain = generate(target.model, target.tokenizer, ids, GenerationParams(max_tokens=40))
+    same = generate(target.model, target.tokenizer, ids, GenerationParams(max_tokens=40), draft=draft_of(self_draft))
+    assert same.token_ids == plain.token_ids and same.text == plain.text
+    s = same.stats
+    assert s.draft_proposed > 0 and s.draft_accepted == s.draft_proposed  # its own draft: every guess kept
+    noisy = generate(target.model, target.tokenizer, ids, GenerationParams(max_tokens=40),
+                     draft=draft_of(noisy_draft))
+    assert noisy.token_ids == plain.token_ids
+    assert 0 < noisy.stats.draft_accepted < noisy.stats.draft_proposed
+    assert len(set(plain.token_ids)) > 10  # a lively model: the check is not about one repeated token
+
+
+@pytest.mark.parametrize("fixed_k", [0, 1, 3, 8])
+def test_greedy_with_prompt_lookup_is_plain_greedy(target, fixed_k):
+    ids = target.tokenizer.encode("hello world user hello world user hello world")
+    plain = generate(target.model, target.tokenizer, ids, GenerationParams(max_tokens=60))
+    looked = generate(target.model, target.tokenizer, ids,
+                      GenerationParams(max_tokens=60, prompt_lookup=True, draft_tokens=fixed_k))
+    assert looked.token_ids == plain.token_ids
+    assert looked.stats.draft_proposed > 0  # random models repeat themselves: there is something to copy
+
+
+@pytest.mark.parametrize("max_tokens", [1, 2, 3, 5, 9])
+def test_limits_and_the_cache_match_plain_decoding(target, self_draft, max_tokens):
+    ids = target.tokenizer.encode("hello world user")
+    plain = generate(target.model, target.tokenizer, ids, GenerationParams(max_tokens=max_tokens))
+    cache = make_cache(target.model)
+    fast = generate(target.model, target.tokenizer, ids, GenerationParams(max_tokens=max_tokens), cache=cache,
+                    draft=draft_of(self_draft))
+    assert fast.token_ids == plain.token_ids and len(fast.token_ids) == max_tokens
+    assert cache_length(cache) == len(fast.fed_tokens)
+    # The cache holds exactly the fed tokens: continuing from it equals a fresh run over them.
+    follow = generate(target.model, target.tokenizer, fast.fed_tokens + [5], GenerationParams(max_tokens=6),
+                      cache=cache, cached=fast.fed_tokens)
+    fresh = generate(target.model, target.tokenizer, fast.fed_tokens + [5], GenerationParams(max_tokens=6))
+    assert follow.token_ids == fresh.token_ids
+
+
+def test_repetition_penalty_and_alternatives_follow_plain_decoding(target, noisy_draft):
+    ids = target.tokenizer.encode("hello world user hello")
+    params = dict(max_tokens=30, repetition_penalty=1.3, repetition_window=8, top_alternatives=3)
+    plain = list(_events(target, ids, GenerationParams(**params)))
+    fast = list(_events(target, ids, GenerationParams(**params), draft=draft_of(noisy_draft)))
+    assert [e.token_id for e in fast] == [e.token_id for e in plain]
+    for a, b in zip(fast, plain, strict=True):
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+        assert [i for i, _ in a.alternatives] == [i for i, _ in b.alternatives]
+    assert any(e.drafted for e in fast) and not any(e.drafted for e in plain)
+
+
+def _events(lm, ids, params, **kw):
+    from macllm.generation import TokenEvent, stream_generate
+
+    for event in stream_generate(lm.model, lm.tokenizer, ids, params, **kw):
+        if isinstance(event, TokenEvent):
+            yield event
+
+
+def test_a_draft_cache_is_reused_across_turns(target, self_draft):
+    draft = draft_of(self_draft)
+    ids = target.tokenizer.encode("hello world user")
+    first = generate(target.model, target.tokenizer, ids, GenerationParams(max_tokens=10), draft=draft)
+    assert cache_length(draft.cache) == len(draft.cached) > len(ids)
+    longer = first.fed_tokens + target.tokenizer.encode(" world")
+    again = generate(target.model, target.tokenizer, longer, GenerationParams(max_tokens=10), draft=draft)
+    plain = generate(target.model, target.tokenizer, longer, GenerationParams(max_tokens=10))
+    assert again.token_ids == plain.token_ids
+
+
+def test_sliding_window_and_quantized_caches_trim_rejected_guesses(tiny_llama_gguf, noisy_draft, target):
+    ids = target.tokenizer.encode("hello world user " * 30)  # past the quantized cache's 256-token threshold
+    for bits in (8, 4):
+        cache = make_cache(target.model, bits)
+        plain = generate(target.model, target.tokenizer, ids, GenerationParams(max_tokens=30),
+                         cache=make_cache(target.model, bits))
+        fast = generate(target.model, target.tokenizer, ids, GenerationParams(max_tokens=30), cache=cache,
+                        draft=spec.DraftModel(noisy_draft.model, noisy_draft.tokenizer, kv_bits=bits))
+        assert fast.token_ids == plain.token_ids
+        assert cache_length(cache) == len(fast.fed_tokens)
+
+
+# --- the accept/reject rule, on a five-token vocabulary --------------------------------------------------------
+
+def _rule_draws(p_logits: np.ndarray, q: np.ndarray | None, guesses: list[list[int]], seed: int) -> list[list[int]]:
+    """Run `judge`/`resolve` once per guess list; return the emitted tokens of each round."""
+    keys = spec._Keys(seed)
+    params = GenerationParams(temperature=1.0)
+    logits = mx.array(p_logits)
+    out = []
+    for g in guesses:
+        proposal = spec.Proposal(mx.array(g, dtype=mx.int32), None if q is None else mx.array(q))
+        out.append(spec.resolve(spec.judge(logits, proposal, [0], params, keys), len(g)).tokens)
+    return out
+
+
+def _expected(probs: np.ndarray, n: int) -> np.ndarray:
+    probs = np.asarray(probs, dtype=np.float64)
+    return probs / probs.sum() * n
+
+
+def test_accept_reject_emits_exactly_the_models_distribution():
+    rng = np.random.default_rng(0)
+    vocab, n = 5, 1500
+    p_logits = rng.standard_normal((3, vocab)).astype(np.float32) * 1.5
+    p = np.exp(p_logits) / np.exp(p_logits).sum(-1, keepdims=True)
+    q = rng.dirichlet(np.ones(vocab), size=2).astype(np.float32)  # a draft that is rather wrong
+    guesses = [[int(rng.choice(vocab, p=q[0])), int(rng.choice(vocab, p=q[1]))] for _ in range(n)]
+    rounds = _rule_draws(p_logits, q, guesses, seed=1)
+    first = np.bincount([r[0] for r in rounds], minlength=vocab)
+    assert chisquare(first, _expected(p[0], n)).pvalue > 1e-3
+    # The token after a kept first guess comes from p at position 1, whatever was guessed there.
+    second = np.bincount([r[1] for r in rounds if len(r) > 1], minlength=vocab)
+    assert chisquare(second, _expected(p[1], second.sum())).pvalue > 1e-3
+    # A wrong draft is rejected about as often as the rule says: 1 - sum(min(p, q)).
+    rejected = np.mean([len(r) == 1 for r in rounds])
+    assert rejected == pytest.approx(1 - np.minimum(p[0], q[0]).sum(), abs=0.05)  # ~4 standard errors at n = 1500
+
+
+def test_certain_guesses_emit_exactly_the_models_distribution():
+    rng = np.random.default_rng(2)
+    vocab, n = 5, 1500
+    p_logits = rng.standard_normal((2, vocab)).astype(np.float32)
+    p = np.exp(p_logits) / np.exp(p_logits).sum(-1, keepdims=True)
+    rounds = _rule_draws(p_logits, None, [[3]] * n, seed=3)  # prompt lookup always guesses token 3
+    first = np.bincount([r[0] for r in rounds], minlength=vocab)
+    assert chisquare(first, _expected(p[0], n)).pvalue > 1e-3
+
+
+def test_sampling_with_a_draft_matches_the_models_joint_distribution(target, noisy_draft):
+    """Two tokens after a fixed context, many times: their joint frequencies against the model's own
+    probabilities (top-k 3 at temperature 1.2 keeps nine pairs)."""
+    params = GenerationParams(temperature=1.2, top_k=3, draft_tokens=2, seed=11)
+    ids = target.tokenizer.encode("hello world user")
+    cache = make_cache(target.model)
+    mx.eval(prefill(target.model, ids[:-1], cache))
+    base = cache_length(cache)
+    draft = draft_of(noisy_draft)
+    draft.start(ids[:-1], params, width=target.model(mx.array([ids[:1]]))[0].shape[-1])
+
+    def top3(context):
+        logits = target.model(mx.array([context]))[0, -1] / 1.2
+        order = np.argsort(-np.array(logits))[:3]
+        probs = np.exp(np.array(logits)[order] - np.array(logits)[order].max())
+        return order.tolist(), probs / probs.sum()
+
+    firsts, p1 = top3(ids)
+    expected = {}
+    for a, pa in zip(firsts, p1, strict=True):
+        seconds, p2 = top3(ids + [a])
+        for b, pb in zip(seconds, p2, strict=True):
+            expected[(a, b)] = pa * pb
+    counts: dict[tuple[int, int], int] = {}
+    stats = spec.SpeculationStats()
+    n = 400
+    keys = spec._Keys(5)
+    for _ in range(n):
+        first = Step(ids[-1], 0.0, None, False)
+        trial = GenerationParams(**{**params.__dict__, "seed": int(mx.random.randint(0, 2**31, key=keys.next()))})
+        steps = list(spec.decode_steps(target.model, cache, first, ids[:-1], trial, draft, 3, stats))
+        pair = (steps[1].token_id, steps[2].token_id)
+        counts[pair] = counts.get(pair, 0) + 1
+        cache_trim = cache_length(cache) - base
+        for c in cache:
+            c.trim(cache_trim)
+    assert set(counts) <= set(expected)
+    cells = sorted(expected)
+    observed = [counts.get(c, 0) for c in cells]
+    assert chisquare(observed, _expected(np.array([expected[c] for c in cells]), n)).pvalue > 1e-3
+    assert 0 < stats.accepted < stats.proposed
+
+
+def test_prompt_lookup_copies_what_followed_the_longest_tail():
+    index = PromptLookup(max_ngram=3, min_ngram=2)
+    index.extend([1, 2, 3, 4, 5, 9, 2, 3, 7, 8, 1, 2, 3])
+    assert index.propose(3) == [4, 5, 9]  # "1 2 3" wins over the later "2 3" (followed by 7)
+    index.extend([6, 2, 3])
+    assert index.propose(2) == [6, 2]  # no earlier "6 2 3"... "2 3": its latest earlier occurrence, then 6 2
+    assert PromptLookup().propose(4) == []
+    lone = PromptLookup(max_ngram=2, min_ngram=2)
+    lone.extend([5, 6, 7])
+    assert lone.propose(4) == []
+
+
+def test_adaptive_k_grows_while_guesses_land_and_shrinks_when_they_miss():
+    k = spec.AdaptiveK()
+    for _ in range(10):
+        k.update(k.value, k.value)
+    assert k.value == spec.MAX_K
+    for _ in range(10):
+        k.update(k.value, 0)
+    assert k.value == 1
+    fixed = spec.AdaptiveK(3)
+    fixed.update(3, 0)
+    assert fixed.value == 3

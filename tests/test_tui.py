@@ -55,18 +55,24 @@ async def send(pilot, text):
 
 @pytest.fixture
 def slow_tokens(monkeypatch):
-    """The tiny model is too quick to interrupt: make each token take ~20 ms."""
-    import time
+    """The tiny model is too quick to interrupt: after a few tokens the answer stalls (still streaming,
+    the app busy) until the test opens the gate, however loaded the machine is. Returns the gate."""
+    import threading
 
     from macllm.tokenizer import StreamDecoder
 
     original = StreamDecoder.add
+    gate = threading.Event()
+    seen = [0]
 
-    def slow_add(self, token_id):
-        time.sleep(0.02)
+    def stalling_add(self, token_id):
+        seen[0] += 1
+        if seen[0] > 4:
+            gate.wait(30)  # a safety net: a test that forgets the gate still ends
         return original(self, token_id)
 
-    monkeypatch.setattr(StreamDecoder, "add", slow_add)
+    monkeypatch.setattr(StreamDecoder, "add", stalling_add)
+    return gate
 
 
 def messages(screen):
@@ -110,6 +116,7 @@ async def test_stop_keeps_partial_answer_marked_stopped(tiny_llama_gguf, store, 
         await pilot.press("enter")
         await wait_until(pilot, lambda: screen.answer_widget is not None and len(screen.answer_widget.tokens) >= 2)
         await pilot.press("escape")
+        slow_tokens.set()
         await wait_until(pilot, lambda: not app.bridge.busy and screen.answer_widget is None)
         last = store.messages(screen.chat_id)[-1]
         assert last.role == "assistant" and last.finish_reason == "cancelled"
@@ -131,6 +138,7 @@ async def test_keys_are_handled_while_streaming(tiny_llama_gguf, store, tmp_path
         assert chat_input.text == "abc"
         await pilot.press("enter")  # refused politely while busy
         await pilot.press("escape")
+        slow_tokens.set()
         await wait_until(pilot, lambda: not app.bridge.busy and screen.answer_widget is None)
         assert chat_input.text == "abc"
 
@@ -287,6 +295,7 @@ async def test_autoscroll_follows_only_at_the_bottom(tiny_llama_gguf, store, tmp
         # What a mouse wheel or scrollbar drag does: release the anchor and move up.
         conversation.release_anchor()
         conversation.scroll_to(y=0, animate=False, immediate=True)
+        slow_tokens.set()  # the rest of the answer arrives while the reader is up there
         await wait_until(pilot, lambda: not app.bridge.busy and screen.answer_widget is None)
         await pilot.pause(0.1)
         assert conversation.scroll_y == 0 and conversation.max_scroll_y > 0  # the reader stayed put

@@ -70,6 +70,18 @@ def test_interrupted_conversion_leaves_nothing(tiny_llama_folder, tmp_path, monk
     assert list(tmp_path.iterdir()) == []  # neither OUT nor its temporary sibling
 
 
+def test_a_full_disk_mid_write_is_one_line_and_leaves_nothing(tiny_llama_folder, tmp_path, monkeypatch, capsys):
+    def full_disk(*args, **kwargs):
+        raise RuntimeError("[write] Unable to write 395996 bytes to file.")  # what MLX raises
+
+    monkeypatch.setattr(mx, "save_safetensors", full_disk)
+    out = tmp_path / "out"
+    assert main(["quantize", str(tiny_llama_folder), str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"could not write {out}" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_existing_output_is_refused(tiny_llama_folder, tmp_path, capsys):
     (tmp_path / "out").mkdir()
     assert main(["quantize", str(tiny_llama_folder), str(tmp_path / "out")]) == 2

@@ -12,6 +12,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from macllm.config import ModelConfig
+from macllm.formats.arrays import save_arrays
 from macllm.storage.atomic import atomic_folder
 
 
@@ -40,6 +41,6 @@ def save_mlx_folder(cfg: ModelConfig, weights: dict[str, mx.array], tokenizer, o
         if tokenizer.bos_token_id is not None:
             config.setdefault("bos_token_id", tokenizer.bos_token_id)
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
+        save_arrays(tmp / "model.safetensors", weights, metadata={"format": "mlx"})
         write_tokenizer_files(tokenizer, tmp)
     return out

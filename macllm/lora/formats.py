@@ -12,7 +12,6 @@ Every problem is one MacllmError naming the file; nothing is returned half-read.
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from macllm.errors import MacllmError
-from macllm.formats.arrays import load_arrays
+from macllm.formats.arrays import load_arrays, save_arrays
 from macllm.lora.adapter import Adapter
 from macllm.storage.atomic import atomic_folder
 
@@ -197,14 +196,5 @@ def write_adapter(adapter: Adapter, out: Path, num_model_layers: int, overwrite:
     _check_finite(tensors, out, "will not write it (a training that diverged? lower --lr)")
     with atomic_folder(out, overwrite) as tmp:
         (tmp / CONFIG).write_text(json.dumps(config, indent=2))
-        save_tensors(tmp / MLX_WEIGHTS, tensors, metadata={"format": "mlx"})
+        save_arrays(tmp / MLX_WEIGHTS, tensors, metadata={"format": "mlx"})
     return out
-
-
-def save_tensors(path: Path, tensors: dict[str, mx.array], metadata: dict[str, str] | None = None) -> None:
-    """mx.save_safetensors, with a failed write (a full disk) raised as the OSError it is: MLX raises
-    RuntimeError, which the atomic writers would not turn into a one-line error."""
-    try:
-        mx.save_safetensors(str(path), tensors, metadata=metadata)
-    except RuntimeError as e:
-        raise OSError(errno.EIO, str(e).splitlines()[0] if str(e) else "write failed", str(path)) from None

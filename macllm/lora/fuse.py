@@ -81,8 +81,4 @@ def fuse_to_folder(model_source: str, adapters: list[tuple[Adapter, float]], out
             raise MacllmError(f"adapter {adapter.name!r} was made for {adapter.base_model or 'another model'} "
                               f"({adapter.base_fingerprint}), not {model_source} ({fp})")
     fused = fuse_weights(weights, cfg.quantization, adapters)
-    try:
-        return save_mlx_folder(cfg, fused, tokenizer, out, overwrite=overwrite)
-    except RuntimeError as e:  # MLX's failed write (a full disk); atomic_folder has removed the partial folder
-        raise MacllmError(f"could not write {out}: {str(e).splitlines()[0] if str(e) else 'write failed'}; "
-                          f"nothing was written") from None
+    return save_mlx_folder(cfg, fused, tokenizer, out, overwrite=overwrite)  # a failed write: one line, no folder

@@ -22,7 +22,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
 from macllm.errors import MacllmError
-from macllm.formats.arrays import load_arrays
+from macllm.formats.arrays import load_arrays, save_arrays
 from macllm.lora import formats
 from macllm.lora.adapter import Adapter
 from macllm.storage.atomic import atomic_write
@@ -56,9 +56,9 @@ def save(work: Path, step: int, adapter: Adapter, num_model_layers: int, optimiz
     try:
         formats.write_adapter(adapter, tmp, num_model_layers)
         flat = dict(tree_flatten(optimizer_state))
-        formats.save_tensors(tmp / "optimizer.safetensors", flat)
+        save_arrays(tmp / "optimizer.safetensors", flat)
         if best:
-            formats.save_tensors(tmp / "best.safetensors", best)
+            save_arrays(tmp / "best.safetensors", best)
         (tmp / "state.json").write_text(json.dumps({**state, "step": step}))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)

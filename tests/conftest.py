@@ -22,6 +22,9 @@ from tests import tiny_models
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 ON_CI = os.environ.get("CI", "").lower() == "true"
+# The prompt cache on disk would carry prefixes from one test (or run) to the next and change what tests count
+# (prefilled tokens); it is off unless a test asks for it with its own cap (tests/test_prompt_cache*.py).
+os.environ["MACLLM_PROMPT_CACHE_MB"] = "0"
 
 # Fixtures that download a real model (directly or through another fixture): their tests are real_model.
 REAL_MODEL_FIXTURES = {"smollm_gguf", "smollm", "smollm_quantized", "gemma_gguf", "minilm_folder",

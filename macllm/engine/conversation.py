@@ -21,6 +21,7 @@ class Conversation:
     # What the KV cache holds, token for token; the next turn reuses the common prefix.
     cache: list | None = None
     cached_tokens: list[int] = field(default_factory=list)
+    saved_tokens: int = 0  # how many of cached_tokens the prompt cache on disk holds (engine/disk_prefix.py)
 
     def template_messages(self) -> list[dict]:
         head = [{"role": "system", "content": self.system}] if self.system else []
@@ -30,6 +31,7 @@ class Conversation:
         """Forget cached keys/values (e.g. they were computed under other adapters)."""
         self.cache = None
         self.cached_tokens = []
+        self.saved_tokens = 0
 
     def view(self) -> "ConversationView":
         return ConversationView(self.id, self.system, [dict(m) for m in self.messages], len(self.cached_tokens))

@@ -14,13 +14,16 @@ from typing import Callable
 from macllm.cache import make_cache
 from macllm.engine import adapter_swap
 from macllm.engine.conversation import Conversation, ConversationView, new_conversation_id
+from macllm.engine.disk_prefix import DiskPrefixes
 from macllm.engine.job_thread import JobThread
 from macllm.engine.token_stream import PrefillProgress, TokenStream
 from macllm.errors import MacllmError
 from macllm.generation import GenerationParams, GenerationResult, stream_generate
+from macllm.generation.steps import common_prefix_length
 from macllm.loaded import LoadedModel, ModelInfo
 from macllm.lora import formats, store
 from macllm.lora.manager import AdapterManager
+from macllm.prompt_cache import PromptCache, resolve_limit_bytes
 
 KV_BITS = (None, 8, 4)
 
@@ -33,8 +36,11 @@ def check_kv_bits(bits: int | None) -> int | None:
 
 class Engine:
     def __init__(self, model: str | None = None, keep_quantized: bool = False, progress: bool = True,
-                 kv_bits: int | None = None):
+                 kv_bits: int | None = None, prompt_cache_mb: int | None = None):
         self._kv_bits = check_kv_bits(kv_bits)  # caches made from now on store keys/values at this width
+        # Long prefixes saved on disk across restarts; the cap (MiB) None: from the environment or the setting.
+        limit = resolve_limit_bytes(prompt_cache_mb) if prompt_cache_mb is not None else None
+        self._disk = DiskPrefixes(PromptCache(limit))
         self._loaded: LoadedModel | None = None
         self._adapters: AdapterManager | None = None  # for the loaded model, made on first use
         self._conversations: dict[str, Conversation] = {}  # touched only on the engine thread
@@ -65,6 +71,8 @@ class Engine:
         self.close()
 
     def _forget_everything(self) -> None:
+        for conv in self._conversations.values():
+            self._save_conversation(conv)
         self._conversations.clear()
         self._publish_context()
         self._adapters = None
@@ -78,6 +86,8 @@ class Engine:
             # screen without waiting for them.
             from macllm.loader import load_model
 
+            for conv in self._conversations.values():  # their caches belong to the model being replaced
+                self._save_conversation(conv)
             loaded = load_model(source, keep_quantized=keep_quantized, progress=progress)
             self._loaded = loaded
             self._adapters = None  # adapters belong to the model they were loaded onto
@@ -125,6 +135,33 @@ class Engine:
                 self._invalidate_caches()
 
         return self.submit(job)
+
+    # --- the prompt cache on disk -----------------------------------------------------------
+    @property
+    def prompt_cache(self) -> PromptCache:
+        return self._disk.store
+
+    def set_prompt_cache_mb(self, mb: int) -> Future:
+        """Cap the prompt cache on disk at `mb` MiB (0: off) from the next generation on; evicts to fit."""
+        limit = resolve_limit_bytes(mb)
+
+        def job() -> None:
+            self._disk.store.limit_bytes = limit
+            if limit and self._disk.store.folder.is_dir():
+                self._disk.store.evict()
+
+        return self.submit(job)
+
+    def _disk_key(self, loaded: LoadedModel) -> dict:
+        return self._disk.key(loaded, self._adapters, self._kv_bits)
+
+    def _save_conversation(self, conv: Conversation) -> None:
+        """Keep a conversation's cache on disk if it grew since it was last saved (close, exit, model switch)."""
+        loaded = self._loaded
+        if loaded is None or conv.cache is None:
+            return
+        if self._disk.save_grown(loaded, self._disk_key(loaded), conv.saved_tokens, conv.cached_tokens, conv.cache):
+            conv.saved_tokens = len(conv.cached_tokens)
 
     def _invalidate_caches(self) -> None:
         for conv in self._conversations.values():
@@ -213,10 +250,19 @@ class Engine:
             if conv.cache is None:
                 conv.cache, conv.cached_tokens = make_cache(loaded.model, self._kv_bits), []
             cache, cached = conv.cache, conv.cached_tokens
+        key = self._disk_key(loaded)
+        found = self._disk.find(loaded, key, self._kv_bits, prompt, common_prefix_length(cached, prompt))
+        if found is not None:  # a longer prefix on disk than in memory (a restart, a reopened chat)
+            cache, cached = found.cache, found.tokens
+            if conv is not None:
+                conv.cache, conv.cached_tokens, conv.saved_tokens = cache, cached, len(cached)
+        result = None
         events = stream_generate(loaded.model, loaded.tokenizer, prompt, params, cache=cache, cached=cached,
                                  cancel=stream.cancelled,
                                  on_prefill=lambda done, total: stream._put(PrefillProgress(done, total)))
         for event in events:
+            if isinstance(event, GenerationResult):
+                result = event
             if isinstance(event, GenerationResult) and conv is not None:
                 conv.cached_tokens = event.fed_tokens
                 answer = {"role": "assistant", "content": event.text, "finish_reason": event.finish_reason}
@@ -225,6 +271,9 @@ class Engine:
                 conv.messages.append(answer)
                 self._publish_context()
             stream._put(event)
+        if result is not None and self._disk.save_after_prefill(loaded, key, result.stats.prefilled_tokens,
+                                                                result.fed_tokens, cache) and conv is not None:
+            conv.saved_tokens = len(result.fed_tokens)
 
     def generate(self, prompt: str | list[int], params: GenerationParams | None = None) -> TokenStream:
         """Raw completion: a string is tokenized as-is (special-token strings honoured). No cache is kept."""
@@ -298,7 +347,9 @@ class Engine:
     def close_conversation(self, conv_id: str) -> Future:
         """Forget a conversation and free its KV cache (after the jobs queued before this one)."""
         def job() -> None:
-            if self._conversations.pop(conv_id, None) is not None:
+            conv = self._conversations.pop(conv_id, None)
+            if conv is not None:
+                self._save_conversation(conv)
                 self._publish_context()
 
         return self.submit(job)

@@ -11,6 +11,7 @@ from macllm import backend
 from macllm.commands import (
     adapters_cmd,
     ask_cmd,
+    cache_cmd,
     chat_cmd,
     doctor_cmd,
     fuse_cmd,
@@ -27,7 +28,7 @@ from macllm.commands.chat_cmd import AppLauncher
 from macllm.errors import MacllmError
 
 COMMANDS = (chat_cmd, generate_cmd, tokenize_cmd, models_cmd, adapters_cmd, fuse_cmd, train_cmd, quantize_cmd,
-            perplexity_cmd, index_cmd, search_cmd, ask_cmd, doctor_cmd)
+            perplexity_cmd, index_cmd, search_cmd, ask_cmd, cache_cmd, doctor_cmd)
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

@@ -8,6 +8,7 @@ import sys
 from macllm.commands.options import (
     add_adapter_option,
     add_model_option,
+    add_prompt_cache_option,
     add_sampling_options,
     apply_adapters,
     generation_params,
@@ -20,6 +21,7 @@ def add_parser(sub) -> None:
     p.add_argument("question", help="the question")
     add_search_options(p, k=6)
     add_model_option(p)
+    add_prompt_cache_option(p)
     add_adapter_option(p)
     add_sampling_options(p)
     # A light repetition penalty: small models loop on greedy answers over long contexts.
@@ -37,7 +39,8 @@ def run(args) -> int:
     check_query(args.question)  # before the index, the embedder and the model load
     params = generation_params(args)
     retriever = open_retriever(args.index)  # before the model: an empty or missing index fails fast
-    with Engine(args.model, keep_quantized=args.keep_quantized, kv_bits=args.kv_bits) as engine:
+    with Engine(args.model, keep_quantized=args.keep_quantized, kv_bits=args.kv_bits,
+                prompt_cache_mb=args.prompt_cache_mb) as engine:
         apply_adapters(engine, args.adapter)
         try:
             answer = ask(engine, retriever, args.question, k=args.k, mode=args.mode, path=args.path, params=params)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Protocol
 
 from macllm.commands.options import (
     add_adapter_option,
     add_model_option,
+    add_prompt_cache_option,
     add_sampling_options,
     add_thinking_option,
     apply_adapters,
@@ -22,6 +24,7 @@ from macllm.errors import MacllmError
 def add_parser(sub) -> None:
     p = sub.add_parser("chat", help="chat with a model in the full-screen app (--plain: line mode)")
     add_model_option(p)
+    add_prompt_cache_option(p)
     add_adapter_option(p)
     p.add_argument("--system", help="system prompt")
     p.add_argument("--plain", action="store_true", help="line-mode chat in this terminal")
@@ -66,6 +69,10 @@ def run_app(args, app: AppLauncher) -> int:
         defaults["system"] = args.system
     if args.enable_thinking is not None:
         defaults["thinking"] = args.enable_thinking
+    if args.prompt_cache_mb is not None:  # the app's engine reads the cap as every engine does without one given
+        from macllm.prompt_cache.limit import ENV, check_mb
+
+        os.environ[ENV] = str(check_mb(args.prompt_cache_mb, "--prompt-cache-mb"))
     app(model=args.model, keep_quantized=args.keep_quantized, default_settings=defaults, adapters=adapters,
         kv_bits=args.kv_bits)
     return 0
@@ -77,7 +84,8 @@ def run_plain_chat(args) -> int:
     params = generation_params(args)
     if sys.stderr.isatty():  # a status line only for people; errors stay one line
         print(f"Loading {args.model}…", file=sys.stderr)
-    with Engine(args.model, keep_quantized=args.keep_quantized, kv_bits=args.kv_bits) as engine:
+    with Engine(args.model, keep_quantized=args.keep_quantized, kv_bits=args.kv_bits,
+                prompt_cache_mb=args.prompt_cache_mb) as engine:
         apply_adapters(engine, args.adapter)
         info = engine.info
         assert info is not None, "the engine was started with a model"

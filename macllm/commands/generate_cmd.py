@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from macllm.commands.options import (
     add_adapter_option,
     add_model_option,
+    add_prompt_cache_option,
     add_sampling_options,
     add_thinking_option,
     apply_adapters,
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 def add_parser(sub) -> None:
     p = sub.add_parser("generate", help="generate text from a prompt")
     add_model_option(p)
+    add_prompt_cache_option(p)
     add_adapter_option(p)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", "-p", help="the prompt text")
@@ -47,7 +49,8 @@ def run(args) -> int:
     if args.system is not None:
         checked_text(args.system, "--system")
     with Engine(args.model, keep_quantized=args.keep_quantized, progress=not args.json,
-                kv_bits=args.kv_bits) as engine:
+                kv_bits=args.kv_bits,
+                prompt_cache_mb=args.prompt_cache_mb) as engine:
         apply_adapters(engine, args.adapter)
         result = complete(engine, args, prompt, params)
     if args.json:
@@ -81,7 +84,7 @@ def print_json(result: GenerationResult) -> None:
     s = result.stats
     print(json.dumps({
         "text": result.text, "reasoning": result.reasoning, "token_ids": result.token_ids,
-        "prompt_tokens": s.prompt_tokens,
+        "prompt_tokens": s.prompt_tokens, "prefilled_tokens": s.prefilled_tokens,  # the rest came from a cache
         "generation_tokens": s.generation_tokens, "prompt_tps": round(s.prompt_tps, 2),
         "generation_tps": round(s.generation_tps, 2), "ttft_s": round(s.ttft_s, 4),
         "peak_memory_mb": round(s.peak_memory_mb, 1), "finish_reason": result.finish_reason,
@@ -91,6 +94,8 @@ def print_json(result: GenerationResult) -> None:
 def print_stats(result: GenerationResult) -> None:
     s = result.stats
     print()
-    print(f"[{s.prompt_tokens} prompt tokens at {s.prompt_tps:.1f} tok/s, {s.generation_tokens} generated "
+    reused = s.prompt_tokens - s.prefilled_tokens
+    from_cache = f" ({reused} from the prompt cache)" if reused else ""
+    print(f"[{s.prompt_tokens} prompt tokens{from_cache} at {s.prompt_tps:.1f} tok/s, {s.generation_tokens} generated "
           f"at {s.generation_tps:.1f} tok/s, first token {s.ttft_s * 1000:.0f} ms, "
           f"peak {s.peak_memory_mb:.0f} MB, {result.finish_reason}]", file=sys.stderr)

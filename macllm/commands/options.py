@@ -27,6 +27,12 @@ def add_model_option(p: argparse.ArgumentParser) -> None:
                    help="store the KV cache quantized (group 64) once the context passes 256 tokens")
 
 
+def add_prompt_cache_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompt-cache-mb", type=int, default=None, metavar="MB",
+                   help="size cap of the prompt cache on disk in MiB, 0 = off (default: $MACLLM_PROMPT_CACHE_MB, "
+                        "else `macllm cache limit`, else 2048)")
+
+
 def add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, default=256, help="most tokens to generate (default 256)")
     p.add_argument("--temp", type=float, default=0.0, help="temperature; 0 = greedy (default)")

@@ -23,7 +23,7 @@ from macllm.generation.steps import common_prefix_length
 from macllm.loaded import LoadedModel, ModelInfo
 from macllm.lora import formats, store
 from macllm.lora.manager import AdapterManager
-from macllm.prompt_cache import PromptCache, resolve_limit_bytes
+from macllm.prompt_cache import PromptCache, given_limit_bytes, resolve_limit_bytes
 
 KV_BITS = (None, 8, 4)
 
@@ -38,9 +38,8 @@ class Engine:
     def __init__(self, model: str | None = None, keep_quantized: bool = False, progress: bool = True,
                  kv_bits: int | None = None, prompt_cache_mb: int | None = None):
         self._kv_bits = check_kv_bits(kv_bits)  # caches made from now on store keys/values at this width
-        # Long prefixes saved on disk across restarts; the cap (MiB) None: from the environment or the setting.
-        limit = resolve_limit_bytes(prompt_cache_mb) if prompt_cache_mb is not None else None
-        self._disk = DiskPrefixes(PromptCache(limit))
+        # Long prefixes saved on disk across restarts, under a cap (MiB; None: the environment's or the setting).
+        self._disk = DiskPrefixes(PromptCache(given_limit_bytes(prompt_cache_mb)))
         self._loaded: LoadedModel | None = None
         self._adapters: AdapterManager | None = None  # for the loaded model, made on first use
         self._conversations: dict[str, Conversation] = {}  # touched only on the engine thread

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from macllm.formats.arrays import save_arrays
 from macllm.formats.safetensors_header import DamagedSafetensors, check_safetensors
 from macllm.prompt_cache import layers
 
@@ -54,10 +55,7 @@ def write(path: Path, key: dict, model: str, tokens: list[int], snapshots: list[
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=SUFFIX, dir=path.parent)
     os.close(fd)
     try:
-        try:
-            mx.save_safetensors(tmp, arrays, metadata)
-        except RuntimeError as e:  # MLX's own write error (a full disk) is not an OSError
-            raise OSError(str(e)) from None
+        save_arrays(tmp, arrays, metadata)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

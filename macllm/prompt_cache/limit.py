@@ -55,3 +55,11 @@ def resolve_mb(explicit: int | None = None) -> int:
 
 def resolve_limit_bytes(explicit: int | None = None) -> int:
     return resolve_mb(explicit) * 2**20
+
+
+def given_limit_bytes(explicit: int | None = None) -> int | None:
+    """The cap from the flag or the environment, checked now (a bad value is one line before any work); None
+    when neither is set: the saved setting is read on first use, so an engine touches no file until it needs to."""
+    if explicit is None and not os.environ.get(ENV, "").strip():
+        return None
+    return resolve_limit_bytes(explicit)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from macllm.generation.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from macllm.structured import Constraint
 
 
 @dataclass
@@ -18,6 +22,7 @@ class GenerationParams(SamplingParams):
     draft_model: str | None = None
     prompt_lookup: bool = False
     draft_tokens: int = 0  # guesses per round; 0: adapt to the acceptance rate
+    constraint: Constraint | None = None  # structured.compile_constraint(...): output follows a schema or grammar
 
 
 @dataclass

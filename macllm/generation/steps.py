@@ -71,12 +71,18 @@ class TokenChooser:
         self.recent = mx.array(prompt[-self.window:], dtype=mx.int32)
         self.use_penalty = params.repetition_penalty != 1.0
         self.k_alt = params.top_alternatives
+        # Constrained output: this generation's own parser state; alternatives and logprobs are after masking.
+        self.constraint = params.constraint.start() if params.constraint is not None else None
+        self.last: mx.array | None = None
 
     def __call__(self, logits: mx.array):
+        if self.constraint is not None:
+            logits = self.constraint.mask(logits, self.last)
         token, logprobs = self.sampler(logits, self.recent if self.use_penalty else None)
         if self.use_penalty:
             keep = self.recent[-(self.window - 1):] if self.window > 1 else self.recent[:0]
             self.recent = mx.concatenate([keep, token])
+        self.last = token
         alts = None
         if self.k_alt > 0:
             ids = mx.argpartition(-logprobs, kth=self.k_alt - 1, axis=-1)[:, :self.k_alt]

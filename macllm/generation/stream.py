@@ -143,6 +143,8 @@ def _proposer(cache, prompt: list[int], params: GenerationParams, draft: specula
     """What guesses tokens for this answer (a draft model, else prompt lookup if asked), its cache filled."""
     if draft is None and not params.prompt_lookup:
         return None
+    if params.constraint is not None:
+        return None  # verifying guesses would need the parser rolled back per round; the output is the same without
     speculative.check_rewindable(cache, "this model")
     if draft is None:
         return speculative.LookupProposer()

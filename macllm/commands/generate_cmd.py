@@ -6,6 +6,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
+from macllm.commands.constraint_options import add_constraint_options, constraint_spec
 from macllm.commands.options import (
     add_adapter_option,
     add_model_option,
@@ -35,6 +36,7 @@ def add_parser(sub) -> None:
     p.add_argument("--system", help="system prompt (with --chat)")
     add_thinking_option(p)
     add_sampling_options(p)
+    add_constraint_options(p)
     p.add_argument("--json", action="store_true",
                    help="print one JSON object with text (the answer), reasoning (a reasoning model's thinking), "
                         "tokens and stats")
@@ -43,15 +45,19 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from macllm.engine import Engine  # start-up time: see commands/__init__.py
+    from macllm.structured import compile_constraint
 
     prompt = read_text_arg(args.prompt, args.prompt_file)
     params = generation_params(args)
     if args.system is not None:
         checked_text(args.system, "--system")
+    shape = constraint_spec(args)
     with Engine(args.model, keep_quantized=args.keep_quantized, progress=not args.json,
                 kv_bits=args.kv_bits,
                 prompt_cache_mb=args.prompt_cache_mb) as engine:
         apply_adapters(engine, args.adapter)
+        if shape:
+            params.constraint = compile_constraint(engine.tokenizer, **shape)
         result = complete(engine, args, prompt, params)
     if args.json:
         print_json(result)

@@ -5,6 +5,6 @@ is compiled once and shared; each generation calls `constraint.start()` for its 
 concurrent or repeated generations never share parser state.
 """
 
-from macllm.structured.constraint import Constraint, ConstraintState, compile_constraint
+from macllm.structured.constraint import Constraint, ConstraintState, check_constraint, compile_constraint
 
-__all__ = ["Constraint", "ConstraintState", "compile_constraint"]
+__all__ = ["Constraint", "ConstraintState", "check_constraint", "compile_constraint"]

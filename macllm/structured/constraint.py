@@ -28,9 +28,15 @@ if TYPE_CHECKING:
 JSON_OPTIONS: JsonCompileOptions = {"whitespace_flexible": False, "item_separator": ", ",
                                                "key_separator": ": "}
 
-def _first_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[0] if lines else "unknown error"
+def _one_line(text: str) -> str:
+    """An engine message on one line: its lines joined, caret markers dropped, cut at 240 characters."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip().strip("^")]
+    joined = " ".join(lines) or "unknown error"
+    return joined if len(joined) <= 240 else joined[:239] + "…"
+
+
+def _what(kind: str) -> str:
+    return "the grammar" if kind == "grammar" else "the JSON schema"
 
 
 def _schema_grammar(schema) -> str:
@@ -44,7 +50,7 @@ def _schema_grammar(schema) -> str:
     try:
         return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
     except ValueError as e:
-        raise MacllmError(f"cannot compile the JSON schema: {_first_line(str(e))}") from None
+        raise MacllmError(f"cannot compile the JSON schema: {_one_line(str(e))}") from None
 
 
 def _text_grammar(text: str) -> str:
@@ -56,7 +62,7 @@ def _text_grammar(text: str) -> str:
             text = gbnf_to_lark(text)
         except (GbnfToLarkError, ValueError, KeyError, IndexError) as e:
             raise MacllmError("cannot compile the grammar: it has no Lark `start:` rule and does not read as GBNF "
-                              f"({_first_line(str(e))})") from None
+                              f"({_one_line(str(e))})") from None
     return llguidance.LLMatcher.grammar_from_lark(text)
 
 
@@ -70,8 +76,7 @@ class Constraint:
         self._vocab = tokenizer.vocab_size
         pristine = llguidance.LLMatcher(self._tokenizer, grammar, log_level=0)
         if pristine.is_error():
-            what = "the JSON schema" if kind != "grammar" else "the grammar"
-            raise MacllmError(f"cannot compile {what}: {_first_line(pristine.get_error())}")
+            raise MacllmError(f"cannot compile {_what(kind)}: {_one_line(pristine.get_error())}")
         self._pristine = pristine
         self._lock = threading.Lock()
 
@@ -90,20 +95,10 @@ class ConstraintState:
         self._words = np.zeros((vocab + 31) // 32, dtype=np.uint32)
         self._eos = eos
 
-    @property
-    def finished(self) -> bool:
-        """The grammar is complete and allows nothing more."""
-        return self._matcher.is_stopped()
-
-    @property
-    def accepting(self) -> bool:
-        """What was consumed so far is a complete sentence of the grammar."""
-        return self._matcher.is_accepting()
-
     def advance(self, token_id: int) -> None:
         if not self._matcher.consume_token(token_id):
             raise MacllmError(f"constrained generation went off its grammar at token {token_id}: "
-                              f"{_first_line(self._matcher.get_error())}")
+                              f"{_one_line(self._matcher.get_error())}")
 
     def mask(self, logits: mx.array, previous: mx.array | None) -> mx.array:
         """logits (1, vocab) with the forbidden tokens at -inf. `previous` is the token chosen at the last
@@ -125,17 +120,32 @@ class ConstraintState:
         return mx.where(allowed[:, :vocab], logits, mx.array(-mx.inf, dtype=logits.dtype))
 
 
+def _grammar(json_schema, json_object: bool, grammar: str | None) -> tuple[str, str]:
+    """(llguidance grammar, kind) from exactly one of the three ways to say what the output must be."""
+    given = [json_schema is not None, bool(json_object), grammar is not None]
+    if sum(given) != 1:
+        raise MacllmError("give exactly one of a JSON schema, json_object or a grammar")
+    if json_schema is not None:
+        return _schema_grammar(json_schema), "json_schema"
+    if json_object:
+        return _schema_grammar({"type": "object"}), "json_object"
+    assert grammar is not None
+    return _text_grammar(grammar), "grammar"
+
+
+def check_constraint(json_schema=None, json_object: bool = False, grammar: str | None = None) -> None:
+    """Raise MacllmError (one line) if the schema or grammar cannot compile; needs no tokenizer, so a command
+    or a request is refused before any model work."""
+    text, kind = _grammar(json_schema, json_object, grammar)
+    problem = llguidance.LLMatcher.validate_grammar(text)
+    if problem:
+        raise MacllmError(f"cannot compile {_what(kind)}: {_one_line(problem)}")
+
+
 def compile_constraint(tokenizer, json_schema=None, json_object: bool = False,
                        grammar: str | None = None) -> Constraint:
     """A Constraint for our `Tokenizer` from exactly one of: a JSON schema (dict or JSON text), json_object=True
     (any JSON object), or a grammar (Lark in llguidance's dialect, or GBNF). Raises MacllmError (one line) on
     a schema or grammar llguidance cannot compile."""
-    given = [json_schema is not None, bool(json_object), grammar is not None]
-    if sum(given) != 1:
-        raise MacllmError("give exactly one of a JSON schema, json_object or a grammar")
-    if json_schema is not None:
-        return Constraint(tokenizer, _schema_grammar(json_schema), "json_schema")
-    if json_object:
-        return Constraint(tokenizer, _schema_grammar({"type": "object"}), "json_object")
-    assert grammar is not None
-    return Constraint(tokenizer, _text_grammar(grammar), "grammar")
+    text, kind = _grammar(json_schema, json_object, grammar)
+    return Constraint(tokenizer, text, kind)

@@ -21,6 +21,7 @@ from macllm.commands import (
     perplexity_cmd,
     quantize_cmd,
     search_cmd,
+    serve_cmd,
     tokenize_cmd,
     train_cmd,
 )
@@ -28,7 +29,7 @@ from macllm.commands.chat_cmd import AppLauncher
 from macllm.errors import MacllmError
 
 COMMANDS = (chat_cmd, generate_cmd, tokenize_cmd, models_cmd, adapters_cmd, fuse_cmd, train_cmd, quantize_cmd,
-            perplexity_cmd, index_cmd, search_cmd, ask_cmd, cache_cmd, doctor_cmd)
+            perplexity_cmd, index_cmd, search_cmd, ask_cmd, cache_cmd, serve_cmd, doctor_cmd)
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

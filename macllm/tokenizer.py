@@ -140,6 +140,15 @@ class Tokenizer:
         data = _byte_level_bytes(raw)
         return raw if data is None else data.decode("utf-8", errors="backslashreplace")
 
+    def piece_bytes(self, token_id: int) -> bytes:
+        """The bytes one token stands for, a partial UTF-8 character's included (OpenAI's logprobs `bytes`)."""
+        text = self._hf.decode([int(token_id)], skip_special_tokens=False)
+        if "\ufffd" in text:
+            data = _byte_level_bytes(self._hf.id_to_token(int(token_id)) or "")
+            if data is not None:
+                return data
+        return text.encode("utf-8")
+
     def token_to_id(self, token: str) -> int | None:
         return self._hf.token_to_id(token)
 

@@ -16,9 +16,10 @@ from macllm.engine import adapter_swap
 from macllm.engine.conversation import Conversation, ConversationView, new_conversation_id
 from macllm.engine.disk_prefix import DiskPrefixes
 from macllm.engine.job_thread import JobThread
+from macllm.engine.prompt_slots import PromptSlots, blend_key
 from macllm.engine.token_stream import PrefillProgress, TokenStream
 from macllm.errors import MacllmError
-from macllm.generation import GenerationParams, GenerationResult, stream_generate
+from macllm.generation import GenerationParams, GenerationResult, GenerationStats, stream_generate
 from macllm.generation.steps import common_prefix_length
 from macllm.loaded import LoadedModel, ModelInfo
 from macllm.lora import formats, store
@@ -43,6 +44,7 @@ class Engine:
         self._loaded: LoadedModel | None = None
         self._adapters: AdapterManager | None = None  # for the loaded model, made on first use
         self._conversations: dict[str, Conversation] = {}  # touched only on the engine thread
+        self._slots = PromptSlots()  # one-off requests' caches kept for prefix reuse (engine thread only)
         # What callers may read without waiting for the engine: replaced whole, never mutated in place.
         self._context_used: dict[str, int] = {}
         self._published = threading.Lock()
@@ -73,6 +75,7 @@ class Engine:
         for conv in self._conversations.values():
             self._save_conversation(conv)
         self._conversations.clear()
+        self._slots.clear()
         self._publish_context()
         self._adapters = None
         self._loaded = None
@@ -90,6 +93,7 @@ class Engine:
             loaded = load_model(source, keep_quantized=keep_quantized, progress=progress)
             self._loaded = loaded
             self._adapters = None  # adapters belong to the model they were loaded onto
+            self._slots.clear()
             self._invalidate_caches()
             return loaded.info
 
@@ -131,6 +135,7 @@ class Engine:
         def job() -> None:
             if bits != self._kv_bits:
                 self._kv_bits = bits
+                self._slots.clear()
                 self._invalidate_caches()
 
         return self.submit(job)
@@ -194,23 +199,26 @@ class Engine:
         """Activate exactly these loaded adapters ({} or None: none). KV caches computed under the
         previous set are dropped, so the next turn of every conversation is prefilled again. On failure
         the previous set stays active; if the swap had got part-way, caches are dropped too."""
-        def job():
-            try:
-                changed = adapter_swap.swap(self._adapter_manager(), dict(scales or {}))
-            except MacllmError:
-                raise  # refused before any layer changed: caches stay valid
-            except BaseException:
-                self._invalidate_caches()  # some layers may have computed under the new set
-                raise
-            if changed:
-                self._invalidate_caches()
+        self.submit(self._swap, dict(scales or {})).result()
 
-        self.submit(job).result()
+    def _swap(self, scales: dict[str, float]) -> None:
+        """On the engine thread: make `scales` the active set. Conversations' caches computed under another set
+        are dropped; the prompt slots keep theirs, each is tagged with its blend."""
+        try:
+            changed = adapter_swap.swap(self._adapter_manager(), scales)
+        except MacllmError:
+            raise  # refused before any layer changed: caches stay valid
+        except BaseException:
+            self._invalidate_caches()  # some layers may have computed under the new set
+            raise
+        if changed:
+            self._invalidate_caches()
 
     def unload_adapter(self, name: str) -> None:
         def job():
             if self._adapter_manager().unload(name):
                 self._invalidate_caches()
+            self._slots.clear()  # a later adapter of the same name is another adapter
 
         self.submit(job).result()
 
@@ -284,6 +292,55 @@ class Engine:
             return (tokens if tokens is not None else loaded.tokenizer.encode(text)), None
 
         return self._stream_job(prepare, params)
+
+    def complete(self, prompt: list[int], params: GenerationParams | None = None,
+                 adapters: dict[str, float] | None = None) -> TokenStream:
+        """A one-off generation after `prompt` (token ids), run as ONE job under exactly `adapters` ({}: the bare
+        base; None: the active set), so no other request's adapters are in force while it runs. Its KV cache is
+        kept in a small pool tagged with the blend: a later request that starts with the same tokens (the next
+        turn of a conversation, resent whole by an HTTP client) computes only the rest. A stream cancelled
+        before its turn comes ends at once, without computing anything."""
+        params = params or GenerationParams()
+        tokens = list(prompt)
+        scales = dict(adapters) if adapters is not None else None
+        stream = TokenStream()
+
+        def job() -> None:
+            slot = None
+            try:
+                loaded = self._require_model()
+                if stream.cancelled.is_set():
+                    stream._put(GenerationResult("", [], "cancelled", GenerationStats(prompt_tokens=len(tokens))))
+                    stream._close()
+                    return
+                if scales is not None:
+                    self._swap(scales)
+                active = self._adapters.active if self._adapters is not None else {}
+                slot = self._slots.take(blend_key(active), tokens)
+                if slot.cache is None:
+                    slot.cache, slot.tokens = make_cache(loaded.model, self._kv_bits), []
+                key = self._disk_key(loaded)
+                found = self._disk.find(loaded, key, self._kv_bits, tokens, common_prefix_length(slot.tokens, tokens))
+                if found is not None:  # a longer prefix on disk than in any slot (e.g. after a restart)
+                    slot.cache, slot.tokens = found.cache, found.tokens
+                result = None
+                for event in stream_generate(loaded.model, loaded.tokenizer, tokens, params, cache=slot.cache,
+                                             cached=slot.tokens, cancel=stream.cancelled,
+                                             on_prefill=lambda done, total: stream._put(PrefillProgress(done, total))):
+                    if isinstance(event, GenerationResult):
+                        slot.tokens, result = event.fed_tokens, event
+                    stream._put(event)
+                if result is not None:
+                    self._disk.save_after_prefill(loaded, key, result.stats.prefilled_tokens, result.fed_tokens,
+                                                  slot.cache)
+                stream._close()
+            except BaseException as e:
+                if slot is not None:
+                    self._slots.drop(slot)  # a failed step may have left the cache half-updated
+                stream._fail(e)
+
+        self.submit(job)
+        return stream
 
     # --- conversations --------------------------------------------------------------------
     # Each is a job, queued in order: a chat() right after new_conversation() finds the conversation.

@@ -104,7 +104,7 @@ def test_a_stop_signal_ends_open_streams_with_a_final_event(engine, monkeypatch)
     for t in listeners:
         t.start()
     deadline = time.monotonic() + 30
-    while len(events[0]) < 3:  # the first is streaming; the second waits its turn in the queue
+    while max(len(e) for e in events.values()) < 3:  # one is streaming; the other waits its turn in the queue
         assert time.monotonic() < deadline
         time.sleep(0.01)
     server.handle_exit(signal.SIGTERM, None)
@@ -116,7 +116,7 @@ def test_a_stop_signal_ends_open_streams_with_a_final_event(engine, monkeypatch)
         assert events[i][-1] == "data: [DONE]"
         final = json.loads(events[i][-2].removeprefix("data: "))
         assert final.get("error", {}).get("code") == "server_shutdown", (i, len(events[i]), events[i][-3:])
-    assert len(events[0]) > 3
+    assert max(len(e) for e in events.values()) > 3  # the running one had streamed tokens before it was cut
 
 
 def test_the_serve_command_starts_answers_and_stops_on_sigterm(model_folder, tmp_path):

@@ -4,6 +4,7 @@ per-request adapters, prefix reuse, embeddings. The oracle is the Engine itself,
 from __future__ import annotations
 
 import base64
+import json
 import math
 import threading
 
@@ -236,3 +237,34 @@ def test_embeddings_are_the_notes_embedders(client, embedder_folder):
 def test_health(server):
     r = httpx.get(server[0] + "/health")
     assert r.status_code == 200 and r.json()["status"] == "ok" and r.json()["model"] == MODEL
+
+
+SCHEMA = {"type": "object",
+          "properties": {"answer": {"enum": ["yes", "no", "maybe"]},
+                         "confidence": {"type": "integer", "minimum": 0, "maximum": 100}},
+          "required": ["answer", "confidence"], "additionalProperties": False}
+
+
+def test_json_schema_output_parses_and_fits(client):
+    jsonschema = pytest.importorskip("jsonschema")
+    fmt = {"type": "json_schema", "json_schema": {"name": "verdict", "schema": SCHEMA}}
+    for seed in range(3):
+        reply = client.chat.completions.create(model=MODEL, messages=HELLO, temperature=1.0, seed=seed,
+                                               max_tokens=60, response_format=fmt)
+        assert reply.choices[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(reply.choices[0].message.content), SCHEMA)
+    stream = client.chat.completions.create(model=MODEL, messages=HELLO, temperature=0, max_tokens=60,
+                                            response_format=fmt, stream=True)
+    jsonschema.validate(json.loads("".join(c.choices[0].delta.content or "" for c in stream if c.choices)), SCHEMA)
+
+
+def test_bad_response_formats_are_refused(server):
+    url = server[0]
+    body = {"messages": HELLO, "max_tokens": 5}
+    bad_schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "no-such-type"}}}
+    r = httpx.post(url + "/v1/chat/completions", json={**body, "response_format": bad_schema})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "response_format"
+    r = httpx.post(url + "/v1/chat/completions", json={**body, "response_format": {"type": "yaml"}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "response_format.type"
+    r = httpx.post(url + "/v1/chat/completions", json={**body, "response_format": {"type": "json_schema"}})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "response_format.json_schema"

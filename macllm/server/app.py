@@ -26,6 +26,7 @@ from macllm.errors import MacllmError
 from macllm.generation import GenerationParams, GenerationResult
 from macllm.lora import store
 from macllm.server import requests, sse
+from macllm.server.constraints import response_constraint
 from macllm.server.errors import ApiError, bad_request, error_body
 from macllm.server.openai_shapes import Answer
 from macllm.server.scheduler import Scheduler
@@ -145,7 +146,7 @@ class Api:
                                             "where": a.get("where")} for a in available]})
 
     # --- generation ---------------------------------------------------------------------------------
-    def _params(self, request: requests.Common, prompt_tokens: int) -> GenerationParams:
+    def _params(self, request: requests.Common, prompt_tokens: int, constraint=None) -> GenerationParams:
         s = request.sampling
         context = self.engine.info.context_length if self.engine.info else 0
         if context and prompt_tokens >= context:
@@ -159,7 +160,7 @@ class Api:
         return GenerationParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
                                 repetition_penalty=s.repetition_penalty, seed=s.seed,
                                 max_tokens=s.max_tokens or room, stop_strings=s.stop,
-                                top_alternatives=s.top_logprobs if s.logprobs else 0)
+                                top_alternatives=s.top_logprobs if s.logprobs else 0, constraint=constraint)
 
     def _chat_tokens(self, chat: requests.ChatRequest) -> list[int]:
         tokenizer = self.engine.tokenizer
@@ -178,12 +179,12 @@ class Api:
 
     async def chat_completions(self, request: Request) -> Response:
         chat = requests.chat_request(await self._body(request))
-        if chat.response_format is not None or chat.tools:
-            field = "response_format" if chat.response_format is not None else "tools"
-            raise bad_request(f"'{field}' is not supported by this server yet", field, "unsupported")
+        if chat.tools:
+            raise bad_request("'tools' is not supported by this server yet", "tools", "unsupported")
         blend = self._model_adapters(chat.model, chat.adapters)
         tokens = await asyncio.to_thread(self._chat_tokens, chat)
-        return await self._respond(request, chat, tokens, blend, chat=True)
+        constraint = await asyncio.to_thread(response_constraint, self.engine.tokenizer, chat.response_format)
+        return await self._respond(request, chat, tokens, blend, chat=True, constraint=constraint)
 
     async def completions(self, request: Request) -> Response:
         completion = requests.completion_request(await self._body(request))
@@ -192,8 +193,8 @@ class Api:
         return await self._respond(request, completion, tokens, blend, chat=False)
 
     async def _respond(self, request: Request, req: requests.Common, tokens: list[int], blend: dict[str, float],
-                       chat: bool) -> Response:
-        params = self._params(req, len(tokens))
+                       chat: bool, constraint=None) -> Response:
+        params = self._params(req, len(tokens), constraint)
         await self.scheduler.ensure_loaded(blend)  # an unknown adapter is a 404 now, not a broken stream
         answer = Answer(model=req.model or self.config.model_id, chat=chat, tokenizer=self.engine.tokenizer,
                         top_logprobs=req.sampling.top_logprobs if req.sampling.logprobs else None)

@@ -38,3 +38,6 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   "$VENV/bin/python" -m pip install -q -e ".[test]"
   echo "$WANT" > "$STAMP"
 fi
+
+# Our CPU quantized-matmul kernels (csrc/): never fails set-up; `macllm doctor` says why when not built.
+bash scripts/build_kernels.sh

@@ -38,6 +38,7 @@ def collect() -> dict:
         "model_cache": str(models_dir()),
         "architectures": architectures_line(),
         "kernels": kernel_paths(),
+        "cpu_kernel": cpu_kernel_line(),
     }
 
 
@@ -54,6 +55,18 @@ def architectures_line() -> str:
         return f"{own}; mlx-lm is not installed, so no others"
     others = [a for a in mlx_lm_architectures() if a not in OWN]
     return f"{own}; {len(others)} others through {mlx_lm}'s model classes (`macllm models` shows IMPL)"
+
+
+def cpu_kernel_line() -> str:
+    """Whether quantized layers on the CPU run on our kernel (macllm/cpu_kernels), and why, in one line."""
+    from macllm import cpu_kernels
+    from macllm.errors import MacllmError
+
+    try:
+        used, reason = cpu_kernels.status()
+    except MacllmError as e:
+        return str(e)
+    return f"{'available' if used else 'not used'}: {reason}"
 
 
 def kernel_paths() -> dict[str, dict[str, str]] | str:

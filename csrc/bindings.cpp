@@ -1,0 +1,23 @@
+// Python module macllm.cpu_kernels._cpu_quant (built by scripts/build_kernels.sh).
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/variant.h>
+#include <nanobind/stl/vector.h>
+
+#include "qmm_dispatch.h"
+#include "qmm_primitive.h"
+#include "thread_pool.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+NB_MODULE(_cpu_quant, m) {
+  m.doc() = "macllm's CPU quantized matmul for MLX (docs/kernels.md)";
+  m.def("quantized_matmul", &macllm_cpu::quantized_matmul, "x"_a, "w"_a, "scales"_a, "biases"_a, "group_size"_a,
+        "bits"_a, nb::kw_only(), "stream"_a = nb::none(),
+        "x @ dequantize(w)^T on the CPU (mx.quantized_matmul, transpose=True, affine).");
+  m.def("available_isas", &macllm_cpu::available_isas, "Kernel variants this CPU runs, best first.");
+  m.def("isa", &macllm_cpu::current_isa, "The kernel variant in use.");
+  m.def("set_isa", &macllm_cpu::set_isa, "name"_a, "Use another variant (tests compare them all).");
+  m.def("threads", [] { return macllm_cpu::ThreadPool::instance().threads(); }, "Threads a matmul is split over.");
+}

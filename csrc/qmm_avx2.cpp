@@ -1,0 +1,118 @@
+// AVX2 + FMA + F16C row kernel (8 float lanes). Compiled with -mavx2 -mfma -mf16c; called only when
+// the CPU has them. Same structure as qmm_avx512.cpp: per group t = sum(q * x), acc += scale * t,
+// plus the biases' dot product with the activations' group sums.
+#include <immintrin.h>
+
+#include "qmm_kernels.h"
+
+namespace macllm_cpu {
+namespace {
+
+void row_to_floats(ScaleType t, const void* base, size_t offset, int count, float* dst) {
+  int i = 0;
+  if (t == ScaleType::F32) {
+    const float* src = static_cast<const float*>(base) + offset;
+    for (; i + 8 <= count; i += 8) _mm256_storeu_ps(dst + i, _mm256_loadu_ps(src + i));
+  } else if (t == ScaleType::F16) {
+    const uint16_t* src = static_cast<const uint16_t*>(base) + offset;
+    for (; i + 8 <= count; i += 8) {
+      _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+    }
+  } else {
+    const uint16_t* src = static_cast<const uint16_t*>(base) + offset;
+    for (; i + 8 <= count; i += 8) {
+      __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
+      _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16)));
+    }
+  }
+  for (; i < count; ++i) dst[i] = scale_at(t, base, offset + i);
+}
+
+float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+float dot(const float* a, const float* b, int count) {
+  __m256 acc = _mm256_setzero_ps();
+  int i = 0;
+  for (; i + 8 <= count; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+  float total = hsum(acc);
+  for (; i < count; ++i) total += a[i] * b[i];
+  return total;
+}
+
+template <int M, int BITS>
+void rows(const Problem& p, int n0, int n1) {
+  const int K = p.K, G = K / p.group_size, N = p.N;
+  const size_t row_bytes = static_cast<size_t>(K) * BITS / 8;
+  float sb[kMaxGroups], bb[kMaxGroups];
+  const __m256i low4 = _mm256_set1_epi32(15);
+  for (int n = n0; n < n1; ++n) {
+    row_to_floats(p.scale_type, p.scales, static_cast<size_t>(n) * G, G, sb);
+    row_to_floats(p.scale_type, p.biases, static_cast<size_t>(n) * G, G, bb);
+    const uint8_t* wr = p.w + n * row_bytes;
+    __m256 acc[M];
+    for (int m = 0; m < M; ++m) acc[m] = _mm256_setzero_ps();
+    for (int g = 0; g < G; ++g) {
+      __m256 t[M];
+      for (int m = 0; m < M; ++m) t[m] = _mm256_setzero_ps();
+      const int k_end = (g + 1) * p.group_size;
+      if (BITS == 4) {
+        for (int k0 = g * p.group_size; k0 < k_end; k0 += 32) {
+          for (int half = 0; half < 2; ++half) {  // bytes 8*half.. hold even/odd values 8*half..
+            const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(wr + k0 / 2 + 8 * half)));
+            const __m256 lo = _mm256_cvtepi32_ps(_mm256_and_si256(v, low4));
+            const __m256 hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4));
+            for (int m = 0; m < M; ++m) {
+              const float* xm = p.x + static_cast<size_t>(m) * K + k0 + 8 * half;
+              t[m] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(xm), t[m]);
+              t[m] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(xm + 16), t[m]);
+            }
+          }
+        }
+      } else {
+        for (int k0 = g * p.group_size; k0 < k_end; k0 += 8) {
+          const __m256 q = _mm256_cvtepi32_ps(
+              _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(wr + k0))));
+          for (int m = 0; m < M; ++m) {
+            t[m] = _mm256_fmadd_ps(q, _mm256_loadu_ps(p.x + static_cast<size_t>(m) * K + k0), t[m]);
+          }
+        }
+      }
+      const __m256 s = _mm256_set1_ps(sb[g]);
+      for (int m = 0; m < M; ++m) acc[m] = _mm256_fmadd_ps(s, t[m], acc[m]);
+    }
+    for (int m = 0; m < M; ++m) {
+      p.out[static_cast<size_t>(m) * N + n] = hsum(acc[m]) + dot(bb, p.xsum + static_cast<size_t>(m) * G, G);
+    }
+  }
+}
+
+template <int BITS>
+void rows_bits(const Problem& p, int n0, int n1) {
+  switch (p.M) {
+    case 1: return rows<1, BITS>(p, n0, n1);
+    case 2: return rows<2, BITS>(p, n0, n1);
+    case 3: return rows<3, BITS>(p, n0, n1);
+    case 4: return rows<4, BITS>(p, n0, n1);
+    case 5: return rows<5, BITS>(p, n0, n1);
+    case 6: return rows<6, BITS>(p, n0, n1);
+    case 7: return rows<7, BITS>(p, n0, n1);
+    default: return rows<8, BITS>(p, n0, n1);
+  }
+}
+
+}  // namespace
+
+void rows_avx2(const Problem& p, int n0, int n1) {
+  if (p.bits == 4) {
+    rows_bits<4>(p, n0, n1);
+  } else {
+    rows_bits<8>(p, n0, n1);
+  }
+}
+
+}  // namespace macllm_cpu

@@ -1,0 +1,113 @@
+// AVX-512F row kernel (16 float lanes). Compiled with -mavx512f; called only when the CPU has it.
+//
+// Per group: unpack the weights to float lanes, multiply-add them with the prepared activations
+// into a per-row partial t, then acc += scale * t. The biases' term is a separate dot product of
+// the row's biases with the activations' group sums.
+#include <immintrin.h>
+
+#include "qmm_kernels.h"
+
+namespace macllm_cpu {
+namespace {
+
+void row_to_floats(ScaleType t, const void* base, size_t offset, int count, float* dst) {
+  int i = 0;
+  if (t == ScaleType::F32) {
+    const float* src = static_cast<const float*>(base) + offset;
+    for (; i + 16 <= count; i += 16) _mm512_storeu_ps(dst + i, _mm512_loadu_ps(src + i));
+  } else if (t == ScaleType::F16) {
+    const uint16_t* src = static_cast<const uint16_t*>(base) + offset;
+    for (; i + 16 <= count; i += 16) {
+      _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
+    }
+  } else {
+    const uint16_t* src = static_cast<const uint16_t*>(base) + offset;
+    for (; i + 16 <= count; i += 16) {
+      __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i)));
+      _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16)));
+    }
+  }
+  for (; i < count; ++i) dst[i] = scale_at(t, base, offset + i);
+}
+
+float dot(const float* a, const float* b, int count) {
+  __m512 acc = _mm512_setzero_ps();
+  int i = 0;
+  for (; i + 16 <= count; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
+  if (i < count) {
+    const __mmask16 mask = static_cast<__mmask16>((1u << (count - i)) - 1);
+    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, a + i), _mm512_maskz_loadu_ps(mask, b + i), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+template <int M, int BITS>
+void rows(const Problem& p, int n0, int n1) {
+  const int K = p.K, G = K / p.group_size, N = p.N;
+  const size_t row_bytes = static_cast<size_t>(K) * BITS / 8;
+  float sb[kMaxGroups], bb[kMaxGroups];
+  const __m512i low4 = _mm512_set1_epi32(15);
+  for (int n = n0; n < n1; ++n) {
+    row_to_floats(p.scale_type, p.scales, static_cast<size_t>(n) * G, G, sb);
+    row_to_floats(p.scale_type, p.biases, static_cast<size_t>(n) * G, G, bb);
+    const uint8_t* wr = p.w + n * row_bytes;
+    __m512 acc[M];
+    for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_ps();
+    for (int g = 0; g < G; ++g) {
+      __m512 t[M];
+      for (int m = 0; m < M; ++m) t[m] = _mm512_setzero_ps();
+      const int k_end = (g + 1) * p.group_size;
+      if (BITS == 4) {
+        for (int k0 = g * p.group_size; k0 < k_end; k0 += 32) {
+          const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + k0 / 2)));
+          const __m512 lo = _mm512_cvtepi32_ps(_mm512_and_si512(v, low4));
+          const __m512 hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4));
+          for (int m = 0; m < M; ++m) {
+            const float* xm = p.x + static_cast<size_t>(m) * K + k0;
+            t[m] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xm), t[m]);
+            t[m] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xm + 16), t[m]);
+          }
+        }
+      } else {
+        for (int k0 = g * p.group_size; k0 < k_end; k0 += 16) {
+          const __m512 q = _mm512_cvtepi32_ps(
+              _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + k0))));
+          for (int m = 0; m < M; ++m) {
+            t[m] = _mm512_fmadd_ps(q, _mm512_loadu_ps(p.x + static_cast<size_t>(m) * K + k0), t[m]);
+          }
+        }
+      }
+      const __m512 s = _mm512_set1_ps(sb[g]);
+      for (int m = 0; m < M; ++m) acc[m] = _mm512_fmadd_ps(s, t[m], acc[m]);
+    }
+    for (int m = 0; m < M; ++m) {
+      p.out[static_cast<size_t>(m) * N + n] = _mm512_reduce_add_ps(acc[m]) + dot(bb, p.xsum + static_cast<size_t>(m) * G, G);
+    }
+  }
+}
+
+template <int BITS>
+void rows_bits(const Problem& p, int n0, int n1) {
+  switch (p.M) {
+    case 1: return rows<1, BITS>(p, n0, n1);
+    case 2: return rows<2, BITS>(p, n0, n1);
+    case 3: return rows<3, BITS>(p, n0, n1);
+    case 4: return rows<4, BITS>(p, n0, n1);
+    case 5: return rows<5, BITS>(p, n0, n1);
+    case 6: return rows<6, BITS>(p, n0, n1);
+    case 7: return rows<7, BITS>(p, n0, n1);
+    default: return rows<8, BITS>(p, n0, n1);
+  }
+}
+
+}  // namespace
+
+void rows_avx512(const Problem& p, int n0, int n1) {
+  if (p.bits == 4) {
+    rows_bits<4>(p, n0, n1);
+  } else {
+    rows_bits<8>(p, n0, n1);
+  }
+}
+
+}  // namespace macllm_cpu

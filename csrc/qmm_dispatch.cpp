@@ -1,0 +1,59 @@
+#include "qmm_dispatch.h"
+
+#include <atomic>
+#include <stdexcept>
+
+namespace macllm_cpu {
+namespace {
+
+struct Isa {
+  const char* name;
+  RowsFn fn;
+};
+
+std::vector<Isa> supported() {
+  std::vector<Isa> isas;
+#if defined(__x86_64__) || defined(_M_X64)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) isas.push_back({"avx512", rows_avx512});
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+    isas.push_back({"avx2", rows_avx2});
+  }
+#endif
+#if defined(__aarch64__)
+  isas.push_back({"neon", rows_neon});
+#endif
+  isas.push_back({"scalar", rows_scalar});
+  return isas;
+}
+
+const std::vector<Isa>& isas() {
+  static const std::vector<Isa> list = supported();
+  return list;
+}
+
+std::atomic<int> chosen{0};  // index into isas()
+
+}  // namespace
+
+std::vector<std::string> available_isas() {
+  std::vector<std::string> names;
+  for (const auto& isa : isas()) names.emplace_back(isa.name);
+  return names;
+}
+
+std::string current_isa() { return isas()[chosen.load()].name; }
+
+void set_isa(const std::string& name) {
+  for (size_t i = 0; i < isas().size(); ++i) {
+    if (name == isas()[i].name) {
+      chosen.store(static_cast<int>(i));
+      return;
+    }
+  }
+  throw std::invalid_argument("this CPU has no '" + name + "' kernel");
+}
+
+RowsFn current_rows() { return isas()[chosen.load()].fn; }
+
+}  // namespace macllm_cpu

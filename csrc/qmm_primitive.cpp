@@ -1,0 +1,221 @@
+#include "qmm_primitive.h"
+
+#include <algorithm>
+#include <sstream>
+#include <stdexcept>
+
+#include "mlx/backend/cpu/encoder.h"
+#include "qmm_dispatch.h"
+#include "thread_pool.h"
+
+namespace macllm_cpu {
+namespace {
+
+void check(bool ok, const std::string& what) {
+  if (!ok) throw std::invalid_argument("[macllm quantized_matmul] " + what);
+}
+
+bool is_float(mx::Dtype t) { return t == mx::float32 || t == mx::float16 || t == mx::bfloat16; }
+
+ScaleType scale_type(mx::Dtype t) {
+  if (t == mx::float16) return ScaleType::F16;
+  if (t == mx::bfloat16) return ScaleType::BF16;
+  return ScaleType::F32;
+}
+
+// x's rows as floats in the kernels' order (see Problem::x), and each row's group sums. x may have
+// any strides.
+template <typename T>
+void prepare_rows(const mx::array& x, int K, int bits, int group_size, float* xp, float* xsum) {
+  const T* base = x.data<T>();
+  const auto& shape = x.shape();
+  const auto& strides = x.strides();
+  const int nd = static_cast<int>(x.ndim());
+  const int64_t inner = strides[nd - 1];
+  const size_t M = x.size() / K;
+  const int G = K / group_size;
+  for (size_t r = 0; r < M; ++r) {
+    int64_t offset = 0;
+    size_t rest = r;
+    for (int d = nd - 2; d >= 0; --d) {
+      offset += static_cast<int64_t>(rest % shape[d]) * strides[d];
+      rest /= shape[d];
+    }
+    const T* row = base + offset;
+    float* dst = xp + r * K;
+    if (bits == 4) {
+      for (int k0 = 0; k0 < K; k0 += 32) {
+        for (int j = 0; j < 16; ++j) {
+          dst[k0 + j] = static_cast<float>(row[(k0 + 2 * j) * inner]);
+          dst[k0 + 16 + j] = static_cast<float>(row[(k0 + 2 * j + 1) * inner]);
+        }
+      }
+    } else {
+      for (int k = 0; k < K; ++k) dst[k] = static_cast<float>(row[k * inner]);
+    }
+    for (int g = 0; g < G; ++g) {
+      float sum = 0.0f;
+      for (int k = g * group_size; k < (g + 1) * group_size; ++k) sum += static_cast<float>(row[k * inner]);
+      xsum[r * G + g] = sum;
+    }
+  }
+}
+
+struct Job {
+  Problem base;  // M = all rows
+  RowsFn rows;
+  int rows_per_task;
+};
+
+// One task: a run of output columns for every row of x, in blocks of kMaxRows rows so the weights
+// of the run stay in cache while the blocks pass over them.
+void run_task(void* ctx, int task) {
+  const Job& job = *static_cast<const Job*>(ctx);
+  const int n0 = task * job.rows_per_task;
+  const int n1 = std::min(job.base.N, n0 + job.rows_per_task);
+  const int G = job.base.K / job.base.group_size;
+  for (int m0 = 0; m0 < job.base.M; m0 += kMaxRows) {
+    Problem p = job.base;
+    p.M = std::min(kMaxRows, job.base.M - m0);
+    p.x = job.base.x + static_cast<size_t>(m0) * job.base.K;
+    p.xsum = job.base.xsum + static_cast<size_t>(m0) * G;
+    p.out = job.base.out + static_cast<size_t>(m0) * job.base.N;
+    job.rows(p, n0, n1);
+  }
+}
+
+template <typename T>
+void store(const std::vector<float>& src, mx::array& out) {
+  T* dst = out.data<T>();
+  for (size_t i = 0; i < src.size(); ++i) dst[i] = static_cast<T>(src[i]);
+}
+
+void compute(const mx::array& x, const mx::array& w, const mx::array& scales, const mx::array& biases,
+             mx::array& out, int group_size, int bits) {
+  const int K = static_cast<int>(x.shape(-1));
+  const int N = static_cast<int>(w.shape(0));
+  const int M = static_cast<int>(x.size() / K);
+  const int G = K / group_size;
+  if (M == 0 || N == 0) return;
+  // The stream's worker thread calls this for every matmul: keep its buffers between calls.
+  thread_local std::vector<float> xp, xsum, result;
+  xp.resize(static_cast<size_t>(M) * K);
+  xsum.resize(static_cast<size_t>(M) * G);
+  switch (x.dtype()) {
+    case mx::float32: prepare_rows<float>(x, K, bits, group_size, xp.data(), xsum.data()); break;
+    case mx::float16: prepare_rows<mx::float16_t>(x, K, bits, group_size, xp.data(), xsum.data()); break;
+    default: prepare_rows<mx::bfloat16_t>(x, K, bits, group_size, xp.data(), xsum.data()); break;
+  }
+  float* out_f = nullptr;
+  if (out.dtype() == mx::float32) {
+    out_f = out.data<float>();
+  } else {
+    result.resize(static_cast<size_t>(M) * N);
+    out_f = result.data();
+  }
+  Job job;
+  job.base = Problem{xp.data(), xsum.data(), reinterpret_cast<const uint8_t*>(w.data<uint32_t>()),
+                     scales.data<void>(), biases.data<void>(), scale_type(scales.dtype()), out_f,
+                     M, N, K, group_size, bits};
+  job.rows = current_rows();
+  ThreadPool& pool = ThreadPool::instance();
+  // About 8 tasks per thread: enough for a busy core's share to move to an idle one.
+  job.rows_per_task = std::max(4, (N + pool.threads() * 8 - 1) / (pool.threads() * 8));
+  const int n_tasks = (N + job.rows_per_task - 1) / job.rows_per_task;
+  pool.parallel_for(n_tasks, run_task, &job);
+  if (out.dtype() == mx::float16) {
+    store<mx::float16_t>(result, out);
+  } else if (out.dtype() == mx::bfloat16) {
+    store<mx::bfloat16_t>(result, out);
+  }
+}
+
+mx::array row_contiguous(const mx::array& a, const mx::Stream& s) {
+  if (a.is_available() && a.flags().row_contiguous) return a;
+  return mx::contiguous(a, false, s);
+}
+
+}  // namespace
+
+mx::array quantized_matmul(const mx::array& x, const mx::array& w, const mx::array& scales,
+                           const mx::array& biases, int group_size, int bits, mx::StreamOrDevice s) {
+  const mx::Stream stream = mx::to_stream(s);
+  check(stream.device == mx::Device::cpu, "runs on the CPU only");
+  check(bits == 4 || bits == 8, "bits must be 4 or 8");
+  check(group_size == 32 || group_size == 64 || group_size == 128, "group_size must be 32, 64 or 128");
+  check(x.ndim() >= 1 && is_float(x.dtype()), "x must be a float array");
+  check(w.ndim() == 2 && w.dtype() == mx::uint32, "w must be a 2-D uint32 array");
+  const int K = static_cast<int>(w.shape(1)) * 32 / bits;
+  const int N = static_cast<int>(w.shape(0));
+  std::ostringstream shapes;
+  shapes << "x has " << x.shape(-1) << " columns, w holds " << K;
+  check(x.shape(-1) == K, shapes.str());
+  check(K % group_size == 0 && K / group_size <= kMaxGroups, "K must be a multiple of group_size");
+  check(scales.ndim() == 2 && scales.shape(0) == N && scales.shape(1) == K / group_size && is_float(scales.dtype()),
+        "scales must be float (N, K / group_size)");
+  check(biases.shape() == scales.shape() && biases.dtype() == scales.dtype(), "biases must match scales");
+  mx::Shape out_shape = x.shape();
+  out_shape.back() = N;
+  return mx::array(out_shape, mx::promote_types(x.dtype(), scales.dtype()),
+                   std::make_shared<QuantizedMatmul>(stream, group_size, bits),
+                   {x, row_contiguous(w, stream), row_contiguous(scales, stream), row_contiguous(biases, stream)});
+}
+
+void QuantizedMatmul::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
+  auto& encoder = mx::cpu::get_command_encoder(stream());
+  out.set_data(mx::allocator::malloc(out.nbytes()));
+  for (const auto& a : inputs) encoder.set_input_array(a);
+  encoder.set_output_array(out);
+  encoder.dispatch([x = mx::array::unsafe_weak_copy(inputs[0]), w = mx::array::unsafe_weak_copy(inputs[1]),
+                    scales = mx::array::unsafe_weak_copy(inputs[2]), biases = mx::array::unsafe_weak_copy(inputs[3]),
+                    out = mx::array::unsafe_weak_copy(out), group_size = group_size_, bits = bits_]() mutable {
+    compute(x, w, scales, biases, out, group_size, bits);
+  });
+}
+
+void QuantizedMatmul::eval_gpu(const std::vector<mx::array>&, mx::array&) {
+  throw std::runtime_error("[macllm quantized_matmul] has no GPU implementation (use mx.quantized_matmul)");
+}
+
+std::vector<mx::array> QuantizedMatmul::jvp(const std::vector<mx::array>& primals,
+                                            const std::vector<mx::array>& tangents, const std::vector<int>& argnums) {
+  check(argnums.size() == 1 && argnums[0] == 0, "differentiable in x only (the weights are frozen)");
+  return {quantized_matmul(tangents[0], primals[1], primals[2], primals[3], group_size_, bits_, stream())};
+}
+
+// d(x W^T)/dx is cotangent @ W: MLX's own quantized product with transpose=false (our kernels do
+// only the forward layout). Scales and biases go to the cotangent's dtype so the gradient keeps
+// its precision (MLX's CPU op wants one dtype for all three).
+std::vector<mx::array> QuantizedMatmul::vjp(const std::vector<mx::array>& primals,
+                                            const std::vector<mx::array>& cotangents,
+                                            const std::vector<int>& argnums, const std::vector<mx::array>&) {
+  std::vector<mx::array> grads;
+  for (int arg : argnums) {
+    check(arg == 0, "differentiable in x only (the weights are frozen)");
+    const mx::array& cot = cotangents[0];
+    const mx::Dtype dt = cot.dtype();
+    mx::array g = mx::quantized_matmul(cot, primals[1], mx::astype(primals[2], dt, stream()),
+                                       mx::astype(primals[3], dt, stream()), false, group_size_, bits_, "affine",
+                                       stream());
+    grads.push_back(mx::astype(g, primals[0].dtype(), stream()));
+  }
+  return grads;
+}
+
+std::pair<std::vector<mx::array>, std::vector<int>> QuantizedMatmul::vmap(const std::vector<mx::array>&,
+                                                                          const std::vector<int>&) {
+  throw std::runtime_error("[macllm quantized_matmul] has no vmap");
+}
+
+std::vector<mx::Shape> QuantizedMatmul::output_shapes(const std::vector<mx::array>& inputs) {
+  mx::Shape shape = inputs[0].shape();
+  shape.back() = inputs[1].shape(0);
+  return {shape};
+}
+
+bool QuantizedMatmul::is_equivalent(const mx::Primitive& other) const {
+  const auto& o = static_cast<const QuantizedMatmul&>(other);
+  return group_size_ == o.group_size_ && bits_ == o.bits_;
+}
+
+}  // namespace macllm_cpu

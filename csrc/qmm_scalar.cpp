@@ -1,0 +1,81 @@
+// Portable row kernel: the semantics every SIMD variant must reproduce (up to summation order),
+// and the path on CPUs without AVX2 or NEON.
+#include <cstring>
+
+#include "qmm_kernels.h"
+
+namespace macllm_cpu {
+
+static float half_bits_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
+  uint32_t exp = (h >> 10) & 0x1f;
+  uint32_t mant = h & 0x3ff;
+  uint32_t bits;
+  if (exp == 0x1f) {  // inf / nan
+    bits = sign | 0x7f800000 | (mant << 13);
+  } else if (exp != 0) {  // normal
+    bits = sign | ((exp + 112) << 23) | (mant << 13);
+  } else if (mant == 0) {  // zero
+    bits = sign;
+  } else {  // subnormal: renormalise
+    exp = 113;
+    while ((mant & 0x400) == 0) {
+      mant <<= 1;
+      exp--;
+    }
+    bits = sign | (exp << 23) | ((mant & 0x3ff) << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+float scale_at(ScaleType t, const void* base, size_t i) {
+  switch (t) {
+    case ScaleType::F32:
+      return static_cast<const float*>(base)[i];
+    case ScaleType::F16:
+      return half_bits_to_float(static_cast<const uint16_t*>(base)[i]);
+    case ScaleType::BF16: {
+      uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t*>(base)[i]) << 16;
+      float f;
+      std::memcpy(&f, &bits, sizeof f);
+      return f;
+    }
+  }
+  return 0.0f;
+}
+
+void rows_scalar(const Problem& p, int n0, int n1) {
+  const int G = p.K / p.group_size;
+  const size_t row_bytes = static_cast<size_t>(p.K) * p.bits / 8;
+  for (int n = n0; n < n1; ++n) {
+    const uint8_t* wr = p.w + n * row_bytes;
+    for (int m = 0; m < p.M; ++m) {
+      const float* xm = p.x + static_cast<size_t>(m) * p.K;
+      float total = 0.0f;
+      for (int g = 0; g < G; ++g) {
+        const size_t gi = static_cast<size_t>(n) * G + g;
+        float dot = 0.0f;
+        const int k_begin = g * p.group_size;
+        if (p.bits == 4) {
+          for (int k0 = k_begin; k0 < k_begin + p.group_size; k0 += 32) {
+            for (int j = 0; j < 16; ++j) {
+              const uint8_t byte = wr[k0 / 2 + j];
+              dot += static_cast<float>(byte & 15) * xm[k0 + j] + static_cast<float>(byte >> 4) * xm[k0 + 16 + j];
+            }
+          }
+        } else {
+          for (int k = k_begin; k < k_begin + p.group_size; ++k) {
+            dot += static_cast<float>(wr[k]) * xm[k];
+          }
+        }
+        total += scale_at(p.scale_type, p.scales, gi) * dot +
+            scale_at(p.scale_type, p.biases, gi) * p.xsum[static_cast<size_t>(m) * G + g];
+      }
+      p.out[static_cast<size_t>(m) * p.N + n] = total;
+    }
+  }
+}
+
+}  // namespace macllm_cpu

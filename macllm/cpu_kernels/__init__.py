@@ -1,0 +1,80 @@
+"""Our CPU quantized matmul for MLX (C++ in csrc/, built by scripts/build_kernels.sh; docs/kernels.md).
+
+The extension `_cpu_quant` computes `x @ dequantize(w)^T` on MLX's affine 4- and 8-bit packing
+(group sizes 32, 64, 128) with AVX-512, AVX2 or NEON row kernels split over a persistent thread pool.
+This module imports it if it was built and says why not otherwise: macllm then runs on the paths it
+had before (float32 when the model fits, else MLX's own quantized matmul).
+
+MACLLM_CPU_KERNEL=auto (default) uses it on the CPU when built; `off` keeps today's paths, which is
+also how to get the float32 fast path back.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import ModuleType
+
+import mlx.core as mx
+
+from macllm.errors import MacllmError
+
+ENV = "MACLLM_CPU_KERNEL"
+MODES = ("auto", "off")
+BITS = (4, 8)
+GROUP_SIZES = (32, 64, 128)
+MAX_GROUPS = 4096  # per row: the kernels keep a row's scales on the stack (csrc/qmm_kernels.h)
+# Written by scripts/build_kernels.sh when the build fails: the one-line reason `doctor` shows.
+BUILD_FAILURE = Path(__file__).resolve().parents[2] / "build" / "cpu_kernels" / "FAILED"
+
+
+def _import() -> tuple[ModuleType | None, str]:
+    try:
+        from macllm.cpu_kernels import _cpu_quant  # type: ignore[attr-defined]
+    except ImportError as e:
+        if BUILD_FAILURE.is_file():
+            reason = BUILD_FAILURE.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+            return None, f"build failed: {reason[0] if reason else 'see build/cpu_kernels/build.log'}"
+        if "_cpu_quant" in str(e) and "cannot import name" in str(e):
+            return None, "not built (scripts/setup.sh builds it: needs a C++ compiler and cmake)"
+        return None, f"cannot be loaded ({str(e).splitlines()[0][:160]})"
+    return _cpu_quant, f"built, {_cpu_quant.isa()} x {_cpu_quant.threads()} threads"
+
+
+extension, build_status = _import()
+
+
+def mode() -> str:
+    raw = os.environ.get(ENV, "")
+    value = raw.strip().lower() or "auto"
+    if value not in MODES:
+        raise MacllmError(f"{ENV}={raw!r} is not valid: use one of {', '.join(MODES)}")
+    return value
+
+
+def status() -> tuple[bool, str]:
+    """(whether quantized layers on the CPU use our kernel, one line saying why or why not)."""
+    if extension is None:
+        return False, build_status
+    if mode() == "off":
+        return False, f"{ENV}=off ({build_status})"
+    if mx.default_device() != mx.cpu:
+        return False, f"the default device is the GPU ({build_status})"
+    return True, build_status
+
+
+def enabled() -> bool:
+    return status()[0]
+
+
+def handles(bits: int, group_size: int, mode: str, in_dims: int) -> bool:
+    """Whether the kernel computes a layer with this quantization (else MLX's op runs it)."""
+    return (extension is not None and mode == "affine" and bits in BITS and group_size in GROUP_SIZES
+            and in_dims % group_size == 0 and in_dims // group_size <= MAX_GROUPS)
+
+
+def quantized_matmul(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array, group_size: int,
+                     bits: int) -> mx.array:
+    """`mx.quantized_matmul(x, w, scales, biases, transpose=True, group_size, bits)` on our kernel."""
+    assert extension is not None, build_status
+    return extension.quantized_matmul(x, w, scales, biases, group_size, bits)

@@ -1,0 +1,169 @@
+"""Our CPU quantized matmul (csrc/, macllm/cpu_kernels) against mx.quantized_matmul.
+
+The oracle is MLX's own quantized matmul on the same packed weights, computed in float32 (the
+kernels compute in float32 whatever the input dtype, and round once at the end). Every kernel
+variant this CPU runs is checked (AVX-512, AVX2, scalar here; NEON on arm64), over both bit widths,
+all group sizes, 1..8 rows (decode) and more (prefill), odd output sizes and strided inputs.
+
+Without the built extension these tests are skipped, except under CI=true, where set-up is expected
+to have built it and its absence fails them.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from macllm import cpu_kernels
+from tests.conftest import ON_CI
+
+if cpu_kernels.extension is None:
+    if ON_CI:
+        pytest.fail(f"the CPU kernels must be built on CI: {cpu_kernels.build_status}", pytrace=False)
+    pytest.skip(f"CPU kernels unavailable: {cpu_kernels.build_status}", allow_module_level=True)
+
+ext = cpu_kernels.extension
+ISAS = ext.available_isas()
+ROUNDING = {mx.float32: 2e-6, mx.float16: 2 ** -10, mx.bfloat16: 2 ** -7}
+
+
+@pytest.fixture(autouse=True)
+def best_isa():
+    yield
+    ext.set_isa(ISAS[0])
+
+
+def packed(n: int, k: int, bits: int, group_size: int, dtype, seed: int):
+    mx.random.seed(seed)
+    w, scales, biases = mx.quantize(mx.random.normal((n, k)) * 0.1, group_size=group_size, bits=bits)
+    return w, scales.astype(dtype), biases.astype(dtype)
+
+
+def oracle(x, w, scales, biases, group_size, bits) -> np.ndarray:
+    f32 = mx.float32
+    ref = mx.quantized_matmul(x.astype(f32), w, scales.astype(f32), biases.astype(f32), transpose=True,
+                              group_size=group_size, bits=bits)
+    return np.array(ref)
+
+
+def assert_close(out: mx.array, ref: np.ndarray, x: mx.array, w, scales, biases, group_size, bits):
+    """Within float32 summation-order error plus one rounding to the output dtype."""
+    dense = mx.dequantize(w, scales.astype(mx.float32), biases.astype(mx.float32), group_size=group_size, bits=bits)
+    magnitude = np.array(mx.abs(x.astype(mx.float32)) @ mx.abs(dense).T)  # bounds every partial sum
+    tol = 1e-6 * magnitude + ROUNDING[out.dtype] * np.abs(ref) + 1e-7
+    got = np.array(out.astype(mx.float32))
+    worst = np.max(np.abs(got - ref) - tol)
+    assert worst <= 0, f"max error beyond tolerance by {worst}"
+
+
+CASES = [  # (rows, out features, in features)
+    (1, 64, 256), (2, 97, 128), (3, 33, 384), (5, 1, 512), (8, 200, 640), (7, 13, 1024), (13, 50, 256), (40, 70, 384),
+]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+def test_every_variant_matches_mlx_on_random_shapes(isa, bits, group_size):
+    ext.set_isa(isa)
+    for i, (m, n, k) in enumerate(CASES):
+        if k % group_size:
+            continue
+        for dtype in (mx.float32, mx.float16, mx.bfloat16):
+            w, s, b = packed(n, k, bits, group_size, dtype, seed=i)
+            x = (mx.random.normal((m, k)) * 2).astype(dtype)
+            out = cpu_kernels.quantized_matmul(x, w, s, b, group_size, bits)
+            assert out.shape == (m, n) and out.dtype == dtype
+            assert_close(out, oracle(x, w, s, b, group_size, bits), x, w, s, b, group_size, bits)
+
+
+def test_mixed_dtypes_promote_like_mlx():
+    w, s, b = packed(48, 256, 4, 64, mx.float16, seed=3)
+    x = mx.random.normal((2, 256))
+    out = cpu_kernels.quantized_matmul(x, w, s, b, 64, 4)
+    assert out.dtype == mx.float32  # float32 activations, float16 scales
+    assert_close(out, oracle(x, w, s, b, 64, 4), x, w, s, b, 64, 4)
+
+
+def test_batched_and_strided_activations():
+    w, s, b = packed(40, 256, 4, 32, mx.float32, seed=4)
+    base = mx.random.normal((3, 256, 4))
+    x = mx.swapaxes(base, 1, 2)  # (3, 4, 256), not row-contiguous
+    out = cpu_kernels.quantized_matmul(x, w, s, b, 32, 4)
+    assert out.shape == (3, 4, 40)
+    ref = oracle(mx.contiguous(x), w, s, b, 32, 4)
+    assert_close(out, ref, x, w, s, b, 32, 4)
+    one = cpu_kernels.quantized_matmul(base[0, :, 1], w, s, b, 32, 4)  # a 1-D strided vector
+    assert one.shape == (40,)
+    assert_close(one, oracle(base[0, :, 1], w, s, b, 32, 4), base[0, :, 1], w, s, b, 32, 4)
+
+
+def test_a_whole_graph_evaluates_at_once():
+    """Kernel nodes inside a larger graph (as in a decode step) with one eval."""
+    w, s, b = packed(64, 128, 8, 32, mx.float32, seed=5)
+    x = mx.random.normal((1, 128))
+    h = mx.tanh(cpu_kernels.quantized_matmul(x, w, s, b, 32, 8))
+    y = cpu_kernels.quantized_matmul(mx.concatenate([h, h], axis=-1), w, s, b, 32, 8)
+    ref_h = mx.tanh(mx.quantized_matmul(x, w, s, b, group_size=32, bits=8))
+    ref = mx.quantized_matmul(mx.concatenate([ref_h, ref_h], axis=-1), w, s, b, group_size=32, bits=8)
+    np.testing.assert_allclose(np.array(y), np.array(ref), rtol=1e-4, atol=1e-4)
+
+
+def test_gradient_in_x_matches_mlx():
+    """QLoRA needs d/dx; it runs MLX's transposed quantized product (docs/training.md)."""
+    w, s, b = packed(96, 256, 4, 64, mx.float32, seed=6)
+    x = mx.random.normal((3, 256))
+    cot = mx.random.normal((3, 96))
+
+    def ours(v):
+        return (cpu_kernels.quantized_matmul(v, w, s, b, 64, 4) * cot).sum()
+
+    def theirs(v):
+        return (mx.quantized_matmul(v, w, s, b, group_size=64, bits=4) * cot).sum()
+
+    np.testing.assert_allclose(np.array(mx.grad(ours)(x)), np.array(mx.grad(theirs)(x)), rtol=1e-4, atol=1e-4)
+
+
+def test_concurrent_streams_get_correct_results():
+    """Two threads with their own CPU streams: one job holds the pool, the other runs inline."""
+    w, s, b = packed(300, 512, 4, 32, mx.float32, seed=7)
+    xs = [mx.random.normal((2, 512)) for _ in range(2)]
+    mx.eval(xs)
+    refs = [oracle(x, w, s, b, 32, 4) for x in xs]
+    errors: list[str] = []
+
+    def work(i: int):
+        stream = mx.new_stream(mx.cpu)
+        with mx.stream(stream):
+            for _ in range(30):
+                out = np.array(cpu_kernels.quantized_matmul(xs[i], w, s, b, 32, 4))
+                if not np.allclose(out, refs[i], rtol=1e-4, atol=1e-4):
+                    errors.append(f"thread {i}: wrong result")
+                    return
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (dict(bits=3), "bits must be 4 or 8"),
+    (dict(group_size=16), "group_size must be 32, 64 or 128"),
+    (dict(k=200), "columns"),
+])
+def test_bad_arguments_raise_one_line(args, message):
+    w, s, b = packed(8, 256, args.get("bits", 4) if args.get("bits") != 3 else 4, 32, mx.float32, seed=8)
+    x = mx.zeros((1, args.get("k", 256)))
+    with pytest.raises(ValueError, match=message):
+        cpu_kernels.quantized_matmul(x, w, s, b, args.get("group_size", 32), args.get("bits", 4))
+
+
+def test_unknown_variant_is_refused():
+    with pytest.raises(ValueError, match="no 'sve9' kernel"):
+        ext.set_isa("sve9")

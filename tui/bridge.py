@@ -7,6 +7,7 @@ streams and post Textual messages back, so the UI thread never blocks and never 
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -16,6 +17,7 @@ from macllm.errors import MacllmError
 from macllm.generation import GenerationParams, GenerationResult
 from macllm.loaded import ModelInfo
 from macllm.lora.store import fingerprint
+from macllm.prompt_cache import limit
 from macllm.rag.answer import ask
 from macllm.rag.store import Store, index_path
 from tui.events import (
@@ -210,6 +212,22 @@ class EngineBridge:
 
         self.app.run_worker(run, thread=True, group="answer", exit_on_error=False)
         return answer_id
+
+    # --- the prompt cache on disk ------------------------------------------------------------
+    def prompt_cache_mb(self) -> int:
+        """The cap new engines get: $MACLLM_PROMPT_CACHE_MB (or `chat --prompt-cache-mb`), else the saved setting."""
+        return limit.resolve_mb()
+
+    def set_prompt_cache_mb(self, mb: int) -> str | None:
+        """Save the cap as the setting and apply it to the engine (evicting to fit). A one-line problem or None."""
+        try:
+            limit.save_mb(mb)
+        except (OSError, MacllmError) as e:
+            return f"The prompt cache cap could not be saved: {e}"
+        if os.environ.get(limit.ENV, "").strip():
+            return f"${limit.ENV} (or --prompt-cache-mb) is set and keeps its cap until macllm restarts without it"
+        self.engine.set_prompt_cache_mb(mb)
+        return None
 
     # --- adapters ------------------------------------------------------------------------
     def set_kv_bits(self, bits: int | None) -> None:

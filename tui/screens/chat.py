@@ -300,11 +300,18 @@ class ChatScreen(ChatSaving):
     def action_settings(self) -> None:
         from tui.screens.settings_screen import SettingsScreen  # start-up time: loaded when first opened
 
+        cap = self.bridge.prompt_cache_mb()
+        screen = SettingsScreen(self.settings, self.app.model_choices(), prompt_cache_mb=cap)
+
         def apply(result: ChatSettings | None) -> None:
             if result is not None:
+                if screen.prompt_cache_mb is not None and screen.prompt_cache_mb != cap:
+                    problem = self.bridge.set_prompt_cache_mb(screen.prompt_cache_mb)
+                    if problem:
+                        self.notify(problem, severity="warning", timeout=8)
                 self.apply_settings(result)
 
-        self.app.push_screen(SettingsScreen(self.settings, self.app.model_choices()), apply)
+        self.app.push_screen(screen, apply)
 
     @store_guarded
     def apply_settings(self, result: ChatSettings) -> None:

@@ -1,4 +1,5 @@
-"""Per-chat settings: model, system prompt, temperature, top-p, min-p, max tokens, thinking."""
+"""Per-chat settings: model, system prompt, temperature, top-p, min-p, max tokens, thinking; and one for every
+chat, the size cap of the prompt cache on disk (read back by the caller from `prompt_cache_mb`)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ THINKING_CHOICES: dict[str, tuple[str, bool | None]] = {
 }
 
 
+PROMPT_CACHE_LABEL = "Prompt cache on disk, all chats (MiB, 0 = off)"
+PROMPT_CACHE_MAX_MB = 1024 * 1024  # as macllm.prompt_cache.limit.MAX_MB (the TUI reaches macllm through the bridge)
+
+
 def thinking_key(thinking: bool | None) -> str:
     return next(key for key, (_, value) in THINKING_CHOICES.items() if value is thinking)
 
@@ -33,10 +38,11 @@ class SettingsScreen(ModalScreen[ChatSettings | None]):
     SCOPE = "settings"
     BINDINGS = bindings(SCOPE)
 
-    def __init__(self, settings: ChatSettings, models: list[str]) -> None:
+    def __init__(self, settings: ChatSettings, models: list[str], prompt_cache_mb: int | None = None) -> None:
         super().__init__(classes="dialog-screen")
         self.settings = settings
         self.models = list(dict.fromkeys([settings.model, *models]))
+        self.prompt_cache_mb = prompt_cache_mb  # None: the field is not shown
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(classes="dialog settings"):
@@ -51,6 +57,9 @@ class SettingsScreen(ModalScreen[ChatSettings | None]):
             yield Label("Thinking (reasoning models such as Qwen3 think before answering)")
             yield Select([(label, key) for key, (label, _) in THINKING_CHOICES.items()],
                          value=thinking_key(self.settings.thinking), allow_blank=False, id="thinking")
+            if self.prompt_cache_mb is not None:
+                yield Label(PROMPT_CACHE_LABEL)
+                yield Input(str(self.prompt_cache_mb), id="prompt_cache_mb")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Save", variant="primary", id="save")
                 yield Button("Cancel", id="cancel")
@@ -76,4 +85,10 @@ class SettingsScreen(ModalScreen[ChatSettings | None]):
                 self.notify(f"{label} must be between {lower} and {upper}", severity="error")
                 return
             values[name] = value
+        if self.prompt_cache_mb is not None:
+            raw = self.query_one("#prompt_cache_mb", Input).value.strip()
+            if not raw.isdigit() or int(raw) > PROMPT_CACHE_MAX_MB:
+                self.notify(f"{PROMPT_CACHE_LABEL}: a whole number from 0 to {PROMPT_CACHE_MAX_MB}", severity="error")
+                return
+            self.prompt_cache_mb = int(raw)
         self.dismiss(ChatSettings(**values))

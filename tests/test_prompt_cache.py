@@ -250,3 +250,73 @@ def test_files_are_private(tiny_llama, tmp_path):
     import stat
     assert stat.S_IMODE(only_file(store).path.stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "cache").stat().st_mode) == 0o700
+
+
+KILLED_WRITER = """
+import os, signal, sys
+import macllm
+import mlx.core as mx
+from macllm.cache import make_cache
+from macllm.generation import steps
+from macllm.loader import load_model
+from macllm.prompt_cache import PromptCache
+from macllm.prompt_cache.key import make_key
+
+model = load_model(sys.argv[1], progress=False).model
+store = PromptCache(limit_bytes=2**30, folder=__import__("pathlib").Path(sys.argv[2]), min_tokens=16)
+cache = make_cache(model)
+prompt = [int(t) for t in sys.argv[3].split(",")]
+steps.prefill(model, prompt, cache)
+real_save = mx.save_safetensors
+
+def killed_while_writing(path, arrays, metadata=None):
+    real_save(path, arrays, metadata=metadata)
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)  # half the bytes reached the disk
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if sys.argv[4] == "mid-write":
+    mx.save_safetensors = killed_while_writing
+else:  # just before the rename
+    os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
+store.save(make_key("model-a", [], None), "tiny", prompt, cache)
+"""
+
+
+@pytest.mark.parametrize("when", ["mid-write", "before-rename"])
+def test_a_writer_killed_part_way_leaves_the_earlier_file_and_no_readable_half(when, tiny_llama_folder, tmp_path,
+                                                                               tiny_llama, capsys):
+    import os
+    import subprocess
+    import sys
+
+    store = store_at(tmp_path)
+    read_then_save(store, tiny_llama.model, None, prompt=PROMPT[:200])
+    (earlier,) = store.entries()
+    longer = PROMPT + NEXT
+    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(tiny_llama_folder), str(tmp_path / "cache"),
+                           ",".join(map(str, longer)), when], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr
+    assert [e.path for e in store.entries()] == [earlier.path]  # no file under a real name but the earlier one
+    leftovers = [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]
+    assert len(leftovers) == 1  # the hidden temporary of the killed write
+    capsys.readouterr()
+    found = store.find(tiny_llama.model, None, KEY, longer + [16], have=0)
+    assert found is not None and found.path == earlier.path and capsys.readouterr().err == ""
+    old = leftovers[0].stat().st_mtime - 2 * 3600
+    os.utime(leftovers[0], (old, old))
+    store.evict()  # a temporary older than an hour is a killed writer's: removed
+    assert not leftovers[0].exists()
+
+
+def test_a_model_with_recurrent_layers_is_not_saved_and_says_so_once(tmp_path, capsys):
+    lfm2 = load_model(str(save_mlx_lm_folder("lfm2", tmp_path / "lfm2")), progress=False)
+    store = store_at(tmp_path)
+    cache = make_cache(lfm2.model)
+    steps.prefill(lfm2.model, PROMPT, cache)
+    capsys.readouterr()
+    for _ in range(2):
+        assert store.save(KEY, "lfm2", PROMPT, cache) is None
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "ArraysCache layers cannot be saved" in lines[0], lines
+    assert not (tmp_path / "cache").exists()

@@ -16,7 +16,8 @@ import pytest
 from macllm.cli import main
 
 GENERATE_KEYS = {"text", "reasoning", "token_ids", "prompt_tokens", "prefilled_tokens", "generation_tokens",
-                 "prompt_tps", "generation_tps", "ttft_s", "peak_memory_mb", "finish_reason"}
+                 "prompt_tps", "generation_tps", "ttft_s", "peak_memory_mb", "finish_reason", "draft_proposed",
+                 "draft_accepted"}
 # The tiny random model echoes its last token almost surely at temperature 1 (tied embeddings), so
 # tests that need sampling to matter use a high temperature.
 FLAT_TEMP = "10"

@@ -10,6 +10,7 @@ from macllm.commands.options import (
     add_model_option,
     add_prompt_cache_option,
     add_sampling_options,
+    add_speculative_options,
     apply_adapters,
     generation_params,
 )
@@ -24,6 +25,7 @@ def add_parser(sub) -> None:
     add_prompt_cache_option(p)
     add_adapter_option(p)
     add_sampling_options(p)
+    add_speculative_options(p)
     # A light repetition penalty: small models loop on greedy answers over long contexts.
     p.set_defaults(run=run, max_tokens=512, repeat_penalty=1.1)
 

@@ -11,6 +11,7 @@ from macllm.commands.options import (
     add_model_option,
     add_prompt_cache_option,
     add_sampling_options,
+    add_speculative_options,
     add_thinking_option,
     apply_adapters,
     checked_text,
@@ -30,6 +31,7 @@ def add_parser(sub) -> None:
     p.add_argument("--plain", action="store_true", help="line-mode chat in this terminal")
     add_thinking_option(p)
     add_sampling_options(p)
+    add_speculative_options(p)
     # Chat samples by default: small models loop when greedy.
     p.set_defaults(run=run, max_tokens=512, temp=0.7, top_p=0.95, min_p=0.05)
 

@@ -12,6 +12,7 @@ from macllm.commands.options import (
     add_model_option,
     add_prompt_cache_option,
     add_sampling_options,
+    add_speculative_options,
     add_thinking_option,
     apply_adapters,
     checked_text,
@@ -37,6 +38,7 @@ def add_parser(sub) -> None:
     add_thinking_option(p)
     add_sampling_options(p)
     add_constraint_options(p)
+    add_speculative_options(p)
     p.add_argument("--json", action="store_true",
                    help="print one JSON object with text (the answer), reasoning (a reasoning model's thinking), "
                         "tokens and stats")
@@ -94,6 +96,7 @@ def print_json(result: GenerationResult) -> None:
         "generation_tokens": s.generation_tokens, "prompt_tps": round(s.prompt_tps, 2),
         "generation_tps": round(s.generation_tps, 2), "ttft_s": round(s.ttft_s, 4),
         "peak_memory_mb": round(s.peak_memory_mb, 1), "finish_reason": result.finish_reason,
+        "draft_proposed": s.draft_proposed, "draft_accepted": s.draft_accepted,
     }, ensure_ascii=False))
 
 
@@ -102,6 +105,8 @@ def print_stats(result: GenerationResult) -> None:
     print()
     reused = s.prompt_tokens - s.prefilled_tokens
     from_cache = f" ({reused} from the prompt cache)" if reused else ""
+    rate = s.acceptance_rate
+    guesses = f", {100 * rate:.0f}% of {s.draft_proposed} guesses kept" if rate is not None else ""
     print(f"[{s.prompt_tokens} prompt tokens{from_cache} at {s.prompt_tps:.1f} tok/s, {s.generation_tokens} generated "
-          f"at {s.generation_tps:.1f} tok/s, first token {s.ttft_s * 1000:.0f} ms, "
+          f"at {s.generation_tps:.1f} tok/s{guesses}, first token {s.ttft_s * 1000:.0f} ms, "
           f"peak {s.peak_memory_mb:.0f} MB, {result.finish_reason}]", file=sys.stderr)

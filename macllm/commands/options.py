@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from macllm.generation import GenerationParams
 
 MAX_SEED = 2**64 - 1  # MLX's random keys take an unsigned 64-bit seed
+MAX_DRAFT_TOKENS = 32  # a check of more guesses costs several decode steps, so nothing is gained
 
 
 def add_model_option(p: argparse.ArgumentParser) -> None:
@@ -43,6 +44,16 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=parse_seed, default=None,
                    help=f"random seed for reproducible sampling (0 to {MAX_SEED})")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+
+
+def add_speculative_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--draft-model", metavar="M",
+                   help="speculative decoding: a small model with the same tokenizer guesses tokens, the model "
+                        "checks them in one pass (same output, faster), e.g. qwen2.5-coder-0.5b for the 1.5b")
+    p.add_argument("--prompt-lookup", action=argparse.BooleanOptionalAction, default=None,
+                   help="speculative decoding without a draft: guess by copying from the prompt (on for ask)")
+    p.add_argument("--draft-tokens", type=int, default=0, metavar="K",
+                   help=f"guesses per round (1 to {MAX_DRAFT_TOKENS}; default 0: adapt to the acceptance rate)")
 
 
 def add_thinking_option(p: argparse.ArgumentParser) -> None:
@@ -89,6 +100,9 @@ def sampling_problem(args) -> str | None:
         return f"--top-k must be 0 (off) or a positive count, got {args.top_k}"
     if not 0 < args.repeat_penalty < math.inf:
         return f"--repeat-penalty must be a positive number (1 = off), got {args.repeat_penalty}"
+    draft_tokens = getattr(args, "draft_tokens", 0)
+    if not 0 <= draft_tokens <= MAX_DRAFT_TOKENS:
+        return f"--draft-tokens must be 0 (adapt) or 1 to {MAX_DRAFT_TOKENS}, got {draft_tokens}"
     return None
 
 
@@ -100,10 +114,15 @@ def generation_params(args) -> GenerationParams:
         raise MacllmError(problem)
     for stop in args.stop:
         checked_text(stop, "--stop")
+    draft_model = getattr(args, "draft_model", None)
+    if draft_model is not None:
+        checked_text(draft_model, "--draft-model")
     return GenerationParams(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                             repetition_penalty=args.repeat_penalty, seed=args.seed,
                             max_tokens=args.max_tokens, stop_strings=tuple(args.stop),
-                            enable_thinking=getattr(args, "enable_thinking", None))
+                            enable_thinking=getattr(args, "enable_thinking", None),
+                            draft_model=draft_model or None, prompt_lookup=getattr(args, "prompt_lookup", None),
+                            draft_tokens=getattr(args, "draft_tokens", 0))
 
 
 def read_text_arg(text: str | None, file: str | None, what: str = "prompt") -> str:

@@ -21,6 +21,9 @@ class Conversation:
     # What the KV cache holds, token for token; the next turn reuses the common prefix.
     cache: list | None = None
     cached_tokens: list[int] = field(default_factory=list)
+    # The draft model's cache and tokens when answers are decoded speculatively (generation/speculative.py).
+    draft_cache: list | None = None
+    draft_cached_tokens: list[int] = field(default_factory=list)
     saved_tokens: int = 0  # how many of cached_tokens the prompt cache on disk holds (engine/disk_prefix.py)
 
     def template_messages(self) -> list[dict]:
@@ -31,6 +34,11 @@ class Conversation:
         """Forget cached keys/values (e.g. they were computed under other adapters)."""
         self.cache = None
         self.cached_tokens = []
+        self.drop_draft_cache()
+
+    def drop_draft_cache(self) -> None:
+        self.draft_cache = None
+        self.draft_cached_tokens = []
         self.saved_tokens = 0
 
     def view(self) -> "ConversationView":

@@ -15,11 +15,13 @@ from macllm.cache import make_cache
 from macllm.engine import adapter_swap
 from macllm.engine.conversation import Conversation, ConversationView, new_conversation_id
 from macllm.engine.disk_prefix import DiskPrefixes
+from macllm.engine.draft_slot import DraftSlot
 from macllm.engine.job_thread import JobThread
 from macllm.engine.prompt_slots import PromptSlots, blend_key
 from macllm.engine.token_stream import PrefillProgress, TokenStream
 from macllm.errors import MacllmError
 from macllm.generation import GenerationParams, GenerationResult, GenerationStats, stream_generate
+from macllm.generation.speculative import DraftModel
 from macllm.generation.steps import common_prefix_length
 from macllm.loaded import LoadedModel, ModelInfo
 from macllm.lora import formats, store
@@ -43,6 +45,7 @@ class Engine:
         self._disk = DiskPrefixes(PromptCache(given_limit_bytes(prompt_cache_mb)))
         self._loaded: LoadedModel | None = None
         self._adapters: AdapterManager | None = None  # for the loaded model, made on first use
+        self._draft = DraftSlot()  # speculative decoding's draft model, touched only on the engine thread
         self._conversations: dict[str, Conversation] = {}  # touched only on the engine thread
         self._slots = PromptSlots()  # one-off requests' caches kept for prefix reuse (engine thread only)
         # What callers may read without waiting for the engine: replaced whole, never mutated in place.
@@ -78,6 +81,7 @@ class Engine:
         self._slots.clear()
         self._publish_context()
         self._adapters = None
+        self._draft.drop()
         self._loaded = None
 
     # --- model ----------------------------------------------------------------------------
@@ -121,6 +125,44 @@ class Engine:
 
     def tokenize(self, text: str, add_bos: bool | None = None) -> list[int]:
         return self.submit(lambda: self._require_model().tokenizer.encode(text, add_bos=add_bos)).result()
+
+    # --- draft model (speculative decoding) ---------------------------------------------------
+    def load_draft(self, source: str, keep_quantized: bool = False) -> Future:
+        """Load a draft model for the loaded one (same tokenizer, else a one-line MacllmError); the Future
+        carries its ModelInfo. Generations that name it in `GenerationParams.draft_model` use it bare."""
+        return self.submit(lambda: self._ensure_draft(source, self._require_model(), keep_quantized).info)
+
+    def drop_draft(self) -> Future:
+        """Forget the draft model and its caches."""
+        def job() -> None:
+            if self._draft.drop():
+                for conv in self._conversations.values():
+                    conv.drop_draft_cache()
+
+        return self.submit(job)
+
+    @property
+    def draft_info(self) -> ModelInfo | None:
+        """Facts about the held draft model, or None."""
+        draft = self._draft.loaded
+        return draft.info if draft is not None else None
+
+    def _ensure_draft(self, source: str, target: LoadedModel, keep_quantized: bool = False) -> LoadedModel:
+        draft, changed = self._draft.ensure(source, target, keep_quantized)
+        if changed:  # caches of the previous draft mean nothing to this one
+            for conv in self._conversations.values():
+                conv.drop_draft_cache()
+        return draft
+
+    def _draft_for(self, loaded: LoadedModel, params: GenerationParams, conv: Conversation | None) -> DraftModel | None:
+        if not params.draft_model:
+            return None
+        draft = self._ensure_draft(params.draft_model, loaded)
+        if conv is None:
+            return DraftModel(draft.model, draft.tokenizer, kv_bits=self._kv_bits)
+        if conv.draft_cache is None:
+            conv.draft_cache, conv.draft_cached_tokens = make_cache(draft.model, self._kv_bits), []
+        return DraftModel(draft.model, draft.tokenizer, conv.draft_cache, conv.draft_cached_tokens)
 
     # --- KV cache ---------------------------------------------------------------------------
     @property
@@ -264,14 +306,18 @@ class Engine:
             if conv is not None:
                 conv.cache, conv.cached_tokens, conv.saved_tokens = cache, cached, len(cached)
         result = None
+        draft = self._draft_for(loaded, params, conv)
         events = stream_generate(loaded.model, loaded.tokenizer, prompt, params, cache=cache, cached=cached,
                                  cancel=stream.cancelled,
-                                 on_prefill=lambda done, total: stream._put(PrefillProgress(done, total)))
+                                 on_prefill=lambda done, total: stream._put(PrefillProgress(done, total)),
+                                 draft=draft)
         for event in events:
             if isinstance(event, GenerationResult):
                 result = event
             if isinstance(event, GenerationResult) and conv is not None:
                 conv.cached_tokens = event.fed_tokens
+                if draft is not None:
+                    conv.draft_cached_tokens = draft.cached
                 answer = {"role": "assistant", "content": event.text, "finish_reason": event.finish_reason}
                 if event.reasoning:
                     answer["reasoning_content"] = event.reasoning

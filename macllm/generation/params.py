@@ -20,7 +20,7 @@ class GenerationParams(SamplingParams):
     # Speculative decoding (speculative.py): a draft model with the same tokenizer, which the Engine loads and
     # keeps, or guesses copied from the prompt. Either way the output is the model's own.
     draft_model: str | None = None
-    prompt_lookup: bool = False
+    prompt_lookup: bool | None = None  # None: the caller's default (off; on for notes answers, rag/answer.py)
     draft_tokens: int = 0  # guesses per round; 0: adapt to the acceptance rate
     constraint: Constraint | None = None  # structured.compile_constraint(...): output follows a schema or grammar
 

@@ -7,7 +7,7 @@ is a one-off generation: no engine conversation, so no KV cache outlives it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from macllm.engine import Engine, TokenStream
 from macllm.errors import MacllmError
@@ -81,6 +81,8 @@ def ask(engine: Engine, retriever: Retriever, question: str, *, k: int = 8, mode
         path: str | None = None, params: GenerationParams | None = None) -> Answer:
     """Retrieve, build the cited-answer prompt and start streaming the answer on `engine`."""
     params = params or GenerationParams(max_tokens=512)
+    if params.prompt_lookup is None:  # answers copy from their sources: guessing from the prompt pays
+        params = replace(params, prompt_lookup=True)
     if not question.strip():
         raise MacllmError("the question is empty")
     if retriever.is_empty():

@@ -24,6 +24,9 @@ class DiskPrefixes:
         self._digests: dict[int, tuple[object, str]] = {}  # id(adapter) -> (adapter, digest); held to keep ids
 
     def key(self, loaded: LoadedModel, adapters: AdapterManager | None, kv_bits: int | None) -> dict:
+        """The key of what the engine computes now ({} while the cache is off: nothing is read or written)."""
+        if not self.store.enabled:
+            return {}
         if self._model is None or self._model[0] != id(loaded):
             self._model = (id(loaded), model_fingerprint(loaded.info, fingerprint(loaded.config)))
             self._digests.clear()

@@ -159,11 +159,12 @@ class Tokenizer:
 
     def apply_chat_template(
         self, messages: list[dict], add_generation_prompt: bool = True, system: str | None = None,
-        enable_thinking: bool | None = None,
+        enable_thinking: bool | None = None, tools: list[dict] | None = None,
     ) -> str:
         """Render messages to prompt text. `system` replaces a leading system message or is prepended.
         `enable_thinking` reaches templates of reasoning models (Qwen3); None leaves it undefined, so the
-        template's own default holds, as in transformers."""
+        template's own default holds, as in transformers. `tools` (OpenAI shape) reaches templates that offer
+        tools; macllm.tools.render_tool_prompt also readies tool calls in the history for them."""
         messages = list(messages)
         if system is not None:
             if messages and messages[0].get("role") == "system":
@@ -177,8 +178,11 @@ class Tokenizer:
         }
         if enable_thinking is not None:
             variables["enable_thinking"] = enable_thinking
+        if tools is not None:
+            variables["tools"] = tools
         template = self._template()
-        input_chars = sum(len(str(m.get("content") or "")) for m in messages)
+        input_chars = sum(len(str(m.get("content") or "")) + len(str(m.get("tool_calls") or "")) for m in messages)
+        input_chars += len(str(tools or ""))  # the tools' schemas are rendered too
         try:
             return render_chat_template(template, variables, input_chars, len(messages))
         except TemplateLimitError as e:

@@ -130,3 +130,30 @@ def test_the_app_reopening_a_saved_chat_starts_from_the_file(tiny_llama_folder, 
     reopened = answer(messages + [{"role": "assistant", "content": first.text},
                                   {"role": "user", "content": "And the bakery?"}])
     assert reopened.stats.prefilled_tokens < 40 < reopened.stats.prompt_tokens
+
+
+def test_a_speculative_draft_resumes_its_own_cache_from_disk(tmp_path, home, monkeypatch):
+    from macllm.generation import speculative
+    from tests.test_speculative_engine import write_shaken
+
+    target = write_shaken(tmp_path / "target", (0.3, 7))
+    draft = write_shaken(tmp_path / "draft", (0.3, 7), (0.02, 1))
+    params = GenerationParams(max_tokens=6, temperature=0.0, draft_model=str(draft))
+    draft_reads: list[int] = []
+    real_prefill = speculative.prefill
+
+    def counted(model, tokens, cache, *args):
+        draft_reads.append(len(tokens))
+        return real_prefill(model, tokens, cache, *args)
+
+    monkeypatch.setattr(speculative, "prefill", counted)
+    prompt = SYSTEM + "Question: where is the pier?"
+    with engine_for(target) as first:
+        before, _ = run(first.generate(prompt, params))
+    assert len(files(home)) == 2  # the model's cache and the draft's, each under its own key
+    assert draft_reads == [before.stats.prompt_tokens]
+    draft_reads.clear()
+    with engine_for(target) as second:
+        again, _ = run(second.generate(prompt, params))
+    assert again.stats.prefilled_tokens == 1 and draft_reads in ([], [1])  # both read at most the last token
+    assert again.token_ids == before.token_ids

@@ -307,6 +307,11 @@ class Engine:
                 conv.cache, conv.cached_tokens, conv.saved_tokens = cache, cached, len(cached)
         result = None
         draft = self._draft_for(loaded, params, conv)
+        draft_reads = 0
+        if draft is not None and self._draft.loaded is not None:
+            draft_reads = self._disk.resume_draft(self._draft.loaded, self._kv_bits, draft, prompt)
+            if conv is not None:
+                conv.draft_cache, conv.draft_cached_tokens = draft.cache, draft.cached
         events = stream_generate(loaded.model, loaded.tokenizer, prompt, params, cache=cache, cached=cached,
                                  cancel=stream.cancelled,
                                  on_prefill=lambda done, total: stream._put(PrefillProgress(done, total)),
@@ -327,6 +332,8 @@ class Engine:
         if result is not None and self._disk.save_after_prefill(loaded, key, result.stats.prefilled_tokens,
                                                                 result.fed_tokens, cache) and conv is not None:
             conv.saved_tokens = len(result.fed_tokens)
+        if result is not None and draft is not None and self._draft.loaded is not None:
+            self._disk.save_draft(self._draft.loaded, self._kv_bits, draft, draft_reads)
 
     def generate(self, prompt: str | list[int], params: GenerationParams | None = None) -> TokenStream:
         """Raw completion: a string is tokenized as-is (special-token strings honoured). No cache is kept."""

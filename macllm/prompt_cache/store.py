@@ -14,6 +14,7 @@ import hashlib
 import os
 import sys
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +63,8 @@ class PromptCache:
         self._folder = folder
         self.min_tokens = min_tokens
         self._said: set[str] = set()
-        self._probes: dict[tuple[int, int | None], list] = {}  # (id(model), kv bits) -> per-layer signatures
+        # (id(model), kv bits) -> (weak reference to the model, its per-layer array signatures)
+        self._probes: dict[tuple[int, int | None], tuple[weakref.ref, list]] = {}
 
     @property
     def limit_bytes(self) -> int:
@@ -81,10 +83,6 @@ class PromptCache:
     @property
     def enabled(self) -> bool:
         return self.limit_bytes > 0
-
-    def forget_model(self) -> None:
-        """A new model was loaded: the probes of the old one no longer apply."""
-        self._probes.clear()
 
     def note(self, line: str) -> None:
         """Say something once per process, in one line."""
@@ -144,11 +142,14 @@ class PromptCache:
         """Per layer, the (shape, dtype) of each array a fresh cache holds after one token: what the model
         itself writes, so a file is checked against the model rather than against its own claims."""
         slot = (id(model), kv_bits)
-        if slot not in self._probes:
+        held = self._probes.get(slot)
+        if held is None or held[0]() is not model:
             cache = make_cache(model, kv_bits)
             mx.eval(model(mx.array([[0]]), cache=cache, last_only=True))
-            self._probes[slot] = [[layers.array_signature(a) for a in layers.snapshot(layer)[1]] for layer in cache]
-        return self._probes[slot]
+            self._probes = {k: v for k, v in self._probes.items() if v[0]() is not None}
+            held = self._probes[slot] = (weakref.ref(model), [[layers.array_signature(a) for a in
+                                                              layers.snapshot(layer)[1]] for layer in cache])
+        return held[1]
 
     # --- saving ------------------------------------------------------------------------------
     def save(self, key: dict, model_name: str, tokens: list[int], cache: list) -> Path | None:

@@ -71,6 +71,10 @@ def run_app(args, app: AppLauncher) -> int:
         defaults["system"] = args.system
     if args.enable_thinking is not None:
         defaults["thinking"] = args.enable_thinking
+    if args.draft_model:
+        defaults["draft_model"] = checked_text(args.draft_model, "--draft-model")
+    if args.prompt_lookup is not None:
+        defaults["prompt_lookup"] = args.prompt_lookup
     if args.prompt_cache_mb is not None:  # the app's engine reads the cap as every engine does without one given
         from macllm.prompt_cache.limit import ENV, check_mb
 

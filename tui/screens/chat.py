@@ -194,6 +194,8 @@ class ChatScreen(ChatSaving):
         meta = {"stats": {
             "prompt_tokens": s.prompt_tokens, "generation_tokens": s.generation_tokens,
             "generation_tps": round(s.generation_tps, 2), "ttft_s": round(s.ttft_s, 4)}}
+        if s.draft_proposed:
+            meta["stats"].update(draft_proposed=s.draft_proposed, draft_accepted=s.draft_accepted)
         widget = self.answer_widget
         widget.content = result.text
         if result.reasoning:  # stored with the answer: shown when reopened, sent back as the template says
@@ -202,6 +204,7 @@ class ChatScreen(ChatSaving):
         self.answer_id, self.answer_widget = None, None
         self.status.state = "stopped" if result.finish_reason == "cancelled" else ""
         self.status.decode_tps = s.generation_tps
+        self.status.acceptance = s.acceptance_rate if s.acceptance_rate is not None else -1.0
         self.status.ttft_ms = s.ttft_s * 1000
         self.status.memory_mb = s.peak_memory_mb
         self.update_status()

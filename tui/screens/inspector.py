@@ -1,5 +1,6 @@
 """The token inspector: the last answer's tokens, coloured by the probability each had when sampled,
-with the top alternatives for the selected one."""
+with the top alternatives for the selected one. Tokens that speculative decoding guessed and the model
+kept are underlined."""
 
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ class TokenStrip(Static):
         for i, (event, piece) in enumerate(zip(self.tokens, self.pieces, strict=True)):
             p = math.exp(event.logprob)
             style = f"black on {probability_colour(p)}"
+            if event.drafted:
+                style += " underline"
             if i == self.selected:
                 style += " bold underline reverse"
             text.append(visible_piece(piece), style=style)
@@ -59,7 +62,9 @@ class TokenInspector(ModalScreen):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog inspector"):
-            yield Label(f"Token inspector — {len(self.tokens)} tokens (←/→ to move, Esc to close)",
+            drafted = sum(1 for e in self.tokens if e.drafted)
+            kept = f", {drafted} underlined: guessed by speculative decoding and kept" if drafted else ""
+            yield Label(f"Token inspector — {len(self.tokens)} tokens{kept} (←/→ to move, Esc to close)",
                         classes="dialog-title")
             with VerticalScroll(id="strip-scroll"):
                 yield TokenStrip(self.tokens, self.pieces, id="strip")
@@ -89,7 +94,7 @@ class TokenInspector(ModalScreen):
         self.strip.refresh()
         self.query_one("#token-detail", Label).update(
             f"#{i + 1}: {visible_piece(self.pieces[i])!r}  id {event.token_id}  "
-            f"p = {math.exp(event.logprob):.3f}")
+            f"p = {math.exp(event.logprob):.3f}" + ("  · a kept guess" if event.drafted else ""))
         table = self.query_one(DataTable)
         table.clear()
         alternatives = sorted(event.alternatives or [], key=lambda a: -a[1])

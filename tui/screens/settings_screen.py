@@ -26,12 +26,25 @@ THINKING_CHOICES: dict[str, tuple[str, bool | None]] = {
 }
 
 
+# Select key -> (label, ChatSettings.prompt_lookup).
+LOOKUP_CHOICES: dict[str, tuple[str, bool | None]] = {
+    "default": ("Default: on for notes answers", None),
+    "on": ("On: also for chat answers", True),
+    "off": ("Off", False),
+}
+NO_DRAFT = "(none)"
+
+
 PROMPT_CACHE_LABEL = "Prompt cache on disk, all chats (MiB, 0 = off)"
 PROMPT_CACHE_MAX_MB = 1024 * 1024  # as macllm.prompt_cache.limit.MAX_MB (the TUI reaches macllm through the bridge)
 
 
 def thinking_key(thinking: bool | None) -> str:
     return next(key for key, (_, value) in THINKING_CHOICES.items() if value is thinking)
+
+
+def lookup_key(lookup: bool | None) -> str:
+    return next(key for key, (_, value) in LOOKUP_CHOICES.items() if value is lookup)
 
 
 class SettingsScreen(ModalScreen[ChatSettings | None]):
@@ -57,6 +70,14 @@ class SettingsScreen(ModalScreen[ChatSettings | None]):
             yield Label("Thinking (reasoning models such as Qwen3 think before answering)")
             yield Select([(label, key) for key, (label, _) in THINKING_CHOICES.items()],
                          value=thinking_key(self.settings.thinking), allow_blank=False, id="thinking")
+            yield Label("Draft model (speculative decoding: a smaller model with the same tokenizer guesses, "
+                        "the model checks; same answers, faster)")
+            drafts = list(dict.fromkeys([NO_DRAFT, *filter(None, [self.settings.draft_model]), *self.models]))
+            yield Select([(m, m) for m in drafts], value=self.settings.draft_model or NO_DRAFT, allow_blank=False,
+                         id="draft_model")
+            yield Label("Prompt lookup (guesses copied from the prompt, checked by the model)")
+            yield Select([(label, key) for key, (label, _) in LOOKUP_CHOICES.items()],
+                         value=lookup_key(self.settings.prompt_lookup), allow_blank=False, id="prompt_lookup")
             if self.prompt_cache_mb is not None:
                 yield Label(PROMPT_CACHE_LABEL)
                 yield Input(str(self.prompt_cache_mb), id="prompt_cache_mb")
@@ -73,7 +94,10 @@ class SettingsScreen(ModalScreen[ChatSettings | None]):
     def action_save(self) -> None:
         values = {"model": self.query_one("#model", Select).value,
                   "system": self.query_one("#system", TextArea).text.strip(),
-                  "thinking": THINKING_CHOICES[str(self.query_one("#thinking", Select).value)][1]}
+                  "thinking": THINKING_CHOICES[str(self.query_one("#thinking", Select).value)][1],
+                  "prompt_lookup": LOOKUP_CHOICES[str(self.query_one("#prompt_lookup", Select).value)][1]}
+        draft = str(self.query_one("#draft_model", Select).value)
+        values["draft_model"] = "" if draft == NO_DRAFT else draft
         for name, label, kind, lower, upper in NUMBER_FIELDS:
             raw = self.query_one(f"#{name}", Input).value.strip()
             try:

@@ -1,4 +1,4 @@
-"""The bottom status line: model, speed, time to first token, context use, memory."""
+"""The bottom status line: model, speed, speculative guesses kept, time to first token, context use, memory."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ class StatusBar(Static):
     model = reactive("loading…")
     decode_tps = reactive(0.0)
     ttft_ms = reactive(0.0)
+    acceptance = reactive(-1.0)  # share of speculative guesses the model kept in the last answer; -1: none made
     context_used = reactive(0)
     context_length = reactive(0)
     memory_mb = reactive(0.0)
@@ -25,6 +26,8 @@ class StatusBar(Static):
             parts.append(self.state)
         if self.decode_tps:
             parts.append(f"{self.decode_tps:.1f} tok/s")
+        if self.acceptance >= 0:
+            parts.append(f"guesses {100 * self.acceptance:.0f}% kept")
         if self.ttft_ms:
             parts.append(f"first token {self.ttft_ms:.0f} ms")
         if self.context_length:

@@ -54,16 +54,22 @@ def running_server(scheduler: Scheduler, config: ServerConfig):
 
 
 def long_and_slow(engine, monkeypatch, seconds: float = 0.01) -> None:
-    """Generations that never meet an end-of-text token and take `seconds` per token, so one of a few hundred
-    tokens outlasts a client's patience or a stop signal."""
+    """Generations that never meet an end-of-text token and take `seconds` per decode step (the batched one, and
+    the one-at-a-time one), so one of a few hundred tokens outlasts a client's patience or a stop signal."""
+    from macllm.engine import batch
     from macllm.generation import steps
 
-    real = steps.decode_steps
+    real_steps, real_rows = steps.decode_steps, batch.row_caches
 
-    def slow(*args, **kwargs):
-        for step in real(*args, **kwargs):
+    def slow_steps(*args, **kwargs):
+        for step in real_steps(*args, **kwargs):
             time.sleep(seconds)
             yield step
 
-    monkeypatch.setattr(steps, "decode_steps", slow)
+    def slow_rows(caches):
+        time.sleep(seconds)
+        return real_rows(caches)
+
+    monkeypatch.setattr(steps, "decode_steps", slow_steps)
+    monkeypatch.setattr(batch, "row_caches", slow_rows)
     monkeypatch.setattr(engine.loaded.tokenizer, "eos_token_ids", set())

@@ -13,6 +13,8 @@ from typing import Callable
 
 from macllm.cache import make_cache
 from macllm.engine import adapter_swap
+from macllm.engine.batch import BatchRunner
+from macllm.engine.batch import Request as BatchRequest
 from macllm.engine.conversation import Conversation, ConversationView, new_conversation_id
 from macllm.engine.disk_prefix import DiskPrefixes
 from macllm.engine.draft_slot import DraftSlot
@@ -20,12 +22,13 @@ from macllm.engine.job_thread import JobThread
 from macllm.engine.prompt_slots import PromptSlots, blend_key
 from macllm.engine.token_stream import PrefillProgress, TokenStream
 from macllm.errors import MacllmError
-from macllm.generation import GenerationParams, GenerationResult, GenerationStats, stream_generate
+from macllm.generation import GenerationParams, GenerationResult, stream_generate
 from macllm.generation.speculative import DraftModel
 from macllm.generation.steps import common_prefix_length
 from macllm.loaded import LoadedModel, ModelInfo
 from macllm.lora import formats, store
 from macllm.lora.manager import AdapterManager
+from macllm.models.decoder import DecoderStack
 from macllm.prompt_cache import PromptCache, given_limit_bytes, resolve_limit_bytes
 
 KV_BITS = (None, 8, 4)
@@ -48,6 +51,7 @@ class Engine:
         self._draft = DraftSlot()  # speculative decoding's draft model, touched only on the engine thread
         self._conversations: dict[str, Conversation] = {}  # touched only on the engine thread
         self._slots = PromptSlots()  # one-off requests' caches kept for prefix reuse (engine thread only)
+        self._batch = BatchRunner(self, self._slots)  # complete()'s requests, decoded together
         # What callers may read without waiting for the engine: replaced whole, never mutated in place.
         self._context_used: dict[str, int] = {}
         self._published = threading.Lock()
@@ -78,6 +82,7 @@ class Engine:
         for conv in self._conversations.values():
             self._save_conversation(conv)
         self._conversations.clear()
+        self._batch.fail_all(MacllmError("the engine stopped while this answer was generated"), pending=True)
         self._slots.clear()
         self._publish_context()
         self._adapters = None
@@ -97,6 +102,7 @@ class Engine:
             loaded = load_model(source, keep_quantized=keep_quantized, progress=progress)
             self._loaded = loaded
             self._adapters = None  # adapters belong to the model they were loaded onto
+            self._batch.fail_all(MacllmError("the model was replaced while this answer was generated"))
             self._slots.clear()
             self._invalidate_caches()
             return loaded.info
@@ -348,52 +354,29 @@ class Engine:
 
     def complete(self, prompt: list[int], params: GenerationParams | None = None,
                  adapters: dict[str, float] | None = None) -> TokenStream:
-        """A one-off generation after `prompt` (token ids), run as ONE job under exactly `adapters` ({}: the bare
-        base; None: the active set), so no other request's adapters are in force while it runs. Its KV cache is
+        """A one-off generation after `prompt` (token ids) under exactly `adapters` ({}: the bare base; None: the
+        active set); no other request's adapters are ever in force while it computes. Its KV cache is
         kept in a small pool tagged with the blend: a later request that starts with the same tokens (the next
         turn of a conversation, resent whole by an HTTP client) computes only the rest. A stream cancelled
-        before its turn comes ends at once, without computing anything."""
-        params = params or GenerationParams()
-        tokens = list(prompt)
-        scales = dict(adapters) if adapters is not None else None
+        before its turn comes ends at once, without computing anything. Concurrent requests under the same blend
+        are decoded together, one forward pass for all (engine/batch.py)."""
         stream = TokenStream()
-
-        def job() -> None:
-            slot = None
-            try:
-                loaded = self._require_model()
-                if stream.cancelled.is_set():
-                    stream._put(GenerationResult("", [], "cancelled", GenerationStats(prompt_tokens=len(tokens))))
-                    stream._close()
-                    return
-                if scales is not None:
-                    self._swap(scales)
-                active = self._adapters.active if self._adapters is not None else {}
-                slot = self._slots.take(blend_key(active), tokens)
-                if slot.cache is None:
-                    slot.cache, slot.tokens = make_cache(loaded.model, self._kv_bits), []
-                key = self._disk_key(loaded)
-                found = self._disk.find(loaded, key, self._kv_bits, tokens, common_prefix_length(slot.tokens, tokens))
-                if found is not None:  # a longer prefix on disk than in any slot (e.g. after a restart)
-                    slot.cache, slot.tokens = found.cache, found.tokens
-                result = None
-                for event in stream_generate(loaded.model, loaded.tokenizer, tokens, params, cache=slot.cache,
-                                             cached=slot.tokens, cancel=stream.cancelled,
-                                             on_prefill=lambda done, total: stream._put(PrefillProgress(done, total))):
-                    if isinstance(event, GenerationResult):
-                        slot.tokens, result = event.fed_tokens, event
-                    stream._put(event)
-                if result is not None:
-                    self._disk.save_after_prefill(loaded, key, result.stats.prefilled_tokens, result.fed_tokens,
-                                                  slot.cache)
-                stream._close()
-            except BaseException as e:
-                if slot is not None:
-                    self._slots.drop(slot)  # a failed step may have left the cache half-updated
-                stream._fail(e)
-
-        self.submit(job)
+        self._batch.submit(BatchRequest(list(prompt), params or GenerationParams(),
+                                        dict(adapters) if adapters is not None else None, stream))
         return stream
+
+    # Used by the batch runner (engine/batch.py), on the engine thread.
+    def _batchable(self) -> bool:
+        """Whether several sequences can share a decode forward: our own decoder stack (its attention splits
+        RowCaches), not Gemma's sliding-window body or an mlx-lm model class."""
+        loaded = self._loaded
+        return loaded is not None and isinstance(getattr(loaded.model, "model", None), DecoderStack)
+
+    def _active_blend(self) -> tuple:
+        return blend_key(self._adapters.active if self._adapters is not None else {})
+
+    def _new_cache(self, loaded: LoadedModel) -> list:
+        return make_cache(loaded.model, self._kv_bits)
 
     # --- conversations --------------------------------------------------------------------
     # Each is a job, queued in order: a chat() right after new_conversation() finds the conversation.

@@ -24,6 +24,7 @@ class Slot:
     blend: tuple
     cache: list | None = None
     tokens: list[int] = field(default_factory=list)
+    busy: bool = False  # a running generation is filling it; nobody else may take it
 
 
 class PromptSlots:
@@ -32,25 +33,34 @@ class PromptSlots:
         self._slots: list[Slot] = []  # least recently used first
 
     def take(self, blend: tuple, prompt: list[int]) -> Slot:
-        """The slot under `blend` sharing the longest prefix with `prompt` (or a fresh one, evicting the least
-        recently used); it moves to the most recently used end. The caller fills its cache and tokens."""
+        """The free slot under `blend` sharing the longest prefix with `prompt`, or a fresh one; it is busy until
+        `release`d. Beyond `size` slots the least recently used free ones are evicted."""
         best, best_len = None, 0
         for slot in self._slots:
-            if slot.blend == blend and slot.cache is not None:
+            if slot.blend == blend and slot.cache is not None and not slot.busy:
                 n = common_prefix_length(slot.tokens, prompt)
                 if n > best_len:
                     best, best_len = slot, n
         if best is None:
             best = Slot(blend)
-            if len(self._slots) >= self.size:
-                self._slots.pop(0)
         else:
             self._slots.remove(best)
-        self._slots.append(best)
+        self._slots.append(best)  # the most recently used end
+        best.busy = True
+        self._evict()
         return best
 
-    def drop(self, slot: Slot) -> None:
-        if slot in self._slots:
+    def release(self, slot: Slot, keep: bool) -> None:
+        """The generation is over: keep the slot for reuse, or forget it (its cache may be half-updated)."""
+        slot.busy = False
+        if not keep and slot in self._slots:
+            self._slots.remove(slot)
+        self._evict()
+
+    def _evict(self) -> None:
+        for slot in [s for s in self._slots if not s.busy]:
+            if len(self._slots) <= self.size:
+                return
             self._slots.remove(slot)
 
     def clear(self) -> None:

@@ -90,6 +90,10 @@ class TokenChooser:
         return token, logprobs[0, token], alts
 
 
+# What decodes after the prefill: (model, cache, first choice, chooser, max new tokens, cancel) -> Steps.
+Decoder = Callable[..., Iterator[Step]]
+
+
 def decode_steps(model, cache: list[LayerCache], first: tuple, choose: TokenChooser, max_new: int,
                  cancel: threading.Event | None = None) -> Iterator[Step]:
     """Yield up to `max_new` tokens starting from `first` (the evaluated choice after the prefill).

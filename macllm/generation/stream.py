@@ -57,12 +57,13 @@ def stream_generate(model, tokenizer, prompt: list[int], params: GenerationParam
                     cancel: threading.Event | None = None,
                     context_length: int | None = None,
                     on_prefill: steps.PrefillProgress | None = None,
-                    draft: speculative.DraftModel | None = None) -> Iterator[TokenEvent | GenerationResult]:
+                    draft: speculative.DraftModel | None = None,
+                    decoder: steps.Decoder | None = None) -> Iterator[TokenEvent | GenerationResult]:
     """Generate after `prompt`. If `cache` already holds `cached` tokens, only the part of `prompt`
     after their common prefix is computed. Yields TokenEvents, then one GenerationResult.
     `on_prefill(done, total)` reports a long prefill's progress (see steps.prefill). With `draft` (or
     `params.prompt_lookup`) tokens are decoded speculatively (speculative.py); `params.draft_model` is the
-    Engine's to turn into a `draft`."""
+    Engine's to turn into a `draft`. `decoder` replaces `steps.decode_steps` (the engine's batched decode)."""
     limit = _check_prompt(model, prompt, context_length)
     if cache is None:
         cache, cached = make_cache(model), []
@@ -99,7 +100,7 @@ def stream_generate(model, tokenizer, prompt: list[int], params: GenerationParam
     t_decode = time.perf_counter()
     spec_stats = speculative.SpeculationStats()
     if proposer is None:
-        decoded = steps.decode_steps(model, cache, first, choose, max_new, cancel)
+        decoded = (decoder or steps.decode_steps)(model, cache, first, choose, max_new, cancel)
     else:
         decoded = speculative.decode_steps(model, cache, _first_step(first), prompt, params, proposer, max_new,
                                            spec_stats, cancel)

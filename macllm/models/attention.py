@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import mlx.core as mx
 
+from macllm.cache.rows import RowCaches
+
 
 def rotate_cache_attend(q: mx.array, k: mx.array, v: mx.array, rope, cache, scale: float, mask) -> mx.array:
-    """q (B, L, H, D) and k (B, L, KV, D) as projected; v (B, KV, L, D). Returns (B, L, H*D)."""
+    """q (B, L, H, D) and k (B, L, KV, D) as projected; v (B, KV, L, D). Returns (B, L, H*D).
+
+    With RowCaches (batched decode) each row is a sequence of its own: its own position, cache and keys."""
+    if isinstance(cache, RowCaches):
+        return mx.concatenate([rotate_cache_attend(q[i:i + 1], k[i:i + 1], v[i:i + 1], rope, row, scale, mask)
+                               for i, row in enumerate(cache.rows)], axis=0)
     b, length, n_heads, _ = q.shape
     offset = cache.offset if cache is not None else 0
     # One rope call for queries and keys together: half the per-op overhead on CPU.

@@ -1,0 +1,245 @@
+"""Batched decode of one-off requests (the server's): several generations share each forward pass.
+
+On a CPU a decode step's cost is mostly reading the weights; the projections and MLPs of every running sequence
+go through one pass, so the weights are read once per step for all of them (attention stays per sequence, see
+cache/rows.py). Everything here runs on the engine thread.
+
+Each request keeps the ordinary text layer (`stream_generate`: prefill, stop strings, detokenizing, stats); only
+its decode loop is replaced by `Row.decoder`, which yields the tokens the batch computed. Per step the runner
+feeds every row's next token in one forward, queues each row's choice, then resumes each row's generator once:
+it reports the token, exactly as `steps.decode_steps` would have, whose forward it also mirrors (the token a
+step reports is already in the cache when `fed`).
+
+All rows share the model's active adapter blend: requests join the batch in arrival order while they ask for
+the blend it runs under; the first that asks for another waits (and so do those behind it) until the batch
+drains, then the blend is swapped. A pump job runs a bounded number of steps and queues itself again, so other
+engine jobs (an adapter load, a notes question) are never starved.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import mlx.core as mx
+
+from macllm.cache.rows import row_caches
+from macllm.engine.prompt_slots import PromptSlots, Slot, blend_key
+from macllm.engine.token_stream import PrefillProgress, TokenStream
+from macllm.generation import GenerationParams, GenerationResult, GenerationStats, stream_generate
+from macllm.generation.steps import Step, common_prefix_length
+
+MAX_ROWS = 8  # sequences decoded together; more costs memory for the caches and attention time per step
+STEPS_PER_JOB = 16  # decode steps one pump job runs before letting other engine jobs in
+
+
+@dataclass
+class Request:
+    tokens: list[int]
+    params: GenerationParams
+    scales: dict[str, float] | None  # None: whatever blend is active
+    stream: TokenStream
+
+
+def _alternatives(alts) -> list[tuple[int, float]] | None:
+    if alts is None:
+        return None
+    return list(zip(alts[0][0].tolist(), alts[1][0].tolist(), strict=True))
+
+
+@dataclass
+class Row:
+    request: Request
+    slot: Slot
+    events: Iterator = field(init=False)
+    cache: list = field(default_factory=list)
+    choose: Callable | None = None
+    max_new: int = 0
+    produced: int = 0
+    current: tuple | None = None  # the choice the batch fed last (reported at the next resume)
+    upcoming: tuple | None = None  # the choice after it, computed by the last forward
+    feeding: bool = False  # whether the last forward fed `current`
+    more: bool = True  # False once the row reported its last token
+    disk_key: dict | None = None  # the prompt cache's key for this row's model and blend
+
+    def wants_feed(self) -> bool:
+        """Whether the batch computes past `upcoming`: the same rule as steps.decode_steps."""
+        return self.produced + 1 < self.max_new and not self.request.stream.cancelled.is_set()
+
+    def decoder(self, model, cache, first, choose, max_new, cancel) -> Iterator[Step]:
+        """Stands in for steps.decode_steps: the first token's forward runs here alone; the rest come from the
+        batch, one per resume."""
+        self.cache, self.choose, self.max_new = cache, choose, max_new
+        token, logprob, alts = first
+        self.produced = 1
+        self.more = max_new > 1 and not (cancel is not None and cancel.is_set())
+        if self.more:
+            self.upcoming = choose(model(token[None], cache=cache)[:, -1, :])
+            mx.async_eval(self.upcoming)
+        yield Step(token.item(), logprob.item(), _alternatives(alts), self.more)
+        while self.more:
+            assert self.current is not None, "the batch moved this row on before resuming it"
+            token, logprob, alts = self.current
+            self.produced += 1
+            self.more = self.feeding
+            yield Step(token.item(), logprob.item(), _alternatives(alts), self.more)
+
+
+class BatchRunner:
+    def __init__(self, engine, slots: PromptSlots):
+        self._engine = engine  # the Engine: model, adapters, KV bits, disk prefixes (engine thread only)
+        self._slots = slots
+        self._pending: deque[Request] = deque()
+        self._rows: list[Row] = []
+        self._blend: tuple | None = None  # the blend the rows run under
+        self._lock = threading.Lock()
+        self._pump_queued = False
+
+    def submit(self, request: Request) -> None:
+        """From any thread: queue a request and make sure a pump job will see it."""
+        with self._lock:
+            self._pending.append(request)
+            if self._pump_queued:
+                return
+            self._pump_queued = True
+        self._engine.submit(self._pump)
+
+    def fail_all(self, error: BaseException, pending: bool = False) -> None:
+        """On the engine thread: the model changed under the rows (or the engine stops: `pending` too), so they
+        end with `error`."""
+        waiting: list[Request] = []
+        if pending:
+            with self._lock:
+                waiting, self._pending = list(self._pending), deque()
+        for request in waiting:
+            request.stream._fail(error)
+        for row in self._rows:
+            self._slots.release(row.slot, keep=False)
+            row.request.stream._fail(error)
+        self._rows.clear()
+        self._blend = None
+
+    # --- the pump (engine thread) -----------------------------------------------------------------
+    def _pump(self) -> None:
+        try:
+            for _ in range(STEPS_PER_JOB):
+                self._admit()
+                if not self._rows:
+                    break
+                self._step()
+        finally:
+            with self._lock:
+                again = bool(self._rows or self._pending)
+                self._pump_queued = again
+            if again:
+                self._engine.submit(self._pump)
+
+    def _capacity(self) -> int:
+        return MAX_ROWS if self._engine._batchable() else 1
+
+    def _admit(self) -> None:
+        while len(self._rows) < self._capacity():
+            with self._lock:
+                if not self._pending:
+                    return
+                request = self._pending[0]
+                if request.stream.cancelled.is_set():
+                    self._pending.popleft()
+                    request.stream._put(GenerationResult("", [], "cancelled",
+                                                         GenerationStats(prompt_tokens=len(request.tokens))))
+                    request.stream._close()
+                    continue
+                wanted = blend_key(request.scales) if request.scales is not None else self._blend
+                if self._rows and wanted is not None and wanted != self._blend:
+                    return  # another blend: it waits for this batch to drain (and so does everyone behind it)
+                self._pending.popleft()
+            self._start(request)
+
+    def _start(self, request: Request) -> None:
+        engine, row = self._engine, None
+        try:
+            loaded = engine._require_model()
+            if request.scales is not None:
+                engine._swap(dict(request.scales))
+            self._blend = engine._active_blend()
+            slot = self._slots.take(self._blend, request.tokens)
+            row = Row(request, slot)
+            if slot.cache is None:
+                slot.cache, slot.tokens = engine._new_cache(loaded), []
+            key = engine._disk_key(loaded)
+            found = engine._disk.find(loaded, key, engine.kv_bits, request.tokens,
+                                      common_prefix_length(slot.tokens, request.tokens))
+            if found is not None:  # a longer prefix on disk than in any slot (e.g. after a restart)
+                slot.cache, slot.tokens = found.cache, found.tokens
+            row.disk_key = key
+            stream = request.stream
+            row.events = stream_generate(loaded.model, loaded.tokenizer, request.tokens, request.params,
+                                         cache=slot.cache, cached=slot.tokens, cancel=stream.cancelled,
+                                         on_prefill=lambda done, total: stream._put(PrefillProgress(done, total)),
+                                         decoder=row.decoder)
+            self._rows.append(row)
+            self._resume(row)  # prefill and the first token
+        except BaseException as e:
+            if row is not None:
+                self._drop(row)
+                self._slots.release(row.slot, keep=False)
+            request.stream._fail(e)
+
+    def _step(self) -> None:
+        """One forward for every row that goes on; then each row reports its token."""
+        if self._blend is not None and self._engine._active_blend() != self._blend:
+            self._engine._swap(dict(self._blend))  # a job between pumps changed the adapters: put the rows' back
+        feeding = [r for r in self._rows if r.more and r.wants_feed()]
+        for row in self._rows:
+            row.current, row.feeding = row.upcoming, row in feeding
+            row.upcoming = None
+        if feeding:
+            try:
+                model = self._engine._require_model().model
+                tokens = mx.concatenate([r.current[0] for r in feeding])[:, None]  # type: ignore[index]
+                logits = model(tokens, cache=row_caches([r.cache for r in feeding]))
+                for i, row in enumerate(feeding):
+                    row.upcoming = row.choose(logits[i:i + 1, -1, :])  # type: ignore[misc]
+                mx.async_eval([r.upcoming for r in feeding])
+            except BaseException as e:  # a failed step may have left every row's cache half-updated
+                self.fail_all(e)
+                return
+        for row in list(self._rows):
+            try:
+                self._resume(row)
+            except BaseException as e:
+                self._drop(row)
+                self._slots.release(row.slot, keep=False)
+                row.request.stream._fail(e)
+
+    def _resume(self, row: Row) -> None:
+        """Advance the row's text layer by one token (and to its result, when that was the last)."""
+        stream = row.request.stream
+        while True:
+            event = next(row.events)
+            stream._put(event)
+            if isinstance(event, GenerationResult):
+                self._finish(row, event)
+                return
+            if row.more:
+                return
+
+    def _finish(self, row: Row, result: GenerationResult) -> None:
+        self._drop(row)
+        row.slot.tokens = result.fed_tokens
+        engine = self._engine
+        loaded = engine._require_model()
+        if row.disk_key is not None:
+            engine._disk.save_after_prefill(loaded, row.disk_key, result.stats.prefilled_tokens, result.fed_tokens,
+                                            row.slot.cache)
+        self._slots.release(row.slot, keep=True)
+        row.request.stream._close()
+
+    def _drop(self, row: Row) -> None:
+        if row in self._rows:
+            self._rows.remove(row)
+        if not self._rows:
+            self._blend = None
+

@@ -1,0 +1,125 @@
+"""Batched decode (engine/batch.py): concurrent one-off requests share each forward pass and each gets exactly the
+answer it would get alone; the oracle is the same engine generating one request at a time."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from macllm.engine import Engine, batch
+from macllm.generation import GenerationParams, GenerationResult, TokenEvent
+from macllm.lora.formats import write_adapter
+from macllm.lora.random_adapter import random_adapter
+from tests.server_helpers import write_talkative_folder
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MACLLM_HOME", str(tmp_path_factory.mktemp("batch-home")))
+        folder = write_talkative_folder(tmp_path_factory.mktemp("batch-model") / "tiny-llama")
+        with Engine(str(folder), progress=False) as e:
+            cfg = e.loaded.config
+            for seed, name in enumerate(("alpha", "beta")):
+                adapter = random_adapter(cfg, name, rank=4, seed=seed + 1, b_std=0.5, base_model="tiny")
+                e.load_adapter(str(write_adapter(adapter, tmp_path_factory.mktemp(name) / name, cfg.num_hidden_layers)))
+            yield e
+
+
+def prompt(engine, i: int) -> list[int]:
+    tok = engine.tokenizer
+    return tok.encode(tok.apply_chat_template([{"role": "user", "content": f"hello {i}"}]))
+
+
+def alone(engine, tokens, params, adapters=None):
+    engine.set_adapters(adapters or {})
+    try:
+        return engine.generate(tokens, params).result(timeout=60)
+    finally:
+        engine.set_adapters({})
+
+
+def count_batched_steps(monkeypatch) -> list[int]:
+    widths: list[int] = []
+    real = batch.row_caches
+
+    def counting(caches):
+        widths.append(len(caches))
+        return real(caches)
+
+    monkeypatch.setattr(batch, "row_caches", counting)
+    return widths
+
+
+def all_at_once(engine, requests):
+    """Queue every request while the engine thread is held, so they start together."""
+    gate = threading.Event()
+    engine.submit(gate.wait, 30)
+    streams = [engine.complete(tokens, params, adapters) for tokens, params, adapters in requests]
+    gate.set()
+    return [s.result(timeout=120) for s in streams]
+
+
+def test_concurrent_requests_decode_together_and_match_alone(engine, monkeypatch):
+    widths = count_batched_steps(monkeypatch)
+    params = [GenerationParams(max_tokens=n) for n in (20, 7, 30, 12, 25, 3)]
+    params.append(GenerationParams(max_tokens=20, temperature=1.0, top_p=0.9, seed=5))
+    params.append(GenerationParams(max_tokens=20, top_alternatives=3, stop_strings=("ass",)))
+    requests = [(prompt(engine, i), p, {}) for i, p in enumerate(params)]
+    results = all_at_once(engine, requests)
+    assert max(widths) == len(requests)  # one forward carried every sequence
+    for (tokens, p, _), got in zip(requests, results, strict=True):
+        expected = alone(engine, tokens, p)
+        assert got.token_ids == expected.token_ids
+        assert got.text == expected.text and got.finish_reason == expected.finish_reason
+
+
+def test_events_carry_logprobs_and_alternatives_as_alone(engine):
+    tokens = prompt(engine, 3)
+    p = GenerationParams(max_tokens=10, top_alternatives=4)
+    gate = threading.Event()
+    engine.submit(gate.wait, 30)
+    streams = [engine.complete(tokens, p, {}), engine.complete(prompt(engine, 4), p, {})]
+    gate.set()
+    events = [e for e in streams[0] if isinstance(e, TokenEvent)]
+    streams[1].result(timeout=60)
+    expected = [e for e in engine.generate(tokens, p) if isinstance(e, TokenEvent)]
+    assert [e.token_id for e in events] == [e.token_id for e in expected]
+    for a, b in zip(events, expected, strict=True):
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+        assert [i for i, _ in sorted(a.alternatives)] == [i for i, _ in sorted(b.alternatives)]
+
+
+def test_different_adapter_blends_never_share_a_batch(engine, monkeypatch):
+    widths = count_batched_steps(monkeypatch)
+    blends = [{}, {"alpha": 1.0}, {"alpha": 1.0}, {"beta": 0.5}, {}, {"alpha": 1.0}]
+    requests = [(prompt(engine, i), GenerationParams(max_tokens=15), b) for i, b in enumerate(blends)]
+    results = all_at_once(engine, requests)
+    for (tokens, p, blend), got in zip(requests, results, strict=True):
+        assert got.token_ids == alone(engine, tokens, p, blend).token_ids, blend
+    assert max(widths) == 2  # the two alpha requests that arrived back to back; the rest alone
+
+
+def test_a_request_cancelled_mid_batch_stops_and_the_others_go_on(engine):
+    gate = threading.Event()
+    engine.submit(gate.wait, 30)
+    long = [engine.complete(prompt(engine, i), GenerationParams(max_tokens=200), {}) for i in range(3)]
+    gate.set()
+    first = next(iter(long[1]))
+    assert isinstance(first, TokenEvent)
+    long[1].cancel()
+    results = [s.result(timeout=120) for s in long]
+    assert results[1].finish_reason == "cancelled"
+    for i in (0, 2):
+        assert results[i].token_ids == alone(engine, prompt(engine, i), GenerationParams(max_tokens=200)).token_ids
+
+
+def test_the_next_request_reuses_a_finished_rows_cache(engine):
+    tokens = prompt(engine, 5)
+    first = engine.complete(tokens, GenerationParams(max_tokens=8), {}).result(timeout=60)
+    follow = first.fed_tokens + engine.tokenizer.encode("<|im_end|>\n<|im_start|>user\nmore<|im_end|>\n")
+    second = engine.complete(follow, GenerationParams(max_tokens=8), {}).result(timeout=60)
+    assert second.stats.prompt_tokens - second.stats.prefilled_tokens >= len(first.fed_tokens)
+    assert isinstance(second, GenerationResult)
+    assert second.token_ids == alone(engine, follow, GenerationParams(max_tokens=8)).token_ids

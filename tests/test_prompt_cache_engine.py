@@ -157,3 +157,14 @@ def test_a_speculative_draft_resumes_its_own_cache_from_disk(tmp_path, home, mon
         again, _ = run(second.generate(prompt, params))
     assert again.stats.prefilled_tokens == 1 and draft_reads in ([], [1])  # both read at most the last token
     assert again.token_ids == before.token_ids
+
+
+def test_the_servers_completions_resume_from_disk_after_a_restart(tiny_llama_folder):
+    """`Engine.complete` is what `macllm serve` runs for every request."""
+    with engine_for(tiny_llama_folder) as first:
+        tokens = first.tokenize(SYSTEM + "Question: where is the pier?")
+        before, _ = run(first.complete(tokens, GREEDY, {}))
+    with engine_for(tiny_llama_folder) as second:
+        again, _ = run(second.complete(tokens + second.tokenize(" And the bakery?"), GREEDY, {}))
+    assert before.stats.prefilled_tokens == len(tokens)
+    assert again.stats.prefilled_tokens < 20 < again.stats.prompt_tokens

@@ -245,13 +245,23 @@ def test_prompt_lookup_copies_what_followed_the_longest_tail():
 
 
 def test_adaptive_k_grows_while_guesses_land_and_shrinks_when_they_miss():
-    k = spec.AdaptiveK()
-    for _ in range(10):
-        k.update(k.value, k.value)
-    assert k.value == spec.MAX_K
-    for _ in range(10):
-        k.update(k.value, 0)
-    assert k.value == 1
+    free = spec.AdaptiveK(guess_cost=0.0)  # prompt lookup: a guess costs only its place in the check
+    for _ in range(20):
+        free.update(free.value, free.value)
+    assert free.value == spec.MAX_K
+    for _ in range(20):
+        free.update(free.value, 0)
+    assert free.value == 1
+    # A draft a third of the model's size, kept 78% of the time: two or three guesses pay best, not ten.
+    drafted = spec.AdaptiveK(guess_cost=0.33)
+    for _ in range(40):
+        drafted.update(4, 3)  # 3 kept then a rejection: a = 0.75
+    assert drafted.value in (2, 3)
     fixed = spec.AdaptiveK(3)
     fixed.update(3, 0)
     assert fixed.value == 3
+
+
+def test_a_drafts_guess_costs_its_share_of_the_weights(target, tiny_llama_gguf):
+    assert draft_of(target).guess_cost(target.model) == pytest.approx(1.0)
+    assert spec.LookupProposer().guess_cost(target.model) == 0.0

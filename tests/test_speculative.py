@@ -265,3 +265,19 @@ def test_adaptive_k_grows_while_guesses_land_and_shrinks_when_they_miss():
 def test_a_drafts_guess_costs_its_share_of_the_weights(target, tiny_llama_gguf):
     assert draft_of(target).guess_cost(target.model) == pytest.approx(1.0)
     assert spec.LookupProposer().guess_cost(target.model) == 0.0
+
+
+def test_sliding_window_layers_check_guesses_exactly(tmp_path):
+    """Gemma 3's local layers see 8 positions back: the check's k+1 queries get the windowed mask, and the
+    draft and model caches of those layers trim what was not kept."""
+    from tests import tiny_gemma3
+
+    folder = tiny_gemma3.write_folder(tmp_path / "gemma")
+    gemma = load_model(str(folder), progress=False)
+    draft = perturbed(folder, (0.02, 1))
+    ids = gemma.tokenizer.encode("one two three four five six seven eight nine ten eleven twelve " * 3)
+    assert len(ids) > 2 * tiny_gemma3.DIMS["sliding_window"]
+    plain = generate(gemma.model, gemma.tokenizer, ids, GenerationParams(max_tokens=30))
+    fast = generate(gemma.model, gemma.tokenizer, ids, GenerationParams(max_tokens=30), draft=draft_of(draft))
+    assert fast.token_ids == plain.token_ids
+    assert 0 < fast.stats.draft_accepted < fast.stats.draft_proposed

@@ -320,3 +320,16 @@ def test_a_model_with_recurrent_layers_is_not_saved_and_says_so_once(tmp_path, c
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and "ArraysCache layers cannot be saved" in lines[0], lines
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_damaged_longer_file_leaves_the_next_longest_in_use(tiny_llama, tmp_path, capsys):
+    store = store_at(tmp_path)
+    read_then_save(store, tiny_llama.model, None, prompt=PROMPT[:200] + [30] * 50)  # shares 200 tokens
+    read_then_save(store, tiny_llama.model, None, prompt=PROMPT)  # shares all 300
+    longest = max(store.entries(), key=lambda e: len(e.header.tokens)).path
+    # Layers that do not fit the model: found by the header, refused when checked against the model.
+    rewrite_metadata(longest, lambda h: h["__metadata__"].update(
+        layers=json.dumps(json.loads(h["__metadata__"]["layers"])[:1])))
+    found = store.find(tiny_llama.model, None, KEY, PROMPT + NEXT, have=0)
+    assert found is not None and found.tokens == PROMPT[:200]
+    assert "layers, the model" in capsys.readouterr().err

@@ -96,7 +96,7 @@ class PromptCache:
         that is at least MIN_GAIN tokens more than the `have` tokens the caller already holds."""
         if not self.enabled or len(prompt) < HEAD + 1 or not self.folder.is_dir():
             return None
-        best: tuple[int, Header] | None = None
+        candidates: list[tuple[int, Header]] = []
         for path in self.folder.glob(f"{key_hash(key)}-{head_hash(prompt[:HEAD])}-*{SUFFIX}"):
             header = self._header(path)
             if header is None:
@@ -106,18 +106,15 @@ class PromptCache:
                           "blend or KV width than its name says")
                 continue
             usable = min(common_prefix_length(header.tokens, prompt), len(prompt) - 1)
-            if best is None or usable > best[0]:
-                best = (usable, header)
-        if best is None or best[0] < have + MIN_GAIN:
-            return None
-        usable, header = best
-        cache = self._restore(model, kv_bits, header)
-        if cache is None:
-            return None
-        if not trim_cache(cache, len(header.tokens) - usable):
-            return None  # a sliding window had dropped positions the shorter prefix needs
-        _touch(header.path)
-        return Found(cache, header.tokens[:usable], header.path)
+            if usable >= have + MIN_GAIN:
+                candidates.append((usable, header))
+        for usable, header in sorted(candidates, key=lambda c: c[0], reverse=True):  # the longest that loads
+            cache = self._restore(model, kv_bits, header)
+            # A sliding window may have dropped positions a shorter prefix needs: then it cannot serve.
+            if cache is not None and trim_cache(cache, len(header.tokens) - usable):
+                _touch(header.path)
+                return Found(cache, header.tokens[:usable], header.path)
+        return None
 
     def _header(self, path: Path) -> Header | None:
         try:

@@ -201,3 +201,21 @@ def test_a_queued_request_whose_client_left_never_runs(server, engine, monkeypat
         gate.set()
     result = started[0].result(timeout=30)
     assert result.finish_reason == "cancelled" and result.stats.generation_tokens == 0
+
+
+def test_a_failure_inside_the_engine_ends_the_stream_with_an_error_and_the_server_goes_on(server, monkeypatch):
+    from macllm.engine import batch
+
+    def broken(caches):
+        raise RuntimeError("simulated failure in a decode step")
+
+    monkeypatch.setattr(batch, "row_caches", broken)
+    body = {**CHAT, "max_tokens": 20, "stream": True}
+    with httpx.stream("POST", server[0] + "/v1/chat/completions", json=body, timeout=60) as r:
+        lines = [line for line in r.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    assert '"code": "internal_error"' in lines[-2] and "Traceback" not in "".join(lines)
+    plain = post(server[0], "/v1/chat/completions", {**CHAT, "max_tokens": 20})
+    assert_error(plain, 500)
+    monkeypatch.undo()
+    assert post(server[0], "/v1/chat/completions", CHAT).json()["usage"]["completion_tokens"] == 4

@@ -69,8 +69,7 @@ class Api:
             except MacllmError as e:
                 return ApiError(400, str(e)).response()
             except Exception as e:  # our bug: one line in the log and a 500, the server stays up
-                print(f"macllm serve: internal error: {type(e).__name__}: {next(iter(str(e).splitlines()), '')}",
-                      file=sys.stderr)
+                _log_internal(e)
                 return ApiError(500, f"internal error: {type(e).__name__}", code="internal_error").response()
 
         return wrapped
@@ -120,7 +119,7 @@ class Api:
     async def health(self, request: Request) -> Response:
         status = "shutting_down" if self.scheduler.shutting_down.is_set() else "ok"
         return JSONResponse({"status": status, "model": self.config.model_id,
-                             "in_flight": self.scheduler.in_flight},
+                             "in_flight": self.scheduler.in_flight, "served": self.scheduler.finished},
                             status_code=503 if status != "ok" else 200)
 
     async def models(self, request: Request) -> Response:
@@ -253,6 +252,10 @@ class Api:
         except MacllmError as e:
             yield sse.event(error_body(str(e), 400))
             yield sse.DONE
+        except Exception as e:  # our bug, mid-stream: one line in the log, a final error event, the server goes on
+            _log_internal(e)
+            yield sse.event(error_body(f"internal error: {type(e).__name__}", 500, code="internal_error"))
+            yield sse.DONE
         finally:
             await events.aclose()  # type: ignore[attr-defined]
 
@@ -287,6 +290,11 @@ class Api:
                     raise ApiError(503, f"the embedding model cannot be loaded: {e}", code="embedder_unavailable") \
                         from None
             return self._embedder
+
+
+def _log_internal(error: Exception) -> None:
+    print(f"macllm serve: internal error: {type(error).__name__}: {next(iter(str(error).splitlines()), '')}",
+          file=sys.stderr)
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:

@@ -1,7 +1,8 @@
 """Scheduler: HTTP requests become engine jobs; it owns the server's adapter state and the in-flight streams.
 
-Every generation is one `Engine.complete` job, so requests run in arrival order on the engine thread (fair:
-nobody overtakes), each under exactly its own adapter blend. The engine's TokenStream is read by a small thread
+Every generation is an `Engine.complete` request: they start in arrival order on the engine thread (fair: nobody
+overtakes), each under exactly its own adapter blend, and those running at once share each decode step
+(engine/batch.py). The engine's TokenStream is read by a small thread
 per request and handed to the event loop, so no MLX call and no blocking wait ever runs on the loop. A client
 that goes away cancels its stream (at the next token, or before it starts if still queued); shutdown cancels
 them all, and each ends with a final event.
@@ -36,8 +37,7 @@ class Scheduler:
         self._inflight: set[TokenStream] = set()
         self._lock = threading.Lock()
         self.shutting_down = threading.Event()
-        self.started = 0  # generations started and finished, for /health
-        self.finished = 0
+        self.finished = 0  # generations ended (any way), for /health
 
     # --- adapters ----------------------------------------------------------------------------
     @property
@@ -86,7 +86,6 @@ class Scheduler:
         stream = self.engine.complete(prompt, params, adapters)
         with self._lock:
             self._inflight.add(stream)
-            self.started += 1
         try:
             async for event in _events(stream):
                 yield event

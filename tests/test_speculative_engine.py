@@ -146,3 +146,18 @@ def test_a_draft_with_another_vocabulary_is_refused_in_one_line(engine, draft_fo
     assert answer(engine.generate("hello", GenerationParams(max_tokens=5, draft_model=str(draft_folder))))
     engine.drop_draft().result()
     assert engine.draft_info is None
+
+
+def test_batched_requests_decode_plainly_and_still_match(engine):
+    """The server's concurrent requests share each forward pass (engine/batch.py); there guesses are not made."""
+    engine.set_adapters({})
+    prompts = [engine.tokenize("hello world user hello world"), engine.tokenize("user hello user hello")]
+    params = GenerationParams(max_tokens=20, prompt_lookup=True)
+    gate = threading.Event()
+    engine.submit(gate.wait, 30)  # both requests queue while the engine thread is held, then run together
+    streams = [engine.complete(p, params) for p in prompts]
+    gate.set()
+    for p, stream in zip(prompts, streams, strict=True):
+        got = stream.result(timeout=120)
+        assert got.token_ids == answer(engine.generate(p, GenerationParams(max_tokens=20))).token_ids
+        assert got.stats.draft_proposed == 0

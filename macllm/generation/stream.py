@@ -76,7 +76,8 @@ def stream_generate(model, tokenizer, prompt: list[int], params: GenerationParam
     last_logits = steps.prefill(model, prompt[reuse:], cache, on_prefill)
     first = choose(last_logits)
     mx.eval(first)
-    proposer = _proposer(cache, prompt, params, draft, vocab_width=last_logits.shape[-1])
+    # A batched decoder shares each forward pass with other requests; guesses would need passes of their own.
+    proposer = None if decoder is not None else _proposer(cache, prompt, params, draft, last_logits.shape[-1])
     stats.ttft_s = time.perf_counter() - t0
     stats.prompt_tps = stats.prefilled_tokens / max(stats.ttft_s, 1e-9)
 

@@ -17,12 +17,13 @@ from macllm.server.scheduler import Scheduler
 from tests import tiny_models
 
 
-def write_talkative_folder(folder: Path, seed: int = 0) -> Path:
+def write_talkative_folder(folder: Path, seed: int = 0, context: int = 512) -> Path:
     """The tiny llama with its own LM head: the tied one repeats a single token, so answers made under
     different adapters or prompts would all look alike; this one says something different each time."""
     folder.mkdir(parents=True, exist_ok=True)
     tiny_models.write_tokenizer_files(folder)
-    (folder / "config.json").write_text(json.dumps(tiny_models.hf_config(tied=False)))
+    config = tiny_models.hf_config(tied=False, max_position_embeddings=context)
+    (folder / "config.json").write_text(json.dumps(config))
     weights = tiny_models.random_weights(seed=seed, tied=False)
     mx.save_safetensors(str(folder / "model.safetensors"), {k: mx.array(v) for k, v in weights.items()})
     return folder

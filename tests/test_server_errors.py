@@ -79,6 +79,7 @@ CHAT = {"model": MODEL, "messages": HELLO, "max_tokens": 4}
     ({**CHAT, "model": "gpt-4"}, 404, "model"),
     ({**CHAT, "model": MODEL + "+nobody"}, 404, "adapters.nobody"),
     ({**CHAT, "messages": [{"role": "user", "content": "word " * 600}]}, 400, "messages"),
+    ({**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),  # ChatML offers none
 ])
 def test_bad_chat_requests_get_openai_errors(server, body, status, param):
     assert_error(post(server[0], "/v1/chat/completions", body), status, param)

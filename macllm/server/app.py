@@ -25,7 +25,7 @@ from starlette.routing import Route
 from macllm.errors import MacllmError
 from macllm.generation import GenerationParams, GenerationResult
 from macllm.lora import store
-from macllm.server import requests, sse
+from macllm.server import requests, sse, tool_calls
 from macllm.server.constraints import response_constraint
 from macllm.server.errors import ApiError, bad_request, error_body
 from macllm.server.openai_shapes import Answer
@@ -178,11 +178,18 @@ class Api:
 
     async def chat_completions(self, request: Request) -> Response:
         chat = requests.chat_request(await self._body(request))
-        if chat.tools:
-            raise bad_request("'tools' is not supported by this server yet", "tools", "unsupported")
         blend = self._model_adapters(chat.model, chat.adapters)
+        tokenizer = self.engine.tokenizer
+        constraint = await asyncio.to_thread(response_constraint, tokenizer, chat.response_format)
+        if chat.tools:
+            plan = await asyncio.to_thread(tool_calls.plan, tokenizer, chat)
+            if plan.constraint is not None and constraint is not None:
+                raise bad_request("a forced tool call and 'response_format' cannot both shape the answer; drop one",
+                                  "tool_choice")
+            tokens = await asyncio.to_thread(tokenizer.encode, plan.prompt)
+            return await self._respond(request, chat, tokens, blend, chat=True, tool_style=plan.style,
+                                       constraint=plan.constraint or constraint)
         tokens = await asyncio.to_thread(self._chat_tokens, chat)
-        constraint = await asyncio.to_thread(response_constraint, self.engine.tokenizer, chat.response_format)
         return await self._respond(request, chat, tokens, blend, chat=True, constraint=constraint)
 
     async def completions(self, request: Request) -> Response:
@@ -192,11 +199,12 @@ class Api:
         return await self._respond(request, completion, tokens, blend, chat=False)
 
     async def _respond(self, request: Request, req: requests.Common, tokens: list[int], blend: dict[str, float],
-                       chat: bool, constraint=None) -> Response:
+                       chat: bool, constraint=None, tool_style: str | None = None) -> Response:
         params = self._params(req, len(tokens), constraint)
         await self.scheduler.ensure_loaded(blend)  # an unknown adapter is a 404 now, not a broken stream
         answer = Answer(model=req.model or self.config.model_id, chat=chat, tokenizer=self.engine.tokenizer,
-                        top_logprobs=req.sampling.top_logprobs if req.sampling.logprobs else None)
+                        top_logprobs=req.sampling.top_logprobs if req.sampling.logprobs else None,
+                        tool_style=tool_style)
         events = self.scheduler.generate(tokens, params, blend)
         if req.stream:
             return StreamingResponse(self._stream(answer, events, req.include_usage), media_type=sse.MEDIA_TYPE,
@@ -238,7 +246,8 @@ class Api:
                         yield sse.event(error_body("the server is shutting down; the answer was cut here", 503,
                                                    code="server_shutdown"))
                     else:
-                        yield sse.event(answer.final_chunk(event, answer.tail(event)))
+                        for final in answer.final_chunks(event):
+                            yield sse.event(final)
                         if include_usage:
                             yield sse.event(answer.usage_chunk(event))
                     yield sse.DONE

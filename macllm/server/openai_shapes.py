@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from macllm.generation import GenerationResult, TokenEvent
+from macllm.server import tool_calls
 from macllm.tokenizer import Tokenizer
 
 
@@ -25,8 +26,10 @@ def usage(result: GenerationResult) -> dict:
             "prompt_tokens_details": {"cached_tokens": s.prompt_tokens - s.prefilled_tokens}}
 
 
-def finish_reason(result: GenerationResult) -> str:
+def finish_reason(result: GenerationResult, calls: list | None = None) -> str:
     """OpenAI's values: a cancelled generation (client gone, server stopping) reports where it was cut."""
+    if calls:
+        return "tool_calls"
     return "stop" if result.finish_reason == "stop" else "length"
 
 
@@ -38,6 +41,7 @@ class Answer:
     chat: bool
     tokenizer: Tokenizer
     top_logprobs: int | None  # None: no logprobs asked for
+    tool_style: str | None = None  # tools offered in this call format: the answer may be tool calls
     id: str = field(default="")
     created: int = field(default_factory=lambda: int(time.time()))
     text: list[str] = field(default_factory=list)
@@ -82,11 +86,14 @@ class Answer:
 
     def whole(self, result: GenerationResult) -> dict:
         if self.chat:
-            message = {"role": "assistant", "content": result.text}
+            content, calls = tool_calls.split(result.text, self.tool_style)
+            message: dict = {"role": "assistant", "content": content}
+            if calls:
+                message["tool_calls"] = calls
             if result.reasoning:
                 message["reasoning_content"] = result.reasoning
             choice = {"index": 0, "message": message, "logprobs": self._chat_logprobs(self.logprobs),
-                      "finish_reason": finish_reason(result)}
+                      "finish_reason": finish_reason(result, calls)}
         else:
             choice = {"index": 0, "text": result.text, "logprobs": self._legacy_logprobs(self.logprobs),
                       "finish_reason": finish_reason(result)}
@@ -106,8 +113,9 @@ class Answer:
                              "finish_reason": None}])
 
     def token_chunk(self, event: TokenEvent, entry: dict | None) -> dict | None:
-        """The chunk for one token; None when it made no text and no logprobs to report (held back)."""
-        if not event.text and not event.reasoning and entry is None:
+        """The chunk for one token; None when it made no text and no logprobs to report (held back), and always
+        when tools are offered (the answer goes out whole at the end, see server/tool_calls.py)."""
+        if self.tool_style is not None or (not event.text and not event.reasoning and entry is None):
             return None
         if self.chat:
             delta: dict = {}
@@ -123,14 +131,30 @@ class Answer:
                       "finish_reason": None}
         return self._chunk([choice])
 
-    def final_chunk(self, result: GenerationResult, tail: str = "") -> dict:
-        """The finish reason (and text the stop-string watcher released at the end)."""
-        if self.chat:
-            choice = {"index": 0, "delta": {"content": tail} if tail else {}, "logprobs": None,
-                      "finish_reason": finish_reason(result)}
+    def final_chunks(self, result: GenerationResult) -> list[dict]:
+        """What ends a stream: text no token event carried (a held-back partial stop string; with tools, the whole
+        answer and its calls), then the finish reason."""
+        if not self.chat:
+            return [self._chunk([{"index": 0, "text": self.tail(result), "logprobs": None,
+                                  "finish_reason": finish_reason(result)}])]
+        out: list[dict] = []
+        calls: list[dict] = []
+        if self.tool_style is not None:
+            content, calls = tool_calls.split(result.text, self.tool_style)
+            delta: dict = {}
+            if content:
+                delta["content"] = content
+            if calls:
+                delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(calls)]
+            logprobs = self._chat_logprobs(self.logprobs)
+            if delta or logprobs is not None:
+                out.append(self._chunk([{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": None}]))
+            tail = ""
         else:
-            choice = {"index": 0, "text": tail, "logprobs": None, "finish_reason": finish_reason(result)}
-        return self._chunk([choice])
+            tail = self.tail(result)
+        out.append(self._chunk([{"index": 0, "delta": {"content": tail} if tail else {}, "logprobs": None,
+                                 "finish_reason": finish_reason(result, calls)}]))
+        return out
 
     def usage_chunk(self, result: GenerationResult) -> dict:
         return self._chunk([], usage=usage(result))

@@ -231,3 +231,27 @@ def test_speculative_settings_do_not_break_a_constrained_answer(tiny):
     looked_up = run(tiny, constraint, temperature=1.0, seed=3, prompt_lookup=True)
     assert looked_up.token_ids == plain.token_ids
     jsonschema.validate(json.loads(looked_up.text), LIST_OF_POINTS)
+
+
+def test_constrained_answers_through_the_engine_from_several_threads(tiny_llama_gguf):
+    """The server's path: one compiled constraint, generations queued from several request threads."""
+    from macllm.engine import Engine
+
+    with Engine(str(tiny_llama_gguf), progress=False) as engine:
+        constraint = compile_constraint(engine.tokenizer, json_schema=LIST_OF_POINTS)
+        results: list[str | None] = [None] * 4
+
+        def ask(i: int) -> None:
+            params = GenerationParams(max_tokens=300, constraint=constraint, temperature=1.0, seed=i)
+            results[i] = engine.generate("hello world", params).result(timeout=120).text
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        conv = engine.new_conversation()
+        chat = engine.chat(conv, "hello", GenerationParams(max_tokens=300, constraint=constraint)).result(timeout=120)
+    for text in [*results, chat.text]:
+        assert text is not None
+        jsonschema.validate(json.loads(text), LIST_OF_POINTS)

@@ -255,3 +255,25 @@ def test_constrained_answers_through_the_engine_from_several_threads(tiny_llama_
     for text in [*results, chat.text]:
         assert text is not None
         jsonschema.validate(json.loads(text), LIST_OF_POINTS)
+
+
+def test_constrained_rows_in_one_batch_each_follow_their_own_schema(tiny_llama_gguf):
+    """Engine.complete decodes concurrent requests in one forward pass; each row masks with its own parser,
+    and a free row beside them is not masked."""
+    from macllm.engine import Engine
+
+    with Engine(str(tiny_llama_gguf), progress=False) as engine:
+        points = compile_constraint(engine.tokenizer, json_schema=LIST_OF_POINTS)
+        person = compile_constraint(engine.tokenizer, json_schema=PERSON)
+        prompt = engine.tokenizer.encode("hello world")
+        alone = engine.complete(prompt, GenerationParams(max_tokens=300, constraint=points, temperature=1.0,
+                                                         seed=1)).result(timeout=120).text
+        streams = [engine.complete(prompt, GenerationParams(max_tokens=300, constraint=c, temperature=1.0, seed=s))
+                   for c, s in ((points, 1), (person, 2), (points, 3), (None, 4))]
+        texts = [s.result(timeout=120).text for s in streams]
+    assert texts[0] == alone  # a row's answer does not depend on its neighbours
+    jsonschema.validate(json.loads(texts[0]), LIST_OF_POINTS)
+    jsonschema.validate(json.loads(texts[1]), PERSON)
+    jsonschema.validate(json.loads(texts[2]), LIST_OF_POINTS)
+    with pytest.raises(ValueError):
+        json.loads(texts[3])

@@ -2,7 +2,7 @@
 """Speculative decoding: decode tok/s with and without guesses, same model, same prompts, one run.
 
     .venv/bin/python scripts/bench_speculative.py [--target qwen2.5-coder-1.5b] [--draft qwen2.5-coder-0.5b]
-        [--notes-model qwen2.5-coder-1.5b] [--gen-tokens 64] [--draft-tokens 0] [--keep-quantized]
+        [--notes-model qwen2.5-coder-1.5b] [--gen-tokens 64] [--draft-tokens 0] [--keep-quantized] [--prompts N]
 
 Two parts. Code: Qwen2.5-Coder-0.5B drafts for the 1.5B on code prompts. Notes: prompt lookup on notes
 answers (the cited-answer prompt of macllm/rag/answer.py, built from ../shared/data/notes). Each prompt runs
@@ -102,6 +102,7 @@ def main() -> int:
     ap.add_argument("--draft-tokens", type=int, default=0, help="guesses per round (0: adaptive)")
     ap.add_argument("--keep-quantized", action="store_true", help="compute on the stored quantized weights")
     ap.add_argument("--only", choices=("code", "notes"), default=None)
+    ap.add_argument("--prompts", type=int, default=None, help="the first N prompts of each part (default: all)")
     args = ap.parse_args()
 
     import macllm  # noqa: F401  (OpenBLAS before MLX)
@@ -111,10 +112,14 @@ def main() -> int:
 
     print(f"load {load()} at start; MACLLM_HOME={os.environ.get('MACLLM_HOME', '(default)')}", flush=True)
     results = []
+    import mlx.core as mx
+
     target = load_model(args.target, keep_quantized=args.keep_quantized, progress=False)
+    mx.clear_cache()  # the load's freed buffers: 6 GB of float32 weights leave little room on a 24 GB machine
     print(f"target {args.target}: {target.info.compute}", flush=True)
     if args.only != "notes":
         draft = load_model(args.draft, keep_quantized=args.keep_quantized, progress=False)
+        mx.clear_cache()
         print(f"draft {args.draft}: {draft.info.compute}", flush=True)
         assert same_vocabulary(draft.tokenizer, target.tokenizer), "the draft needs the target's tokenizer"
         params = GenerationParams(max_tokens=args.gen_tokens, draft_tokens=args.draft_tokens)
@@ -123,7 +128,7 @@ def main() -> int:
                  draft=DraftModel(draft.model, draft.tokenizer))
         rows = [run_pair(f"code {i + 1}", target, code_prompt(target.tokenizer, task), args.gen_tokens, params,
                          draft=DraftModel(draft.model, draft.tokenizer))
-                for i, task in enumerate(CODE_TASKS)]
+                for i, task in enumerate(CODE_TASKS[:args.prompts])]
         results.append(summary(f"draft {args.draft} for {args.target}, code", rows))
         del draft
     if args.only != "code":
@@ -133,7 +138,7 @@ def main() -> int:
             lm = load_model(args.notes_model, keep_quantized=args.keep_quantized, progress=False)
         params = GenerationParams(max_tokens=args.gen_tokens, prompt_lookup=True, draft_tokens=args.draft_tokens)
         rows = [run_pair(f"notes {note}", lm, notes_prompt(lm.tokenizer, note, q), args.gen_tokens, params)
-                for note, q in NOTES_QUESTIONS]
+                for note, q in NOTES_QUESTIONS[:args.prompts]]
         results.append(summary(f"prompt lookup on {args.notes_model or args.target}, notes answers", rows))
     print(json.dumps({"load_end": load(), "results": results}))
     return 0

@@ -281,3 +281,19 @@ def test_sliding_window_layers_check_guesses_exactly(tmp_path):
     fast = generate(gemma.model, gemma.tokenizer, ids, GenerationParams(max_tokens=30), draft=draft_of(draft))
     assert fast.token_ids == plain.token_ids
     assert 0 < fast.stats.draft_accepted < fast.stats.draft_proposed
+
+
+def test_recurrent_layers_decode_plainly_with_lookup_and_refuse_a_draft(tmp_path):
+    """lfm2 (mlx-lm's class) has convolution state that cannot step back: prompt lookup, on by default for notes
+    answers, quietly decodes plainly; a draft is refused in one line."""
+    from macllm.errors import MacllmError
+    from tests.test_mlx_lm_family import save_mlx_lm_folder
+
+    lm = load_model(str(save_mlx_lm_folder("lfm2", tmp_path / "lfm2")), progress=False)
+    ids = [5, 6, 7, 5, 6, 7, 5, 6]
+    plain = generate(lm.model, lm.tokenizer, ids, GenerationParams(max_tokens=12))
+    looked = generate(lm.model, lm.tokenizer, ids, GenerationParams(max_tokens=12, prompt_lookup=True))
+    assert looked.token_ids == plain.token_ids and looked.stats.draft_proposed == 0
+    with pytest.raises(MacllmError, match="cannot step back") as refused:
+        generate(lm.model, lm.tokenizer, ids, GenerationParams(max_tokens=12), draft=draft_of(lm))
+    assert "\n" not in str(refused.value)

@@ -318,11 +318,21 @@ def resolve(verdict: Verdict, limit: int) -> Resolved:
     return Resolved(tokens, lp, alts, drafts)
 
 
+def rewindable(cache: list[LayerCache]) -> bool:
+    """Whether every layer can drop its last positions (recurrent state, e.g. mlx-lm's ArraysCache, cannot).
+    Asked of the wrapped mlx-lm cache itself, so the wrapper's "no prefix reuse" note is not raised."""
+    def steps_back(layer) -> bool:
+        inner = getattr(layer, "inner", None)  # an mlx-lm cache seen through MlxLmLayerCache
+        return bool(inner.is_trimmable()) if inner is not None else layer.can_trim(1)
+
+    return all(steps_back(layer) for layer in cache)
+
+
 def check_rewindable(cache: list[LayerCache], who: str) -> None:
-    """Speculation trims rejected guesses; a layer whose cache cannot step back (recurrent state) cannot."""
-    if not all(c.can_trim(1) for c in cache):
+    """Speculation trims rejected guesses: a model whose cache cannot step back cannot take a draft."""
+    if not rewindable(cache):
         raise MacllmError(f"{who} has layers whose cache cannot step back (recurrent state), which speculative "
-                          "decoding needs; run it without --draft-model / prompt lookup")
+                          "decoding needs; run it without --draft-model")
 
 
 def decode_steps(model, cache: list[LayerCache], first: Step, history: list[int], params: GenerationParams,

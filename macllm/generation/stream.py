@@ -147,9 +147,9 @@ def _proposer(cache, prompt: list[int], params: GenerationParams, draft: specula
         return None
     if params.constraint is not None:
         return None  # verifying guesses would need the parser rolled back per round; the output is the same without
+    if draft is None:  # prompt lookup is only ever a speed-up: a model that cannot take it decodes plainly
+        return speculative.LookupProposer() if speculative.rewindable(cache) else None
     speculative.check_rewindable(cache, "this model")
-    if draft is None:
-        return speculative.LookupProposer()
     draft.start(prompt, params, vocab_width)
     speculative.check_rewindable(draft.cache, "the draft model")
     return draft

@@ -297,3 +297,11 @@ def test_recurrent_layers_decode_plainly_with_lookup_and_refuse_a_draft(tmp_path
     with pytest.raises(MacllmError, match="cannot step back") as refused:
         generate(lm.model, lm.tokenizer, ids, GenerationParams(max_tokens=12), draft=draft_of(lm))
     assert "\n" not in str(refused.value)
+
+
+def test_the_largest_seed_reproduces_a_sampled_drafted_answer(target, noisy_draft):
+    ids = target.tokenizer.encode("hello world user")
+    params = GenerationParams(max_tokens=12, temperature=1.0, seed=2**64 - 1)
+    a = generate(target.model, target.tokenizer, ids, params, draft=draft_of(noisy_draft))
+    b = generate(target.model, target.tokenizer, ids, params, draft=draft_of(noisy_draft))
+    assert a.token_ids == b.token_ids and a.stats.draft_proposed > 0

@@ -172,7 +172,8 @@ class DraftModel:
     def start(self, prompt: list[int], params: GenerationParams, width: int) -> None:
         """Take the prompt into the draft's cache (reusing what it already holds) before the first round."""
         self.params, self.width = params, width
-        self._keys = _Keys(None if params.seed is None else params.seed + 1)  # apart from the model's draws
+        # Draws apart from the model's (a seed is at most 2**64 - 1: wrap around).
+        self._keys = _Keys(None if params.seed is None else (params.seed + 1) % 2**64)
         self._catch_up(prompt, keep_last=False)
         if len(prompt) > len(self.cached):
             mx.eval(prefill(self.model, prompt[len(self.cached):], self.cache))

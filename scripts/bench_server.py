@@ -125,6 +125,40 @@ def measure(server: Server, concurrency: int, max_tokens: int, rounds: int) -> d
     return {"tokens": tokens, "seconds": wall, "tok_s": tokens / wall}
 
 
+def step_costs(gguf: Path, widths: list[int], repeats: int) -> dict[int, tuple[float, float]]:
+    """Median (wall, CPU) seconds of one batched decode step (macllm's engine path, no HTTP) for each batch width,
+    the widths interleaved within each repeat so load drift hits them alike. Each sequence has a 64-token cache of
+    its own. CPU time (all threads of this process) is what a busy shared machine distorts least; with OpenBLAS
+    threads spinning it overstates, so run with OPENBLAS_NUM_THREADS=1 for the cleanest per-token cost."""
+    import statistics
+
+    import mlx.core as mx
+
+    from macllm.cache import make_cache, trim_cache
+    from macllm.cache.rows import row_caches
+    from macllm.loader import load_model
+
+    lm = load_model(str(gguf), progress=False)
+    caches = []
+    for i in range(max(widths)):
+        cache = make_cache(lm.model)
+        ids = lm.tokenizer.encode(OPENINGS[i % len(OPENINGS)] + STORY)[:64]
+        mx.eval(lm.model(mx.array(ids)[None], cache=cache, last_only=True))
+        caches.append(cache)
+    times: dict[int, list[float]] = {w: [] for w in widths}
+    cpu: dict[int, list[float]] = {w: [] for w in widths}
+    for _ in range(repeats):
+        for width in widths:
+            tokens = mx.array([[17]] * width)
+            t0, c0 = time.perf_counter(), time.process_time()
+            mx.eval(lm.model(tokens, cache=row_caches(caches[:width])))
+            times[width].append(time.perf_counter() - t0)
+            cpu[width].append(time.process_time() - c0)
+            for cache in caches[:width]:
+                trim_cache(cache, 1)
+    return {w: (statistics.median(times[w]), statistics.median(cpu[w])) for w in widths}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2-135m", help="catalog name or .gguf path")
@@ -133,6 +167,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2, help="repeats per level and server (summed)")
     ap.add_argument("--servers", default="macllm,mlx-lm,llama.cpp")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="llama.cpp threads")
+    ap.add_argument("--step-repeats", type=int, default=15,
+                    help="repeats of the in-process batched decode step timing (0: skip it)")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     wanted = args.servers.split(",")
@@ -143,6 +179,14 @@ def main() -> int:
     from macllm.loader import read_model_files
 
     gguf = resolve_model(args.model)
+    if args.step_repeats:
+        costs = step_costs(gguf, levels, args.step_repeats)
+        print(f"macllm decode step, batched, in-process (median of {args.step_repeats}; load {load_average()}):")
+        base_wall, base_cpu = costs[levels[0]]
+        for width, (wall, cpu) in costs.items():
+            print(f"  {width} sequences: wall {wall * 1000:7.1f} ms/step = {width / wall:6.1f} tok/s, CPU "
+                  f"{cpu * 1000:7.1f} ms/step; per token {wall / width / (base_wall / levels[0]):.2f}x (wall) "
+                  f"{cpu / width / (base_cpu / levels[0]):.2f}x (CPU) the cost at {levels[0]}")
     python = sys.executable
     servers: list[Server] = []
     if "macllm" in wanted:

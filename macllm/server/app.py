@@ -114,7 +114,7 @@ class Api:
     # --- models, health, adapters ------------------------------------------------------------------
     def _model_ids(self) -> list[str]:
         base = self.config.model_id
-        return [base] + [f"{base}+{name}" for name in self.scheduler.loaded_adapters]
+        return [base] + [f"{base}+{name}" for name in self.scheduler.usable_adapters]
 
     async def health(self, request: Request) -> Response:
         status = "shutting_down" if self.scheduler.shutting_down.is_set() else "ok"

@@ -33,6 +33,7 @@ class Scheduler:
         self.engine = engine
         self._default: dict[str, float] = dict(default_adapters or {})
         self._loaded: set[str] = {a["name"] for a in engine.adapters["loaded"]}
+        self._fitting = _fitting_adapters(engine)  # in the store and made for this model: loadable on first use
         self._loading = asyncio.Lock()  # one adapter load at a time: two requests never load the same twice
         self._inflight: set[TokenStream] = set()
         self._lock = threading.Lock()
@@ -47,6 +48,11 @@ class Scheduler:
     @property
     def loaded_adapters(self) -> list[str]:
         return sorted(self._loaded)
+
+    @property
+    def usable_adapters(self) -> list[str]:
+        """Loaded ones, and those in the store made for this model (read once, at start)."""
+        return sorted(self._loaded | self._fitting)
 
     async def ensure_loaded(self, names) -> None:
         """Load the adapters not yet in memory (store names or bundled examples); unknown -> 404."""
@@ -107,6 +113,14 @@ class Scheduler:
             streams = list(self._inflight)
         for stream in streams:
             stream.cancel()
+
+
+def _fitting_adapters(engine: Engine) -> set[str]:
+    loaded = engine.loaded
+    if loaded is None:
+        return set()
+    wanted = store.fingerprint(loaded.config)
+    return {row["name"] for row in store.list_adapters() if row.get("base_fingerprint") == wanted}
 
 
 async def _events(stream: TokenStream) -> AsyncIterator:

@@ -44,6 +44,9 @@ def test_a_repeated_system_prompt_is_read_from_the_cache_then_listed_and_cleared
     assert listed["limit_mb"] == 2048 and len(listed["files"]) == 1
     assert first["prompt_tokens"] < listed["files"][0]["tokens"] <= first["prompt_tokens"] + 3  # prompt + answer
 
+    assert main(["doctor", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["prompt_cache"].endswith(": 1 file, 0.2 MiB (cap 2048 MiB)")
+
     assert main(["cache", "clear"]) == 0
     assert capsys.readouterr().out.startswith("Removed 1 prompt cache file ")
     assert main(["cache", "list"]) == 0

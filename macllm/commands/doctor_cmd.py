@@ -36,10 +36,28 @@ def collect() -> dict:
         "float32_budget_gb": round(backend.float32_budget_bytes() / (1 << 30), 1),
         "macllm_home": str(macllm_home()),
         "model_cache": str(models_dir()),
+        "prompt_cache": prompt_cache_line(),
         "architectures": architectures_line(),
         "kernels": kernel_paths(),
         "cpu_kernel": cpu_kernel_line(),
     }
+
+
+def prompt_cache_line() -> str:
+    """Where the prompt cache lives, what it holds and its cap (`macllm cache list` shows the files)."""
+    from macllm.errors import MacllmError
+    from macllm.prompt_cache import PromptCache
+    from macllm.prompt_cache.limit import resolve_mb
+
+    store = PromptCache(limit_bytes=0)  # only listed: the cap is read below, where a bad one is said
+    entries = store.entries(with_headers=False)
+    try:
+        mb = resolve_mb()
+        cap = "off" if mb == 0 else f"cap {mb} MiB"
+    except MacllmError as e:
+        cap = str(e)
+    files = f"{len(entries)} file" + ("" if len(entries) == 1 else "s")
+    return f"{store.folder}: {files}, {sum(e.size for e in entries) / 2**20:.1f} MiB ({cap})"
 
 
 def architectures_line() -> str:

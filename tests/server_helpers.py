@@ -60,17 +60,17 @@ def long_and_slow(engine, monkeypatch, seconds: float = 0.01) -> None:
     from macllm.engine import batch
     from macllm.generation import steps
 
-    real_steps, real_rows = steps.decode_steps, batch.row_caches
+    real_steps, real_forward = steps.decode_steps, batch.decode_forward
 
     def slow_steps(*args, **kwargs):
         for step in real_steps(*args, **kwargs):
             time.sleep(seconds)
             yield step
 
-    def slow_rows(caches):
+    def slow_forward(*args, **kwargs):
         time.sleep(seconds)
-        return real_rows(caches)
+        return real_forward(*args, **kwargs)
 
     monkeypatch.setattr(steps, "decode_steps", slow_steps)
-    monkeypatch.setattr(batch, "row_caches", slow_rows)
+    monkeypatch.setattr(batch, "decode_forward", slow_forward)
     monkeypatch.setattr(engine.loaded.tokenizer, "eos_token_ids", set())

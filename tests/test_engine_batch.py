@@ -41,14 +41,15 @@ def alone(engine, tokens, params, adapters=None):
 
 
 def count_batched_steps(monkeypatch) -> list[int]:
+    """The number of sequences in each decode forward the batch runs."""
     widths: list[int] = []
-    real = batch.row_caches
+    real = batch.decode_forward
 
-    def counting(caches):
+    def counting(model, tokens, caches):
         widths.append(len(caches))
-        return real(caches)
+        return real(model, tokens, caches)
 
-    monkeypatch.setattr(batch, "row_caches", counting)
+    monkeypatch.setattr(batch, "decode_forward", counting)
     return widths
 
 
@@ -123,3 +124,31 @@ def test_the_next_request_reuses_a_finished_rows_cache(engine):
     assert second.stats.prompt_tokens - second.stats.prefilled_tokens >= len(first.fed_tokens)
     assert isinstance(second, GenerationResult)
     assert second.token_ids == alone(engine, follow, GenerationParams(max_tokens=8)).token_ids
+
+
+def test_a_real_model_answers_alike_batched_and_alone(smollm_gguf):
+    """SmolLM2's real weights: batched matmuls (several rows) against one-row ones must not change greedy answers."""
+    questions = ["What is the capital of France?", "Name three colours.", "Count from one to five.",
+                 "Say hello in Spanish."]
+    with Engine(str(smollm_gguf), progress=False) as e:
+        tok = e.tokenizer
+        prompts = [tok.encode(tok.apply_chat_template([{"role": "user", "content": q}])) for q in questions]
+        params = GenerationParams(max_tokens=16)
+        results = all_at_once(e, [(p, params, {}) for p in prompts])
+        for p, got in zip(prompts, results, strict=True):
+            assert got.token_ids == e.generate(p, params).result(timeout=300).token_ids
+
+
+def test_a_model_that_cannot_batch_serves_one_request_at_a_time(tmp_path, monkeypatch):
+    """Gemma 3's own body (sliding windows) does not split RowCaches: its requests go through the same runner one
+    at a time, with the same answers."""
+    from tests import tiny_gemma3
+
+    widths = count_batched_steps(monkeypatch)
+    with Engine(str(tiny_gemma3.write_folder(tmp_path / "tiny-gemma3")), progress=False) as e:
+        prompts = [e.tokenizer.encode(f"hello {i}") for i in range(3)]
+        params = GenerationParams(max_tokens=6)
+        results = all_at_once(e, [(p, params, {}) for p in prompts])
+        for p, got in zip(prompts, results, strict=True):
+            assert got.token_ids == e.generate(p, params).result(timeout=60).token_ids
+    assert widths and set(widths) == {1}

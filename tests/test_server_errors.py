@@ -207,10 +207,10 @@ def test_a_queued_request_whose_client_left_never_runs(server, engine, monkeypat
 def test_a_failure_inside_the_engine_ends_the_stream_with_an_error_and_the_server_goes_on(server, monkeypatch):
     from macllm.engine import batch
 
-    def broken(caches):
+    def broken(*args):
         raise RuntimeError("simulated failure in a decode step")
 
-    monkeypatch.setattr(batch, "row_caches", broken)
+    monkeypatch.setattr(batch, "decode_forward", broken)
     body = {**CHAT, "max_tokens": 20, "stream": True}
     with httpx.stream("POST", server[0] + "/v1/chat/completions", json=body, timeout=60) as r:
         lines = [line for line in r.iter_lines() if line]

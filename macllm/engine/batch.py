@@ -87,6 +87,14 @@ class Row:
             yield Step(token.item(), logprob.item(), _alternatives(alts), self.more)
 
 
+def decode_forward(model, tokens: mx.array, caches: list[list]) -> mx.array:
+    """tokens (B, 1), one per sequence, through the model with each sequence's own cache: (B, 1, vocab). One
+    sequence takes its plain cache list (every model can), several a RowCaches per layer."""
+    if len(caches) == 1:
+        return model(tokens, cache=caches[0])
+    return model(tokens, cache=row_caches(caches))
+
+
 class BatchRunner:
     def __init__(self, engine, slots: PromptSlots):
         self._engine = engine  # the Engine: model, adapters, KV bits, disk prefixes (engine thread only)
@@ -199,7 +207,7 @@ class BatchRunner:
             try:
                 model = self._engine._require_model().model
                 tokens = mx.concatenate([r.current[0] for r in feeding])[:, None]  # type: ignore[index]
-                logits = model(tokens, cache=row_caches([r.cache for r in feeding]))
+                logits = decode_forward(model, tokens, [r.cache for r in feeding])
                 for i, row in enumerate(feeding):
                     row.upcoming = row.choose(logits[i:i + 1, -1, :])  # type: ignore[misc]
                 mx.async_eval([r.upcoming for r in feeding])

@@ -88,7 +88,7 @@ class Scheduler:
         went away, the task was cancelled) cancels the generation."""
         await self.ensure_loaded(adapters)
         if self.shutting_down.is_set():
-            raise ApiError(503, "the server is shutting down; retry on its next start", code="shutting_down")
+            raise ApiError(503, "the server is shutting down; retry on its next start", code="server_shutdown")
         stream = self.engine.complete(prompt, params, adapters)
         with self._lock:
             self._inflight.add(stream)

@@ -80,3 +80,48 @@ def test_bad_folders_are_clear_errors(tmp_path):
     (folder / "config.json").write_text(json.dumps({**config, "hidden_size": 48}))
     with pytest.raises(MacllmError, match="does not fit"):
         Embedder(folder)
+
+
+def test_cpu_evaluation_matches_the_mlx_model_on_packed_sequences(tiny_embedder):
+    """models/bert_cpu.py against models/bert.py: each packed sequence equals the MLX model's run on it alone."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    from macllm.models.bert_cpu import BertCpu
+
+    cpu = BertCpu(tiny_embedder.config, {k: np.array(v) for k, v in tree_flatten(tiny_embedder.model.parameters())})
+    rng = np.random.default_rng(1)
+    lengths = [1, 2, 17, 64, 5, 33]
+    ids = rng.integers(5, tiny_embedder.config.vocab_size, sum(lengths))
+    packed = cpu.hidden(ids, lengths)
+    start = 0
+    for n in lengths:
+        alone = np.array(tiny_embedder.model(mx.array(ids[start:start + n][None]), mx.ones((1, n))))[0]
+        np.testing.assert_allclose(packed[start:start + n], alone, atol=2e-5)
+        start += n
+    pooled = cpu.pooled(ids, lengths)
+    np.testing.assert_allclose(pooled[2], packed[3:20].mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(cpu.pooled(ids, lengths, "cls")[3], packed[20], atol=0)
+
+
+def test_cpu_gelu_is_the_exact_erf_gelu():
+    import math
+
+    from macllm.models.bert_cpu import _gelu
+
+    x = np.linspace(-12, 12, 20001, dtype=np.float32)
+    exact = np.array([v * 0.5 * (1 + math.erf(v / math.sqrt(2))) for v in x.astype(np.float64)])
+    ours = x.copy()
+    _gelu(ours)
+    np.testing.assert_allclose(ours, exact, atol=3e-7 * 12, rtol=2e-6)
+
+
+def test_many_texts_spread_over_workers_equal_each_text_alone(tiny_embedder, monkeypatch):
+    from macllm.rag import embedder as embedder_module
+
+    monkeypatch.setattr(embedder_module, "TOKENS_PER_BATCH", 40)  # many small batches, several workers
+    monkeypatch.setattr(tiny_embedder, "workers", 3)
+    texts = [f"note {i} " + "python sqlite code " * (i % 7) for i in range(40)]
+    together = tiny_embedder.embed(texts)
+    for text, row in zip(texts, together, strict=True):
+        np.testing.assert_allclose(row, _reference_mean_pool(tiny_embedder, text), atol=1e-5)

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from macllm.errors import MacllmError
@@ -198,3 +199,30 @@ def test_killed_indexer_leaves_a_consistent_store_that_the_next_run_completes(tm
     assert summary.added == 60 - partial and summary.unchanged == partial
     assert store.counts() == (60, 120)
     consistent(db)
+
+
+def test_files_embedded_together_equal_each_alone_and_progress_counts_bytes(tmp_path, embedder, monkeypatch):
+    """Chunks of many files share embedding calls (PENDING_CHUNKS); each file is still written whole, a chunk
+    repeated across files is embedded once, and the progress callback ends at the notes' total size."""
+    from macllm.rag import indexer
+
+    monkeypatch.setattr(indexer, "PENDING_CHUNKS", 5)
+    root = tmp_path / "many"
+    root.mkdir()
+    for i in range(23):
+        (root / f"n{i:02}.md").write_text(f"# Note {i}\n\nparagraph one of note {i}\n\n## Shared\n\nthe same text\n")
+    calls = []
+    store = Store(tmp_path / "i.sqlite")
+    summary = index_notes(store, embedder, [root], on_file=lambda done, total, path: calls.append((done, total)))
+    assert summary.added == 23 and store.counts() == (23, 46)
+    assert summary.chunks_embedded == 46 and summary.chunks_reused == 0  # "Shared" chunks differ by title
+    total = sum(p.stat().st_size for p in root.iterdir())
+    assert [t for _, t in calls] == [total] * 23 and calls[-1][0] == total
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+    for text, heading, blob in store.conn.execute("SELECT text, heading, embedding FROM chunks"):
+        alone = embedder.embed([f"{heading}\n\n{text}"])[0]
+        np.testing.assert_allclose(np.frombuffer(blob, dtype=np.float32), alone, atol=1e-5)
+    (root / "copy.md").write_text((root / "n00.md").read_text())
+    (root / "copy2.md").write_text((root / "n00.md").read_text())
+    again = index_notes(store, embedder, [root])
+    assert again.added == 2 and again.chunks_embedded == 0 and again.chunks_reused == 4

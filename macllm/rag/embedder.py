@@ -1,26 +1,40 @@
-"""Sentence embeddings from a sentence-transformers BERT folder: mean pooling, L2 normalised, batched."""
+"""Sentence embeddings from a sentence-transformers BERT folder: mean pooling, L2 normalised, batched.
+
+On Apple silicon the MLX model runs on the GPU, in length-sorted padded batches. On CPUs the numpy
+evaluation (models/bert_cpu.py) runs packed batches of ~`TOKENS_PER_BATCH` tokens on one worker thread
+per core, each with a single BLAS thread: OpenBLAS's own threads spin while they wait for each other,
+and on a busy 2-core machine (load 15) a 2-thread product ran 9x slower than a 1-thread one.
+"""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
 import mlx.core as mx
 import numpy as np
+from mlx.utils import tree_flatten
+from threadpoolctl import ThreadpoolController
 from tokenizers import Tokenizer
 
 from macllm import hub
+from macllm.backend import is_metal
 from macllm.errors import MacllmError
 from macllm.formats.arrays import load_arrays
 from macllm.hub.catalog import DEFAULT_EMBEDDER
 from macllm.models.bert import BertConfig, BertModel, checkpoint_weights
+from macllm.models.bert_cpu import BertCpu
 
 _Json = TypeVar("_Json", dict, list)
 
 DEFAULT_MAX_TOKENS = 256  # sentence-transformers' usual max_seq_length for MiniLM-style models
-_BATCH = 32
+_BATCH = 32  # texts per padded batch on the GPU
+TOKENS_PER_BATCH = 4096  # per packed CPU batch: big products for BLAS, a few MB of activations
 
 
 class Embedder:
@@ -46,6 +60,9 @@ class Embedder:
             raise MacllmError(f"{weights_file} does not fit a BERT model: {str(e).splitlines()[0]}") from None
         self.model.eval()
         mx.eval(self.model.parameters())
+        parameters: list[tuple[str, mx.array]] = tree_flatten(self.model.parameters())  # type: ignore[assignment]
+        self.cpu = None if is_metal() else BertCpu(self.config, {name: np.array(value) for name, value in parameters})
+        self.workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
         self.max_tokens = _max_seq_length(self.folder, self.config)
         self.pooling = _pooling_mode(self.folder)
@@ -83,10 +100,38 @@ class Embedder:
             return out
         encodings = self.tokenizer.encode_batch(texts)
         self.truncated += sum(1 for e in encodings if e.overflowing)
-        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))  # like lengths share a batch
+        rows = [e.ids for e in encodings]
+        if self.cpu is not None:
+            return self._embed_cpu(self.cpu, rows, out)
+        order = sorted(range(len(texts)), key=lambda i: len(rows[i]))  # like lengths share a batch
         for start in range(0, len(order), self.batch_size):
             batch = order[start:start + self.batch_size]
-            out[batch] = self._embed_batch([encodings[i].ids for i in batch])
+            out[batch] = self._embed_batch([rows[i] for i in batch])
+        return out
+
+    def _embed_cpu(self, cpu: BertCpu, rows: list[list[int]], out: np.ndarray) -> np.ndarray:
+        """Packed batches of whole texts up to TOKENS_PER_BATCH tokens, spread over the worker threads."""
+        batches: list[list[int]] = [[]]
+        tokens = 0
+        for i, row in enumerate(rows):
+            if batches[-1] and tokens + len(row) > TOKENS_PER_BATCH:
+                batches.append([])
+                tokens = 0
+            batches[-1].append(i)
+            tokens += len(row)
+
+        def run(batch: list[int]) -> None:
+            ids = np.fromiter((t for i in batch for t in rows[i]), dtype=np.int64)
+            pooled = cpu.pooled(ids, [len(rows[i]) for i in batch], self.pooling)
+            out[batch] = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+
+        with _single_threaded_blas():
+            if len(batches) == 1 or self.workers == 1:
+                for batch in batches:
+                    run(batch)
+            else:
+                with ThreadPoolExecutor(min(self.workers, len(batches)), thread_name_prefix="embed") as pool:
+                    list(pool.map(run, batches))
         return out
 
     def _embed_batch(self, rows: list[list[int]]) -> np.ndarray:
@@ -105,6 +150,19 @@ class Embedder:
             pooled = summed / mx.maximum(mask_mx.sum(axis=1, keepdims=True), 1e-9)
         norm = mx.maximum(mx.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
         return np.array(pooled / norm, dtype=np.float32)
+
+
+@functools.cache
+def _numpy_blas() -> ThreadpoolController:
+    """numpy's own BLAS library (MLX's OpenBLAS is another one, left alone); found once, the scan costs ms."""
+    controller = ThreadpoolController()
+    numpy_blas = [lib.filepath for lib in controller.lib_controllers if "numpy" in lib.filepath]
+    return controller.select(filepath=numpy_blas)
+
+
+def _single_threaded_blas():
+    """numpy's BLAS limited to one thread while the workers run; restored afterwards."""
+    return _numpy_blas().limit(limits=1)
 
 
 def _read_json(path: Path, kind: type[_Json]) -> _Json | None:

@@ -1,24 +1,29 @@
 """Index folders of notes incrementally: skip what is unchanged, embed only new chunks, drop deleted files.
 
 Bad files (unreadable, huge, binary) are skipped with a warning and counted; they never stop the run.
+A reader thread reads, hashes and chunks files ahead of the embedder; chunks of many files are embedded
+together (big batches), then each file is written in its own transaction (a killed run loses at most the
+files whose vectors were not yet written, and the next run redoes just those).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 from tqdm import tqdm
 
 from macllm.errors import MacllmError
-from macllm.rag.chunking import chunk_file
+from macllm.rag.chunking import Chunk, chunk_file
 from macllm.rag.store import Store
 
 NOTE_SUFFIXES = {".md", ".markdown", ".mdown", ".mkd", ".txt", ".text", ".rst", ".org"}
@@ -78,7 +83,10 @@ def find_notes(roots: list[Path], summary: IndexSummary) -> list[Path]:
 
 def index_notes(store: Store, embedder, roots: list[str | Path], progress: bool = False,
                 on_file: Callable[[int, int, str], None] | None = None) -> IndexSummary:
-    """Bring the index up to date with the roots. `on_file(done, total, path)` reports progress (the app's bar)."""
+    """Bring the index up to date with the roots.
+
+    `on_file(done, total, path)` follows each written file, counted in bytes of the notes being (re)read,
+    so that a bar's ETA holds for notes of any size (the app's bar; the CLI's is `progress`)."""
     started = time.perf_counter()
     summary = IndexSummary()
     paths = [Path(os.path.abspath(os.path.expanduser(str(r)))) for r in roots]
@@ -89,13 +97,24 @@ def index_notes(store: Store, embedder, roots: list[str | Path], progress: bool 
     truncated_before = embedder.truncated
     notes = find_notes(paths, summary)
     seen = {str(p) for p in notes}
+    todo = _changed_files(store, notes, summary)
+    total_bytes = sum(size for _, size in todo)
+    bar = tqdm(total=total_bytes, desc=f"Indexing {len(todo)} notes", unit="B", unit_scale=True, file=sys.stderr,
+               leave=False, disable=not (progress and sys.stderr.isatty()))
+    done_bytes = 0
 
-    bar = tqdm(notes, desc="Indexing", unit="file", file=sys.stderr, leave=False,
-               disable=not (progress and sys.stderr.isatty()))
-    for done, path in enumerate(bar, start=1):
-        _index_file(store, embedder, path, summary)
+    def written(path: str, size: int) -> None:
+        nonlocal done_bytes
+        done_bytes += size
+        bar.update(size)
+        bar.set_postfix(chunks=summary.chunks_embedded, refresh=False)
         if on_file is not None:
-            on_file(done, len(notes), str(path))
+            on_file(done_bytes, total_bytes, path)
+
+    try:
+        _EmbedAndWrite(store, embedder, summary, written).run(_read_in_background(todo, embedder))
+    finally:
+        bar.close()
     for root in paths:
         if root.is_dir():
             for stale in store.paths_under(str(root)):
@@ -108,49 +127,156 @@ def index_notes(store: Store, embedder, roots: list[str | Path], progress: bool 
     return summary
 
 
-def _index_file(store: Store, embedder, path: Path, summary: IndexSummary) -> None:
-    name = str(path)
+def _changed_files(store: Store, notes: list[Path], summary: IndexSummary) -> list[tuple[_Known, int]]:
+    """The notes whose mtime or size differ from the index (or that it has never read), with their sizes."""
+    states = store.file_states()
+    todo = []
+    for path in notes:
+        name = str(path)
+        try:
+            st = path.stat()
+        except OSError as e:
+            summary.warn(name, f"unreadable ({e.strerror or e})")
+            continue
+        if st.st_size > MAX_FILE_BYTES:
+            summary.warn(name, f"too large ({st.st_size / (1 << 20):.1f} MB, limit {MAX_FILE_BYTES >> 20} MB)")
+            continue
+        state = states.get(name)
+        if state and state[0] == st.st_mtime_ns and state[1] == st.st_size and state[2]:
+            summary.unchanged += 1
+            continue
+        todo.append((_Known(path, st.st_mtime_ns, st.st_size, state[2] if state else None), st.st_size))
+    return todo
+
+
+@dataclass
+class _Known:
+    path: Path
+    mtime_ns: int
+    size: int
+    sha256: str | None  # as last indexed; None for a new file
+
+
+@dataclass
+class _Read:
+    """One file as the reader thread left it: chunks to store, or only a touch, or a warning."""
+    file: _Known
+    digest: str = ""
+    chunks: list[Chunk] | None = None  # None: nothing to write but a touch (same content) or nothing at all
+    warning: str | None = None
+    skipped: bool = True  # the warning means the file was left out
+
+
+def _read_in_background(todo: list[tuple[_Known, int]], embedder) -> Iterator[_Read]:
+    """Read, hash and chunk the files on a thread of their own, a few files ahead of the embedder."""
+    out: queue.Queue = queue.Queue(maxsize=64)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for known, _ in todo:
+                if stop.is_set():
+                    return
+                out.put(_read(known, embedder))
+        except BaseException as e:  # handed to the consumer, who raises it
+            out.put(e)
+        finally:
+            out.put(None)
+
+    thread = threading.Thread(target=work, name="notes-reader", daemon=True)
+    thread.start()
     try:
-        st = path.stat()
-    except OSError as e:
-        summary.warn(name, f"unreadable ({e.strerror or e})")
-        return
-    if st.st_size > MAX_FILE_BYTES:
-        summary.warn(name, f"too large ({st.st_size / (1 << 20):.1f} MB, limit {MAX_FILE_BYTES >> 20} MB)")
-        return
-    state = store.file_state(name)
-    if state and state[0] == st.st_mtime_ns and state[1] == st.st_size and state[2]:
-        summary.unchanged += 1
-        return
+        while (item := out.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a reader waiting on a full queue
+            try:
+                out.get(timeout=0.05)
+            except queue.Empty:
+                pass
+
+
+def _read(known: _Known, embedder) -> _Read:
+    name = str(known.path)
     try:
-        data = path.read_bytes()
+        data = known.path.read_bytes()
     except OSError as e:
-        summary.warn(name, f"unreadable ({e.strerror or e})")
-        return
+        return _Read(known, warning=f"unreadable ({e.strerror or e})")
     digest = hashlib.sha256(data).hexdigest()
-    if state and state[2] == digest:  # touched, not changed
-        store.touch_file(name, st.st_mtime_ns, st.st_size)
-        summary.unchanged += 1
-        return
+    if known.sha256 == digest:  # touched, not changed
+        return _Read(known, digest)
     if b"\0" in data[:8192]:
-        summary.warn(name, "binary (not a text file)")
-        return
+        return _Read(known, digest, warning="binary (not a text file)")
+    warning = None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         text = data.decode("utf-8", errors="replace")
-        summary.warn(name, "not UTF-8 (indexed with undecodable bytes replaced)", skipped=False)
+        warning = "not UTF-8 (indexed with undecodable bytes replaced)"
     chunks = chunk_file(name, text.removeprefix("\ufeff"), embedder.count_tokens, embedder.content_limit)
-    known = store.known_embeddings([c.hash for c in chunks], embedder.id)
-    todo = [c for c in chunks if c.hash not in known]
-    if todo:
-        vectors = embedder.embed([c.embed_text for c in todo])
-        known.update({c.hash: np.ascontiguousarray(v, dtype=np.float32).tobytes()
-                      for c, v in zip(todo, vectors, strict=True)})
-    summary.chunks_embedded += len(todo)
-    summary.chunks_reused += len(chunks) - len(todo)
-    store.replace_file(name, st.st_mtime_ns, st.st_size, digest, chunks, [known[c.hash] for c in chunks], embedder.id)
-    if state:
-        summary.changed += 1
-    else:
-        summary.added += 1
+    return _Read(known, digest, chunks, warning, skipped=False)
+
+
+# Files wait until this many new chunks are pending, so that the embedder sees big batches (each file
+# still gets its own transaction once its chunks are embedded).
+PENDING_CHUNKS = 256
+
+
+class _EmbedAndWrite:
+    """Gathers chunks of several files, embeds them in one call, then writes each file in its own transaction."""
+
+    def __init__(self, store: Store, embedder, summary: IndexSummary, written: Callable[[str, int], None]):
+        self.store, self.embedder, self.summary, self.written = store, embedder, summary, written
+        self.pending: list[tuple[_Read, dict[str, bytes]]] = []
+        self.texts: dict[str, str] = {}  # hash -> text, chunks that still need a vector
+
+    def run(self, files: Iterator[_Read]) -> None:
+        for item in files:
+            self.add(item)
+            if len(self.texts) >= PENDING_CHUNKS:
+                self.flush()
+        self.flush()
+
+    def add(self, item: _Read) -> None:
+        name, summary = str(item.file.path), self.summary
+        if item.warning:
+            summary.warn(name, item.warning, skipped=item.skipped)
+        if item.chunks is None:
+            if not item.warning:  # same bytes, new mtime
+                self.store.touch_file(name, item.file.mtime_ns, item.file.size)
+                summary.unchanged += 1
+            self.written(name, item.file.size)
+            return
+        known = self.store.known_embeddings([c.hash for c in item.chunks], self.embedder.id)
+        for chunk in item.chunks:
+            if chunk.hash not in known:
+                self.texts.setdefault(chunk.hash, chunk.embed_text)
+        self.pending.append((item, known))
+
+    def flush(self) -> None:
+        fresh: dict[str, bytes] = {}
+        if self.texts:
+            hashes = list(self.texts)
+            vectors = self.embedder.embed([self.texts[h] for h in hashes])
+            fresh = {h: np.ascontiguousarray(v, dtype=np.float32).tobytes()
+                     for h, v in zip(hashes, vectors, strict=True)}
+        counted: set[str] = set()  # a chunk repeated in a later file is embedded once, then reused
+        for item, known in self.pending:
+            chunks = item.chunks or []
+            vectors = [known.get(c.hash) or fresh[c.hash] for c in chunks]
+            embedded = {c.hash for c in chunks if c.hash not in known} - counted
+            counted |= embedded
+            self.summary.chunks_embedded += len(embedded)
+            self.summary.chunks_reused += len(chunks) - len(embedded)
+            f = item.file
+            self.store.replace_file(str(f.path), f.mtime_ns, f.size, item.digest, chunks, vectors, self.embedder.id)
+            if f.sha256 is None:
+                self.summary.added += 1
+            else:
+                self.summary.changed += 1
+            self.written(str(f.path), f.size)
+        self.pending.clear()
+        self.texts.clear()

@@ -154,6 +154,11 @@ class Store:
         """(mtime_ns, size, sha256) as last indexed, or None."""
         return self.conn.execute("SELECT mtime_ns, size, sha256 FROM files WHERE path=?", (path,)).fetchone()
 
+    def file_states(self) -> dict[str, tuple[int, int, str]]:
+        """Every file's (mtime_ns, size, sha256) as last indexed, in one query."""
+        return {path: (mtime, size, sha) for path, mtime, size, sha in
+                self.conn.execute("SELECT path, mtime_ns, size, sha256 FROM files")}
+
     def touch_file(self, path: str, mtime_ns: int, size: int) -> None:
         with self.transaction():
             self.conn.execute("UPDATE files SET mtime_ns=?, size=? WHERE path=?", (mtime_ns, size, path))

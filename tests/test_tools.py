@@ -302,3 +302,27 @@ def test_forced_call_on_the_real_qwen3_tokenizer_accepts_the_call_its_template_s
     logits = state.mask(mx.zeros((1, ours.vocab_size)), None)
     allowed = [i for i, v in enumerate(logits[0].tolist()) if v != float("-inf")]
     assert len(allowed) == 1 and allowed[0] in ours.eos_token_ids  # complete: only the end may follow
+
+
+def test_real_qwen_coder_makes_a_forced_call_and_answers_from_its_result(qwen_coder_gguf):
+    """Qwen2.5-Coder-0.5B's own template (hermes style) end to end: a forced call parses into valid arguments,
+    and the history with that call and its result renders and is answered in plain text."""
+    loaded = load_model(str(qwen_coder_gguf), progress=False)
+    tok = loaded.tokenizer
+    assert tool_style(tok.chat_template) == "hermes"
+    messages = [{"role": "user", "content": "What's the weather like in Paris right now?"}]
+    constraint = tool_call_constraint(tok, TOOLS, {"type": "function", "function": {"name": "get_weather"}})
+    prompt = tok.encode(render_tool_prompt(tok, messages, tools=TOOLS))
+    result = generate(loaded.model, tok, prompt, GenerationParams(max_tokens=80, constraint=constraint))
+    assert result.finish_reason == "stop", result.text
+    content, calls = parse_tool_calls(result.text, "hermes")
+    assert content == "" and len(calls) == 1
+    arguments = call_arguments(calls[0])
+    jsonschema.validate(arguments, WEATHER["function"]["parameters"])
+    assert "paris" in arguments["city"].lower()  # the model, not just the grammar, chose the value
+    history = messages + [{"role": "assistant", "content": None, "tool_calls": calls},
+                          {"role": "tool", "tool_call_id": calls[0]["id"], "content": '{"temperature_c": 21}'}]
+    follow_up = tok.encode(render_tool_prompt(tok, history, tools=TOOLS))
+    answer = generate(loaded.model, tok, follow_up, GenerationParams(max_tokens=40))
+    content, calls = parse_tool_calls(answer.text, "hermes")
+    assert calls == [] and "21" in content, answer.text

@@ -10,11 +10,13 @@ import struct
 
 import mlx.core as mx
 import pytest
+from mlx_lm.models import cache as mlx_lm_cache
 
 from macllm.cache import make_cache
 from macllm.cache.sliding import SlidingWindowCache
 from macllm.generation import steps
 from macllm.loader import load_model
+from macllm.models.mlx_lm_family import MlxLmLayerCache
 from macllm.prompt_cache import PromptCache, cache_file
 from macllm.prompt_cache.key import make_key
 from tests import tiny_gemma3
@@ -70,7 +72,7 @@ def next_logits(model, cache, tokens: list[int]) -> mx.array:
 
 
 @pytest.mark.parametrize("kind", ["full", "quantized-8-past-threshold", "quantized-4-below-threshold", "sliding",
-                                  "mlx-lm", "mlx-lm-quantized"])
+                                  "mlx-lm", "mlx-lm-quantized", "mlx-lm-rotating"])
 def test_a_restored_cache_gives_the_logits_of_the_cache_in_memory(kind, tiny_llama, tiny_gemma, olmo2, tmp_path,
                                                                    monkeypatch):
     model, kv_bits, prompt = tiny_llama.model, None, PROMPT
@@ -85,10 +87,16 @@ def test_a_restored_cache_gives_the_logits_of_the_cache_in_memory(kind, tiny_lla
         monkeypatch.setattr(SlidingWindowCache, "step", 16)
     if kind.startswith("mlx-lm"):
         model, kv_bits = olmo2.model, (8 if "quantized" in kind else None)
+    if kind == "mlx-lm-rotating":  # mlx-lm's ring buffer (sliding-window families): a 64-position window wraps
+        wrapped = MlxLmLayerCache
+        monkeypatch.setattr(model, "make_cache", lambda kv_bits=None: [
+            wrapped(mlx_lm_cache.RotatingKVCache(max_size=64)) for _ in range(model.num_layers)])
     store = store_at(tmp_path)
     in_memory, tokens = read_then_save(store, model, kv_bits, prompt=prompt, decode=4)
     if kind == "sliding":
         assert any(getattr(c, "start", 0) > 0 for c in in_memory), "the window never dropped a position"
+    if kind == "mlx-lm-rotating":
+        assert all(c.inner.offset > c.inner.max_size for c in in_memory)
     if kind == "quantized-8-past-threshold":
         assert any(getattr(c, "full", 0) is None for c in in_memory), "no layer switched to quantized"
 
@@ -259,6 +267,7 @@ import mlx.core as mx
 from macllm.cache import make_cache
 from macllm.generation import steps
 from macllm.loader import load_model
+from macllm.models.mlx_lm_family import MlxLmLayerCache
 from macllm.prompt_cache import PromptCache
 from macllm.prompt_cache.key import make_key
 
@@ -333,3 +342,23 @@ def test_a_damaged_longer_file_leaves_the_next_longest_in_use(tiny_llama, tmp_pa
     found = store.find(tiny_llama.model, None, KEY, PROMPT + NEXT, have=0)
     assert found is not None and found.tokens == PROMPT[:200]
     assert "layers, the model" in capsys.readouterr().err
+
+
+def test_a_ring_buffer_whose_write_position_does_not_fit_is_ignored(olmo2, tmp_path, monkeypatch, capsys):
+    model = olmo2.model
+    monkeypatch.setattr(model, "make_cache", lambda kv_bits=None: [
+        MlxLmLayerCache(mlx_lm_cache.RotatingKVCache(max_size=64)) for _ in range(model.num_layers)])
+    store = store_at(tmp_path)
+    read_then_save(store, model, None)
+    path = only_file(store).path
+
+    def past_the_buffer(h):
+        metas = json.loads(h["__metadata__"]["layers"])
+        metas[0]["idx"] = 10_000
+        h["__metadata__"]["layers"] = json.dumps(metas)
+
+    rewrite_metadata(path, past_the_buffer)
+    capsys.readouterr()
+    assert store.find(model, None, KEY, PROMPT + NEXT, have=0) is None
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "ring buffer does not fit" in lines[0], lines

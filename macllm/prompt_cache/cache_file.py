@@ -118,6 +118,8 @@ def check_against(header: Header, fresh: list, probe: list[list[tuple[tuple[int,
             if type(start) is not int or type(offset) is not int or offset != n or not 0 <= start <= offset:
                 raise UnusableFile(f"layer {i}'s window positions do not fit its {n} tokens")
             n = offset - start
+        if kind == "mlx_lm.RotatingKVCache":
+            n = _rotating_stored(i, meta, want, header.tensors.get(tensor_name(i, 0)), len(header.tokens))
         if kind == "quantized":
             quantizable = probe[i][0][0][3] % want["group_size"] == 0  # else the cache never switches
             if meta.get("mode") not in ("full", "quantized") or meta.get("dtype") != probe[i][0][1] or (
@@ -135,8 +137,21 @@ def check_against(header: Header, fresh: list, probe: list[list[tuple[tuple[int,
         raise UnusableFile(f"it holds tensors the model has no place for ({sorted(extra)[0]})")
 
 
+def _rotating_stored(i: int, meta: dict, want: dict, first: tuple | None, tokens: int) -> int:
+    """How many positions an mlx-lm rotating layer stores, if its offset and write position fit its window."""
+    offset, idx = meta.get("offset"), meta.get("idx")
+    stored = first[0][2] if first is not None and len(first[0]) == 4 else -1
+    window = want["max_size"]
+    if (type(offset) is not int or type(idx) is not int or offset != tokens or not 0 <= idx <= stored
+            or stored != min(offset, stored) or (offset <= window and stored != offset)
+            or not 0 < stored <= window + layers.ROTATING_SLACK):
+        raise UnusableFile(f"layer {i}'s ring buffer does not fit its {tokens} tokens and window of {window}")
+    return stored
+
+
 def _short(meta: dict) -> str:
-    return " ".join(f"{k}={v}" for k, v in meta.items() if k in ("kind", "window", "bits", "group_size", "threshold"))
+    shown = ("kind", "window", "bits", "group_size", "threshold", "max_size", "keep")
+    return " ".join(f"{k}={v}" for k, v in meta.items() if k in shown)
 
 
 def load_layers(header: Header) -> list[tuple[dict, list[mx.array]]]:

@@ -15,7 +15,8 @@ from macllm.cache.quantized import QuantizedKVCache
 from macllm.cache.sliding import SlidingWindowCache
 
 FLOAT_DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
-MLX_LM_KINDS = ("KVCache", "QuantizedKVCache")  # mlx-lm cache classes whose state is positions we can slice
+MLX_LM_KINDS = ("KVCache", "QuantizedKVCache", "RotatingKVCache")  # mlx-lm caches of positions, which we can save
+ROTATING_SLACK = 4096  # a rotating buffer holds at most its window plus one prefill chunk (mlx-lm's concat path)
 
 
 def _inner(layer):
@@ -36,6 +37,8 @@ def describe(layer) -> dict:
     name = type(inner).__name__ if inner is not None else type(layer).__name__
     if inner is not None and name == "QuantizedKVCache":
         return {"kind": "mlx_lm.QuantizedKVCache", "bits": inner.bits, "group_size": inner.group_size}
+    if inner is not None and name == "RotatingKVCache":
+        return {"kind": "mlx_lm.RotatingKVCache", "max_size": inner.max_size, "keep": inner.keep}
     return {"kind": f"mlx_lm.{name}" if inner is not None else name}
 
 
@@ -74,12 +77,15 @@ def snapshot(layer) -> tuple[dict, list[mx.array]]:
         return meta, [inner.keys[..., :n, :], inner.values[..., :n, :]]
     if kind == "mlx_lm.QuantizedKVCache":
         return meta, [a[..., :n, :] for a in (*inner.keys, *inner.values)]
+    if kind == "mlx_lm.RotatingKVCache":  # a ring buffer: kept as it lies, with the write position
+        stored = min(n, inner.keys.shape[2])
+        return meta | {"offset": n, "idx": inner._idx}, [inner.keys[..., :stored, :], inner.values[..., :stored, :]]
     raise ValueError(f"a {kind} layer has no snapshot")
 
 
 def positions(meta: dict, arrays: list[mx.array]) -> int:
     """The absolute position count a snapshot stands for (a sliding window counts dropped ones too)."""
-    return meta["offset"] if meta["kind"] == "sliding" else arrays[0].shape[2]
+    return meta["offset"] if meta["kind"] in ("sliding", "mlx_lm.RotatingKVCache") else arrays[0].shape[2]
 
 
 def restore(layer, meta: dict, arrays: list[mx.array]) -> None:
@@ -107,6 +113,11 @@ def restore(layer, meta: dict, arrays: list[mx.array]) -> None:
         inner = _inner(layer)
         inner.keys, inner.values = tuple(arrays[:3]), tuple(arrays[3:])
         inner.offset = layer.offset = n
+    elif kind == "mlx_lm.RotatingKVCache":
+        inner = _inner(layer)
+        inner.keys, inner.values = arrays
+        inner.offset = layer.offset = meta["offset"]
+        inner._idx = meta["idx"]
     else:
         raise ValueError(f"a {kind} layer cannot be restored")
 

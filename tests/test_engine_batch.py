@@ -92,14 +92,38 @@ def test_events_carry_logprobs_and_alternatives_as_alone(engine):
         assert [i for i, _ in sorted(a.alternatives)] == [i for i, _ in sorted(b.alternatives)]
 
 
-def test_different_adapter_blends_never_share_a_batch(engine, monkeypatch):
-    widths = count_batched_steps(monkeypatch)
+def test_rows_under_one_blend_share_a_pass_and_blends_take_turns(engine, monkeypatch):
+    passes: list[tuple[int, tuple]] = []
+    real = batch.decode_forward
+
+    def recording(model, tokens, caches):
+        passes.append((len(caches), engine._active_blend()))
+        return real(model, tokens, caches)
+
+    monkeypatch.setattr(batch, "decode_forward", recording)
     blends = [{}, {"alpha": 1.0}, {"alpha": 1.0}, {"beta": 0.5}, {}, {"alpha": 1.0}]
     requests = [(prompt(engine, i), GenerationParams(max_tokens=15), b) for i, b in enumerate(blends)]
     results = all_at_once(engine, requests)
     for (tokens, p, blend), got in zip(requests, results, strict=True):
         assert got.token_ids == alone(engine, tokens, p, blend).token_ids, blend
-    assert max(widths) == 2  # the two alpha requests that arrived back to back; the rest alone
+    widest = {}
+    for width, blend in passes:
+        widest[blend] = max(widest.get(blend, 0), width)
+    assert widest == {(): 2, (("alpha", 1.0),): 3, (("beta", 0.5),): 1}  # each pass ran one blend's rows
+    assert len({blend for _, blend in passes[:3]}) == 3  # the blends take turns, step by step
+
+
+def test_a_request_under_other_adapters_is_served_alongside_a_long_batch(engine, monkeypatch):
+    monkeypatch.setattr(engine.loaded.tokenizer, "eos_token_ids", set())  # the base answers run all 300 tokens
+    gate = threading.Event()
+    engine.submit(gate.wait, 30)
+    long = [engine.complete(prompt(engine, i), GenerationParams(max_tokens=300), {}) for i in range(2)]
+    short = engine.complete(prompt(engine, 7), GenerationParams(max_tokens=10), {"alpha": 1.0})
+    gate.set()
+    short.result(timeout=60)
+    assert not any(s.done for s in long)  # it did not wait for the base batch to finish
+    for s in long:
+        s.result(timeout=120)
 
 
 def test_a_request_cancelled_mid_batch_stops_and_the_others_go_on(engine):

@@ -10,10 +10,11 @@ feeds every row's next token in one forward, queues each row's choice, then resu
 it reports the token, exactly as `steps.decode_steps` would have, whose forward it also mirrors (the token a
 step reports is already in the cache when `fed`).
 
-All rows share the model's active adapter blend: requests join the batch in arrival order while they ask for
-the blend it runs under; the first that asks for another waits (and so do those behind it) until the batch
-drains, then the blend is swapped. A pump job runs a bounded number of steps and queues itself again, so other
-engine jobs (an adapter load, a notes question) are never starved.
+Requests join in arrival order, up to MAX_ROWS. A forward pass computes under one adapter blend, so rows are
+grouped by blend and the groups take turns, one step each, the blend swapped between them (a few array
+re-points): rows under the same adapters share every pass, and a request under other adapters is served
+alongside instead of waiting for the batch to finish. A pump job runs a bounded number of steps and queues itself
+again, so other engine jobs (an adapter load, a notes question) are never starved.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Callable, Iterator
 import mlx.core as mx
 
 from macllm.cache.rows import row_caches
-from macllm.engine.prompt_slots import PromptSlots, Slot, blend_key
+from macllm.engine.prompt_slots import PromptSlots, Slot
 from macllm.engine.token_stream import PrefillProgress, TokenStream
 from macllm.generation import GenerationParams, GenerationResult, GenerationStats, stream_generate
 from macllm.generation.steps import Step, common_prefix_length
@@ -62,6 +63,7 @@ class Row:
     upcoming: tuple | None = None  # the choice after it, computed by the last forward
     feeding: bool = False  # whether the last forward fed `current`
     more: bool = True  # False once the row reported its last token
+    blend: tuple = ()  # the adapter blend it runs under (blend_key)
     disk_key: dict | None = None  # the prompt cache's key for this row's model and blend
 
     def wants_feed(self) -> bool:
@@ -101,7 +103,7 @@ class BatchRunner:
         self._slots = slots
         self._pending: deque[Request] = deque()
         self._rows: list[Row] = []
-        self._blend: tuple | None = None  # the blend the rows run under
+        self._turn = 0  # which blend group steps next (round robin)
         self._lock = threading.Lock()
         self._pump_queued = False
 
@@ -127,7 +129,6 @@ class BatchRunner:
             self._slots.release(row.slot, keep=False)
             row.request.stream._fail(error)
         self._rows.clear()
-        self._blend = None
 
     # --- the pump (engine thread) -----------------------------------------------------------------
     def _pump(self) -> None:
@@ -159,9 +160,6 @@ class BatchRunner:
                                                          GenerationStats(prompt_tokens=len(request.tokens))))
                     request.stream._close()
                     continue
-                wanted = blend_key(request.scales) if request.scales is not None else self._blend
-                if self._rows and wanted is not None and wanted != self._blend:
-                    return  # another blend: it waits for this batch to drain (and so does everyone behind it)
                 self._pending.popleft()
             self._start(request)
 
@@ -171,9 +169,9 @@ class BatchRunner:
             loaded = engine._require_model()
             if request.scales is not None:
                 engine._swap(dict(request.scales))
-            self._blend = engine._active_blend()
-            slot = self._slots.take(self._blend, request.tokens)
-            row = Row(request, slot)
+            blend = engine._active_blend()
+            slot = self._slots.take(blend, request.tokens)
+            row = Row(request, slot, blend=blend)
             if slot.cache is None:
                 slot.cache, slot.tokens = engine._new_cache(loaded), []
             key = engine._disk_key(loaded)
@@ -195,12 +193,21 @@ class BatchRunner:
                 self._slots.release(row.slot, keep=False)
             request.stream._fail(e)
 
+    def _next_group(self) -> list[Row]:
+        """The rows of the blend whose turn it is: blends take turns step by step (in the order their first row
+        arrived), so a request under other adapters never waits for a whole batch to finish."""
+        blends = list(dict.fromkeys(r.blend for r in self._rows))
+        blend = blends[self._turn % len(blends)]
+        self._turn += 1
+        return [r for r in self._rows if r.blend == blend]
+
     def _step(self) -> None:
-        """One forward for every row that goes on; then each row reports its token."""
-        if self._blend is not None and self._engine._active_blend() != self._blend:
-            self._engine._swap(dict(self._blend))  # a job between pumps changed the adapters: put the rows' back
-        feeding = [r for r in self._rows if r.more and r.wants_feed()]
-        for row in self._rows:
+        """One forward for the rows of one blend that go on; then each of them reports its token."""
+        group = self._next_group()
+        if self._engine._active_blend() != group[0].blend:
+            self._engine._swap(dict(group[0].blend))  # a few array re-points (adapter_swap)
+        feeding = [r for r in group if r.more and r.wants_feed()]
+        for row in group:
             row.current, row.feeding = row.upcoming, row in feeding
             row.upcoming = None
         if feeding:
@@ -214,7 +221,7 @@ class BatchRunner:
             except BaseException as e:  # a failed step may have left every row's cache half-updated
                 self.fail_all(e)
                 return
-        for row in list(self._rows):
+        for row in group:
             try:
                 self._resume(row)
             except BaseException as e:
@@ -248,6 +255,4 @@ class BatchRunner:
     def _drop(self, row: Row) -> None:
         if row in self._rows:
             self._rows.remove(row)
-        if not self._rows:
-            self._blend = None
 

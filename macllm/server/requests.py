@@ -167,7 +167,7 @@ def _common(f: Fields, chat: bool) -> dict:
         logprobs, top = n_logprobs is not None, n_logprobs or 0
         max_tokens = f.integer("max_tokens", 16, 1)  # the completions API's own default
     sampling = Sampling(
-        temperature=f.number("temperature", 1.0, lambda v: 0 <= v <= 100, "0 (greedy) or a positive number"),
+        temperature=f.number("temperature", 1.0, lambda v: v >= 0, "0 (greedy) or a positive number"),
         top_p=f.number("top_p", 1.0, lambda v: 0 < v <= 1, "above 0 and at most 1"),
         min_p=f.number("min_p", 0.0, lambda v: 0 <= v < 1, "at least 0 and below 1"),
         top_k=f.integer("top_k", 0, 0) or 0,

@@ -168,3 +168,21 @@ def test_the_servers_completions_resume_from_disk_after_a_restart(tiny_llama_fol
         again, _ = run(second.complete(tokens + second.tokenize(" And the bakery?"), GREEDY, {}))
     assert before.stats.prefilled_tokens == len(tokens)
     assert again.stats.prefilled_tokens < 20 < again.stats.prompt_tokens
+
+
+def test_a_deleted_chat_leaves_no_prompt_cache_behind(tiny_llama_folder, home):
+    messages = [{"role": "user", "content": "Where is the pier?"}]
+    app = FakeApp()
+    bridge = EngineBridge(app, engine_for(tiny_llama_folder))
+    try:
+        bridge.answer("chat-1", SYSTEM, messages, GenerationParams(max_tokens=4, temperature=0.0))
+        app.wait()
+        (finished,) = [m for m in app.messages if isinstance(m, AnswerFinished)]
+        assert len(files(home)) == 1
+        history = messages + [{"role": "assistant", "content": finished.result.text}]
+        bridge.forget("chat-1", SYSTEM, history)  # what the chat screen does on F8
+        bridge.engine.submit(lambda: None).result()  # after the queued jobs
+        assert files(home) == []
+    finally:
+        bridge.shutdown()
+    assert files(home) == []  # and the closed conversation was not saved again at exit

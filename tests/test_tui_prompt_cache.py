@@ -48,3 +48,24 @@ async def test_the_cap_is_set_in_the_settings_and_reaches_the_engine(tiny_llama_
             assert engine.submit(lambda: engine.prompt_cache.limit_bytes).result() == 64 * 2**20
     finally:
         store.close()
+
+
+async def test_deleting_a_chat_deletes_its_prompt_cache(tiny_llama_gguf, tmp_path, home):
+    from tests.test_prompt_cache_engine import SYSTEM
+    from tests.test_tui import send
+
+    store = ChatStore(tmp_path / "chats.sqlite3")
+    app = MacllmApp(model=str(tiny_llama_gguf), store=store,
+                    default_settings={"max_tokens": 4, "temperature": 0.0, "system": SYSTEM})
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            screen = await ready(pilot)
+            app.bridge.engine.prompt_cache.min_tokens = 16  # the tiny model's context is 512
+            await send(pilot, "Where is the pier?")
+            cache = home / "cache"
+            assert len(list(cache.glob("*.safetensors"))) == 1
+            await screen.delete_chat()  # what F8 does once confirmed
+            app.bridge.engine.submit(lambda: None).result()
+            assert list(cache.glob("*.safetensors")) == []
+    finally:
+        store.close()

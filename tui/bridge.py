@@ -103,11 +103,14 @@ class EngineBridge:
             self.engine.set_messages(conv_id, messages, system=system)
         return conv_id
 
-    def forget(self, chat_id: str) -> None:
+    def forget(self, chat_id: str, system: str | None = None, messages: list[dict] | None = None) -> None:
+        """A chat was deleted: drop it from the engine, and its prompt cache from disk (given its messages)."""
         self._notes_context.pop(chat_id, None)
         conv_id = self._conversations.pop(chat_id, None)
         if conv_id:
-            self.engine.close_conversation(conv_id)
+            self.engine.close_conversation(conv_id, keep_on_disk=False)
+        if messages:
+            self.engine.forget_on_disk(system, messages)
 
     def context_used(self, chat_id: str) -> int:
         """Tokens of context the chat's latest answer used: a notes answer's own prompt, or the chat's cache."""

@@ -436,13 +436,29 @@ class Engine:
                                        enable_thinking=enable_thinking)
         return tok.encode(text)
 
-    def close_conversation(self, conv_id: str) -> Future:
-        """Forget a conversation and free its KV cache (after the jobs queued before this one)."""
+    def close_conversation(self, conv_id: str, keep_on_disk: bool = True) -> Future:
+        """Forget a conversation and free its KV cache (after the jobs queued before this one); its cache is saved
+        on disk if it grew, unless `keep_on_disk` is False (a deleted chat: see `forget_on_disk`)."""
         def job() -> None:
             conv = self._conversations.pop(conv_id, None)
             if conv is not None:
-                self._save_conversation(conv)
+                if keep_on_disk:
+                    self._save_conversation(conv)
                 self._publish_context()
+
+        return self.submit(job)
+
+    def forget_on_disk(self, system: str | None, messages: list[dict]) -> Future:
+        """Delete the prompt-cache files that begin like this chat, so a deleted chat leaves no copy of its text
+        in the cache (files of other chats with the same opening go too: they are only a saving). The Future
+        carries how many were deleted."""
+        chat = Conversation(system=system, messages=[dict(m) for m in messages])
+
+        def job() -> int:
+            loaded = self._loaded
+            if loaded is None or not chat.template_messages():
+                return 0
+            return self._disk.store.forget(self._render(loaded, chat, None))
 
         return self.submit(job)
 

@@ -193,6 +193,18 @@ class PromptCache:
             if header.key == key and len(header.tokens) <= len(tokens) and tokens[:len(header.tokens)] == header.tokens:
                 other.unlink(missing_ok=True)
 
+    def forget(self, tokens: list[int]) -> int:
+        """Delete every file (of any key) that shares its first HEAD tokens with `tokens`, or is a prefix of them;
+        returns how many. Runs whether or not the cache is on: a deleted chat's text must not stay here."""
+        removed = 0
+        for entry in self.entries():
+            held = entry.header.tokens if entry.header is not None else []
+            shared = common_prefix_length(held, tokens)
+            if held and (shared >= HEAD or shared == len(held)):
+                entry.path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
     # --- the folder as a whole ----------------------------------------------------------------
     def entries(self, with_headers: bool = True) -> list[Entry]:
         """Every cache file, most recently used first."""

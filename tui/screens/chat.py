@@ -401,8 +401,9 @@ class ChatScreen(ChatSaving):
     async def delete_chat(self) -> None:
         if self.chat_id is None:
             return
+        messages = self.stored_messages()  # read first: the prompt cache's copies of this chat go with it
         self.store.delete_conversation(self.chat_id)
-        self.bridge.forget(self.chat_id)
+        self.bridge.forget(self.chat_id, self.settings.system or None, messages)
         chats = self.saved_chats()
         if chats:
             await self.open_chat(chats[0].id)

@@ -1,8 +1,8 @@
 """Each per-layer cache type's state as (meta, arrays) and back: what a prompt-cache file holds per layer.
 
 `snapshot` reads a layer's positions without changing it; `restore` fills a fresh layer made by the same
-`make_cache`. Kinds: ours (full, sliding, quantized) and mlx-lm's plain and quantized KV caches (mlx-lm
-families). Any other layer (a recurrent ArraysCache, a rotating window) has no snapshot: `unsaved_kind` names
+`make_cache`. Kinds: ours (full, sliding, quantized) and mlx-lm's plain, quantized and rotating (ring buffer) KV
+caches (mlx-lm families). Any other layer (e.g. a recurrent ArraysCache) has no snapshot: `unsaved_kind` names
 it, and such a model's prompts are not written to disk.
 """
 

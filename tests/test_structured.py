@@ -9,6 +9,7 @@ number until max_tokens)."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 
@@ -147,10 +148,24 @@ def test_forced_tokens_have_probability_one_and_alternatives_come_after_masking(
               if isinstance(e, TokenEvent)]
     assert "".join(e.text for e in events) == "hello world"
     for event in events:
-        # Masking happens before the softmax: the only allowed token is certain, every other one impossible.
+        # Masking happens before the softmax: the only allowed token is certain, and the impossible ones are not
+        # offered as alternatives (their logprob would be -inf, which JSON cannot carry).
         assert event.logprob == pytest.approx(0.0, abs=1e-5)
-        others = [lp for tid, lp in event.alternatives if tid != event.token_id]
-        assert all(lp == float("-inf") for lp in others)
+        assert [tid for tid, _ in event.alternatives] == [event.token_id]
+
+
+def test_alternatives_under_a_constraint_are_allowed_tokens_with_finite_logprobs(tiny):
+    constraint = compile_constraint(tiny.tokenizer, json_schema=PERSON)
+    params = GenerationParams(max_tokens=300, constraint=constraint, top_alternatives=5, temperature=1.0, seed=1)
+    events = [e for e in stream_generate(tiny.model, tiny.tokenizer, tiny.tokenizer.encode("hello world"), params)
+              if isinstance(e, TokenEvent)]
+    for n, event in enumerate(events):
+        assert event.alternatives and all(math.isfinite(lp) for _, lp in event.alternatives)
+        for token, _ in event.alternatives:  # each alternative was a token the schema allowed at that point
+            trial = constraint.start()
+            for earlier in events[:n]:
+                trial.advance(earlier.token_id)
+            trial.advance(token)  # raises if the grammar forbade it
 
 
 def test_each_generation_has_its_own_parser_state(tiny):

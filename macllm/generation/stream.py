@@ -114,8 +114,8 @@ def stream_generate(model, tokenizer, prompt: list[int], params: GenerationParam
             break
         text, stopped = stops.feed(detok.add(step.token_id))
         piece = split(text)
-        yield TokenEvent(step.token_id, piece.answer, step.logprob, step.alternatives, reasoning=piece.reasoning,
-                         drafted=step.drafted)
+        yield TokenEvent(step.token_id, piece.answer, step.logprob, _possible(step.alternatives),
+                         reasoning=piece.reasoning, drafted=step.drafted)
         if stopped:
             finish = "stop"
             break
@@ -153,6 +153,13 @@ def _proposer(cache, prompt: list[int], params: GenerationParams, draft: specula
     draft.start(prompt, params, vocab_width)
     speculative.check_rewindable(draft.cache, "the draft model")
     return draft
+
+
+def _possible(alternatives: list[tuple[int, float]] | None) -> list[tuple[int, float]] | None:
+    """Alternatives a constraint masked out have logprob -inf: not alternatives at all (and not valid JSON)."""
+    if alternatives is None:
+        return None
+    return [(token, logprob) for token, logprob in alternatives if logprob != float("-inf")]
 
 
 def _first_step(first: tuple) -> steps.Step:

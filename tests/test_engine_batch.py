@@ -176,3 +176,40 @@ def test_a_model_that_cannot_batch_serves_one_request_at_a_time(tmp_path, monkey
         for p, got in zip(prompts, results, strict=True):
             assert got.token_ids == e.generate(p, params).result(timeout=60).token_ids
     assert widths and set(widths) == {1}
+
+
+def test_running_rows_step_between_the_chunks_of_a_long_prompt(tmp_path, monkeypatch):
+    from macllm.engine import PrefillProgress
+    from macllm.generation import steps
+
+    monkeypatch.setattr(steps, "PREFILL_CHUNK", 64)  # a 300-token prompt is prefilled in 5 chunks
+    log: list[str] = []
+    real = batch.decode_forward
+
+    def logging_forward(model, tokens, caches):
+        log.append("step")
+        return real(model, tokens, caches)
+
+    monkeypatch.setattr(batch, "decode_forward", logging_forward)
+    folder = write_talkative_folder(tmp_path / "tiny-llama", context=2048)
+    with Engine(str(folder), progress=False) as e:
+        monkeypatch.setattr(e.loaded.tokenizer, "eos_token_ids", set())
+        long_prompt = e.tokenizer.encode("hello world " * 200)[:300]
+        params = GenerationParams(max_tokens=40)
+        gate = threading.Event()
+        e.submit(gate.wait, 30)
+        running = e.complete(prompt(e, 0), params, {})
+        joining = e.complete(long_prompt, params, {})
+        real_put = joining._put
+
+        def put(event):
+            log.append(type(event).__name__)
+            real_put(event)
+
+        joining._put = put  # type: ignore[method-assign]
+        gate.set()
+        first, second = running.result(timeout=60), joining.result(timeout=60)
+        assert second.token_ids == e.generate(long_prompt, params).result(timeout=60).token_ids
+        assert first.token_ids == e.generate(prompt(e, 0), params).result(timeout=60).token_ids
+    during = log[log.index(PrefillProgress.__name__):log.index("TokenEvent")]
+    assert during.count("step") >= 4  # the running row went on between the joining prompt's chunks

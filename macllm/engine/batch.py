@@ -10,7 +10,8 @@ feeds every row's next token in one forward, queues each row's choice, then resu
 it reports the token, exactly as `steps.decode_steps` would have, whose forward it also mirrors (the token a
 step reports is already in the cache when `fed`).
 
-Requests join in arrival order, up to MAX_ROWS. A forward pass computes under one adapter blend, so rows are
+Requests join in arrival order, up to MAX_ROWS; while a long prompt is prefilled in chunks, the running rows
+take a step between chunks. A forward pass computes under one adapter blend, so rows are
 grouped by blend and the groups take turns, one step each, the blend swapped between them (a few array
 re-points): rows under the same adapters share every pass, and a request under other adapters is served
 alongside instead of waiting for the batch to finish. A pump job runs a bounded number of steps and queues itself
@@ -181,17 +182,33 @@ class BatchRunner:
                 slot.cache, slot.tokens = found.cache, found.tokens
             row.disk_key = key
             stream = request.stream
+
+            def on_prefill(done: int, total: int) -> None:
+                stream._put(PrefillProgress(done, total))
+                if done:
+                    self._step_between_chunks(row)
+
             row.events = stream_generate(loaded.model, loaded.tokenizer, request.tokens, request.params,
                                          cache=slot.cache, cached=slot.tokens, cancel=stream.cancelled,
-                                         on_prefill=lambda done, total: stream._put(PrefillProgress(done, total)),
-                                         decoder=row.decoder)
-            self._rows.append(row)
+                                         on_prefill=on_prefill, decoder=row.decoder)
             self._resume(row)  # prefill and the first token
+            if not stream.done:
+                self._rows.append(row)
         except BaseException as e:
             if row is not None:
                 self._drop(row)
                 self._slots.release(row.slot, keep=False)
             request.stream._fail(e)
+
+    def _step_between_chunks(self, joining: Row) -> None:
+        """A long prompt is prefilled in chunks (steps.PREFILL_CHUNK): between two of them the running rows take a
+        step, so they do not stall for the whole prompt. The joining row's blend is put back before its next chunk
+        (its chunks so far are already computed)."""
+        if not self._rows:
+            return
+        self._step()
+        if self._engine._active_blend() != joining.blend:
+            self._engine._swap(dict(joining.blend))
 
     def _next_group(self) -> list[Row]:
         """The rows of the blend whose turn it is: blends take turns step by step (in the order their first row

@@ -117,9 +117,9 @@ def bench_queries(embedder, notes: Path, db: Path, n_chunks: int, n_queries: int
     first_query = time.perf_counter() - load_started
     queries = [" ".join(rng.sample(words, rng.randrange(2, 7))) for _ in range(n_queries)]
     timings = {}
-    precomputed = dict(zip(queries, embedder.embed(queries), strict=True))
-    real_embed = embedder.embed
-    embedder.embed = lambda texts: np.stack([precomputed[t] for t in texts])  # retrieval alone
+    precomputed = {q: embedder.embed_query(q) for q in queries}
+    real_embed_query = embedder.embed_query
+    embedder.embed_query = precomputed.__getitem__  # retrieval alone
     for mode in ("hybrid", "bm25", "dense"):
         latencies = []
         for q in queries:
@@ -128,7 +128,7 @@ def bench_queries(embedder, notes: Path, db: Path, n_chunks: int, n_queries: int
             latencies.append((time.perf_counter() - t) * 1000)
         timings[mode] = {"p50_ms": round(float(np.percentile(latencies, 50)), 1),
                          "p95_ms": round(float(np.percentile(latencies, 95)), 1)}
-    embedder.embed = real_embed
+    embedder.embed_query = real_embed_query
     t_all = []
     for q in queries[:50]:  # hybrid including embedding the query
         t = time.perf_counter()
@@ -139,7 +139,7 @@ def bench_queries(embedder, notes: Path, db: Path, n_chunks: int, n_queries: int
     embed_latencies = []
     for q in queries[:50]:
         t = time.perf_counter()
-        embedder.embed([q])
+        embedder.embed_query(q)
         embed_latencies.append((time.perf_counter() - t) * 1000)
     return {"chunks": n_chunks, "build_seconds": round(build_seconds, 1),
             "first_query_incl_matrix_load_s": round(first_query, 2), "queries": n_queries, **timings,

@@ -1,9 +1,13 @@
-"""Record reference sentence embeddings from sentence-transformers, for tests/test_bert_reference.py.
+"""Record reference sentence embeddings from sentence-transformers, for tests/test_bert_reference.py and
+tests/test_embeddinggemma.py, so the tests need no torch.
 
-Run it with a Python that has torch and sentence-transformers (kept out of the project's venv), e.g.:
-    python3 -m venv /tmp/st-venv && /tmp/st-venv/bin/pip install torch sentence-transformers
-    /tmp/st-venv/bin/python scripts/record_embeddings.py --model ~/.local/share/macllm/models/minilm-l6
-The model folder is the one `macllm pull minilm-l6` writes. Output: tests/data/minilm_reference.npz.
+Run it with a Python that has torch (CPU) and sentence-transformers (dev tools, not dependencies):
+    pip install torch --index-url https://download.pytorch.org/whl/cpu && pip install sentence-transformers
+    python scripts/record_embeddings.py --model ~/.local/share/macllm/models/minilm-l6
+    python scripts/record_embeddings.py --model ~/.local/share/macllm/models/embeddinggemma-300m \
+        --out tests/data/embeddinggemma_reference.npz
+The model folder is the one `macllm pull NAME` writes. A model with prompts (EmbeddingGemma) is recorded
+twice: texts as documents (`embeddings`, its "document" prompt) and as queries (`query_embeddings`).
 """
 
 from __future__ import annotations
@@ -50,10 +54,15 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "tests/data/minilm_reference.npz"))
     args = parser.parse_args()
     model = SentenceTransformer(args.model, device="cpu")
-    vectors = model.encode(TEXTS, batch_size=8, normalize_embeddings=True, convert_to_numpy=True)
-    np.savez_compressed(args.out, texts=np.array(TEXTS), embeddings=vectors.astype(np.float32),
-                        max_seq_length=np.array(model.max_seq_length))
-    print(f"wrote {len(TEXTS)} embeddings of {vectors.shape[1]} dims to {args.out}")
+    arrays = {"texts": np.array(TEXTS), "max_seq_length": np.array(model.max_seq_length)}
+    prompts = {"embeddings": "document", "query_embeddings": "query"} if model.prompts.get("query") else \
+        {"embeddings": None}
+    for key, prompt_name in prompts.items():
+        vectors = model.encode(TEXTS, batch_size=8, normalize_embeddings=True, convert_to_numpy=True,
+                               prompt_name=prompt_name)
+        arrays[key] = vectors.astype(np.float32)
+    np.savez_compressed(args.out, **arrays)
+    print(f"wrote {len(TEXTS)} x {len(prompts)} embeddings of {vectors.shape[1]} dims to {args.out}")
 
 
 if __name__ == "__main__":

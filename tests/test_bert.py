@@ -23,7 +23,7 @@ def _reference_mean_pool(embedder, text: str) -> np.ndarray:
     import mlx.core as mx
 
     ids = embedder.tokenizer.encode(text).ids
-    hidden = np.array(embedder.model(mx.array([ids]), mx.ones((1, len(ids)))))[0]
+    hidden = np.array(embedder.encoder(mx.array([ids]), mx.ones((1, len(ids)))))[0]
     pooled = hidden.mean(axis=0)
     return pooled / np.linalg.norm(pooled)
 

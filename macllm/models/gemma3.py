@@ -153,6 +153,19 @@ class Gemma3Body(nn.Module):
             h = layer(h, sliding_mask if layer.sliding else global_mask, cache[i] if cache is not None else None)
         return self.norm(h)
 
+    def encode(self, tokens: mx.array, valid: mx.array) -> mx.array:
+        """Bidirectional pass for sentence embeddings (EmbeddingGemma): tokens (B, L), valid (B, L) bool (False
+        at right padding) -> hidden states (B, L, D). Global layers see every real token; sliding layers those
+        less than window // 2 + 1 positions away on either side (transformers' bidirectional window)."""
+        h = self.embed_tokens(tokens) * self.embed_scale
+        keys = valid[:, None, None, :]  # (B, 1, 1, L): padding is never attended to
+        positions = mx.arange(tokens.shape[1])
+        near = mx.abs(positions[:, None] - positions[None, :]) < self.window // 2 + 1  # (L, L)
+        sliding = keys & near
+        for layer in self.layers:
+            h = layer(h, sliding if layer.sliding else keys, None)
+        return self.norm(h)
+
     def _visible_before(self, cache) -> int:
         if cache is None:
             return 0

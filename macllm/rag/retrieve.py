@@ -15,6 +15,8 @@ from macllm.rag.store import Store
 MODES = ("hybrid", "bm25", "dense")
 RRF_K = 60  # the usual constant from the RRF paper: damps the head of each list
 CANDIDATES = 50  # per list, before fusion
+# Each list's weight in the fusion (bm25, dense); tuned on our question eval (docs/rag.md).
+FUSION_WEIGHTS = (1.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class Retriever:
     def __init__(self, store: Store, embedder):
         self.store = store
         self.embedder = embedder
+        self._check_embedder()
         self._cache_generation = -1
         self._ids = np.zeros(0, dtype=np.int64)
         self._matrix: mx.array | None = None  # (chunks, dim), loaded on first dense search
@@ -64,7 +67,7 @@ class Retriever:
             ranked.append(self.store.bm25(query, n, glob))
         if mode in ("dense", "hybrid"):
             ranked.append(self.dense(query, n, glob))
-        hits = ranked[0][:k] if len(ranked) == 1 else rrf(ranked)[:k]
+        hits = ranked[0][:k] if len(ranked) == 1 else rrf(ranked, weights=FUSION_WEIGHTS)[:k]
         rows = self.store.chunks([i for i, _ in hits])
         return [SearchResult(r.path, r.heading, r.line_start, r.line_end, score, r.text, r.id)
                 for i, score in hits if (r := rows.get(i))]
@@ -74,7 +77,7 @@ class Retriever:
         self._refresh()
         if self._matrix is None or not len(self._ids):
             return []
-        vector = self.embedder.embed([query])[0]
+        vector = self.embedder.embed_query(query)
         # The product runs in MLX, like the query embedding just before it: a numpy (OpenBLAS) product
         # right after MLX work made both thread pools contend, ~100 ms instead of ~20 at 100k chunks.
         scores = np.array(self._matrix @ mx.array(vector))
@@ -85,9 +88,18 @@ class Retriever:
         top = top[np.argsort(-scores[top])]
         return [(int(self._ids[i]), float(scores[i])) for i in top if np.isfinite(scores[i])]
 
+    def _check_embedder(self) -> None:
+        """Query vectors from another embedder than the index's would rank chunks by noise: refuse them."""
+        built_with = self.store.embedder_id
+        if built_with and built_with != self.embedder.id:
+            raise MacllmError(f"{self.store.path} was built with the embedder {built_with}, not {self.embedder.id}; "
+                              f"search it with that one, or re-embed it: `macllm index DIR --index {self.store.path} "
+                              f"--embedder {self.embedder.source}`")
+
     def _refresh(self) -> None:
         generation = self.store.generation
         if generation != self._cache_generation:
+            self._check_embedder()
             self._ids, matrix, self._paths = self.store.embedding_matrix(self.embedder.id)
             self._matrix = mx.array(matrix)
             self._cache_generation = generation
@@ -106,12 +118,13 @@ def check_query(query: str, where: str = "") -> None:
         raise MacllmError(f"{where}the query {shown} has nothing to search for; use words that occur in your notes")
 
 
-def rrf(lists: list[list[tuple[int, float]]], k: int = RRF_K) -> list[tuple[int, float]]:
-    """Reciprocal rank fusion: each list adds 1 / (k + rank); best first."""
+def rrf(lists: list[list[tuple[int, float]]], k: int = RRF_K,
+        weights: tuple[float, ...] | None = None) -> list[tuple[int, float]]:
+    """Reciprocal rank fusion: each list adds weight / (k + rank); best first."""
     scores: dict[int, float] = {}
-    for ranked in lists:
+    for ranked, weight in zip(lists, weights or (1.0,) * len(lists), strict=True):
         for rank, (item, _) in enumerate(ranked, start=1):
-            scores[item] = scores.get(item, 0.0) + 1.0 / (k + rank)
+            scores[item] = scores.get(item, 0.0) + weight / (k + rank)
     return sorted(scores.items(), key=lambda kv: -kv[1])
 
 

@@ -221,13 +221,15 @@ class Store:
         return files, chunks
 
     # ------------------------------------------------------------------ reading for search
-    def bm25(self, query: str, n: int, path_glob: str | None = None) -> list[tuple[int, float]]:
-        """[(chunk id, score)] best first; score = -bm25 (higher is better). Empty if the query has no terms."""
+    def bm25(self, query: str, n: int, path_glob: str | None = None,
+             weights: tuple[float, float, float] = _BM25_WEIGHTS) -> list[tuple[int, float]]:
+        """[(chunk id, score)] best first; score = -bm25 (higher is better). Empty if the query has no terms.
+        `weights`: of the heading, text and CJK columns (scripts/eval_rag.py --sweep tries others)."""
         match = fts_query(query, skip=self._common_words(query))
         if not match:
             return []
-        weights = ", ".join(str(w) for w in _BM25_WEIGHTS)
-        sql = f"SELECT f.rowid, -bm25(chunks_fts, {weights}) AS score FROM chunks_fts f"
+        weights_sql = ", ".join(str(float(w)) for w in weights)
+        sql = f"SELECT f.rowid, -bm25(chunks_fts, {weights_sql}) AS score FROM chunks_fts f"
         args: list = [match]
         if path_glob:
             sql += " JOIN chunks c ON c.id = f.rowid JOIN files ON files.id = c.file_id WHERE chunks_fts MATCH ? " \

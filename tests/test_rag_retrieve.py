@@ -47,7 +47,7 @@ def test_dense_is_exact_nearest_neighbour(retriever, embedder):
 
     hits = retriever.search("cats purr", k=3, mode="dense")
     ids, matrix, _ = retriever.store.embedding_matrix(embedder.id)
-    expected = ids[np.argsort(-(matrix @ embedder.embed(["cats purr"])[0]))]
+    expected = ids[np.argsort(-(matrix @ embedder.embed_query("cats purr")))]
     assert [h.chunk_id for h in hits] == list(expected[:3])
     assert hits[0].score >= hits[1].score >= hits[2].score
 
@@ -56,6 +56,26 @@ def test_hybrid_fuses_both_lists(retriever):
     hybrid = retriever.search("dogs bark", k=3)
     assert hybrid[0].path.endswith("dogs.md") and len(hybrid) == 3
     assert rrf([[(1, 9.0), (2, 5.0)], [(2, 0.9), (3, 0.8)]])[0][0] == 2  # in both lists: first
+
+
+def test_fusion_weights_favour_one_list():
+    bm25, dense = [(1, 9.0), (2, 5.0)], [(2, 0.9), (1, 0.8)]
+    assert rrf([bm25, dense], weights=(1.0, 1.0))[0][1] == rrf([bm25, dense], weights=(1.0, 1.0))[1][1]  # a tie
+    assert rrf([bm25, dense], weights=(1.0, 1.5))[0][0] == 2
+    assert rrf([bm25, dense], weights=(1.5, 1.0))[0][0] == 1
+
+
+def test_an_index_refuses_a_query_embedder_it_was_not_built_with(retriever, tmp_path):
+    from macllm.rag.embedder import Embedder
+
+    other = Embedder(write_tiny_bert(tmp_path / "other-bert", seed=3))
+    with pytest.raises(MacllmError, match=r"was built with the embedder .*re-embed it: `macllm index DIR"):
+        Retriever(retriever.store, other)
+    # Re-embedded under the open retriever's feet: its next search refuses too, rather than ranking by noise.
+    index_notes(retriever.store, other, [tmp_path / "notes"])
+    with pytest.raises(MacllmError, match="was built with the embedder"):
+        retriever.search("cats", mode="dense")
+    assert Retriever(retriever.store, other).search("cats purr", k=1)[0].path.endswith("cats.md")
 
 
 def test_path_filter_and_json_shape(retriever):

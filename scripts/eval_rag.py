@@ -9,9 +9,14 @@ figures.
 
     .venv/bin/python scripts/eval_rag.py [--notes DIR] [--questions FILE | --titles] [--embedder M]
                                          [--index PATH (kept and reused)] [--sweep]
+                                         [--rerank MODEL [--limit N]] [--distractors N]
 
 `--sweep` scores hybrid search over a grid of BM25 heading weights, RRF constants and dense weights (from
-lists fetched once per setting), to tune macllm/rag/retrieve.py and store.py's constants.
+lists fetched once per setting), to tune macllm/rag/retrieve.py and store.py's constants. `--rerank MODEL`
+scores hybrid search with and without the chat model reranking its top 20 (macllm/rag/rerank.py) and
+times both; `--limit N` takes the first N questions (reranking costs seconds per question on a CPU).
+`--distractors N` indexes only the answer notes and the first N other notes (in path order) instead of the
+whole folder: a smaller, still reproducible corpus when embedding all of it would take too long.
 """
 
 from __future__ import annotations
@@ -161,6 +166,10 @@ def main() -> None:
     parser.add_argument("--modes", default="bm25,dense,hybrid")
     parser.add_argument("--show-misses", action="store_true")
     parser.add_argument("--sweep", action="store_true", help="tune: hybrid over a grid of weights (see above)")
+    parser.add_argument("--rerank", default=None, metavar="MODEL", help="also rerank hybrid's top 20 with MODEL")
+    parser.add_argument("--limit", type=int, default=0, help="only the first N questions")
+    parser.add_argument("--distractors", type=int, default=-1,
+                        help="index the answer notes and only the first N other notes (default: all notes)")
     args = parser.parse_args()
 
     from macllm.rag.embedder import Embedder
@@ -177,9 +186,20 @@ def main() -> None:
             notes = work / "notes"
         else:
             questions = read_questions(Path(args.questions), notes)
+        if args.limit:
+            questions = questions[:args.limit]
         store = Store(Path(args.index) if args.index else work / "eval.sqlite")
         started = time.perf_counter()
-        summary = index_notes(store, embedder, [notes], progress=True)
+        corpus: list[Path] = [notes]
+        if args.distractors >= 0:
+            answers = sorted({Path(q.path) for q in questions})
+            others = [p for p in sorted(notes.rglob("*.md")) if p not in set(answers)][:args.distractors]
+            corpus = answers + others
+            keep = {str(p) for p in corpus}
+            for stale in store.paths_under(str(notes)):  # a reused index may hold more of the folder
+                if stale not in keep:
+                    store.remove_file(stale)
+        summary = index_notes(store, embedder, corpus, progress=True)
         report: dict = {"embedder": embedder.source, "questions": len(questions), "files": summary.total_files,
                         "chunks": summary.total_chunks, "chunks_embedded": summary.chunks_embedded,
                         "index_seconds": round(time.perf_counter() - started, 1)}
@@ -188,6 +208,17 @@ def main() -> None:
         def search(text: str, mode: str):
             return retriever.search(text, k=50, mode=mode)
 
+        if args.rerank:
+            from macllm.loader import load_model
+            from macllm.rag.rerank import rerank
+
+            loaded = load_model(args.rerank, progress=False)
+            report["rerank_model"] = args.rerank
+            report["hybrid"] = score(retriever, questions, "hybrid", search)
+            report["hybrid+rerank"] = score(
+                retriever, questions, "hybrid", lambda text, mode: rerank(loaded, text, search(text, mode)))
+            print(json.dumps(report, indent=1, ensure_ascii=False))
+            return
         if args.sweep:
             table = sweep(retriever, questions)
             best = sorted((r for r in table if r["mode"] == "hybrid"), key=lambda r: -r["ndcg@10"])

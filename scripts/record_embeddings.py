@@ -58,7 +58,7 @@ def main() -> None:
     prompts = {"embeddings": "document", "query_embeddings": "query"} if model.prompts.get("query") else \
         {"embeddings": None}
     for key, prompt_name in prompts.items():
-        vectors = model.encode(TEXTS, batch_size=8, normalize_embeddings=True, convert_to_numpy=True,
+        vectors = model.encode(TEXTS, batch_size=1, normalize_embeddings=True, convert_to_numpy=True,  # no padding
                                prompt_name=prompt_name)
         arrays[key] = vectors.astype(np.float32)
     np.savez_compressed(args.out, **arrays)

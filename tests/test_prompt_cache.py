@@ -72,9 +72,9 @@ def next_logits(model, cache, tokens: list[int]) -> mx.array:
 
 
 @pytest.mark.parametrize("kind", ["full", "quantized-8-past-threshold", "quantized-4-below-threshold", "sliding",
-                                  "mlx-lm", "mlx-lm-quantized", "mlx-lm-rotating"])
+                                  "mlx-lm", "mlx-lm-quantized", "mlx-lm-rotating", "bfloat16"])
 def test_a_restored_cache_gives_the_logits_of_the_cache_in_memory(kind, tiny_llama, tiny_gemma, olmo2, tmp_path,
-                                                                   monkeypatch):
+                                                                   monkeypatch, tiny_llama_folder):
     model, kv_bits, prompt = tiny_llama.model, None, PROMPT
     if kind.startswith("quantized"):
         kv_bits = 8 if "8" in kind else 4
@@ -91,8 +91,13 @@ def test_a_restored_cache_gives_the_logits_of_the_cache_in_memory(kind, tiny_lla
         wrapped = MlxLmLayerCache
         monkeypatch.setattr(model, "make_cache", lambda kv_bits=None: [
             wrapped(mlx_lm_cache.RotatingKVCache(max_size=64)) for _ in range(model.num_layers)])
+    if kind == "bfloat16":  # Metal computes in half precision: the file holds BF16 arrays
+        model = load_model(str(tiny_llama_folder), progress=False).model
+        model.set_dtype(mx.bfloat16)
     store = store_at(tmp_path)
     in_memory, tokens = read_then_save(store, model, kv_bits, prompt=prompt, decode=4)
+    if kind == "bfloat16":
+        assert in_memory[0].keys.dtype == mx.bfloat16
     if kind == "sliding":
         assert any(getattr(c, "start", 0) > 0 for c in in_memory), "the window never dropped a position"
     if kind == "mlx-lm-rotating":

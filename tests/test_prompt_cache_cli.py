@@ -86,3 +86,13 @@ def test_a_bad_environment_cap_is_one_line(capsys, monkeypatch, tiny_llama_folde
     assert main(["generate", "-p", SYSTEM, "--model", str(tiny_llama_folder), "--max-tokens", "2"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "$MACLLM_PROMPT_CACHE_MB must be a whole number of MiB" in err[-1], err
+
+
+def test_a_cap_that_cannot_be_saved_is_one_line(capsys, monkeypatch, home):
+    from tests.read_only_folder import read_only
+
+    home.mkdir(parents=True, exist_ok=True)
+    read_only(monkeypatch, home)
+    assert main(["cache", "limit", "100"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "cannot save the prompt cache cap" in err[0], err

@@ -41,7 +41,12 @@ def saved_mb() -> int | None:
 
 
 def save_mb(mb: int) -> None:
-    atomic_write(_settings_path(), json.dumps({"limit_mb": check_mb(mb, "the prompt cache size")}) + "\n")
+    path = _settings_path()
+    try:
+        atomic_write(path, json.dumps({"limit_mb": check_mb(mb, "the prompt cache size")}) + "\n")
+    except OSError as e:
+        raise MacllmError(f"cannot save the prompt cache cap in {path}: {e.strerror or e}; check that "
+                          f"{path.parent} is writable, or set ${ENV} instead") from None
 
 
 def resolve_mb(explicit: int | None = None) -> int:

@@ -38,6 +38,8 @@ SLOW_TESTS: tuple[str, ...] = (
     "test_speculative.py::test_sampling_with_a_draft_matches_the_models_joint_distribution",  # ~13 s
     "test_speculative.py::test_accept_reject_emits_exactly_the_models_distribution",  # ~5 s
     "test_speculative.py::test_certain_guesses_emit_exactly_the_models_distribution",  # ~5 s
+    "test_server_load.py::test_eight_clients_for_a_while_lose_and_mix_nothing",  # 6 s of load by design
+    "test_server_load.py::test_the_serve_command_starts_answers_and_stops_on_sigterm",  # a child process loads
 )
 
 

@@ -83,6 +83,13 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process so far, all its threads (Linux /proc); what a busy shared
+        machine distorts least, unlike wall time."""
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def complete(self, prompt: str, max_tokens: int) -> int:
         body = {"model": self.model_field, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0}
         r = httpx.post(self.url + "/v1/completions", json=body, timeout=600)
@@ -116,13 +123,15 @@ def one_round(server: Server, concurrency: int, max_tokens: int, round_: int) ->
 
 def measure(server: Server, concurrency: int, max_tokens: int, rounds: int) -> dict:
     tokens, wall = 0, 0.0
+    cpu0 = server.cpu_seconds()
     for round_ in range(rounds):
         try:
             n, seconds = one_round(server, concurrency, max_tokens, round_)
         except RuntimeError as e:
             return {"error": str(e)}
         tokens, wall = tokens + n, wall + seconds
-    return {"tokens": tokens, "seconds": wall, "tok_s": tokens / wall}
+    cpu = server.cpu_seconds() - cpu0
+    return {"tokens": tokens, "seconds": wall, "tok_s": tokens / wall, "cpu_s": cpu, "tok_per_cpu_s": tokens / cpu}
 
 
 def step_costs(gguf: Path, widths: list[int], repeats: int) -> dict[int, tuple[float, float]]:
@@ -234,6 +243,12 @@ def main() -> int:
         first, last = per_level[levels[0]], per_level[levels[-1]]
         scale = f"{last['tok_s'] / first['tok_s']:9.2f}" if "tok_s" in first and "tok_s" in last else f"{'':9}"
         print(f"{name:12}{cells}{scale}")
+    print("tokens per CPU-second of the server process (robust to machine load; with OPENBLAS_NUM_THREADS=1 and "
+          "--threads 1 no thread spins):")
+    for name, per_level in results.items():
+        cells = "".join(f"{per_level[n]['tok_per_cpu_s']:13.1f}" if "tok_s" in per_level[n] else f"{'error':>13}"
+                        for n in levels)
+        print(f"{name:12}{cells}")
     if "macllm" in results:
         for peer in (p for p in results if p != "macllm"):
             ratios = []

@@ -14,6 +14,7 @@ import re
 import threading
 
 import jsonschema
+import mlx.core as mx
 import pytest
 
 from macllm.errors import MacllmError
@@ -292,3 +293,38 @@ def test_constrained_rows_in_one_batch_each_follow_their_own_schema(tiny_llama_g
     jsonschema.validate(json.loads(texts[2]), LIST_OF_POINTS)
     with pytest.raises(ValueError):
         json.loads(texts[3])
+
+
+def test_a_think_block_stays_free_until_its_closing_tag(tiny):
+    constraint = compile_constraint(tiny.tokenizer, json_schema=LIST_OF_POINTS)
+    state = constraint.start(free_until="</think>")
+    ids = tiny.tokenizer.encode("I should list points.</think>", add_bos=False)
+    logits = mx.zeros((1, tiny.tokenizer.vocab_size))
+    previous = None
+    for token in ids:  # each step passes the token chosen at the step before
+        assert mx.all(state.mask(logits, previous) == 0).item()  # free text: nothing masked
+        previous = mx.array([token])
+    masked = state.mask(logits, previous)[0].tolist()  # "</think>" is complete: the answer must be the JSON
+    allowed = [i for i, v in enumerate(masked) if v == 0]
+    assert allowed and all(tiny.tokenizer.decode([i]).startswith("[") for i in allowed)
+
+
+def test_a_prompt_that_opens_thinking_leaves_the_thinking_unconstrained(tiny):
+    """A reasoning template that starts the model's thinking in the prompt: the think block is free (the same
+    tokens as without a constraint), so the JSON does not land inside the reasoning."""
+    tok = tiny.tokenizer
+    saved = tok.chat_template
+    tok.chat_template = saved + "{# strips <think> ... </think> from history #}"
+    try:
+        prompt = tok.encode("hello world <think>")
+        constraint = compile_constraint(tok, json_schema=LIST_OF_POINTS)
+        free = generate(tiny.model, tok, prompt, GenerationParams(max_tokens=12, temperature=1.0, seed=5))
+        thinking = generate(tiny.model, tok, prompt, GenerationParams(max_tokens=12, temperature=1.0, seed=5,
+                                                                       constraint=constraint))
+    finally:
+        tok.chat_template = saved
+    assert thinking.token_ids == free.token_ids
+    assert thinking.reasoning and thinking.text == ""  # the random model never closed its think block
+    plain = generate(tiny.model, tok, prompt, GenerationParams(max_tokens=12, temperature=1.0, seed=5,
+                                                                constraint=constraint))
+    assert plain.text.startswith("[")  # without a thinking template the answer is constrained from the start

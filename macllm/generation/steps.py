@@ -65,14 +65,15 @@ class TokenChooser:
     Keeps the recent tokens for the repetition penalty as an mx.array, so choosing never waits for
     the previous token to be known."""
 
-    def __init__(self, params: GenerationParams, prompt: list[int]):
+    def __init__(self, params: GenerationParams, prompt: list[int], free_until: str | None = None):
         self.sampler = Sampler(params)
         self.window = max(params.repetition_window, 1)
         self.recent = mx.array(prompt[-self.window:], dtype=mx.int32)
         self.use_penalty = params.repetition_penalty != 1.0
         self.k_alt = params.top_alternatives
         # Constrained output: this generation's own parser state; alternatives and logprobs are after masking.
-        self.constraint = params.constraint.start() if params.constraint is not None else None
+        # `free_until`: a think block the prompt opened stays free text up to its closing tag.
+        self.constraint = params.constraint.start(free_until) if params.constraint is not None else None
         self.last: mx.array | None = None
 
     def __call__(self, logits: mx.array):

@@ -19,7 +19,13 @@ from macllm.generation.params import (
     GenerationStats,
     TokenEvent,
 )
-from macllm.generation.reasoning import ReasoningSplitter, SplitText, prompt_opens_thinking, template_thinks
+from macllm.generation.reasoning import (
+    THINK_CLOSE,
+    ReasoningSplitter,
+    SplitText,
+    prompt_opens_thinking,
+    template_thinks,
+)
 from macllm.generation.stop_strings import StopStringWatcher
 
 # Enough prompt tokens to see whether the template left a think block open for the model.
@@ -71,7 +77,10 @@ def stream_generate(model, tokenizer, prompt: list[int], params: GenerationParam
     stats = GenerationStats(prompt_tokens=len(prompt), prefilled_tokens=len(prompt) - reuse)
     backend.reset_peak_memory()
 
-    choose = steps.TokenChooser(params, prompt)
+    splitter = _reasoning_splitter(tokenizer, prompt)
+    # A constraint shapes the answer: a think block the prompt opened is left free until it closes.
+    choose = steps.TokenChooser(params, prompt,
+                                free_until=THINK_CLOSE if splitter is not None and splitter.in_reasoning else None)
     t0 = time.perf_counter()
     last_logits = steps.prefill(model, prompt[reuse:], cache, on_prefill)
     first = choose(last_logits)
@@ -83,7 +92,6 @@ def stream_generate(model, tokenizer, prompt: list[int], params: GenerationParam
 
     detok = tokenizer.stream_decoder()
     stops = StopStringWatcher(params.stop_strings)
-    splitter = _reasoning_splitter(tokenizer, prompt)
     eos = tokenizer.eos_token_ids
     fed = list(prompt)
     generated: list[int] = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import llguidance
 import mlx.core as mx
@@ -80,20 +80,26 @@ class Constraint:
         self._pristine = pristine
         self._lock = threading.Lock()
 
-    def start(self) -> ConstraintState:
-        """Fresh parser state for one generation."""
+    def start(self, free_until: str | None = None) -> ConstraintState:
+        """Fresh parser state for one generation. With `free_until` (a reasoning model's `</think>` when the
+        prompt opened its think block) the output is free until that text has been written, then constrained."""
         with self._lock:
             matcher = self._pristine.deep_copy()
-        return ConstraintState(matcher, self._vocab, self._eos[0])
+        return ConstraintState(matcher, self._vocab, self._eos[0], self._tokenizer.decode_bytes,
+                               free_until.encode() if free_until else None)
 
 
 class ConstraintState:
     """One generation's parser: which tokens may come next, advanced by each chosen token."""
 
-    def __init__(self, matcher: llguidance.LLMatcher, vocab: int, eos: int):
+    def __init__(self, matcher: llguidance.LLMatcher, vocab: int, eos: int,
+                 decode: Callable[[list[int]], bytes], free_until: bytes | None = None):
         self._matcher = matcher
         self._words = np.zeros((vocab + 31) // 32, dtype=np.uint32)
         self._eos = eos
+        self._decode = decode
+        self._free_until = free_until
+        self._free_tail = b""  # the end of the free text so far, enough to see `free_until` arrive
 
     def advance(self, token_id: int) -> None:
         if not self._matcher.consume_token(token_id):
@@ -104,6 +110,13 @@ class ConstraintState:
         """logits (1, vocab) with the forbidden tokens at -inf. `previous` is the token chosen at the last
         step (lazy) or None at the first; it is fed to the parser while the model computes `logits`."""
         mx.async_eval(logits)
+        if self._free_until is not None:
+            if previous is not None:
+                tail = self._free_tail + self._decode([int(previous[0].item())])  # type: ignore[arg-type]
+                self._free_tail = tail[-4 * len(self._free_until):]
+            if self._free_until not in self._free_tail:
+                return logits  # still thinking: the think block is free text
+            self._free_until, previous = None, None  # closed by `previous`; the answer starts here
         if previous is not None:
             self.advance(int(previous[0].item()))  # type: ignore[arg-type]  # a token id array holds ints
         if self._matcher.is_stopped():

@@ -56,6 +56,10 @@ def pytest_collection_modifyitems(config, items):
         else:
             marker = pytest.mark.unit
         item.add_marker(marker)
+        if marker is pytest.mark.real_model:
+            # Under pytest-xdist (scripts/test runs `-n auto --dist loadgroup`) the real models are loaded by
+            # one worker only: session fixtures are per worker, and two copies would double time and memory.
+            item.add_marker(pytest.mark.xdist_group("real_model"))
 
 
 def optional_shared_data(name: str) -> Path | None:

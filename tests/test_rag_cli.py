@@ -127,3 +127,23 @@ def test_store_damaged_past_its_header(capsys, notes, bert, tmp_path):
     db.write_bytes(bytes(data))
     code, out, err = run(capsys, "search", "cats", "--index", str(db))
     assert code == 2 and "--rebuild" in err and len(err.strip().splitlines()) == 1
+
+
+def test_index_status_lists_each_file_and_bad_flag_mixes_are_one_line(capsys, notes, bert, tmp_path):
+    index = str(tmp_path / "n.sqlite")
+    (notes / "blob.md").write_bytes(b"\0\0binary")
+    assert run(capsys, "index", str(notes), "--index", index, "--embedder", str(bert))[0] == 0
+    (notes / "later.md").write_text("# Later\n\nwritten after indexing\n")
+    code, out, _ = run(capsys, "index", "--status", str(notes), "--index", index)
+    lines = out.splitlines()
+    assert code == 0
+    assert f"indexed  {notes / 'cats.md'}  (2 chunks)" in lines
+    assert f"skipped  {notes / 'blob.md'}  (binary (not a text file))" in lines
+    assert f"new      {notes / 'later.md'}  (not indexed yet)" in lines
+    assert lines[-1] == f"3 indexed, 1 new, 1 skipped ({index})"
+    code, _, err = run(capsys, "index", "--status", "--rebuild", "--index", index)
+    assert code == 2 and err.count("\n") == 1 and "--status only reads the index" in err
+    code, _, err = run(capsys, "index", "--index", index)
+    assert code == 2 and "name the folders to index" in err
+    code, _, err = run(capsys, "index", "--status", "--index", str(tmp_path / "none.sqlite"))
+    assert code == 2 and "no notes index at" in err

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -38,6 +38,7 @@ class IndexSummary:
     unchanged: int = 0
     skipped: Counter = field(default_factory=Counter)  # reason -> files
     warnings: list[str] = field(default_factory=list)
+    problems: list[tuple[str, str, str]] = field(default_factory=list)  # (path, "skipped"/"failed"/"warning", why)
     chunks_embedded: int = 0
     chunks_reused: int = 0
     truncated: int = 0
@@ -48,6 +49,8 @@ class IndexSummary:
 
     def warn(self, path: str, reason: str, skipped: bool = True) -> None:
         self.warnings.append(f"{path}: {reason}")
+        kind = ("failed" if reason.startswith("unreadable") else "skipped") if skipped else "warning"
+        self.problems.append((path, kind, reason))
         if skipped:
             self.skipped[reason.split(" (")[0]] += 1
 
@@ -81,7 +84,7 @@ def find_notes(roots: list[Path], summary: IndexSummary) -> list[Path]:
     return found
 
 
-def index_notes(store: Store, embedder, roots: list[str | Path], progress: bool = False,
+def index_notes(store: Store, embedder, roots: Sequence[str | Path], progress: bool = False,
                 on_file: Callable[[int, int, str], None] | None = None) -> IndexSummary:
     """Bring the index up to date with the roots.
 
@@ -121,6 +124,7 @@ def index_notes(store: Store, embedder, roots: list[str | Path], progress: bool 
                 if stale not in seen:
                     store.remove_file(stale)
                     summary.removed += 1
+    store.record_problems([str(p) for p in paths], summary.problems)
     summary.truncated = embedder.truncated - truncated_before
     summary.total_files, summary.total_chunks = store.counts()
     summary.seconds = time.perf_counter() - started

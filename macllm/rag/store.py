@@ -37,6 +37,11 @@ CREATE INDEX IF NOT EXISTS chunks_hash ON chunks(hash, embedder);
 CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(heading, text, cjk, tokenize='porter unicode61');
 """
 
+# Added after format 1 shipped, created when missing (older macllm versions simply ignore it): why a
+# file is not indexed, or was indexed with a warning, as of the last run over its folder.
+_PROBLEMS = ("CREATE TABLE IF NOT EXISTS problems (path TEXT PRIMARY KEY, kind TEXT NOT NULL, "
+             "reason TEXT NOT NULL)")
+
 # Keyword weights: a heading match says more than one in the body.
 _BM25_WEIGHTS = (2.0, 1.0, 1.0)
 # In a large index, a query word found in over 5% of chunks adds little to BM25 but costs the most time
@@ -101,6 +106,7 @@ class Store:
         version = c.execute("PRAGMA user_version").fetchone()[0]
         if version != SCHEMA_VERSION:
             raise sqlite3.DatabaseError(f"index format {version}, this macllm reads {SCHEMA_VERSION}")
+        c.execute(_PROBLEMS)
 
     def close(self) -> None:
         self.conn.close()
@@ -150,10 +156,6 @@ class Store:
         return previous is not None
 
     # ------------------------------------------------------------------ files
-    def file_state(self, path: str) -> tuple[int, int, str] | None:
-        """(mtime_ns, size, sha256) as last indexed, or None."""
-        return self.conn.execute("SELECT mtime_ns, size, sha256 FROM files WHERE path=?", (path,)).fetchone()
-
     def file_states(self) -> dict[str, tuple[int, int, str]]:
         """Every file's (mtime_ns, size, sha256) as last indexed, in one query."""
         return {path: (mtime, size, sha) for path, mtime, size, sha in
@@ -208,6 +210,25 @@ class Store:
     def _delete_chunks(self, file_id: int) -> None:
         self.conn.execute("DELETE FROM chunks_fts WHERE rowid IN (SELECT id FROM chunks WHERE file_id=?)", (file_id,))
         self.conn.execute("DELETE FROM chunks WHERE file_id=?", (file_id,))
+
+    def record_problems(self, roots: list[str], problems: list[tuple[str, str, str]]) -> None:
+        """The last run's problems replace those recorded before under the same roots."""
+        with self.transaction():
+            for root in roots:
+                prefix = root.rstrip("/") + "/"
+                self.conn.execute("DELETE FROM problems WHERE path = ? OR substr(path, 1, ?) = ?",
+                                  (root, len(prefix), prefix))
+            self.conn.executemany("INSERT OR REPLACE INTO problems(path, kind, reason) VALUES (?, ?, ?)", problems)
+
+    def problems(self) -> dict[str, tuple[str, str]]:
+        """path -> (kind, reason) as of the last run over its folder."""
+        return {path: (kind, reason) for path, kind, reason in
+                self.conn.execute("SELECT path, kind, reason FROM problems")}
+
+    def chunk_counts(self) -> dict[str, int]:
+        """path -> number of chunks, for every indexed file."""
+        return dict(self.conn.execute(
+            "SELECT f.path, count(c.id) FROM files f LEFT JOIN chunks c ON c.file_id = f.id GROUP BY f.id"))
 
     def paths_under(self, root: str) -> list[str]:
         prefix = root.rstrip("/") + "/"

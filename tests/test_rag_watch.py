@@ -74,9 +74,12 @@ def test_a_burst_of_1000_changes_is_one_pass_and_later_edits_follow(tmp_path, em
     deadline = time.time() + 120
     while time.time() < deadline and not batches:
         time.sleep(0.1)
+    time.sleep(3)  # a second batch from the burst would have come by now
     assert len(batches) == 1, [n for n, _ in batches]
     changes, summary = batches[0]
-    assert changes >= 1001 and summary.added == 1000 and summary.removed == 1
+    # The watcher may miss events of files written into a new folder before it watches that folder (here
+    # some of sub/): the pass does not depend on them, it walks the folders.
+    assert changes > 500 and summary.added == 1000 and summary.removed == 1
     (folder / "old.md").write_text(note(-1) + "\n## Later\n\nan edit\n")
     (folder / "sub" / "n0001.md").rename(folder / "renamed.md")
     while time.time() < deadline and len(batches) < 2:

@@ -18,9 +18,10 @@ from watchfiles import Change, watch
 from macllm.rag.indexer import IndexSummary, index_notes
 from macllm.rag.store import Store
 
-# watchfiles groups changes until none came for STEP_MS, or for at most DEBOUNCE_MS from the first one.
-DEBOUNCE_MS = 5000
-STEP_MS = 400
+# watchfiles groups changes until none came for STEP_MS, or for at most DEBOUNCE_MS from the first one: a
+# git checkout (or a copy) of thousands of files on a busy machine still lands in one batch.
+DEBOUNCE_MS = 30_000
+STEP_MS = 1000
 
 
 def watch_notes(store: Store, embedder, roots: Sequence[str | Path],

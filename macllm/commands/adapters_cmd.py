@@ -33,6 +33,13 @@ def training_summary(training: dict | None) -> str:
     return ", ".join(parts) or "-"
 
 
+def notes_changed_note(changed: int | None) -> str:
+    """'; 42 notes changed since training' when the training folder has moved on."""
+    if not changed:
+        return ""
+    return f"; {changed} note{'s' if changed != 1 else ''} changed since training"
+
+
 def run_list(args) -> int:
     from macllm.lora.store import list_adapters
     from macllm.paths import adapters_dir
@@ -51,7 +58,8 @@ def run_list(args) -> int:
             table.append((r["name"], "damaged", "-", "-", _size(r["size_bytes"]), "-", r["error"]))
             continue
         table.append((r["name"], r.get("base_model") or "?", str(r["rank"]), r["layers"], _size(r["size_bytes"]),
-                      (r.get("created") or "-")[:10], training_summary(r.get("training"))))
+                      (r.get("created") or "-")[:10], training_summary(r.get("training"))
+                      + notes_changed_note(r.get("notes_changed"))))
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

@@ -17,6 +17,7 @@ from macllm.errors import MacllmError
 from macllm.lora import formats
 from macllm.models.implementation import MLX_LM_LABEL, implementation
 from macllm.paths import adapters_dir
+from macllm.tuner.data import notes_changed_since
 
 BUNDLED = Path(__file__).resolve().parents[2] / "adapters"
 
@@ -89,6 +90,9 @@ def describe(path: Path, where: str = "") -> dict:
     row.update({"base_model": a.base_model, "base_fingerprint": a.base_fingerprint, "rank": a.rank,
                 "scale": a.scale, "format": a.format, "layers": _span(layers), "num_layers": len(layers),
                 "keys": a.keys, "created": a.created, "training": a.training})
+    data = (a.training or {}).get("data")
+    if isinstance(data, dict):
+        row["notes_changed"] = notes_changed_since(data)  # None: unknown (not a notes folder, or gone)
     return row
 
 

@@ -8,6 +8,7 @@ notes: a chunk of a note seen in training would make the held-out loss look bett
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import random
 from pathlib import Path
 
@@ -131,8 +132,28 @@ def load_notes(root: Path, tokenizer, max_seq: int, val_fraction: float, seed: i
              "chunks": len(train) + len(valid), "train_chunks": len(train), "valid_chunks": len(valid),
              "tokens": sum(len(e.tokens) for e in train + valid),
              "train_tokens": sum(len(e.tokens) for e in train),
-             "valid_tokens": sum(len(e.tokens) for e in valid), "skipped": skipped}
+             "valid_tokens": sum(len(e.tokens) for e in valid), "skipped": skipped,
+             "file_hashes": {rel: note_hash(text) for rel, text in notes.items()}}
     return TrainingData(train, valid, stats)
+
+
+def note_hash(text: str) -> str:
+    """Short content hash of a note as training read it (16 hex digits: ~100 KB of metadata for 5k notes)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def notes_changed_since(data_stats: dict) -> int | None:
+    """How many notes of the training folder were added, edited or deleted since; None when the adapter
+    was not trained on a notes folder that recorded its files (older adapters) or the folder is gone."""
+    before = data_stats.get("file_hashes")
+    if data_stats.get("kind") != "notes" or not isinstance(before, dict) or not data_stats.get("source"):
+        return None
+    try:
+        notes, _ = find_notes(Path(data_stats["source"]))
+    except (MacllmError, OSError):
+        return None
+    now = {rel: note_hash(text) for rel, text in notes.items()}
+    return sum(1 for rel in before.keys() | now.keys() if before.get(rel) != now.get(rel))
 
 
 def _describe(skipped: dict) -> str:

@@ -121,7 +121,8 @@ def _run(opts: RunOptions, cfg: TrainConfig, emit, group: Group) -> int:
     emit({"event": "start", "model": opts.model, "adapter": opts.name, "path": str(final),
           "compute": loaded.info.compute, "total_iters": trainer.total,
           "steps_per_epoch": trainer.per_epoch, "resumed_from": trainer.progress.step or None,
-          "ranks": group.size, "data": data.stats, "config": run_info["config"]})
+          "ranks": group.size, "config": run_info["config"],
+          "data": {k: v for k, v in data.stats.items() if k != "file_hashes"}})  # hashes: in the adapter only
 
     def save(t: Trainer) -> Path | None:
         if not group.is_main:

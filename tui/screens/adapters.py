@@ -30,6 +30,8 @@ def training_line(row: dict) -> str:
         if t.get(key) is not None:
             parts.append(f"{label} {t[key]:.2f}")
             break
+    if row.get("notes_changed"):
+        parts.append(f"{row['notes_changed']} notes changed since training")
     return ", ".join(parts)
 
 

@@ -213,3 +213,23 @@ def test_running_rows_step_between_the_chunks_of_a_long_prompt(tmp_path, monkeyp
         assert first.token_ids == e.generate(prompt(e, 0), params).result(timeout=60).token_ids
     during = log[log.index(PrefillProgress.__name__):log.index("TokenEvent")]
     assert during.count("step") >= 4  # the running row went on between the joining prompt's chunks
+
+
+@pytest.mark.parametrize("arch", ["olmo2", "lfm2"])
+def test_an_mlx_lm_family_model_serves_concurrent_requests_one_at_a_time(arch, tmp_path, monkeypatch):
+    """mlx-lm's own model classes (an attention family and a recurrent hybrid) take the server's path too: one
+    sequence per pass with its own mlx-lm caches, answers as alone, the next turn reusing what it can."""
+    from tests.test_mlx_lm_family import save_mlx_lm_folder
+
+    monkeypatch.setenv("MACLLM_HOME", str(tmp_path / "home"))
+    widths = count_batched_steps(monkeypatch)
+    with Engine(str(save_mlx_lm_folder(arch, tmp_path / arch)), progress=False) as e:
+        prompts = [[1, 5 + i, 9, 12, 7] for i in range(3)]
+        params = GenerationParams(max_tokens=6)
+        results = all_at_once(e, [(p, params, {}) for p in prompts])
+        for p, got in zip(prompts, results, strict=True):
+            assert got.token_ids == e.generate(p, params).result(timeout=60).token_ids
+        follow = results[0].fed_tokens + [3, 4]
+        again = e.complete(follow, params, {}).result(timeout=60)
+        assert again.token_ids == e.generate(follow, params).result(timeout=60).token_ids
+    assert widths and set(widths) == {1}

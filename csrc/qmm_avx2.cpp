@@ -3,6 +3,8 @@
 // plus the biases' dot product with the activations' group sums.
 #include <immintrin.h>
 
+#include <cstring>
+
 #include "qmm_kernels.h"
 
 namespace macllm_cpu {
@@ -91,27 +93,91 @@ void rows(const Problem& p, int n0, int n1) {
   }
 }
 
+// 2, 3, 5 and 6 bits, as in qmm_avx512.cpp: eight values (BITS bytes) per step, each 32-bit lane
+// gets the two bytes holding its value by a byte shuffle, then a per-lane shift and mask.
+template <int M, int BITS>
+void rows_packed(const Problem& p, int n0, int n1) {
+  const int K = p.K, G = K / p.group_size, N = p.N;
+  const size_t row_bytes = static_cast<size_t>(K) * BITS / 8;
+  float sb[kMaxGroups], bb[kMaxGroups];
+  alignas(32) int8_t control[32];
+  alignas(32) int32_t shifts[8];
+  for (int j = 0; j < 8; ++j) {
+    const int bit = BITS * j;
+    for (int b = 0; b < 4; ++b) control[4 * j + b] = b < 2 ? static_cast<int8_t>((bit >> 3) + b) : -128;
+    shifts[j] = bit & 7;
+  }
+  const __m256i ctrl = _mm256_load_si256(reinterpret_cast<const __m256i*>(control));
+  const __m256i shift = _mm256_load_si256(reinterpret_cast<const __m256i*>(shifts));
+  const __m256i mask = _mm256_set1_epi32((1 << BITS) - 1);
+  const uint8_t* w_end = p.w + static_cast<size_t>(p.N) * row_bytes;
+  for (int n = n0; n < n1; ++n) {
+    row_to_floats(p.scale_type, p.scales, static_cast<size_t>(n) * G, G, sb);
+    row_to_floats(p.scale_type, p.biases, static_cast<size_t>(n) * G, G, bb);
+    const uint8_t* wr = p.w + n * row_bytes;
+    __m256 acc[M];
+    for (int m = 0; m < M; ++m) acc[m] = _mm256_setzero_ps();
+    for (int g = 0; g < G; ++g) {
+      __m256 t[M];
+      for (int m = 0; m < M; ++m) t[m] = _mm256_setzero_ps();
+      const int k_end = (g + 1) * p.group_size;
+      for (int k0 = g * p.group_size; k0 < k_end; k0 += 8) {
+        // A 16-byte load reads past this chunk: fine inside the matrix, not at its very end.
+        const uint8_t* src = wr + static_cast<size_t>(k0) * BITS / 8;
+        alignas(16) uint8_t bytes[16] = {0};
+        if (src + 16 > w_end) {
+          std::memcpy(bytes, src, BITS);
+          src = bytes;
+        }
+        const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+        const __m256 q = _mm256_cvtepi32_ps(
+            _mm256_and_si256(_mm256_srlv_epi32(_mm256_shuffle_epi8(v, ctrl), shift), mask));
+        for (int m = 0; m < M; ++m) {
+          t[m] = _mm256_fmadd_ps(q, _mm256_loadu_ps(p.x + static_cast<size_t>(m) * K + k0), t[m]);
+        }
+      }
+      const __m256 s = _mm256_set1_ps(sb[g]);
+      for (int m = 0; m < M; ++m) acc[m] = _mm256_fmadd_ps(s, t[m], acc[m]);
+    }
+    for (int m = 0; m < M; ++m) {
+      p.out[static_cast<size_t>(m) * N + n] = hsum(acc[m]) + dot(bb, p.xsum + static_cast<size_t>(m) * G, G);
+    }
+  }
+}
+
+template <int M, int BITS>
+void rows_any(const Problem& p, int n0, int n1) {
+  if constexpr (BITS == 4 || BITS == 8) {
+    rows<M, BITS>(p, n0, n1);
+  } else {
+    rows_packed<M, BITS>(p, n0, n1);
+  }
+}
+
 template <int BITS>
 void rows_bits(const Problem& p, int n0, int n1) {
   switch (p.M) {
-    case 1: return rows<1, BITS>(p, n0, n1);
-    case 2: return rows<2, BITS>(p, n0, n1);
-    case 3: return rows<3, BITS>(p, n0, n1);
-    case 4: return rows<4, BITS>(p, n0, n1);
-    case 5: return rows<5, BITS>(p, n0, n1);
-    case 6: return rows<6, BITS>(p, n0, n1);
-    case 7: return rows<7, BITS>(p, n0, n1);
-    default: return rows<8, BITS>(p, n0, n1);
+    case 1: return rows_any<1, BITS>(p, n0, n1);
+    case 2: return rows_any<2, BITS>(p, n0, n1);
+    case 3: return rows_any<3, BITS>(p, n0, n1);
+    case 4: return rows_any<4, BITS>(p, n0, n1);
+    case 5: return rows_any<5, BITS>(p, n0, n1);
+    case 6: return rows_any<6, BITS>(p, n0, n1);
+    case 7: return rows_any<7, BITS>(p, n0, n1);
+    default: return rows_any<8, BITS>(p, n0, n1);
   }
 }
 
 }  // namespace
 
 void rows_avx2(const Problem& p, int n0, int n1) {
-  if (p.bits == 4) {
-    rows_bits<4>(p, n0, n1);
-  } else {
-    rows_bits<8>(p, n0, n1);
+  switch (p.bits) {
+    case 2: return rows_bits<2>(p, n0, n1);
+    case 3: return rows_bits<3>(p, n0, n1);
+    case 4: return rows_bits<4>(p, n0, n1);
+    case 5: return rows_bits<5>(p, n0, n1);
+    case 6: return rows_bits<6>(p, n0, n1);
+    default: return rows_bits<8>(p, n0, n1);
   }
 }
 

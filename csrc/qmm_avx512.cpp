@@ -1,9 +1,12 @@
-// AVX-512F row kernel (16 float lanes). Compiled with -mavx512f; called only when the CPU has it.
+// AVX-512 (F + BW) row kernel (16 float lanes). Compiled with -mavx512f -mavx512bw; called only when
+// the CPU has both.
 //
 // Per group: unpack the weights to float lanes, multiply-add them with the prepared activations
 // into a per-row partial t, then acc += scale * t. The biases' term is a separate dot product of
 // the row's biases with the activations' group sums.
 #include <immintrin.h>
+
+#include <cstring>
 
 #include "qmm_kernels.h"
 
@@ -86,27 +89,92 @@ void rows(const Problem& p, int n0, int n1) {
   }
 }
 
+// 2, 3, 5 and 6 bits: a row is a little-endian bit stream, value k at bit k * BITS. Sixteen values
+// take 2 * BITS bytes; each 32-bit lane j gets the two bytes holding value j by a byte shuffle, then
+// a per-lane shift and mask.
+template <int M, int BITS>
+void rows_packed(const Problem& p, int n0, int n1) {
+  const int K = p.K, G = K / p.group_size, N = p.N;
+  const size_t row_bytes = static_cast<size_t>(K) * BITS / 8;
+  float sb[kMaxGroups], bb[kMaxGroups];
+  alignas(64) int8_t control[64];
+  alignas(64) int32_t shifts[16];
+  for (int j = 0; j < 16; ++j) {
+    const int bit = BITS * j;
+    for (int b = 0; b < 4; ++b) control[4 * j + b] = b < 2 ? static_cast<int8_t>((bit >> 3) + b) : -128;
+    shifts[j] = bit & 7;
+  }
+  const __m512i ctrl = _mm512_load_si512(control);
+  const __m512i shift = _mm512_load_si512(shifts);
+  const __m512i mask = _mm512_set1_epi32((1 << BITS) - 1);
+  const uint8_t* w_end = p.w + static_cast<size_t>(p.N) * row_bytes;
+  for (int n = n0; n < n1; ++n) {
+    row_to_floats(p.scale_type, p.scales, static_cast<size_t>(n) * G, G, sb);
+    row_to_floats(p.scale_type, p.biases, static_cast<size_t>(n) * G, G, bb);
+    const uint8_t* wr = p.w + n * row_bytes;
+    __m512 acc[M];
+    for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_ps();
+    for (int g = 0; g < G; ++g) {
+      __m512 t[M];
+      for (int m = 0; m < M; ++m) t[m] = _mm512_setzero_ps();
+      const int k_end = (g + 1) * p.group_size;
+      for (int k0 = g * p.group_size; k0 < k_end; k0 += 16) {
+        // A 16-byte load reads past this chunk: fine inside the matrix, not at its very end.
+        const uint8_t* src = wr + static_cast<size_t>(k0) * BITS / 8;
+        alignas(16) uint8_t bytes[16] = {0};
+        if (src + 16 > w_end) {
+          std::memcpy(bytes, src, 2 * BITS);
+          src = bytes;
+        }
+        const __m512i v = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+        const __m512 q = _mm512_cvtepi32_ps(
+            _mm512_and_si512(_mm512_srlv_epi32(_mm512_shuffle_epi8(v, ctrl), shift), mask));
+        for (int m = 0; m < M; ++m) {
+          t[m] = _mm512_fmadd_ps(q, _mm512_loadu_ps(p.x + static_cast<size_t>(m) * K + k0), t[m]);
+        }
+      }
+      const __m512 s = _mm512_set1_ps(sb[g]);
+      for (int m = 0; m < M; ++m) acc[m] = _mm512_fmadd_ps(s, t[m], acc[m]);
+    }
+    for (int m = 0; m < M; ++m) {
+      p.out[static_cast<size_t>(m) * N + n] = _mm512_reduce_add_ps(acc[m]) + dot(bb, p.xsum + static_cast<size_t>(m) * G, G);
+    }
+  }
+}
+
+template <int M, int BITS>
+void rows_any(const Problem& p, int n0, int n1) {
+  if constexpr (BITS == 4 || BITS == 8) {
+    rows<M, BITS>(p, n0, n1);
+  } else {
+    rows_packed<M, BITS>(p, n0, n1);
+  }
+}
+
 template <int BITS>
 void rows_bits(const Problem& p, int n0, int n1) {
   switch (p.M) {
-    case 1: return rows<1, BITS>(p, n0, n1);
-    case 2: return rows<2, BITS>(p, n0, n1);
-    case 3: return rows<3, BITS>(p, n0, n1);
-    case 4: return rows<4, BITS>(p, n0, n1);
-    case 5: return rows<5, BITS>(p, n0, n1);
-    case 6: return rows<6, BITS>(p, n0, n1);
-    case 7: return rows<7, BITS>(p, n0, n1);
-    default: return rows<8, BITS>(p, n0, n1);
+    case 1: return rows_any<1, BITS>(p, n0, n1);
+    case 2: return rows_any<2, BITS>(p, n0, n1);
+    case 3: return rows_any<3, BITS>(p, n0, n1);
+    case 4: return rows_any<4, BITS>(p, n0, n1);
+    case 5: return rows_any<5, BITS>(p, n0, n1);
+    case 6: return rows_any<6, BITS>(p, n0, n1);
+    case 7: return rows_any<7, BITS>(p, n0, n1);
+    default: return rows_any<8, BITS>(p, n0, n1);
   }
 }
 
 }  // namespace
 
 void rows_avx512(const Problem& p, int n0, int n1) {
-  if (p.bits == 4) {
-    rows_bits<4>(p, n0, n1);
-  } else {
-    rows_bits<8>(p, n0, n1);
+  switch (p.bits) {
+    case 2: return rows_bits<2>(p, n0, n1);
+    case 3: return rows_bits<3>(p, n0, n1);
+    case 4: return rows_bits<4>(p, n0, n1);
+    case 5: return rows_bits<5>(p, n0, n1);
+    case 6: return rows_bits<6>(p, n0, n1);
+    default: return rows_bits<8>(p, n0, n1);
   }
 }
 

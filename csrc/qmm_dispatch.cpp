@@ -15,7 +15,7 @@ std::vector<Isa> supported() {
   std::vector<Isa> isas;
 #if defined(__x86_64__) || defined(_M_X64)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) isas.push_back({"avx512", rows_avx512});
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) isas.push_back({"avx512", rows_avx512});
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
     isas.push_back({"avx2", rows_avx2});
   }

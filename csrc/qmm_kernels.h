@@ -1,8 +1,9 @@
 // The row kernels of our CPU quantized matmul: out = x @ dequantize(w)^T for up to 8 rows of x.
 //
-// Weights are in MLX's affine packing: row n of w holds K values of `bits` bits, packed into uint32
-// words lowest bits first (so for 4 bits, byte j of a row holds value 2j in its low nibble and
-// 2j+1 in its high nibble); value = scale[n, g] * q + bias[n, g] for group g = k / group_size.
+// Weights are in MLX's affine packing: row n of w holds K values of `bits` bits (2, 3, 4, 5, 6 or 8)
+// as a little-endian bit stream, value k at bit k * bits (so for 4 bits, byte j of a row holds value
+// 2j in its low nibble and 2j+1 in its high nibble); value = scale[n, g] * q + bias[n, g] for group
+// g = k / group_size.
 //
 // Each ISA lives in its own file compiled with its own flags (x86) and is only called after a
 // runtime CPU check. Those files use no templates from the standard library: an inline function
@@ -24,7 +25,7 @@ constexpr int kMaxRows = 8;
 struct Problem {
   // Up to kMaxRows rows of K floats, prepared by the caller: for 4 bits, each run of 32 values is
   // stored as its 16 even-indexed values then its 16 odd-indexed ones (the order the nibbles
-  // unpack in); for 8 bits, as is.
+  // unpack in); for other widths, as is.
   const float* x;
   const float* xsum;  // per row, the sum of x over each group (G floats): the biases' term
   const uint8_t* w;   // N rows of K * bits / 8 bytes
@@ -46,6 +47,9 @@ void rows_avx512(const Problem& p, int n0, int n1);
 #if defined(__aarch64__)
 void rows_neon(const Problem& p, int n0, int n1);
 #endif
+
+// Value k of a row of 2, 3, 5 or 6-bit values (a little-endian bit stream: value k at bit k * bits).
+float packed_value(const uint8_t* row, size_t row_bytes, int k, int bits);
 
 // One scale or bias as a float (IEEE half and bfloat16 decoded by bit manipulation).
 float scale_at(ScaleType t, const void* base, size_t i);

@@ -58,13 +58,22 @@ void rows(const Problem& p, int n0, int n1) {
             }
           }
         }
-      } else {
+      } else if (BITS == 8) {
         for (int k0 = g * p.group_size; k0 < k_end; k0 += 16) {
           float32x4_t q[4];
           widen(vld1q_u8(wr + k0), q);
           for (int m = 0; m < M; ++m) {
             const float* xm = p.x + static_cast<size_t>(m) * K + k0;
             for (int i = 0; i < 4; ++i) t[m] = vfmaq_f32(t[m], q[i], vld1q_f32(xm + 4 * i));
+          }
+        }
+      } else {  // 2, 3, 5, 6 bits: unpacked one value at a time (not tuned)
+        for (int k0 = g * p.group_size; k0 < k_end; k0 += 16) {
+          float values[16];
+          for (int i = 0; i < 16; ++i) values[i] = packed_value(wr, row_bytes, k0 + i, BITS);
+          for (int m = 0; m < M; ++m) {
+            const float* xm = p.x + static_cast<size_t>(m) * K + k0;
+            for (int i = 0; i < 4; ++i) t[m] = vfmaq_f32(t[m], vld1q_f32(values + 4 * i), vld1q_f32(xm + 4 * i));
           }
         }
       }
@@ -94,10 +103,13 @@ void rows_bits(const Problem& p, int n0, int n1) {
 }  // namespace
 
 void rows_neon(const Problem& p, int n0, int n1) {
-  if (p.bits == 4) {
-    rows_bits<4>(p, n0, n1);
-  } else {
-    rows_bits<8>(p, n0, n1);
+  switch (p.bits) {
+    case 2: return rows_bits<2>(p, n0, n1);
+    case 3: return rows_bits<3>(p, n0, n1);
+    case 4: return rows_bits<4>(p, n0, n1);
+    case 5: return rows_bits<5>(p, n0, n1);
+    case 6: return rows_bits<6>(p, n0, n1);
+    default: return rows_bits<8>(p, n0, n1);
   }
 }
 

@@ -141,7 +141,7 @@ mx::array quantized_matmul(const mx::array& x, const mx::array& w, const mx::arr
                            const mx::array& biases, int group_size, int bits, mx::StreamOrDevice s) {
   const mx::Stream stream = mx::to_stream(s);
   check(stream.device == mx::Device::cpu, "runs on the CPU only");
-  check(bits == 4 || bits == 8, "bits must be 4 or 8");
+  check(bits == 2 || bits == 3 || bits == 4 || bits == 5 || bits == 6 || bits == 8, "bits must be 2, 3, 4, 5, 6 or 8");
   check(group_size == 32 || group_size == 64 || group_size == 128, "group_size must be 32, 64 or 128");
   check(x.ndim() >= 1 && is_float(x.dtype()), "x must be a float array");
   check(w.ndim() == 2 && w.dtype() == mx::uint32, "w must be a 2-D uint32 array");

@@ -46,6 +46,14 @@ float scale_at(ScaleType t, const void* base, size_t i) {
   return 0.0f;
 }
 
+float packed_value(const uint8_t* row, size_t row_bytes, int k, int bits) {
+  const size_t bit = static_cast<size_t>(k) * bits;
+  const size_t byte = bit >> 3;
+  uint32_t window = row[byte];
+  if (byte + 1 < row_bytes) window |= static_cast<uint32_t>(row[byte + 1]) << 8;
+  return static_cast<float>((window >> (bit & 7)) & ((1u << bits) - 1));
+}
+
 void rows_scalar(const Problem& p, int n0, int n1) {
   const int G = p.K / p.group_size;
   const size_t row_bytes = static_cast<size_t>(p.K) * p.bits / 8;
@@ -65,10 +73,12 @@ void rows_scalar(const Problem& p, int n0, int n1) {
               dot += static_cast<float>(byte & 15) * xm[k0 + j] + static_cast<float>(byte >> 4) * xm[k0 + 16 + j];
             }
           }
-        } else {
+        } else if (p.bits == 8) {
           for (int k = k_begin; k < k_begin + p.group_size; ++k) {
             dot += static_cast<float>(wr[k]) * xm[k];
           }
+        } else {
+          for (int k = k_begin; k < k_begin + p.group_size; ++k) dot += packed_value(wr, row_bytes, k, p.bits) * xm[k];
         }
         total += scale_at(p.scale_type, p.scales, gi) * dot +
             scale_at(p.scale_type, p.biases, gi) * p.xsum[static_cast<size_t>(m) * G + g];

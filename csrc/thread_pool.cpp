@@ -15,9 +15,16 @@
 namespace macllm_cpu {
 namespace {
 
-// How long an idle worker spins before sleeping: longer than the gap between two matmuls of one
-// decode step, short enough not to hold a core between requests.
-constexpr auto kSpin = std::chrono::microseconds(500);
+// How long an idle worker spins before sleeping (MACLLM_CPU_SPIN_US, default 500): longer than the
+// gap between two matmuls of one decode step, short enough not to hold a core between requests.
+std::chrono::microseconds spin_time() {
+  static const std::chrono::microseconds spin = [] {
+    const char* env = std::getenv("MACLLM_CPU_SPIN_US");
+    const int us = env ? std::atoi(env) : 500;
+    return std::chrono::microseconds(us < 0 ? 0 : us);
+  }();
+  return spin;
+}
 
 int configured_threads() {
   if (const char* env = std::getenv("MACLLM_CPU_THREADS")) {
@@ -91,7 +98,7 @@ void ThreadPool::worker_loop() {
     int spins = 0;
     while (generation_of(state_.load(std::memory_order_acquire)) == seen && !stop_.load(std::memory_order_relaxed)) {
       MACLLM_PAUSE();
-      if (++spins % 128 == 0 && std::chrono::steady_clock::now() - start > kSpin) {
+      if (++spins % 128 == 0 && std::chrono::steady_clock::now() - start > spin_time()) {
         std::unique_lock<std::mutex> lock(sleep_mutex_);
         sleepers_.fetch_add(1, std::memory_order_seq_cst);
         wake_.wait(lock, [&] {

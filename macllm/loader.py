@@ -9,8 +9,9 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from macllm import backend
+from macllm import backend, cpu_kernels
 from macllm.config import ModelConfig
+from macllm.cpu_kernels.layers import use_cpu_kernel
 from macllm.errors import MacllmError
 from macllm.formats.gguf_header import read_header
 from macllm.formats.gguf_import import import_cache_path, imported_folder
@@ -56,6 +57,18 @@ def _load_strict(model: nn.Module, weights: dict[str, mx.array], source: str) ->
     model.load_weights(list(weights.items()), strict=False)
 
 
+def _float32_unquantized(weights: dict[str, mx.array]) -> dict[str, mx.array]:
+    """Norms and biases in float32 (the quantized triples stay as stored), so activations are float32
+    after the first layer: MLX's CPU ops on float16 convert every element and lose precision."""
+    quantized = {k[: -len(".scales")] for k in weights if k.endswith(".scales")}
+    out = {}
+    for name, value in weights.items():
+        prefix = name.rsplit(".", 1)[0]
+        keep = prefix in quantized and name != f"{prefix}.bias"
+        out[name] = value if keep or not mx.issubdtype(value.dtype, mx.floating) else value.astype(mx.float32)
+    return out
+
+
 def read_model_files(path: Path):
     """(config, weights, tokenizer, rope_periods, source description) for a .gguf file or a folder."""
     if path.is_file():
@@ -79,23 +92,31 @@ def read_tokenizer(path: Path):
 
 
 def build_model(cfg: ModelConfig, weights: dict, rope_periods=None, keep_quantized: bool = False,
-                source: str = "model") -> tuple[nn.Module, ModelInfo]:
+                source: str = "model", cpu_kernel: bool = True) -> tuple[nn.Module, ModelInfo]:
+    """`cpu_kernel=False` keeps quantized layers off our CPU kernel (training does, unless it keeps the
+    base quantized: the backward product would run MLX's much slower transposed quantized matmul)."""
     model = model_class(cfg.model_type)(cfg, rope_periods)
     weights = model.sanitize(weights)  # checkpoint layout -> ours (e.g. per-expert tensors stacked)
     params = count_parameters(model)
     quant = cfg.quantization
-    if quant and backend.should_compute_float32(params, keep_quantized):
+    # On the CPU with our kernel built, compute on the stored weights (docs/kernels.md).
+    kernel = bool(quant) and cpu_kernel and not backend.is_metal() and cpu_kernels.enabled()
+    if quant and not kernel and backend.should_compute_float32(params, keep_quantized):
         weights = dequantize_all(weights, quant, mx.float32)
         compute = "float32 (dequantized for the CPU fast path)"
     elif quant:
         _quantize_like_weights(model, weights, quant)
         compute = f"{quant['bits']}-bit quantized (group {quant['group_size']})"
+        if kernel:
+            weights = _float32_unquantized(weights)
     elif not backend.is_metal() and not keep_quantized:
         weights = {k: v.astype(mx.float32) for k, v in weights.items()}
         compute = "float32"
     else:
         compute = str(next(iter(weights.values())).dtype).replace("mlx.core.", "")
     _load_strict(model, weights, source)
+    if kernel and use_cpu_kernel(model):
+        compute += f", our CPU kernel ({cpu_kernels.build_status.removeprefix('built, ')})"
     mx.eval(model.parameters())
     model.eval()
     info = ModelInfo(source=source, path="", architecture=cfg.model_type, context_length=cfg.max_position_embeddings,
@@ -105,9 +126,10 @@ def build_model(cfg: ModelConfig, weights: dict, rope_periods=None, keep_quantiz
     return model, info
 
 
-def load_model(source: str, keep_quantized: bool = False, progress: bool = True) -> LoadedModel:
+def load_model(source: str, keep_quantized: bool = False, progress: bool = True,
+               cpu_kernel: bool = True) -> LoadedModel:
     path = resolve_model(source, progress=progress)
     cfg, weights, tokenizer, periods = read_model_files(path)
-    model, info = build_model(cfg, weights, periods, keep_quantized, source=path.name)
+    model, info = build_model(cfg, weights, periods, keep_quantized, source=path.name, cpu_kernel=cpu_kernel)
     backend.configure_metal()
     return LoadedModel(model=model, tokenizer=tokenizer, config=cfg, info=replace(info, source=source, path=str(path)))

@@ -26,6 +26,7 @@ if [ -f "$BUILD/stamp" ] && [ "$(cat "$BUILD/stamp")" = "$WANT" ] && ls macllm/c
   exit 0
 fi
 rm -f "$BUILD/FAILED"
+: > "$LOG"
 
 SUDO=""
 [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo"
@@ -60,7 +61,7 @@ rm -rf "$OUT"
 { "$CMAKE" -S csrc -B "$BUILD/cmake" -DPython_EXECUTABLE="$PY" -DCMAKE_BUILD_TYPE=Release \
     -DCMAKE_LIBRARY_OUTPUT_DIRECTORY="$OUT" \
   && "$CMAKE" --build "$BUILD/cmake" -j "$(nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)"; } >>"$LOG" 2>&1 \
-  || fail "$(grep -m1 -E 'error|Error' "$LOG" | cut -c1-200 || echo 'cmake failed')"
+  || fail "$(grep -m1 -E 'error:|CMake Error' "$LOG" | cut -c1-200 || echo 'cmake failed')"
 
 SO=$(ls "$OUT"/_cpu_quant*.so 2>/dev/null | head -1)
 [ -n "$SO" ] || fail "the build produced no module"

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ ON_CI = os.environ.get("CI", "").lower() == "true"
 os.environ["MACLLM_PROMPT_CACHE_MB"] = "0"
 
 # Fixtures that download a real model (directly or through another fixture): their tests are real_model.
-REAL_MODEL_FIXTURES = {"smollm_gguf", "smollm", "smollm_quantized", "gemma_gguf", "minilm_folder",
+REAL_MODEL_FIXTURES = {"smollm_gguf", "smollm", "smollm_float32", "smollm_quantized", "gemma_gguf", "minilm_folder",
                        "qwen_coder_gguf"}
 TUI_FILES = ("test_tui", "test_smoke_tmux")
 # Tests over ~3 s on the 2-core Linux CPU backend (pytest --durations), by "file::test" prefix.
@@ -137,20 +138,61 @@ def qwen_coder_gguf() -> Path:
     return pull_for_tests("qwen2.5-coder-0.5b")
 
 
+@contextmanager
+def cpu_kernel_off():
+    """Models loaded inside take the CPU paths macllm has without its CPU kernel (the float32 fast path,
+    or MLX's quantized matmul with keep_quantized), even where the kernel is built."""
+    old = os.environ.get("MACLLM_CPU_KERNEL")
+    os.environ["MACLLM_CPU_KERNEL"] = "off"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("MACLLM_CPU_KERNEL", None)
+        else:
+            os.environ["MACLLM_CPU_KERNEL"] = old
+
+
 @pytest.fixture(scope="session")
 def smollm(smollm_gguf):
-    """The real model loaded once on the float32 CPU fast path (as users get it)."""
+    """The real model loaded once as users get it: on the CPU, the stored 4-bit weights through our CPU
+    kernel where it is built (macllm/cpu_kernels), else the float32 fast path."""
     from macllm.loader import load_model
 
     return load_model(str(smollm_gguf), progress=False)
 
 
 @pytest.fixture(scope="session")
-def smollm_quantized(smollm_gguf):
-    """The real model computing with its stored 4-bit weights (slow on CPU: use few tokens)."""
+def smollm_float32(smollm_gguf):
+    """The real model on the float32 CPU fast path (weights dequantized once)."""
     from macllm.loader import load_model
 
-    return load_model(str(smollm_gguf), keep_quantized=True, progress=False)
+    with cpu_kernel_off():
+        return load_model(str(smollm_gguf), progress=False)
+
+
+@pytest.fixture(scope="session")
+def smollm_quantized(smollm_gguf):
+    """The real model computing with its stored 4-bit weights through MLX's own quantized matmul (slow
+    on CPU: use few tokens)."""
+    from macllm.loader import load_model
+
+    with cpu_kernel_off():
+        return load_model(str(smollm_gguf), keep_quantized=True, progress=False)
+
+
+# The three CPU paths a quantized model can take: fixture, and a check that the loaded model took it.
+SMOLLM_PATHS = {"float32": "smollm_float32", "quantized": "smollm_quantized", "default": "smollm"}
+
+
+def took_path(path: str, compute: str) -> bool:
+    from macllm import cpu_kernels
+
+    if path == "float32":
+        return compute.startswith("float32")
+    if path == "quantized":
+        return "quantized" in compute and "CPU kernel" not in compute
+    return "our CPU kernel" in compute if cpu_kernels.enabled() else compute.startswith("float32")
 
 
 def quantized_subset(prompts: list) -> list:

@@ -2,7 +2,7 @@
 
 The oracle is MLX's own quantized matmul on the same packed weights, computed in float32 (the
 kernels compute in float32 whatever the input dtype, and round once at the end). Every kernel
-variant this CPU runs is checked (AVX-512, AVX2, scalar here; NEON on arm64), over both bit widths,
+variant this CPU runs is checked (AVX-512, AVX2, scalar here; NEON on arm64), over every bit width (2, 3, 4, 5, 6, 8),
 all group sizes, 1..8 rows (decode) and more (prefill), odd output sizes and strided inputs.
 
 Without the built extension these tests are skipped, except under CI=true, where set-up is expected
@@ -65,7 +65,7 @@ CASES = [  # (rows, out features, in features)
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 8])
 @pytest.mark.parametrize("group_size", [32, 64, 128])
 def test_every_variant_matches_mlx_on_random_shapes(isa, bits, group_size):
     ext.set_isa(isa)
@@ -153,12 +153,12 @@ def test_concurrent_streams_get_correct_results():
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (dict(bits=3), "bits must be 4 or 8"),
+    (dict(bits=7), "bits must be 2, 3, 4, 5, 6 or 8"),
     (dict(group_size=16), "group_size must be 32, 64 or 128"),
     (dict(k=200), "columns"),
 ])
 def test_bad_arguments_raise_one_line(args, message):
-    w, s, b = packed(8, 256, args.get("bits", 4) if args.get("bits") != 3 else 4, 32, mx.float32, seed=8)
+    w, s, b = packed(8, 256, 4, 32, mx.float32, seed=8)
     x = mx.zeros((1, args.get("k", 256)))
     with pytest.raises(ValueError, match=message):
         cpu_kernels.quantized_matmul(x, w, s, b, args.get("group_size", 32), args.get("bits", 4))
@@ -167,3 +167,22 @@ def test_bad_arguments_raise_one_line(args, message):
 def test_unknown_variant_is_refused():
     with pytest.raises(ValueError, match="no 'sve9' kernel"):
         ext.set_isa("sve9")
+
+
+def test_use_cpu_kernel_switches_layers_in_place_with_the_same_results():
+    import mlx.nn as nn
+
+    from macllm.cpu_kernels.layers import KernelQuantizedEmbedding, KernelQuantizedLinear, use_cpu_kernel
+
+    mx.random.seed(9)
+    model = nn.Sequential(nn.Linear(128, 96, bias=True), nn.Linear(96, 64, bias=False), nn.Embedding(50, 128))
+    nn.quantize(model, group_size=32, bits=4)
+    x = mx.random.normal((2, 3, 128))
+    before = [model.layers[0](x), model.layers[1](model.layers[0](x)), model.layers[2].as_linear(x)]
+    weight = model.layers[0]["weight"]
+    assert use_cpu_kernel(model) == 3
+    assert type(model.layers[0]) is KernelQuantizedLinear and type(model.layers[2]) is KernelQuantizedEmbedding
+    assert model.layers[0]["weight"] is weight  # same parameters, nothing re-quantized
+    after = [model.layers[0](x), model.layers[1](model.layers[0](x)), model.layers[2].as_linear(x)]
+    for a, b in zip(before, after, strict=True):
+        np.testing.assert_allclose(np.array(b), np.array(a), rtol=1e-4, atol=1e-4)

@@ -36,7 +36,8 @@ def test_the_switch_turns_the_kernel_off_and_rejects_bad_values(monkeypatch, tmp
 
 
 @pytest.mark.parametrize(("bits", "group_size", "mode", "dims", "ok"), [
-    (4, 32, "affine", 576, True), (8, 128, "affine", 1536, True), (2, 64, "affine", 512, False),
+    (4, 32, "affine", 576, True), (8, 128, "affine", 1536, True), (7, 64, "affine", 512, False),
+    (5, 32, "affine", 896, True),
     (4, 16, "affine", 512, False), (4, 32, "mxfp4", 512, False), (4, 64, "affine", 64 * 5000, False),
 ])
 def test_which_layers_the_kernel_takes(monkeypatch, bits, group_size, mode, dims, ok):

@@ -12,7 +12,7 @@ from pathlib import Path
 import mlx.core as mx
 import pytest
 
-from tests.conftest import quantized_subset
+from tests.conftest import SMOLLM_PATHS, quantized_subset, took_path
 from tests.test_reference_llamacpp import load_reference, teacher_forced_argmax
 
 MIN_AGREEMENT = 0.99
@@ -72,14 +72,15 @@ def test_mlx_lm_tokenizer_matches_ours(mlx_lm_model, smollm, reference):
         assert mlx_tokenizer.encode(p["text"]) == smollm.tokenizer.encode(p["text"]), p["name"]
 
 
-@pytest.mark.parametrize("path", ["quantized", "float32"])
+@pytest.mark.parametrize("path", sorted(SMOLLM_PATHS))
 def test_teacher_forced_agreement_with_mlx_lm(path, request, reference):
-    """Like with like: our 4-bit path vs mlx-lm on the 4-bit weights, our float32 path vs mlx-lm on the
-    same weights dequantized to float32."""
-    loaded = request.getfixturevalue("smollm" if path == "float32" else "smollm_quantized")
-    assert loaded.info.compute.startswith("float32") == (path == "float32"), loaded.info.compute
-    peer = request.getfixturevalue("mlx_lm_float32_model" if path == "float32" else "mlx_lm_model")[0]
-    prompts = reference["prompts"] if path == "float32" else quantized_subset(reference["prompts"])
+    """Like with like: our 4-bit paths (MLX's quantized matmul; the default, our CPU kernel where built)
+    vs mlx-lm on the 4-bit weights, our float32 path vs mlx-lm on the same weights dequantized to float32."""
+    loaded = request.getfixturevalue(SMOLLM_PATHS[path])
+    assert took_path(path, loaded.info.compute), loaded.info.compute
+    float_peer = loaded.info.compute.startswith("float32")
+    peer = request.getfixturevalue("mlx_lm_float32_model" if float_peer else "mlx_lm_model")[0]
+    prompts = quantized_subset(reference["prompts"]) if path == "quantized" else reference["prompts"]
     lines, matched, total = [], 0, 0
     for p, theirs in zip(prompts, mlx_lm_picks(peer, prompts), strict=True):
         ours = teacher_forced_argmax(loaded.model, p["prompt_ids"], p["continuation_ids"])
@@ -106,13 +107,19 @@ def mlx_lm_greedy(model, prompt_ids: list[int], n: int, eos: set[int]) -> list[i
     return out
 
 
+@pytest.mark.parametrize("path", ["quantized", "default"])
 @pytest.mark.parametrize("name", GENERATION_PROMPTS)
-def test_greedy_generation_matches_mlx_lm(name, reference, smollm_quantized, mlx_lm_model):
+def test_greedy_generation_matches_mlx_lm(name, path, reference, request):
+    """The decode loop: MLX's quantized matmul and the default path (our CPU kernel where built) against
+    mlx-lm on the 4-bit weights; a default path without the kernel (float32) against mlx-lm in float32."""
     from macllm.generation import GenerationParams, generate
 
+    loaded = request.getfixturevalue(SMOLLM_PATHS[path])
     prompt = next(p for p in reference["prompts"] if p["name"] == name)
-    tokenizer = smollm_quantized.tokenizer
-    ours = generate(smollm_quantized.model, tokenizer, prompt["prompt_ids"],
+    tokenizer = loaded.tokenizer
+    ours = generate(loaded.model, tokenizer, prompt["prompt_ids"],
                     GenerationParams(max_tokens=GENERATED_TOKENS)).token_ids
-    theirs = mlx_lm_greedy(mlx_lm_model[0], prompt["prompt_ids"], GENERATED_TOKENS, tokenizer.eos_token_ids)
+    peer = "mlx_lm_float32_model" if loaded.info.compute.startswith("float32") else "mlx_lm_model"
+    theirs = mlx_lm_greedy(request.getfixturevalue(peer)[0], prompt["prompt_ids"], GENERATED_TOKENS,
+                           tokenizer.eos_token_ids)
     assert ours == theirs, f"{name}: ours {tokenizer.decode(ours)!r} vs mlx-lm {tokenizer.decode(theirs)!r}"

@@ -28,6 +28,7 @@ from macllm.models.implementation import implementation, mlx_lm_architectures
 from macllm.tuner.examples import Example, TrainingData
 from macllm.tuner.train import TrainConfig, Trainer
 from tests import tiny_models
+from tests.conftest import cpu_kernel_off
 from tests.test_qwen3 import save_mlx_lm_adapter
 
 GREEDY_TOKENS = 8
@@ -251,7 +252,8 @@ def test_kv_bits_quantize_attention_layers_and_leave_the_others(tmp_path, capsys
 
 def test_quantized_folder_runs_on_the_float32_fast_path_with_the_same_fingerprint(folders, tmp_path):
     quantized = save_mlx_lm_folder("phi", tmp_path / "phi-4bit", bits=4)
-    loaded = load_model(str(quantized), progress=False)
+    with cpu_kernel_off():  # the float32 fast path: the default without our CPU kernel
+        loaded = load_model(str(quantized), progress=False)
     assert loaded.info.compute.startswith("float32 (dequantized") and loaded.info.quantization == "4-bit g32"
     assert fingerprint(loaded.config) == fingerprint(load_model(str(folders["phi"]), progress=False).config)
     kept = load_model(str(quantized), keep_quantized=True, progress=False)

@@ -9,6 +9,7 @@ import pytest
 
 from macllm.loader import load_model
 from tests import tiny_models
+from tests.conftest import cpu_kernel_off, took_path
 
 TOKENS = mx.array([[1, 40, 41, 42, 120, 77, 200, 5, 9, 250]])
 
@@ -60,10 +61,18 @@ def test_mlx_quantized_folder_with_per_layer_overrides(tmp_path):
 @pytest.mark.parametrize("quant", ["q4_1", "q8_0"])
 def test_quantized_gguf_float32_path_equals_quantized_path(tmp_path, quant):
     path = tiny_models.write_tiny_gguf(tmp_path / f"{quant}.gguf", quant=quant)
-    fast = load_model(str(path), progress=False)
-    kept = load_model(str(path), keep_quantized=True, progress=False)
+    with cpu_kernel_off():
+        fast = load_model(str(path), progress=False)
+        kept = load_model(str(path), keep_quantized=True, progress=False)
     assert fast.info.compute.startswith("float32") and "quantized" in kept.info.compute
     assert mx.allclose(fast.model(TOKENS), kept.model(TOKENS), atol=2e-2)
+    # The default CPU path: our kernel on the stored weights, where it is built.
+    default = load_model(str(path), progress=False)
+    assert took_path("default", default.info.compute), default.info.compute
+    if "CPU kernel" in default.info.compute:
+        assert mx.allclose(default.model(TOKENS), kept.model(TOKENS), atol=1e-3)
+        with cpu_kernel_off():  # float32 stays available
+            assert load_model(str(path), progress=False).info.compute.startswith("float32")
 
 
 def test_float16_folder_runs_in_float32_on_cpu(tmp_path):

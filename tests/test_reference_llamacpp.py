@@ -15,7 +15,7 @@ from pathlib import Path
 import mlx.core as mx
 import pytest
 
-from tests.conftest import quantized_subset
+from tests.conftest import SMOLLM_PATHS, quantized_subset, took_path
 
 REFERENCE = Path(__file__).resolve().parent / "data" / "smollm2_llamacpp_reference.json"
 MIN_AGREEMENT = 0.95
@@ -79,12 +79,13 @@ def test_tokenizer_matches_llamacpp(smollm, reference):
         assert smollm.tokenizer.encode(p["text"]) == p["prompt_ids"], f"prompt {p['name']!r}: {p['text']!r}"
 
 
-@pytest.mark.parametrize("path", ["float32", "quantized"])
+@pytest.mark.parametrize("path", sorted(SMOLLM_PATHS))
 def test_teacher_forced_agreement_with_llamacpp(path, request, reference):
-    loaded = request.getfixturevalue("smollm" if path == "float32" else "smollm_quantized")
+    """float32 fast path, MLX's quantized matmul, and the default (our CPU kernel where built)."""
+    loaded = request.getfixturevalue(SMOLLM_PATHS[path])
     # Make sure each case really runs the path it names.
-    assert loaded.info.compute.startswith("float32") == (path == "float32"), loaded.info.compute
-    prompts = reference["prompts"] if path == "float32" else quantized_subset(reference["prompts"])
+    assert took_path(path, loaded.info.compute), loaded.info.compute
+    prompts = quantized_subset(reference["prompts"]) if path == "quantized" else reference["prompts"]
     overall, table = agreement_table(loaded.model, prompts)
     print(f"\nours ({loaded.info.compute}) vs llama.cpp, teacher forced:\n{table}")
     assert overall >= MIN_AGREEMENT, f"agreement {overall:.2%} < {MIN_AGREEMENT:.0%}\n{table}"

@@ -1,7 +1,7 @@
 """Our CPU quantized matmul for MLX (C++ in csrc/, built by scripts/build_kernels.sh; docs/kernels.md).
 
-The extension `_cpu_quant` computes `x @ dequantize(w)^T` on MLX's affine 4- and 8-bit packing
-(group sizes 32, 64, 128) with AVX-512, AVX2 or NEON row kernels split over a persistent thread pool.
+The extension `_cpu_quant` computes `x @ dequantize(w)^T` on MLX's affine packing (2, 3, 4, 5, 6 and 8 bits,
+group sizes 32, 64, 128) with AVX-512, AVX2 or NEON row kernels split over a persistent thread pool.
 This module imports it if it was built and says why not otherwise: macllm then runs on the paths it
 had before (float32 when the model fits, else MLX's own quantized matmul).
 
@@ -21,7 +21,7 @@ from macllm.errors import MacllmError
 
 ENV = "MACLLM_CPU_KERNEL"
 MODES = ("auto", "off")
-BITS = (4, 8)
+BITS = (2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (32, 64, 128)
 MAX_GROUPS = 4096  # per row: the kernels keep a row's scales on the stack (csrc/qmm_kernels.h)
 # Written by scripts/build_kernels.sh when the build fails: the one-line reason `doctor` shows.

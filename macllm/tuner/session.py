@@ -100,7 +100,8 @@ def run_training(opts: RunOptions, cfg: TrainConfig, emit) -> int:
 
 def _run(opts: RunOptions, cfg: TrainConfig, emit, group: Group) -> int:
     final, work, resume_from = preflight(opts)
-    loaded = load_model(opts.model, keep_quantized=opts.keep_quantized, progress=False)
+    # Float32 base unless --keep-quantized (QLoRA): see build_model on cpu_kernel.
+    loaded = load_model(opts.model, keep_quantized=opts.keep_quantized, progress=False, cpu_kernel=opts.keep_quantized)
     check_layers(cfg, loaded.config.num_hidden_layers)  # before the notes are read and tokenized
     data = load_data(opts.data, loaded.tokenizer, cfg.max_seq, opts.val_fraction, cfg.seed, opts.mask_prompt)
     trainer = Trainer(loaded, data, cfg, group, emit, base_model=opts.model, name=opts.name)

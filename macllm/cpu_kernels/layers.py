@@ -1,0 +1,46 @@
+"""Quantized layers computed by our CPU kernel: same parameters and result as MLX's, other arithmetic.
+
+`use_cpu_kernel(model)` switches every nn.QuantizedLinear and nn.QuantizedEmbedding (whose `as_linear`
+is the tied LM head) that the kernel handles to the subclasses below, in place: the instance keeps its
+parameters, only its class changes. Building new layers instead would quantize random weights first
+(nn.QuantizedLinear's constructor does), which costs load time for nothing. LoRA wrappers keep working:
+they hold the same instance and test isinstance(…, nn.QuantizedLinear).
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from macllm.cpu_kernels import handles, quantized_matmul
+
+
+class KernelQuantizedLinear(nn.QuantizedLinear):
+    def __call__(self, x: mx.array) -> mx.array:
+        y = quantized_matmul(x, self["weight"], self["scales"], self["biases"], self.group_size, self.bits)
+        if "bias" in self:
+            y = y + self["bias"]
+        return y
+
+
+class KernelQuantizedEmbedding(nn.QuantizedEmbedding):
+    def as_linear(self, x: mx.array) -> mx.array:
+        return quantized_matmul(x, self["weight"], self["scales"], self["biases"], self.group_size, self.bits)
+
+
+_KERNEL_CLASS: dict[type, type] = {nn.QuantizedLinear: KernelQuantizedLinear,
+                                   nn.QuantizedEmbedding: KernelQuantizedEmbedding}
+
+
+def use_cpu_kernel(model: nn.Module) -> int:
+    """Switch the quantized layers the kernel handles to it; returns how many were switched."""
+    switched = 0
+    for _, module in model.named_modules():
+        kernel_class = _KERNEL_CLASS.get(type(module))
+        if kernel_class is None or module.get("biases") is None:
+            continue
+        in_dims = module["weight"].shape[-1] * 32 // module.bits
+        if handles(module.bits, module.group_size, getattr(module, "mode", "affine"), in_dims):
+            module.__class__ = kernel_class
+            switched += 1
+    return switched

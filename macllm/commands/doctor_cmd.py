@@ -30,8 +30,7 @@ def collect() -> dict:
         "backend": "metal" if metal else "cpu",
         "device": backend.device_name(),
         "blas": backend.blas_in_use(),
-        "compute_path": ("weights as stored (quantized) on the GPU" if metal else
-                         "float32 when the model fits the memory budget (--keep-quantized opts out)"),
+        "compute_path": compute_path(metal),
         "memory_gb": round(backend.total_memory_bytes() / (1 << 30), 1),
         "float32_budget_gb": round(backend.float32_budget_bytes() / (1 << 30), 1),
         "macllm_home": str(macllm_home()),
@@ -75,6 +74,21 @@ def architectures_line() -> str:
     return f"{own}; {len(others)} others through {mlx_lm}'s model classes (`macllm models` shows IMPL)"
 
 
+def compute_path(metal: bool) -> str:
+    from macllm import cpu_kernels
+    from macllm.errors import MacllmError
+
+    if metal:
+        return "weights as stored (quantized) on the GPU"
+    try:
+        kernel = cpu_kernels.enabled()
+    except MacllmError:
+        kernel = False
+    if kernel:
+        return "weights as stored (quantized) through our CPU kernel (MACLLM_CPU_KERNEL=off: float32)"
+    return "float32 when the model fits the memory budget (--keep-quantized opts out)"
+
+
 def cpu_kernel_line() -> str:
     """Whether quantized layers on the CPU run on our kernel (macllm/cpu_kernels), and why, in one line."""
     from macllm import cpu_kernels
@@ -84,7 +98,7 @@ def cpu_kernel_line() -> str:
         used, reason = cpu_kernels.status()
     except MacllmError as e:
         return str(e)
-    return f"{'available' if used else 'not used'}: {reason}"
+    return f"{'in use' if used else 'not used'}: {reason}"
 
 
 def kernel_paths() -> dict[str, dict[str, str]] | str:

@@ -19,5 +19,9 @@ NB_MODULE(_cpu_quant, m) {
   m.def("available_isas", &macllm_cpu::available_isas, "Kernel variants this CPU runs, best first.");
   m.def("isa", &macllm_cpu::current_isa, "The kernel variant in use.");
   m.def("set_isa", &macllm_cpu::set_isa, "name"_a, "Use another variant (tests compare them all).");
+  m.def("set_prefill_rows", &macllm_cpu::set_prefill_rows, "rows"_a,
+        "From how many rows prefill uses dequantized tiles + sgemm (0: never).");
+  m.def("prefill_rows", &macllm_cpu::get_prefill_rows);
+  m.def("has_fast_sgemm", &macllm_cpu::prefill_uses_sgemm, "Whether OpenBLAS/Accelerate's sgemm was found.");
   m.def("threads", [] { return macllm_cpu::ThreadPool::instance().threads(); }, "Threads a matmul is split over.");
 }

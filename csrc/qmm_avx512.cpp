@@ -167,6 +167,37 @@ void rows_bits(const Problem& p, int n0, int n1) {
 
 }  // namespace
 
+void dequant_avx512(const Problem& p, int n0, int n1, float* dst) {
+  if (p.bits != 4 && p.bits != 8) return dequant_scalar(p, n0, n1, dst);
+  const int K = p.K, G = K / p.group_size;
+  const size_t row_bytes = static_cast<size_t>(K) * p.bits / 8;
+  float sb[kMaxGroups], bb[kMaxGroups];
+  const __m512i low4 = _mm512_set1_epi32(15);
+  for (int n = n0; n < n1; ++n) {
+    row_to_floats(p.scale_type, p.scales, static_cast<size_t>(n) * G, G, sb);
+    row_to_floats(p.scale_type, p.biases, static_cast<size_t>(n) * G, G, bb);
+    const uint8_t* wr = p.w + n * row_bytes;
+    float* out = dst + static_cast<size_t>(n - n0) * K;
+    for (int g = 0; g < G; ++g) {
+      const __m512 s = _mm512_set1_ps(sb[g]), b = _mm512_set1_ps(bb[g]);
+      const int k_end = (g + 1) * p.group_size;
+      if (p.bits == 4) {
+        for (int k0 = g * p.group_size; k0 < k_end; k0 += 32) {
+          const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + k0 / 2)));
+          _mm512_storeu_ps(out + k0, _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(v, low4)), s, b));
+          _mm512_storeu_ps(out + k0 + 16, _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4)), s, b));
+        }
+      } else {
+        for (int k0 = g * p.group_size; k0 < k_end; k0 += 16) {
+          const __m512 q = _mm512_cvtepi32_ps(
+              _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + k0))));
+          _mm512_storeu_ps(out + k0, _mm512_fmadd_ps(q, s, b));
+        }
+      }
+    }
+  }
+}
+
 void rows_avx512(const Problem& p, int n0, int n1) {
   switch (p.bits) {
     case 2: return rows_bits<2>(p, n0, n1);

@@ -9,21 +9,22 @@ namespace {
 struct Isa {
   const char* name;
   RowsFn fn;
+  DequantFn dequant;
 };
 
 std::vector<Isa> supported() {
   std::vector<Isa> isas;
 #if defined(__x86_64__) || defined(_M_X64)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) isas.push_back({"avx512", rows_avx512});
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) isas.push_back({"avx512", rows_avx512, dequant_avx512});
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
-    isas.push_back({"avx2", rows_avx2});
+    isas.push_back({"avx2", rows_avx2, dequant_scalar});
   }
 #endif
 #if defined(__aarch64__)
-  isas.push_back({"neon", rows_neon});
+  isas.push_back({"neon", rows_neon, dequant_scalar});
 #endif
-  isas.push_back({"scalar", rows_scalar});
+  isas.push_back({"scalar", rows_scalar, dequant_scalar});
   return isas;
 }
 
@@ -55,5 +56,7 @@ void set_isa(const std::string& name) {
 }
 
 RowsFn current_rows() { return isas()[chosen.load()].fn; }
+
+DequantFn current_dequant() { return isas()[chosen.load()].dequant; }
 
 }  // namespace macllm_cpu

@@ -39,10 +39,17 @@ struct Problem {
 // Computes out[m, n] for all m < M (M <= kMaxRows) and n0 <= n < n1.
 using RowsFn = void (*)(const Problem&, int n0, int n1);
 
+// Writes weight rows n0..n1 dequantized to floats (row stride K) in the order the kernels keep x in
+// (for 4 bits, each run of 32 as 16 even then 16 odd values), for prefill through sgemm. Uses only
+// p.w, p.scales, p.biases, p.scale_type, p.K, p.group_size, p.bits.
+using DequantFn = void (*)(const Problem&, int n0, int n1, float* dst);
+
 void rows_scalar(const Problem& p, int n0, int n1);
+void dequant_scalar(const Problem& p, int n0, int n1, float* dst);
 #if defined(__x86_64__) || defined(_M_X64)
 void rows_avx2(const Problem& p, int n0, int n1);
 void rows_avx512(const Problem& p, int n0, int n1);
+void dequant_avx512(const Problem& p, int n0, int n1, float* dst);
 #endif
 #if defined(__aarch64__)
 void rows_neon(const Problem& p, int n0, int n1);

@@ -1,6 +1,9 @@
 #include "qmm_primitive.h"
 
+#include <dlfcn.h>
+
 #include <algorithm>
+#include <atomic>
 #include <sstream>
 #include <stdexcept>
 
@@ -84,6 +87,43 @@ void run_task(void* ctx, int task) {
   }
 }
 
+// Prefill: from this many rows of x, weight tiles are dequantized to float32 and multiplied by the
+// BLAS's sgemm (MLX's OpenBLAS on Linux, Accelerate on macOS), ~2x faster than the row kernels at 256
+// rows (docs/kernels.md). 0 turns it off (set_prefill_rows, for tests and measurements).
+std::atomic<int> prefill_rows{32};
+
+using SgemmFn = void (*)(int order, int trans_a, int trans_b, int m, int n, int k, float alpha, const float* a,
+                         int lda, const float* b, int ldb, float beta, float* c, int ldc);
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;  // CBLAS enum values
+
+// The process's cblas_sgemm if it is a fast one: Accelerate on macOS; on Linux only OpenBLAS (which
+// macllm loads before MLX), never the reference BLAS MLX's wheel links otherwise.
+SgemmFn fast_sgemm() {
+  static const SgemmFn fn = []() -> SgemmFn {
+#if !defined(__APPLE__)
+    if (dlsym(RTLD_DEFAULT, "openblas_get_num_threads") == nullptr) return nullptr;
+#endif
+    return reinterpret_cast<SgemmFn>(dlsym(RTLD_DEFAULT, "cblas_sgemm"));
+  }();
+  return fn;
+}
+
+// out = x @ dequantize(w)^T through tiles of dequantized rows and sgemm (x in the kernels' order, and
+// the tiles in the same order, so the product is unchanged).
+void prefill_sgemm(SgemmFn sgemm, const Problem& p) {
+  thread_local std::vector<float> tile;
+  const int rows = std::max(16, std::min(p.N, (1 << 18) / p.K));  // a tile of ~1 MB
+  tile.resize(static_cast<size_t>(rows) * p.K);
+  const DequantFn dequant = current_dequant();
+  for (int n0 = 0; n0 < p.N; n0 += rows) {
+    const int count = std::min(rows, p.N - n0);
+    dequant(p, n0, n0 + count, tile.data());
+    sgemm(kRowMajor, kNoTrans, kTrans, p.M, count, p.K, 1.0f, p.x, p.K, tile.data(), p.K, 0.0f, p.out + n0, p.N);
+  }
+}
+
+void run_rows(Job& job);
+
 template <typename T>
 void store(const std::vector<float>& src, mx::array& out) {
   T* dst = out.data<T>();
@@ -118,16 +158,27 @@ void compute(const mx::array& x, const mx::array& w, const mx::array& scales, co
                      scales.data<void>(), biases.data<void>(), scale_type(scales.dtype()), out_f,
                      M, N, K, group_size, bits};
   job.rows = current_rows();
-  ThreadPool& pool = ThreadPool::instance();
-  // About 8 tasks per thread: enough for a busy core's share to move to an idle one.
-  job.rows_per_task = std::max(4, (N + pool.threads() * 8 - 1) / (pool.threads() * 8));
-  const int n_tasks = (N + job.rows_per_task - 1) / job.rows_per_task;
-  pool.parallel_for(n_tasks, run_task, &job);
+  const int sgemm_from = prefill_rows.load();
+  const SgemmFn sgemm = fast_sgemm();
+  if (sgemm != nullptr && sgemm_from > 0 && M >= sgemm_from) {
+    prefill_sgemm(sgemm, job.base);
+  } else {
+    run_rows(job);
+  }
   if (out.dtype() == mx::float16) {
     store<mx::float16_t>(result, out);
   } else if (out.dtype() == mx::bfloat16) {
     store<mx::bfloat16_t>(result, out);
   }
+}
+
+void run_rows(Job& job) {
+  const int N = job.base.N;
+  ThreadPool& pool = ThreadPool::instance();
+  // About 8 tasks per thread: enough for a busy core's share to move to an idle one.
+  job.rows_per_task = std::max(4, (N + pool.threads() * 8 - 1) / (pool.threads() * 8));
+  const int n_tasks = (N + job.rows_per_task - 1) / job.rows_per_task;
+  pool.parallel_for(n_tasks, run_task, &job);
 }
 
 mx::array row_contiguous(const mx::array& a, const mx::Stream& s) {
@@ -136,6 +187,10 @@ mx::array row_contiguous(const mx::array& a, const mx::Stream& s) {
 }
 
 }  // namespace
+
+void set_prefill_rows(int rows) { prefill_rows.store(rows < 0 ? 0 : rows); }
+int get_prefill_rows() { return prefill_rows.load(); }
+bool prefill_uses_sgemm() { return fast_sgemm() != nullptr; }
 
 mx::array quantized_matmul(const mx::array& x, const mx::array& w, const mx::array& scales,
                            const mx::array& biases, int group_size, int bits, mx::StreamOrDevice s) {

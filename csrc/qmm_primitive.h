@@ -16,6 +16,12 @@ namespace mx = mlx::core;
 mx::array quantized_matmul(const mx::array& x, const mx::array& w, const mx::array& scales,
                            const mx::array& biases, int group_size, int bits, mx::StreamOrDevice s = {});
 
+// Rows of x from which prefill goes through dequantized tiles and sgemm (0: never), and whether a fast
+// sgemm was found in the process at all.
+void set_prefill_rows(int rows);
+int get_prefill_rows();
+bool prefill_uses_sgemm();
+
 class QuantizedMatmul : public mx::UnaryPrimitive {
  public:
   QuantizedMatmul(mx::Stream stream, int group_size, int bits)

@@ -88,4 +88,31 @@ void rows_scalar(const Problem& p, int n0, int n1) {
   }
 }
 
+void dequant_scalar(const Problem& p, int n0, int n1, float* dst) {
+  const int G = p.K / p.group_size;
+  const size_t row_bytes = static_cast<size_t>(p.K) * p.bits / 8;
+  for (int n = n0; n < n1; ++n) {
+    const uint8_t* wr = p.w + n * row_bytes;
+    float* out = dst + static_cast<size_t>(n - n0) * p.K;
+    for (int g = 0; g < G; ++g) {
+      const size_t gi = static_cast<size_t>(n) * G + g;
+      const float s = scale_at(p.scale_type, p.scales, gi), b = scale_at(p.scale_type, p.biases, gi);
+      const int k_begin = g * p.group_size, k_end = k_begin + p.group_size;
+      if (p.bits == 4) {
+        for (int k0 = k_begin; k0 < k_end; k0 += 32) {
+          for (int j = 0; j < 16; ++j) {
+            const uint8_t byte = wr[k0 / 2 + j];
+            out[k0 + j] = s * static_cast<float>(byte & 15) + b;
+            out[k0 + 16 + j] = s * static_cast<float>(byte >> 4) + b;
+          }
+        }
+      } else if (p.bits == 8) {
+        for (int k = k_begin; k < k_end; ++k) out[k] = s * static_cast<float>(wr[k]) + b;
+      } else {
+        for (int k = k_begin; k < k_end; ++k) out[k] = s * packed_value(wr, row_bytes, k, p.bits) + b;
+      }
+    }
+  }
+}
+
 }  // namespace macllm_cpu

@@ -161,6 +161,8 @@ def main() -> int:
     ap.add_argument("--model-path", help=argparse.SUPPRESS)
     ap.add_argument("--ids", help=argparse.SUPPRESS)
     ap.add_argument("--repeats", type=int, default=2, help="interleaved rounds; each engine's best is kept")
+    ap.add_argument("--no-float32", action="store_true",
+                    help="skip macllm's float32 fast path (it holds 4 bytes per parameter: 7 GB for 1.5B)")
     ap.add_argument("--with-mlx-qmm", action="store_true",
                     help="also run macllm on MLX's own CPU quantized matmul (slow)")
     ap.add_argument("--keep-quantized", action="store_true", help=argparse.SUPPRESS)
@@ -190,6 +192,8 @@ def main() -> int:
         "macllm float32": ("ours", gguf, False, off),
         "mlx-lm": ("mlx-lm", peer_folder, False, None),
     }
+    if args.no_float32:
+        del engines["macllm float32"]
     if args.with_mlx_qmm:
         engines["macllm MLX qmm"] = ("ours", gguf, True, off)
     try:

@@ -80,6 +80,26 @@ def test_every_variant_matches_mlx_on_random_shapes(isa, bits, group_size):
             assert_close(out, oracle(x, w, s, b, group_size, bits), x, w, s, b, group_size, bits)
 
 
+@pytest.mark.parametrize("bits", [3, 4, 8])
+def test_prefill_through_sgemm_matches_mlx(bits):
+    """From prefill_rows() rows on, dequantized tiles go through OpenBLAS/Accelerate's sgemm."""
+    if not ext.has_fast_sgemm():
+        assert not ON_CI, "CI loads OpenBLAS before MLX: the sgemm prefill path must be there"
+        pytest.skip("no OpenBLAS/Accelerate sgemm in this process")
+    before = ext.prefill_rows()
+    try:
+        for rows_from in (1, before):
+            ext.set_prefill_rows(rows_from)
+            for m, n, k in [(1, 40, 256), (33, 300, 512), (64, 70, 384)]:
+                for dtype in (mx.float32, mx.bfloat16):
+                    w, s, b = packed(n, k, bits, 64, dtype, seed=m)
+                    x = mx.random.normal((m, k)).astype(dtype)
+                    out = cpu_kernels.quantized_matmul(x, w, s, b, 64, bits)
+                    assert_close(out, oracle(x, w, s, b, 64, bits), x, w, s, b, 64, bits)
+    finally:
+        ext.set_prefill_rows(before)
+
+
 def test_mixed_dtypes_promote_like_mlx():
     w, s, b = packed(48, 256, 4, 64, mx.float16, seed=3)
     x = mx.random.normal((2, 256))

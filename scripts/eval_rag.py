@@ -168,15 +168,20 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="tune: hybrid over a grid of weights (see above)")
     parser.add_argument("--rerank", default=None, metavar="MODEL", help="also rerank hybrid's top 20 with MODEL")
     parser.add_argument("--limit", type=int, default=0, help="only the first N questions")
+    parser.add_argument("--chunk-tokens", type=int, default=0,
+                        help="chunk budget in embedder tokens (default: macllm.rag.embedder.CHUNK_TOKENS)")
     parser.add_argument("--distractors", type=int, default=-1,
                         help="index the answer notes and only the first N other notes (default: all notes)")
     args = parser.parse_args()
 
+    from macllm.rag import embedder as embedder_module
     from macllm.rag.embedder import Embedder
     from macllm.rag.indexer import index_notes
     from macllm.rag.retrieve import Retriever
     from macllm.rag.store import Store
 
+    if args.chunk_tokens:
+        embedder_module.CHUNK_TOKENS = args.chunk_tokens  # content_limit reads it at each use
     embedder = Embedder.load(args.embedder)
     work = Path(tempfile.mkdtemp(prefix="macllm-eval-"))
     try:
@@ -200,7 +205,11 @@ def main() -> None:
                 if stale not in keep:
                     store.remove_file(stale)
         summary = index_notes(store, embedder, corpus, progress=True)
-        report: dict = {"embedder": embedder.source, "questions": len(questions), "files": summary.total_files,
+        from macllm.rag.retrieve import FUSION_WEIGHTS
+
+        report: dict = {"embedder": embedder.source, "fusion_weights": FUSION_WEIGHTS,
+                        "chunk_tokens": embedder_module.CHUNK_TOKENS,
+                        "questions": len(questions), "files": summary.total_files,
                         "chunks": summary.total_chunks, "chunks_embedded": summary.chunks_embedded,
                         "index_seconds": round(time.perf_counter() - started, 1)}
         retriever = Retriever(store, embedder)

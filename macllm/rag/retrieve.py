@@ -15,8 +15,9 @@ from macllm.rag.store import Store
 MODES = ("hybrid", "bm25", "dense")
 RRF_K = 60  # the usual constant from the RRF paper: damps the head of each list
 CANDIDATES = 50  # per list, before fusion
-# Each list's weight in the fusion (bm25, dense); tuned on our question eval (docs/rag.md).
-FUSION_WEIGHTS = (1.0, 1.0)
+# Each list's weight in the fusion (bm25, dense). Dense counts double: on our hand-written questions
+# hybrid nDCG@10 rose from 0.978 to 0.989 (direct) and 0.706 to 0.724 (paraphrased); see docs/rag.md.
+FUSION_WEIGHTS = (1.0, 2.0)
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ class Retriever:
     def _check_embedder(self) -> None:
         """Query vectors from another embedder than the index's would rank chunks by noise: refuse them."""
         built_with = self.store.embedder_id
-        if built_with and built_with != self.embedder.id:
+        if built_with and self.embedder is not None and built_with != self.embedder.id:  # None: keywords only
             raise MacllmError(f"{self.store.path} was built with the embedder {built_with}, not {self.embedder.id}; "
                               f"search it with that one, or re-embed it: `macllm index DIR --index {self.store.path} "
                               f"--embedder {self.embedder.source}`")

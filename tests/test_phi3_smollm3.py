@@ -26,6 +26,7 @@ from macllm.models.smollm3 import rope_layers
 from macllm.tuner.examples import Example, TrainingData
 from macllm.tuner.train import TrainConfig, Trainer
 from tests import tiny_models
+from tests.conftest import cpu_kernel_off, took_path
 from tests.test_qwen3 import (
     GREEDY_TOKENS,
     PROMPT,
@@ -101,12 +102,16 @@ def test_logits_and_greedy_tokens_match_mlx_lm(folders, name, keep_quantized):
 def test_4bit_folder_on_the_float32_fast_path_agrees(folders, name):
     import mlx_lm
 
-    ours = load_model(str(folders[name]), progress=False)
+    with cpu_kernel_off():
+        ours = load_model(str(folders[name]), progress=False)
     assert ours.info.compute.startswith("float32")
     theirs, _ = mlx_lm.load(str(folders[name]))
     diff = max_diff(ours.model(mx.array([PROMPT])), theirs(mx.array([PROMPT])))
     print(f"\n{name} dequantized: max abs logit diff vs mlx-lm 4-bit {diff:.2e}")
     assert diff <= 1e-3
+    default = load_model(str(folders[name]), progress=False)  # our CPU kernel where it is built
+    assert took_path("default", default.info.compute), default.info.compute
+    assert max_diff(default.model(mx.array([PROMPT])), theirs(mx.array([PROMPT]))) <= 1e-3
 
 
 def test_longrope_and_nope_really_act(folders):

@@ -21,6 +21,7 @@ from macllm.loader import load_model
 from macllm.lora.formats import read_adapter
 from macllm.lora.manager import AdapterManager
 from tests import tiny_models
+from tests.conftest import cpu_kernel_off, took_path
 
 MAX_DIFF = 1e-4
 GREEDY_TOKENS = 12
@@ -123,12 +124,16 @@ def test_4bit_folder_on_the_float32_fast_path_agrees(folders, name):
     """By default the CPU dequantizes to float32 (router included); the same weights, other rounding."""
     import mlx_lm
 
-    ours = load_model(str(folders[name]), progress=False)
+    with cpu_kernel_off():
+        ours = load_model(str(folders[name]), progress=False)
     assert ours.info.compute.startswith("float32")
     theirs, _ = mlx_lm.load(str(folders[name]))
     diff = max_diff(ours.model(mx.array([PROMPT])), theirs(mx.array([PROMPT])))
     print(f"\n{name} dequantized: max abs logit diff vs mlx-lm 4-bit {diff:.2e}")
     assert diff <= 1e-3
+    default = load_model(str(folders[name]), progress=False)  # our CPU kernel where it is built
+    assert took_path("default", default.info.compute), default.info.compute
+    assert max_diff(default.model(mx.array([PROMPT])), theirs(mx.array([PROMPT]))) <= 1e-3
 
 
 def test_moe_router_is_quantized_at_8_bits_as_mlx_lm_does(folders):

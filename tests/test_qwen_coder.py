@@ -27,7 +27,7 @@ from mlx.utils import tree_flatten
 from macllm.formats.gguf_model import NeedsImport, load_gguf_model
 from macllm.hub.catalog import CATALOG
 from macllm.loader import load_model
-from tests.conftest import TEST_HOME
+from tests.conftest import TEST_HOME, took_path
 from tests.test_qwen3 import QWEN3, mlx_lm_model, vocab_config
 from tests.test_qwen3_gguf import write_gguf
 from tests.test_reference_llamacpp import agreement_table
@@ -71,7 +71,7 @@ def reference() -> dict:
 
 @pytest.fixture(scope="module")
 def qwen_coder(qwen_coder_gguf):
-    """The 0.5B as users get it on CPU: the cached import, computed in float32."""
+    """The 0.5B as users get it on CPU: the cached import, through our CPU kernel (float32 without it)."""
     with in_test_cache_home():
         return load_model(str(qwen_coder_gguf), progress=False)
 
@@ -99,10 +99,11 @@ def test_tokenizer_matches_llamacpp(name, qwen_coder_gguf):
 
 
 @pytest.mark.real_model
-def test_runs_our_own_qwen2_in_float32(qwen_coder):
+def test_runs_our_own_qwen2_on_the_default_cpu_path(qwen_coder):
+    """Its 4/5/8-bit layers through our CPU kernel where it is built, else float32."""
     info = qwen_coder.info
     assert (info.architecture, info.implementation) == ("qwen2", "own")
-    assert info.compute.startswith("float32"), info.compute
+    assert took_path("default", info.compute), info.compute
 
 
 @pytest.mark.real_model

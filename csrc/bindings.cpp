@@ -16,6 +16,9 @@ NB_MODULE(_cpu_quant, m) {
   m.def("quantized_matmul", &macllm_cpu::quantized_matmul, "x"_a, "w"_a, "scales"_a, "biases"_a, "group_size"_a,
         "bits"_a, nb::kw_only(), "stream"_a = nb::none(),
         "x @ dequantize(w)^T on the CPU (mx.quantized_matmul, transpose=True, affine).");
+  m.def("quantized_matmul_lora", &macllm_cpu::quantized_matmul_lora, "x"_a, "w"_a, "scales"_a, "biases"_a, "a"_a,
+        "b"_a, "scale"_a, "group_size"_a, "bits"_a, nb::kw_only(), "stream"_a = nb::none(),
+        "x @ dequantize(w)^T + scale * (x @ a) @ b in one node (a LoRA adapter on a quantized layer).");
   m.def("available_isas", &macllm_cpu::available_isas, "Kernel variants this CPU runs, best first.");
   m.def("isa", &macllm_cpu::current_isa, "The kernel variant in use.");
   m.def("set_isa", &macllm_cpu::set_isa, "name"_a, "Use another variant (tests compare them all).");

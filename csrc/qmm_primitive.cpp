@@ -124,6 +124,60 @@ void prefill_sgemm(SgemmFn sgemm, const Problem& p) {
 
 void run_rows(Job& job);
 
+// x[k] of a prepared row (undoing the 4-bit order).
+inline float original_x(const float* row, int k, int bits) {
+  if (bits != 4) return row[k];
+  const int k0 = k & ~31, j = (k - k0) >> 1;
+  return (k & 1) ? row[k0 + 16 + j] : row[k0 + j];
+}
+
+template <typename T>
+void lora_xa(const float* xp, const mx::array& a, int M, int K, int bits, float* xa) {
+  const int r = static_cast<int>(a.shape(1));
+  const T* ap = a.data<T>();
+  for (int m = 0; m < M; ++m) {
+    float* dst = xa + static_cast<size_t>(m) * r;
+    for (int j = 0; j < r; ++j) dst[j] = 0.0f;
+    const float* row = xp + static_cast<size_t>(m) * K;
+    for (int k = 0; k < K; ++k) {
+      const float xk = original_x(row, k, bits);
+      const T* arow = ap + static_cast<size_t>(k) * r;
+      for (int j = 0; j < r; ++j) dst[j] += xk * static_cast<float>(arow[j]);
+    }
+  }
+}
+
+template <typename T>
+void lora_add(const float* xa, const mx::array& b, int M, int N, float scale, float* out) {
+  const int r = static_cast<int>(b.shape(0));
+  const T* bp = b.data<T>();
+  for (int m = 0; m < M; ++m) {
+    float* orow = out + static_cast<size_t>(m) * N;
+    for (int j = 0; j < r; ++j) {
+      const float c = scale * xa[static_cast<size_t>(m) * r + j];
+      const T* brow = bp + static_cast<size_t>(j) * N;
+      for (int n = 0; n < N; ++n) orow[n] += c * static_cast<float>(brow[n]);
+    }
+  }
+}
+
+// out += scale * (x @ a) @ b, in float32.
+void add_lora(const float* xp, const mx::array& a, const mx::array& b, float scale, int M, int K, int N, int bits,
+              float* out) {
+  thread_local std::vector<float> xa;
+  xa.resize(static_cast<size_t>(M) * a.shape(1));
+  switch (a.dtype()) {
+    case mx::float32: lora_xa<float>(xp, a, M, K, bits, xa.data()); break;
+    case mx::float16: lora_xa<mx::float16_t>(xp, a, M, K, bits, xa.data()); break;
+    default: lora_xa<mx::bfloat16_t>(xp, a, M, K, bits, xa.data()); break;
+  }
+  switch (b.dtype()) {
+    case mx::float32: lora_add<float>(xa.data(), b, M, N, scale, out); break;
+    case mx::float16: lora_add<mx::float16_t>(xa.data(), b, M, N, scale, out); break;
+    default: lora_add<mx::bfloat16_t>(xa.data(), b, M, N, scale, out); break;
+  }
+}
+
 template <typename T>
 void store(const std::vector<float>& src, mx::array& out) {
   T* dst = out.data<T>();
@@ -131,7 +185,7 @@ void store(const std::vector<float>& src, mx::array& out) {
 }
 
 void compute(const mx::array& x, const mx::array& w, const mx::array& scales, const mx::array& biases,
-             mx::array& out, int group_size, int bits) {
+             const mx::array* a, const mx::array* b, float lora_scale, mx::array& out, int group_size, int bits) {
   const int K = static_cast<int>(x.shape(-1));
   const int N = static_cast<int>(w.shape(0));
   const int M = static_cast<int>(x.size() / K);
@@ -165,6 +219,7 @@ void compute(const mx::array& x, const mx::array& w, const mx::array& scales, co
   } else {
     run_rows(job);
   }
+  if (a != nullptr) add_lora(xp.data(), *a, *b, lora_scale, M, K, N, bits, out_f);
   if (out.dtype() == mx::float16) {
     store<mx::float16_t>(result, out);
   } else if (out.dtype() == mx::bfloat16) {
@@ -191,6 +246,20 @@ mx::array row_contiguous(const mx::array& a, const mx::Stream& s) {
 void set_prefill_rows(int rows) { prefill_rows.store(rows < 0 ? 0 : rows); }
 int get_prefill_rows() { return prefill_rows.load(); }
 bool prefill_uses_sgemm() { return fast_sgemm() != nullptr; }
+
+mx::array quantized_matmul_lora(const mx::array& x, const mx::array& w, const mx::array& scales,
+                                const mx::array& biases, const mx::array& a, const mx::array& b, float scale,
+                                int group_size, int bits, mx::StreamOrDevice s) {
+  const mx::array base = quantized_matmul(x, w, scales, biases, group_size, bits, s);  // checks the rest
+  const mx::Stream stream = mx::to_stream(s);
+  const int K = static_cast<int>(x.shape(-1)), N = static_cast<int>(w.shape(0));
+  check(a.ndim() == 2 && b.ndim() == 2 && a.shape(0) == K && b.shape(1) == N && a.shape(1) == b.shape(0) &&
+            is_float(a.dtype()) && is_float(b.dtype()),
+        "a must be float (K, r) and b float (r, N)");
+  const auto& inputs = base.inputs();
+  return mx::array(base.shape(), base.dtype(), std::make_shared<QuantizedMatmul>(stream, group_size, bits, true, scale),
+                   {inputs[0], inputs[1], inputs[2], inputs[3], row_contiguous(a, stream), row_contiguous(b, stream)});
+}
 
 mx::array quantized_matmul(const mx::array& x, const mx::array& w, const mx::array& scales,
                            const mx::array& biases, int group_size, int bits, mx::StreamOrDevice s) {
@@ -221,10 +290,20 @@ void QuantizedMatmul::eval_cpu(const std::vector<mx::array>& inputs, mx::array& 
   out.set_data(mx::allocator::malloc(out.nbytes()));
   for (const auto& a : inputs) encoder.set_input_array(a);
   encoder.set_output_array(out);
+  if (lora_) {
+    encoder.dispatch([x = mx::array::unsafe_weak_copy(inputs[0]), w = mx::array::unsafe_weak_copy(inputs[1]),
+                      scales = mx::array::unsafe_weak_copy(inputs[2]), biases = mx::array::unsafe_weak_copy(inputs[3]),
+                      a = mx::array::unsafe_weak_copy(inputs[4]), b = mx::array::unsafe_weak_copy(inputs[5]),
+                      out = mx::array::unsafe_weak_copy(out), group_size = group_size_, bits = bits_,
+                      scale = lora_scale_]() mutable {
+      compute(x, w, scales, biases, &a, &b, scale, out, group_size, bits);
+    });
+    return;
+  }
   encoder.dispatch([x = mx::array::unsafe_weak_copy(inputs[0]), w = mx::array::unsafe_weak_copy(inputs[1]),
                     scales = mx::array::unsafe_weak_copy(inputs[2]), biases = mx::array::unsafe_weak_copy(inputs[3]),
                     out = mx::array::unsafe_weak_copy(out), group_size = group_size_, bits = bits_]() mutable {
-    compute(x, w, scales, biases, out, group_size, bits);
+    compute(x, w, scales, biases, nullptr, nullptr, 0.0f, out, group_size, bits);
   });
 }
 
@@ -235,24 +314,46 @@ void QuantizedMatmul::eval_gpu(const std::vector<mx::array>&, mx::array&) {
 std::vector<mx::array> QuantizedMatmul::jvp(const std::vector<mx::array>& primals,
                                             const std::vector<mx::array>& tangents, const std::vector<int>& argnums) {
   check(argnums.size() == 1 && argnums[0] == 0, "differentiable in x only (the weights are frozen)");
+  if (lora_) {
+    return {quantized_matmul_lora(tangents[0], primals[1], primals[2], primals[3], primals[4], primals[5], lora_scale_,
+                                  group_size_, bits_, stream())};
+  }
   return {quantized_matmul(tangents[0], primals[1], primals[2], primals[3], group_size_, bits_, stream())};
 }
 
 // d(x W^T)/dx is cotangent @ W: MLX's own quantized product with transpose=false (our kernels do
 // only the forward layout). Scales and biases go to the cotangent's dtype so the gradient keeps
-// its precision (MLX's CPU op wants one dtype for all three).
+// its precision (MLX's CPU op wants one dtype for all three). With a LoRA delta, x, a and b also get
+// the delta's gradients (QLoRA training differentiates a and b).
 std::vector<mx::array> QuantizedMatmul::vjp(const std::vector<mx::array>& primals,
                                             const std::vector<mx::array>& cotangents,
                                             const std::vector<int>& argnums, const std::vector<mx::array>&) {
+  const mx::Stream s = stream();
+  const mx::array& cot = cotangents[0];
+  const mx::Dtype dt = cot.dtype();
+  auto rows = [&](const mx::array& t) { return mx::reshape(mx::astype(t, dt, s), {-1, t.shape(-1)}, s); };
+  const mx::array scale(lora_scale_, dt);
   std::vector<mx::array> grads;
   for (int arg : argnums) {
-    check(arg == 0, "differentiable in x only (the weights are frozen)");
-    const mx::array& cot = cotangents[0];
-    const mx::Dtype dt = cot.dtype();
-    mx::array g = mx::quantized_matmul(cot, primals[1], mx::astype(primals[2], dt, stream()),
-                                       mx::astype(primals[3], dt, stream()), false, group_size_, bits_, "affine",
-                                       stream());
-    grads.push_back(mx::astype(g, primals[0].dtype(), stream()));
+    if (arg == 0) {
+      mx::array g = mx::quantized_matmul(cot, primals[1], mx::astype(primals[2], dt, s),
+                                         mx::astype(primals[3], dt, s), false, group_size_, bits_, "affine", s);
+      if (lora_) {  // + scale * cot @ b^T @ a^T
+        const mx::array cb = mx::matmul(cot, mx::transpose(mx::astype(primals[5], dt, s), s), s);
+        g = mx::add(g, mx::multiply(scale, mx::matmul(cb, mx::transpose(mx::astype(primals[4], dt, s), s), s), s), s);
+      }
+      grads.push_back(mx::astype(g, primals[0].dtype(), s));
+    } else if (lora_ && arg == 4) {  // scale * x^T @ (cot @ b^T)
+      const mx::array cb = mx::matmul(rows(cot), mx::transpose(mx::astype(primals[5], dt, s), s), s);
+      const mx::array g = mx::multiply(scale, mx::matmul(mx::transpose(rows(primals[0]), s), cb, s), s);
+      grads.push_back(mx::astype(g, primals[4].dtype(), s));
+    } else if (lora_ && arg == 5) {  // scale * (x @ a)^T @ cot
+      const mx::array xa = mx::matmul(rows(primals[0]), mx::astype(primals[4], dt, s), s);
+      const mx::array g = mx::multiply(scale, mx::matmul(mx::transpose(xa, s), rows(cot), s), s);
+      grads.push_back(mx::astype(g, primals[5].dtype(), s));
+    } else {
+      check(false, "not differentiable in the quantized weights (they are frozen)");
+    }
   }
   return grads;
 }
@@ -270,7 +371,7 @@ std::vector<mx::Shape> QuantizedMatmul::output_shapes(const std::vector<mx::arra
 
 bool QuantizedMatmul::is_equivalent(const mx::Primitive& other) const {
   const auto& o = static_cast<const QuantizedMatmul&>(other);
-  return group_size_ == o.group_size_ && bits_ == o.bits_;
+  return group_size_ == o.group_size_ && bits_ == o.bits_ && lora_ == o.lora_ && lora_scale_ == o.lora_scale_;
 }
 
 }  // namespace macllm_cpu

@@ -16,6 +16,12 @@ namespace mx = mlx::core;
 mx::array quantized_matmul(const mx::array& x, const mx::array& w, const mx::array& scales,
                            const mx::array& biases, int group_size, int bits, mx::StreamOrDevice s = {});
 
+// The same plus a LoRA delta in one node: x @ dequantize(w)^T + scale * (x @ a) @ b, with a: (K, r) and
+// b: (r, N) float (an adapter on a quantized base layer; computed in float32, one rounding at the end).
+mx::array quantized_matmul_lora(const mx::array& x, const mx::array& w, const mx::array& scales,
+                                const mx::array& biases, const mx::array& a, const mx::array& b, float scale,
+                                int group_size, int bits, mx::StreamOrDevice s = {});
+
 // Rows of x from which prefill goes through dequantized tiles and sgemm (0: never), and whether a fast
 // sgemm was found in the process at all.
 void set_prefill_rows(int rows);
@@ -24,8 +30,8 @@ bool prefill_uses_sgemm();
 
 class QuantizedMatmul : public mx::UnaryPrimitive {
  public:
-  QuantizedMatmul(mx::Stream stream, int group_size, int bits)
-      : mx::UnaryPrimitive(stream), group_size_(group_size), bits_(bits) {}
+  QuantizedMatmul(mx::Stream stream, int group_size, int bits, bool lora = false, float lora_scale = 0.0f)
+      : mx::UnaryPrimitive(stream), group_size_(group_size), bits_(bits), lora_(lora), lora_scale_(lora_scale) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override;
   void eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) override;
@@ -44,6 +50,8 @@ class QuantizedMatmul : public mx::UnaryPrimitive {
  private:
   int group_size_;
   int bits_;
+  bool lora_;  // inputs 4 and 5 are the adapter's a and b
+  float lora_scale_;
 };
 
 }  // namespace macllm_cpu

@@ -206,3 +206,49 @@ def test_use_cpu_kernel_switches_layers_in_place_with_the_same_results():
     after = [model.layers[0](x), model.layers[1](model.layers[0](x)), model.layers[2].as_linear(x)]
     for a, b in zip(before, after, strict=True):
         np.testing.assert_allclose(np.array(b), np.array(a), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [mx.float32, mx.float16])
+def test_lora_delta_in_the_same_node_matches_the_reference_and_its_gradients(dtype):
+    """LoRALinear on a kernel-backed base: base + scale * (x A) B in one op, and the gradients QLoRA
+    training takes in x, A and B (the adapter's dtype follows the layer's, as the manager casts it)."""
+    w, s, b = packed(96, 256, 4, 32, dtype, seed=10)
+    a = (mx.random.normal((256, 8)) * 0.05).astype(dtype)
+    bb = (mx.random.normal((8, 96)) * 0.05).astype(dtype)
+    x = mx.random.normal((2, 3, 256))
+
+    def ours(x, a, bb):
+        return cpu_kernels.quantized_matmul_lora(x, w, s, b, a, bb, 2.0, 32, 4)
+
+    def reference(x, a, bb):
+        f32 = mx.float32
+        base = mx.quantized_matmul(x, w, s.astype(f32), b.astype(f32), group_size=32, bits=4)
+        return base + 2.0 * ((x @ a.astype(f32)) @ bb.astype(f32))
+
+    np.testing.assert_allclose(np.array(ours(x, a, bb)), np.array(reference(x, a, bb)), rtol=1e-4, atol=1e-4)
+    cot = mx.random.normal((2, 3, 96))
+    g_ours = mx.grad(lambda *t: (ours(*t) * cot).sum(), argnums=(0, 1, 2))(x, a, bb)
+    g_ref = mx.grad(lambda *t: (reference(*t) * cot).sum(), argnums=(0, 1, 2))(x, a, bb)
+    for got, want in zip(g_ours, g_ref, strict=True):
+        assert got.dtype == want.dtype or want.dtype == mx.float32
+        np.testing.assert_allclose(np.array(got.astype(mx.float32)), np.array(want.astype(mx.float32)),
+                                   rtol=2e-3, atol=2e-3)
+
+
+def test_lora_linear_on_a_kernel_base_takes_the_fused_path():
+    import mlx.nn as nn
+
+    from macllm.cpu_kernels.layers import use_cpu_kernel
+    from macllm.lora.layers import LoRALinear
+
+    mx.random.seed(11)
+    base = nn.Sequential(nn.Linear(128, 64, bias=True))
+    nn.quantize(base, group_size=64, bits=4)
+    plain = LoRALinear(base.layers[0])
+    a, bb = mx.random.normal((128, 8)) * 0.1, mx.random.normal((8, 64)) * 0.1
+    plain.set_trainable_slot(a, bb, 0.5)
+    plain.eval()
+    x = mx.random.normal((1, 2, 128))
+    want = np.array(plain(x))
+    assert use_cpu_kernel(base) == 1
+    np.testing.assert_allclose(np.array(plain(x)), want, rtol=1e-4, atol=1e-4)

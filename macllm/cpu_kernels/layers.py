@@ -12,12 +12,20 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from macllm.cpu_kernels import handles, quantized_matmul
+from macllm.cpu_kernels import handles, quantized_matmul, quantized_matmul_lora
 
 
 class KernelQuantizedLinear(nn.QuantizedLinear):
     def __call__(self, x: mx.array) -> mx.array:
         y = quantized_matmul(x, self["weight"], self["scales"], self["biases"], self.group_size, self.bits)
+        if "bias" in self:
+            y = y + self["bias"]
+        return y
+
+    def with_lora(self, x: mx.array, a: mx.array, b: mx.array, scale: float) -> mx.array:
+        """self(x) + scale * (x @ a) @ b (LoRALinear's inference path on this base)."""
+        y = quantized_matmul_lora(x, self["weight"], self["scales"], self["biases"], a, b, scale, self.group_size,
+                                  self.bits)
         if "bias" in self:
             y = y + self["bias"]
         return y

@@ -12,6 +12,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
+from macllm.cpu_kernels.layers import KernelQuantizedLinear
 from macllm.kernels import lora_delta
 
 
@@ -102,8 +103,11 @@ class LoRALinear(nn.Module):
 
     # --- compute -----------------------------------------------------------------------------
     def __call__(self, x: mx.array) -> mx.array:
-        y = self.linear(x)
         active = self._slots.active
+        if active is not None and not self.training and isinstance(self.linear, KernelQuantizedLinear):
+            a, b, scale = active  # base and delta in one CPU kernel call (docs/kernels.md)
+            return self.linear.with_lora(x, a, b, scale)
+        y = self.linear(x)
         if active is None:
             return y
         a, b, scale = active

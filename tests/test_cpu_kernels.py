@@ -198,6 +198,8 @@ def test_use_cpu_kernel_switches_layers_in_place_with_the_same_results():
     model = nn.Sequential(nn.Linear(128, 96, bias=True), nn.Linear(96, 64, bias=False), nn.Embedding(50, 128))
     nn.quantize(model, group_size=32, bits=4)
     x = mx.random.normal((2, 3, 128))
+    ids = mx.array([[0, 7, 49]])
+    looked_up = model.layers[2](ids)
     before = [model.layers[0](x), model.layers[1](model.layers[0](x)), model.layers[2].as_linear(x)]
     weight = model.layers[0]["weight"]
     assert use_cpu_kernel(model) == 3
@@ -206,6 +208,9 @@ def test_use_cpu_kernel_switches_layers_in_place_with_the_same_results():
     after = [model.layers[0](x), model.layers[1](model.layers[0](x)), model.layers[2].as_linear(x)]
     for a, b in zip(before, after, strict=True):
         np.testing.assert_allclose(np.array(b), np.array(a), rtol=1e-4, atol=1e-4)
+    rows = model.layers[2](ids)  # looked up in float32 (MLX's layer gives the scales' dtype)
+    assert rows.dtype == mx.float32
+    np.testing.assert_allclose(np.array(rows), np.array(looked_up.astype(mx.float32)), rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.parametrize("dtype", [mx.float32, mx.float16])

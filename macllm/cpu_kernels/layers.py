@@ -32,6 +32,13 @@ class KernelQuantizedLinear(nn.QuantizedLinear):
 
 
 class KernelQuantizedEmbedding(nn.QuantizedEmbedding):
+    def __call__(self, x: mx.array) -> mx.array:
+        # The looked-up rows in float32 (MLX's layer gives the scales' dtype, e.g. float16): the CPU path
+        # computes in float32, and a float16 embedding would round every hidden state once more.
+        f32 = mx.float32
+        return mx.dequantize(self["weight"][x], self["scales"][x].astype(f32), self["biases"][x].astype(f32),
+                             group_size=self.group_size, bits=self.bits)
+
     def as_linear(self, x: mx.array) -> mx.array:
         return quantized_matmul(x, self["weight"], self["scales"], self["biases"], self.group_size, self.bits)
 

@@ -70,7 +70,9 @@ def test_quantized_gguf_float32_path_equals_quantized_path(tmp_path, quant):
     default = load_model(str(path), progress=False)
     assert took_path("default", default.info.compute), default.info.compute
     if "CPU kernel" in default.info.compute:
-        assert mx.allclose(default.model(TOKENS), kept.model(TOKENS), atol=1e-3)
+        # The same dequantized values as the float32 path, computed in float32: only summation order differs
+        # (the kept path above computes with float16 activations, hence its looser tolerance).
+        assert mx.allclose(default.model(TOKENS), fast.model(TOKENS), atol=1e-4)
         with cpu_kernel_off():  # float32 stays available
             assert load_model(str(path), progress=False).info.compute.startswith("float32")
 

@@ -46,7 +46,10 @@ fi
 
 # cmake >= 3.24: the system's if new enough, else pip's into the venv.
 CMAKE=cmake
-cmake_ok() { "$1" --version 2>/dev/null | head -1 | awk '{split($3, v, "."); exit !(v[1] > 3 || (v[1] == 3 && v[2] >= 24))}'; }
+cmake_ok() {
+  command -v "$1" >/dev/null 2>&1 || return 1
+  "$1" --version 2>/dev/null | head -1 | awk '{split($3, v, "."); exit !(v[1] > 3 || (v[1] == 3 && v[2] >= 24))}'
+}
 if ! cmake_ok cmake; then
   if [ ! -x "$ROOT/.venv/bin/cmake" ] || ! cmake_ok "$ROOT/.venv/bin/cmake"; then
     log "installing cmake into the venv (pip) for the CPU kernels"

@@ -10,6 +10,7 @@ import itertools
 import os
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from macllm.engine import Engine, PrefillProgress, TokenStream
@@ -58,6 +59,8 @@ class EngineBridge:
         self._conversations: dict[str, str] = {}  # stored chat id -> engine conversation id
         self._notes_context: dict[str, int] = {}  # stored chat id -> tokens its last notes answer used
         self._swapping = threading.Lock()  # one adapter swap at a time, so the recorded set is the last applied
+        self._watch: tuple[tuple[str, str | None], threading.Event] | None = None  # (folder, index), stop
+        self._embedders: dict = {}  # embedder source -> Embedder, made and used on the engine thread
 
     # --- model ---------------------------------------------------------------------------
     @property
@@ -190,6 +193,45 @@ class EngineBridge:
 
         self.app.run_worker(run, thread=True, group="index", exit_on_error=False)
 
+    def watch_notes(self, folder: str, index: str | None) -> None:
+        """Keep `folder` indexed while the app runs: each batch of changes (rag/watch.py) is one incremental
+        pass on the engine thread, reported as a notification. Watching another folder ends the last watch."""
+        key = (str(Path(folder).expanduser().resolve()), index)
+        if self._watch is not None:
+            if self._watch[0] == key:
+                return
+            self._watch[1].set()
+        stop = threading.Event()
+        self._watch = (key, stop)
+
+        def run() -> None:
+            from macllm.rag.embedder import Embedder  # start-up time: see index_folder
+            from macllm.rag.indexer import index_notes
+            from macllm.rag.watch import describe_batch, watch_changes
+
+            def one_pass():
+                store = Store(index_path(index))
+                try:
+                    source = store.meta("embedder_source") or ""
+                    if source not in self._embedders:
+                        self._embedders[source] = Embedder.load(source or None, progress=False)
+                    return index_notes(store, self._embedders[source], [key[0]])
+                finally:
+                    store.close()
+
+            for changes in watch_changes([key[0]], index_path(index), stop):
+                try:
+                    summary = self.engine.submit(one_pass).result()
+                except BaseException as e:
+                    self.app.notify(_one_line(e), title="Notes: re-indexing failed", severity="error")
+                    continue
+                self._retrievers.pop(index, None)  # reopen: the index changed
+                self.app.notify(describe_batch(changes, summary), title="Notes re-indexed")
+
+        # A daemon thread, not a Textual worker: the app's exit would wait for a worker, and this one only
+        # ends when `stop` is set (shutdown, or another folder).
+        threading.Thread(target=run, name="notes-watch", daemon=True).start()
+
     def ask_notes(self, question: str, index: str | None, params: GenerationParams, target,
                   chat_id: str | None = None) -> int:
         """Answer from the notes index with numbered citations; sources are posted before the tokens, and
@@ -289,4 +331,6 @@ class EngineBridge:
 
     def shutdown(self) -> None:
         self.stop()
+        if self._watch is not None:
+            self._watch[1].set()
         self.engine.close()

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from macllm.rag.indexer import IndexSummary, find_notes
 from macllm.rag.store import Store
 
 
@@ -46,6 +45,9 @@ def file_statuses(store: Store, roots: Sequence[str | Path] | None = None) -> li
         if path not in out and kind != "warning":
             out[path] = FileStatus(path, kind, reason)
     if roots:
+        # Here, not at the top: the app's notes panel shows status without loading the indexer (start-up time).
+        from macllm.rag.indexer import IndexSummary, find_notes
+
         absolute = [Path(os.path.abspath(os.path.expanduser(str(r)))) for r in roots]
         for note in find_notes([r for r in absolute if r.exists()], IndexSummary()):
             out.setdefault(str(note), FileStatus(str(note), "new", "not indexed yet"))

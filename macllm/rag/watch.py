@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from watchfiles import Change, watch
 
@@ -31,7 +31,16 @@ def watch_notes(store: Store, embedder, roots: Sequence[str | Path],
 
     `ready()` is called once the watcher is listening (tests wait for it before changing files)."""
     folders = [str(Path(r).expanduser().resolve()) for r in roots]
-    index_files = {str(store.path.resolve()) + suffix for suffix in ("", "-wal", "-shm", "-journal")}
+    for changes in watch_changes(folders, store.path, stop, ready):
+        on_batch(changes, index_notes(store, embedder, folders))
+
+
+def watch_changes(roots: Sequence[str | Path], index: Path, stop: threading.Event | None = None,
+                  ready: Callable[[], None] | None = None) -> Iterator[int]:
+    """The number of changed paths in each batch under the roots (the index's own files and hidden paths
+    left out), until `stop` is set. The caller runs one pass per batch, on whichever thread owns the work."""
+    folders = [str(Path(r).expanduser().resolve()) for r in roots]
+    index_files = {str(Path(index).resolve()) + suffix for suffix in ("", "-wal", "-shm", "-journal")}
 
     def relevant(change: Change, path: str) -> bool:
         """Not the index itself, nothing in a hidden folder or file below a root (the indexer skips those)."""
@@ -43,13 +52,14 @@ def watch_notes(store: Store, embedder, roots: Sequence[str | Path],
         return True
 
     announced = False
+    # Waking every 200 ms lets `stop` end the loop promptly and `ready` be called once the watch is set up.
     for changes in watch(*folders, watch_filter=relevant, debounce=DEBOUNCE_MS, step=STEP_MS, stop_event=stop,
-                         yield_on_timeout=ready is not None, rust_timeout=200 if ready else 5000):
+                         yield_on_timeout=True, rust_timeout=200):
         if not announced and ready is not None:
             announced = True
             ready()
         if changes:
-            on_batch(len(changes), index_notes(store, embedder, folders))
+            yield len(changes)
 
 
 def describe_batch(changes: int, s: IndexSummary) -> str:

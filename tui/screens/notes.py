@@ -4,6 +4,7 @@ that makes answers come from the notes with numbered citations."""
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 from pathlib import Path
 
 from textual.app import ComposeResult
@@ -12,6 +13,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, ProgressBar, Switch
 
 from macllm.errors import MacllmError
+from macllm.rag.status import file_statuses, status_counts
 from macllm.rag.store import Store, index_path
 from tui.bridge import EngineBridge
 from tui.events import IndexFailed, IndexFinished, IndexProgress
@@ -25,12 +27,18 @@ def index_status(index: str | None) -> str:
         return f"{path} — not created yet: index a folder below."
     try:
         store = Store(path, create=False)
-        files, chunks = store.counts()
-        store.close()
-    except MacllmError as e:
-        return str(e)
+        try:
+            files, chunks = store.counts()
+            counts = status_counts(file_statuses(store))
+        finally:
+            store.close()
+    except (MacllmError, sqlite3.DatabaseError) as e:
+        return str(e).splitlines()[0]
     when = dt.datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
-    return f"{path} — {files} files, {chunks} chunks, last indexed {when}"
+    # Per-file status beyond "indexed": changed or deleted since, skipped or failed (with why in the CLI).
+    others = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()) if state != "indexed")
+    return (f"{path} — {files} files, {chunks} chunks, last indexed {when}"
+            + (f"\n{others} (`macllm index --status` lists them with the reasons)" if others else ""))
 
 
 class NotesScreen(ModalScreen[None]):
@@ -103,6 +111,8 @@ class NotesScreen(ModalScreen[None]):
             f"{s.unchanged} unchanged, {skipped} skipped; {s.total_chunks} chunks.")
         self.query_one("#index", Button).disabled = False
         self.show_status()
+        if self.state.notes_folder:  # from now on the app keeps this folder indexed as it changes
+            self.bridge.watch_notes(self.state.notes_folder, self.index_name())
 
     def on_index_failed(self, message: IndexFailed) -> None:
         self.query_one("#index-result", Label).update("")

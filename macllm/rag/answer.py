@@ -38,7 +38,7 @@ class Answer:
 
 
 def source_label(result: SearchResult) -> str:
-    return f"{result.path}:{result.line_start}-{result.line_end}"
+    return result.location
 
 
 def user_message(question: str, sources: list[SearchResult]) -> str:

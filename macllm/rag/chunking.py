@@ -63,6 +63,16 @@ def chunk_file(name: str, text: str, count_tokens: CountTokens, limit: int, over
     return pack(blocks, count_tokens, limit, overlap)
 
 
+def chunk_pages(pages: list[str], count_tokens: CountTokens, limit: int, overlap: int = 32) -> list[Chunk]:
+    """Chunks of a paged document (a PDF): paragraphs per page, under the heading "Page N", lines counted
+    from the top of each page; no chunk spans two pages. Empty pages give no chunks."""
+    chunks: list[Chunk] = []
+    for number, text in enumerate(pages, start=1):
+        blocks = [_Block(b.lines, b.start, f"Page {number}", b.atomic) for b in text_blocks(text)]
+        chunks += pack(blocks, count_tokens, limit, overlap)
+    return chunks
+
+
 def markdown_blocks(text: str) -> list[_Block]:
     """Top-level Markdown blocks with the heading path each sits under."""
     lines = text.splitlines()

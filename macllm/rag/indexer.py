@@ -23,11 +23,13 @@ import numpy as np
 from tqdm import tqdm
 
 from macllm.errors import MacllmError
-from macllm.rag.chunking import Chunk, chunk_file
+from macllm.rag.chunking import Chunk, chunk_file, chunk_pages
+from macllm.rag.pdf import UnreadablePdf, pdf_pages
 from macllm.rag.store import Store
 
-NOTE_SUFFIXES = {".md", ".markdown", ".mdown", ".mkd", ".txt", ".text", ".rst", ".org"}
+NOTE_SUFFIXES = {".md", ".markdown", ".mdown", ".mkd", ".txt", ".text", ".rst", ".org", ".pdf"}
 MAX_FILE_BYTES = 5 << 20  # bigger than any note; likely a log or a dump
+MAX_PDF_BYTES = 100 << 20  # PDFs carry fonts and images: the text is a small part
 
 
 @dataclass
@@ -142,8 +144,9 @@ def _changed_files(store: Store, notes: list[Path], summary: IndexSummary) -> li
         except OSError as e:
             summary.warn(name, f"unreadable ({e.strerror or e})")
             continue
-        if st.st_size > MAX_FILE_BYTES:
-            summary.warn(name, f"too large ({st.st_size / (1 << 20):.1f} MB, limit {MAX_FILE_BYTES >> 20} MB)")
+        limit = MAX_PDF_BYTES if path.suffix.lower() == ".pdf" else MAX_FILE_BYTES
+        if st.st_size > limit:
+            summary.warn(name, f"too large ({st.st_size / (1 << 20):.1f} MB, limit {limit >> 20} MB)")
             continue
         state = states.get(name)
         if state and state[0] == st.st_mtime_ns and state[1] == st.st_size and state[2]:
@@ -212,6 +215,8 @@ def _read(known: _Known, embedder) -> _Read:
     digest = hashlib.sha256(data).hexdigest()
     if known.sha256 == digest:  # touched, not changed
         return _Read(known, digest)
+    if known.path.suffix.lower() == ".pdf":
+        return _read_pdf(known, data, digest, embedder)
     if b"\0" in data[:8192]:
         return _Read(known, digest, warning="binary (not a text file)")
     warning = None
@@ -221,6 +226,19 @@ def _read(known: _Known, embedder) -> _Read:
         text = data.decode("utf-8", errors="replace")
         warning = "not UTF-8 (indexed with undecodable bytes replaced)"
     chunks = chunk_file(name, text.removeprefix("\ufeff"), embedder.count_tokens, embedder.content_limit)
+    return _Read(known, digest, chunks, warning, skipped=False)
+
+
+def _read_pdf(known: _Known, data: bytes, digest: str, embedder) -> _Read:
+    try:
+        pages = pdf_pages(data)
+    except UnreadablePdf as e:
+        return _Read(known, digest, warning=f"unreadable PDF ({e})")
+    empty = [str(n) for n, text in enumerate(pages, start=1) if not text.strip()]
+    if len(empty) == len(pages):
+        return _Read(known, digest, warning="scanned PDF (no text on any page)")
+    chunks = chunk_pages(pages, embedder.count_tokens, embedder.content_limit)
+    warning = f"{len(empty)} scanned page(s) without text skipped: {', '.join(empty)}" if empty else None
     return _Read(known, digest, chunks, warning, skipped=False)
 
 

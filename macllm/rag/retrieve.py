@@ -10,6 +10,7 @@ import numpy as np
 
 from macllm.errors import MacllmError
 from macllm.rag.cjk import has_search_terms
+from macllm.rag.pdf import cited_page
 from macllm.rag.store import Store
 
 MODES = ("hybrid", "bm25", "dense")
@@ -37,7 +38,9 @@ class SearchResult:
 
     @property
     def location(self) -> str:
-        return f"{self.path}:{self.line_start}-{self.line_end}"
+        page = cited_page(self.path, self.heading)
+        where = f" (page {page})" if page else ""
+        return f"{self.path}{where}:{self.line_start}-{self.line_end}"
 
 
 class Retriever:

@@ -20,6 +20,7 @@ sys.modules["eval_rag"] = eval_rag  # dataclasses look their module up there
 _spec.loader.exec_module(eval_rag)
 
 ZH = REPO / "scripts" / "data" / "rag_questions_zh.tsv"
+HARD = REPO / "scripts" / "data" / "rag_questions_hard.tsv"
 
 
 def rows(file: Path) -> list[list[str]]:
@@ -33,13 +34,16 @@ def test_question_files_are_well_formed():
     assert all(len(r) == 2 and r[0].endswith(".md") and len(r[1].split()) >= 5 for r in english)
     assert len({r[0] for r in english}) == len(english)  # one question per note: each one a different answer
     assert len({r[1] for r in english}) == len(english)
+    hard = rows(HARD)
+    assert len(hard) >= 40 and len({r[0] for r in hard}) == len(hard) and len({r[1] for r in hard}) == len(hard)
+    assert {r[0] for r in hard} <= {r[0] for r in english}  # paraphrases of questions whose notes we checked
     chinese = rows(ZH)
     assert len(chinese) >= 10 and all(len(r) == 3 and int(r[2]) > 0 for r in chinese)
 
 
 def test_every_question_points_at_an_existing_note_and_is_not_its_title():
     notes = shared_data("notes")
-    questions = eval_rag.read_questions(eval_rag.QUESTIONS, notes)
+    questions = eval_rag.read_questions(eval_rag.QUESTIONS, notes) + eval_rag.read_questions(HARD, notes)
     for q in questions:
         title = re.sub(r"^#\s+", "", Path(q.path).read_text(encoding="utf-8").splitlines()[0]).strip().lower()
         assert q.text.lower() != title and title not in q.text.lower(), q.text

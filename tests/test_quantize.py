@@ -10,6 +10,7 @@ import pytest
 
 from macllm.cli import main
 from tests import tiny_models
+from tests.conftest import cpu_kernel_off, took_path
 
 
 def native_triples(path):
@@ -55,10 +56,16 @@ def test_output_loads_in_macllm_and_mlx_lm_alike(tiny_llama_folder, tmp_path, fl
         assert config["quantization"]["model.layers.0.self_attn.v_proj"]["bits"] == 8
         assert config["quantization"]["model.layers.0.mlp.down_proj"]["bits"] == 8
         assert "8 bits" in capsys.readouterr().err
-    ours = load_model(str(out), keep_quantized=True, progress=False)
+    with cpu_kernel_off():  # MLX's quantized matmul, as mlx-lm computes
+        ours = load_model(str(out), keep_quantized=True, progress=False)
+        fast = load_model(str(out), progress=False)
     theirs, _ = load(str(out))
     ids = mx.array([[5, 40, 77, 100, 200, 31]])
     assert mx.allclose(ours.model(ids), theirs(ids), atol=1e-4).item()
+    # The default CPU path (our kernel where built) computes the same values in float32, as the float32 path.
+    default = load_model(str(out), progress=False)
+    assert took_path("default", default.info.compute), default.info.compute
+    assert mx.allclose(default.model(ids), fast.model(ids), atol=1e-4).item()
 
 
 def test_interrupted_conversion_leaves_nothing(tiny_llama_folder, tmp_path, monkeypatch):
@@ -137,7 +144,8 @@ def test_mixture_of_experts_are_quantized_and_load_in_macllm_and_mlx_lm_alike(tm
     experts = stored["model.layers.0.mlp.switch_mlp.up_proj.weight"]
     assert experts.dtype == mx.uint32 and experts.shape == (8, 64, 64 * 4 // 32)
     assert stored["model.layers.0.mlp.switch_mlp.up_proj.scales"].shape == (8, 64, 2)
-    ours = load_model(str(out), keep_quantized=True, progress=False)
+    with cpu_kernel_off():  # MLX's quantized matmul, as mlx-lm computes
+        ours = load_model(str(out), keep_quantized=True, progress=False)
     theirs, _ = load(str(out))
     ids = mx.array([[5, 40, 77, 100, 200, 31]])
     assert mx.allclose(ours.model(ids), theirs(ids), atol=1e-4).item()

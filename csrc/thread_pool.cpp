@@ -31,8 +31,10 @@ int configured_threads() {
     int n = std::atoi(env);
     if (n >= 1) return n > 256 ? 256 : n;
   }
+  // One core left to the Python thread that builds the next step's graph meanwhile: on 2 cores, 2
+  // kernel threads decoded SmolLM2 at 18-19 tok/s and 1 thread at 25-31 (docs/benchmarks.md).
   unsigned hw = std::thread::hardware_concurrency();
-  return hw == 0 ? 1 : static_cast<int>(hw);
+  return hw <= 2 ? 1 : static_cast<int>(hw) - 1;
 }
 
 uint32_t generation_of(uint64_t state) { return static_cast<uint32_t>(state >> 32); }

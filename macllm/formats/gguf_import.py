@@ -14,8 +14,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import mlx.core as mx
-
 from macllm.formats.gguf_dequant import check_types, read_dequantized, requantize_bits
 from macllm.formats.gguf_header import read_header
 from macllm.formats.gguf_model import (
@@ -57,21 +55,6 @@ def _remove_older_imports(current: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def quantize_stacked_experts(weights: dict[str, mx.array], bits: dict[str, int]) -> dict[str, mx.array]:
-    """quantize_weights takes matrices; stacked experts (experts, out, in) are quantized one expert at a time
-    and stacked again, into the layout gather_qmm reads. Widths that groups of 32 do not divide stay float."""
-    out = dict(weights)
-    for prefix, layer_bits in bits.items():
-        stacked = out.get(prefix + ".weight")
-        if stacked is None or stacked.ndim != 3 or not layer_bits or stacked.shape[-1] % GROUP_SIZE:
-            continue
-        parts = [quantize_weights({"e.weight": stacked[e]}, layer_bits, GROUP_SIZE)[0]
-                 for e in range(stacked.shape[0])]
-        for kind in ("weight", "scales", "biases"):
-            out[f"{prefix}.{kind}"] = mx.stack([part[f"e.{kind}"] for part in parts])
-    return out
-
-
 def check_importable(path: Path):
     """Everything that can be wrong, found from the header alone (fast); returns the tokenizer."""
     meta, infos = read_header(Path(path))
@@ -93,7 +76,6 @@ def import_gguf(path: Path, out: Path, progress: bool = False) -> Path:
         if target and target.endswith(".weight") and weights[target].ndim in (2, 3) \
                 and target[: -len(".weight")] + ".scales" not in weights:
             bits[target[: -len(".weight")]] = requantize_bits(type_id)
-    weights = quantize_stacked_experts(weights, bits)
-    weights, _ = quantize_weights(weights, 4, GROUP_SIZE, bits_of=bits.get)
+    weights, _ = quantize_weights(weights, 4, GROUP_SIZE, bits_of=bits.get)  # stacked experts too, each in its rows
     cfg.quantization = quantization_from_weights(weights)  # every matrix is now group 32, at its own bits
     return save_mlx_folder(cfg, weights, tokenizer, out, overwrite=True)

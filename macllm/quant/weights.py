@@ -57,10 +57,11 @@ def quantize_weights(weights: dict[str, mx.array], bits: int = 4, group_size: in
     out: dict[str, mx.array] = {}
     quant: dict = {"group_size": group_size, "bits": bits}
     for name, value in weights.items():
-        if not is_quantizable(name, value, group_size):
+        prefix = name[: -len(".weight")]
+        # Already-quantized triples (carried over from a GGUF) pass as they are: their packed words are not weights.
+        if not is_quantizable(name, value, group_size) or f"{prefix}.scales" in weights:
             out[name] = value
             continue
-        prefix = name[: -len(".weight")]
         layer_bits = bits_of(prefix) if bits_of else bits_for(prefix, bits, mixed)
         if not layer_bits:  # bits_of may keep a layer float
             out[name] = value

@@ -10,38 +10,12 @@ gather matmuls as the experts themselves: no loop over experts. Slots work as in
 from __future__ import annotations
 
 import mlx.core as mx
-import mlx.nn as nn
 
-from macllm.lora.layers import AdapterSlots, base_dims
+from macllm.lora.layers import SlottedLayer
 
 
-class LoRASwitchLinear(nn.Module):
-    def __init__(self, linear: nn.Module):
-        super().__init__()
-        self.linear = linear
-        self._slots = AdapterSlots()
-
-    @property
-    def dims(self) -> tuple[int, int]:
-        return base_dims(self.linear)
-
-    def add_slot(self, name: str, a: mx.array, b: mx.array) -> None:
-        """a (experts, in, rank), b (experts, rank, out)."""
-        self._slots.loaded[name] = (a, b)
-
-    def remove_slot(self, name: str) -> None:
-        self._slots.loaded.pop(name, None)
-
-    @property
-    def slot_names(self) -> list[str]:
-        return list(self._slots.loaded)
-
-    def activate(self, scales: dict[str, float]) -> None:
-        self._slots.activate(scales)
-
-    @property
-    def active_arrays(self) -> list[mx.array]:
-        return [] if self._slots.active is None else list(self._slots.active[:2])
+class LoRASwitchLinear(SlottedLayer):
+    """Slots hold (experts, in, rank) / (experts, rank, out) pairs."""
 
     def __call__(self, x: mx.array, indices: mx.array, sorted_indices: bool = False) -> mx.array:
         y = self.linear(x, indices, sorted_indices=sorted_indices)

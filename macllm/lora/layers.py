@@ -67,18 +67,18 @@ def compute_dtype(linear: nn.Module) -> mx.Dtype:
     return linear.scales.dtype if is_quantized(linear) else linear.weight.dtype
 
 
-class LoRALinear(nn.Module):
-    def __init__(self, linear: nn.Module, dropout: float = 0.0):
+class SlottedLayer(nn.Module):
+    """A base layer plus named adapter slots: what LoRALinear and the experts' LoRASwitchLinear share."""
+
+    def __init__(self, linear: nn.Module):
         super().__init__()
         self.linear = linear
-        self.dropout = dropout  # applied only in training mode
         self._slots = AdapterSlots()
 
     @property
     def dims(self) -> tuple[int, int]:
         return base_dims(self.linear)
 
-    # --- slots -------------------------------------------------------------------------------
     def add_slot(self, name: str, a: mx.array, b: mx.array) -> None:
         self._slots.loaded[name] = (a, b)
 
@@ -96,6 +96,12 @@ class LoRALinear(nn.Module):
     @property
     def active_arrays(self) -> list[mx.array]:
         return [] if self._slots.active is None else list(self._slots.active[:2])
+
+
+class LoRALinear(SlottedLayer):
+    def __init__(self, linear: nn.Module, dropout: float = 0.0):
+        super().__init__(linear)
+        self.dropout = dropout  # applied only in training mode
 
     def set_trainable_slot(self, a: mx.array, b: mx.array, scale: float) -> None:
         """Training: the arrays being differentiated become the active delta."""

@@ -194,7 +194,8 @@ def test_kquant_experts_import_stacked_at_their_bits(tmp_path, monkeypatch):
     theirs = mlx_lm_model(config)
     kquants = {"ffn_gate_exps": "Q4_K", "ffn_up_exps": "Q5_K", "ffn_down_exps": "Q6_K"}
     stored = write_gguf(theirs, config, tmp_path / "moe.gguf", "Q8_0", kquants)
-    ours = load_model(str(tmp_path / "moe.gguf"), progress=False)
+    # The float32 path: its parameters are the imported values themselves (the kernel path keeps them packed).
+    ours = load_model(str(tmp_path / "moe.gguf"), progress=False, cpu_kernel=False)
     quant = ours.config.quantization
     layer = "model.layers.0.mlp.switch_mlp"
     assert [quant.get(f"{layer}.{p}", quant)["bits"] for p in ("gate_proj", "up_proj", "down_proj")] == [4, 5, 8]

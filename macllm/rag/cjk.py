@@ -34,6 +34,10 @@ def query_words(query: str) -> list[str]:
     return _WORD.findall(_CJK_RUN.sub(" ", query))
 
 
+def has_cjk(text: str) -> bool:
+    return bool(_CJK_RUN.search(text))
+
+
 def has_search_terms(query: str) -> bool:
     """Whether the query has a word or a CJK character: blanks and punctuation alone match nothing meaningful."""
     return bool(query_words(query) or _CJK_RUN.search(query))

@@ -19,6 +19,7 @@ from macllm.hub.catalog import DEFAULT_MODEL
 from macllm.storage.chat_store import ChatStore
 from tests.test_tui import SIZE, ready, send, wait_until
 from tui.app import MacllmApp
+from tui.widgets.folder_tree import FolderTree
 
 MODEL = "tiny-llama.gguf"
 MARKDOWN_ANSWER = """\
@@ -120,7 +121,9 @@ def test_train_screen(app_in, snap_compare, tmp_path, monkeypatch):
         await loaded(pilot)
         monkeypatch.chdir(work)
         await pilot.press("f9")
-        await pilot.pause(0.3)  # the tree lists the folder in a worker
+        # The tree lists the folder in a worker: wait for its two folders, however busy the machine is.
+        await wait_until(pilot, lambda: any(len(t.root.children) == 2 for t in pilot.app.screen.query(FolderTree)))
+        await pilot.pause(0.1)
 
     assert snap_compare(app_in(), terminal_size=SIZE, run_before=open_train)
 

@@ -61,8 +61,17 @@ def mlx_lm_float32_model(smollm_gguf, tmp_path_factory):
     return mlx_lm.load(str(folder))
 
 
+_PICKS: dict[tuple[int, str], list[int]] = {}  # (peer model, prompt) -> its picks: mlx-lm's 4-bit run is slow
+
+
 def mlx_lm_picks(model, prompts) -> list[list[int]]:
-    return [teacher_forced_argmax(model, p["prompt_ids"], p["continuation_ids"]) for p in prompts]
+    """mlx-lm's teacher-forced argmax per prompt, computed once per model and prompt for the module (the
+    default and quantized paths both compare with the 4-bit peer; its CPU quantized matmul is ~0.5 Gparam/s)."""
+    for p in prompts:
+        key = (id(model), p["name"])
+        if key not in _PICKS:
+            _PICKS[key] = teacher_forced_argmax(model, p["prompt_ids"], p["continuation_ids"])
+    return [_PICKS[(id(model), p["name"])] for p in prompts]
 
 
 def test_mlx_lm_tokenizer_matches_ours(mlx_lm_model, smollm, reference):

@@ -138,7 +138,9 @@ def test_an_api_key_guards_everything_but_health(engine):
         assert httpx.get(url + "/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert httpx.get(url + "/health").status_code == 200
         good = openai.OpenAI(base_url=url + "/v1", api_key="s3cret", max_retries=0)
-        assert good.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2).usage.completion_tokens == 2
+        # Served (the count is the model's business: a sampled answer may end at once on end-of-sequence).
+        answer = good.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2)
+        assert answer.choices and 1 <= answer.usage.completion_tokens <= 2
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=url + "/v1", api_key="nope", max_retries=0).models.list()
 

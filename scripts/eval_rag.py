@@ -9,7 +9,7 @@ figures.
 
     .venv/bin/python scripts/eval_rag.py [--notes DIR] [--questions FILE | --titles] [--embedder M]
                                          [--index PATH (kept and reused)] [--sweep]
-                                         [--rerank MODEL [--limit N]] [--distractors N]
+                                         [--rerank MODEL [--limit N]] [--distractors N] [--also DIR ...]
 
 `--sweep` scores hybrid search over a grid of BM25 heading weights, RRF constants and dense weights (from
 lists fetched once per setting), to tune macllm/rag/retrieve.py and store.py's constants. `--rerank MODEL`
@@ -17,6 +17,8 @@ scores hybrid search with and without the chat model reranking its top 20 (macll
 times both; `--limit N` takes the first N questions (reranking costs seconds per question on a CPU).
 `--distractors N` indexes only the answer notes and the first N other notes (in path order) instead of the
 whole folder: a smaller, still reproducible corpus when embedding all of it would take too long.
+`--also DIR` indexes another folder beside the notes (repeatable): e.g. the English notes as distractors for
+the Chinese questions, so that one index of both folders serves all three question sets.
 """
 
 from __future__ import annotations
@@ -172,6 +174,8 @@ def main() -> None:
                         help="chunk budget in embedder tokens (default: macllm.rag.embedder.CHUNK_TOKENS)")
     parser.add_argument("--distractors", type=int, default=-1,
                         help="index the answer notes and only the first N other notes (default: all notes)")
+    parser.add_argument("--also", action="append", default=[], metavar="DIR",
+                        help="index this folder too (distractors only; repeatable)")
     args = parser.parse_args()
 
     from macllm.rag import embedder as embedder_module
@@ -204,6 +208,7 @@ def main() -> None:
             for stale in store.paths_under(str(notes)):  # a reused index may hold more of the folder
                 if stale not in keep:
                     store.remove_file(stale)
+        corpus += [Path(extra).resolve() for extra in args.also]
         summary = index_notes(store, embedder, corpus, progress=True)
         from macllm.rag.retrieve import FUSION_WEIGHTS
 

@@ -157,3 +157,39 @@ async def test_train_refuses_bad_numbers(folders):
         await pilot.pause()
         assert "LoRA rank: '0' is not a number above 0." in str(screen.query_one("#train-error").render())
         assert not screen.running
+
+
+async def test_adapters_panel_retrains_an_adapter_whose_notes_changed(tiny_llama_folder, store, tmp_path, monkeypatch,
+                                                                      capsys):
+    from macllm.lora.store import describe, list_adapters
+    from tests.train_helpers import train
+    from tui.screens.adapters import AdaptersScreen
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("MACLLM_HOME", str(home))  # the child process inherits it
+    notes = write_notes(tmp_path / "notes", count=6)
+    code, _, err = train(capsys, "--model", tiny_llama_folder, "--notes", notes, "--name", "mine", "--iters", 2,
+                         "--batch", 2, "--val-fraction", 0)
+    assert code == 0, err
+    (notes / "note3.md").write_text("# Three\n\nrewritten since.\n")
+    app = MacllmApp(model=str(tiny_llama_folder), store=store, default_settings={"temperature": 0.0, "max_tokens": 8})
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        await pilot.press("f4")
+        await wait_until(pilot, lambda: isinstance(app.screen, AdaptersScreen))
+        panel = app.screen
+        names = [r["name"] for r in panel.rows]
+        assert "1 notes changed since training (R: retrain)" in str(panel.query_one("#adapter-table")
+                                                                     .get_row("mine"))
+        panel.query_one("#adapter-table").move_cursor(row=names.index("mine"))
+        await pilot.press("r")
+        await wait_until(pilot, lambda: isinstance(app.screen, TrainScreen))
+        screen = app.screen
+        await wait_until(pilot, lambda: screen.proc is not None and not screen.running, timeout=120)
+        await pilot.pause()
+        assert screen.finished is not None, (screen.events[-1:], str(screen.query_one("#train-error").render()))
+        assert screen.events[0]["warm_start"].endswith("/mine")
+        assert "Retraining mine" in str(screen.query_one("#folder-label").render())
+    row = describe(home / "adapters" / "mine", "user")
+    assert row["notes_changed"] == 0 and row["training"]["retrained_from"].endswith("/mine")
+    assert [r["name"] for r in list_adapters()].count("mine") == 1

@@ -139,6 +139,17 @@ class MacllmApp(App):
         if not isinstance(self.screen, TrainScreen):
             self.push_screen("train")
 
+    def retrain_adapter(self, name: str) -> None:
+        """The training screen, retraining `name` on its notes folder from its weights (the adapters panel's R)."""
+        from tui.screens.train import TrainScreen  # start-up time: loaded when first opened
+
+        if not self.is_screen_installed("train"):
+            self.install_screen(TrainScreen(self.state), "train")
+        screen = self.get_screen("train")
+        if isinstance(screen, TrainScreen):
+            screen.pending_retrain = name  # started once the screen is shown (and mounted)
+        self.action_train()
+
     def action_use_trained_adapter(self) -> None:
         if self.state.trained_adapter:
             self.bridge.use_adapter(self.state.trained_adapter)

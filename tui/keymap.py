@@ -106,6 +106,8 @@ KEYMAP: tuple[Key, ...] = (
     Key("minus", "scale(-1)", "Scale −", "lower its scale in the blend by 0.25", "adapters"),
     Key("a", "apply_blend", "Apply blend", "apply the blend", "adapters"),
     Key("n", "none", "None (base model)", "no adapters: the base model", "adapters"),
+    Key("r", "retrain", "Retrain", "retrain it on its notes folder as it is now, from its weights (train screen)",
+        "adapters"),
     # The token inspector.
     Key("escape,q", "dismiss", "Close", "close", "inspector"),
     Key("left,h", "move(-1)", "Previous token", "previous token", "inspector"),

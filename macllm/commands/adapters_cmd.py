@@ -40,11 +40,24 @@ def notes_changed_note(changed: int | None) -> str:
     return f"; {changed} note{'s' if changed != 1 else ''} changed since training"
 
 
+def retrain_hint(row: dict) -> str | None:
+    """The command that retrains a store adapter whose notes changed since it was trained; None otherwise."""
+    from macllm.tuner.retrain import retrain_command
+
+    if not row.get("notes_changed") or row.get("where") != "user":
+        return None
+    return retrain_command(row["name"])
+
+
 def run_list(args) -> int:
     from macllm.lora.store import list_adapters
     from macllm.paths import adapters_dir
 
     rows = list_adapters()
+    for adapter in rows:
+        hint = retrain_hint(adapter)
+        if hint:
+            adapter["retrain_command"] = hint
     if args.json:
         print(json.dumps(rows, default=str))
         return 0
@@ -63,4 +76,8 @@ def run_list(args) -> int:
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    for changed in rows:
+        if changed.get("retrain_command"):
+            print(f"\n{changed['name']}: its notes changed since training; retrain it from its weights on them "
+                  f"with\n  {changed['retrain_command']}")
     return 0

@@ -20,6 +20,9 @@ evaluation and a checkpoint about every eighth of the run; stops early when vali
 improved for 3 evaluations, and keeps the weights with the best validation loss.
 The adapter lands in the adapter store (see `macllm adapters list`); load it with --adapter NAME.
 Ctrl-C saves a checkpoint; continue with the same command plus --resume.
+`--retrain NAME` trains an adapter of the store again on its notes folder as it is now (after edits), with
+the model and options it was trained with (options given here override them), starting from its weights;
+it replaces NAME when it finishes. `macllm adapters list` prints it for adapters whose notes changed.
 Across machines: start the same command with `mlx.launch` (see docs/training.md)."""
 
 
@@ -32,9 +35,11 @@ def add_parser(sub) -> None:
                                    "an mlx-lm data folder (train.jsonl, valid.jsonl).",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_option(p)
-    p.add_argument("--notes", "--data", dest="notes", required=True, metavar="DIR",
+    p.add_argument("--notes", "--data", dest="notes", metavar="DIR",
                    help="notes folder; hidden folders, binary files and .macllmignore entries are skipped")
-    p.add_argument("--name", required=True, help="the new adapter's name in the store")
+    p.add_argument("--name", help="the new adapter's name in the store")
+    p.add_argument("--retrain", metavar="NAME", help="train the store's adapter NAME again on its notes folder "
+                                                     "(as it is now), from its weights, and replace it")
     p.add_argument("--rank", type=int, default=8, help="LoRA rank (default 8)")
     p.add_argument("--scale", type=float, default=20.0, help="LoRA scale, multiplies A·B (default 20)")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout on the LoRA input (default 0)")
@@ -65,7 +70,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out-dir", default=None, help="write the adapter here instead of the store")
     p.add_argument("--json", action="store_true",
                    help="one JSON event per line on stdout instead of a progress bar (see docs/training.md)")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, train_parser=p)
 
 
 def train_config(args):
@@ -101,19 +106,49 @@ def train_config(args):
                        save_every=args.save_every, patience=args.patience)
 
 
+def apply_retrain(args) -> tuple[argparse.Namespace, Path | None]:
+    """`--retrain NAME`: the adapter's recorded model, folder and options, under any given explicitly (those
+    that differ from their defaults). Returns the arguments to train with and the adapter to start from."""
+    if args.retrain is None:
+        if not args.notes or not args.name:
+            raise MacllmError("macllm train needs --notes DIR and --name NAME (or --retrain NAME to train an "
+                              "adapter again on its notes)")
+        return args, None
+    from macllm.tuner.retrain import plan_retrain
+
+    if args.notes or args.name or args.out_dir:
+        raise MacllmError("--retrain NAME takes the notes folder and the name from the adapter: leave out "
+                          "--notes, --name and --out-dir")
+    plan = plan_retrain(args.retrain)
+    parser: argparse.ArgumentParser = args.train_parser
+    recorded = dict(plan.config, model=plan.model, val_fraction=plan.val_fraction,
+                    keep_quantized=plan.keep_quantized or args.keep_quantized)
+    if "layers" in recorded:
+        recorded["layers"] = "all" if recorded["layers"] is None else str(recorded["layers"])
+    if isinstance(recorded.get("targets"), (list, tuple)):
+        recorded["targets"] = ",".join(recorded["targets"])
+    merged = argparse.Namespace(**vars(args))
+    for key, value in recorded.items():
+        if hasattr(merged, key) and getattr(args, key) == parser.get_default(key):
+            setattr(merged, key, value)
+    merged.notes, merged.name = str(plan.notes), args.retrain
+    return merged, plan.folder
+
+
 def run(args) -> int:
     from macllm.tuner.progress import JsonEvents, TerminalProgress
     from macllm.tuner.session import RunOptions, run_training
 
     emit = JsonEvents() if args.json else TerminalProgress()
     try:
+        args, init_from = apply_retrain(args)
         cfg = train_config(args)
     except MacllmError as e:
         if args.json:
             emit({"event": "error", "message": str(e)})
         raise
-    opts = RunOptions(model=args.model, data=Path(args.notes), name=args.name,
+    opts = RunOptions(model=args.model, data=Path(args.notes).expanduser().resolve(), name=args.name,
                       keep_quantized=args.keep_quantized, resume=args.resume, force=args.force,
                       mask_prompt=args.mask_prompt, val_fraction=args.val_fraction,
-                      out_dir=Path(args.out_dir) if args.out_dir else None)
+                      out_dir=Path(args.out_dir) if args.out_dir else None, init_from=init_from)
     return run_training(opts, cfg, emit)

@@ -36,6 +36,7 @@ class RunOptions:
     mask_prompt: bool = False
     val_fraction: float = 0.1
     out_dir: Path | None = None  # default: the adapter store
+    init_from: Path | None = None  # --retrain: the adapter whose weights start the run (and which it replaces)
 
 
 def adapter_folder(name: str, out_dir: Path | None) -> Path:
@@ -77,7 +78,7 @@ def preflight(opts: RunOptions) -> tuple[Path, Path, Path | None]:
         if latest is None:
             raise MacllmError(f"nothing to resume: no checkpoint of {opts.name!r} in {work}")
         return final, work, latest
-    if final.exists() and not opts.force:
+    if final.exists() and not opts.force and opts.init_from is None:
         raise MacllmError(f"an adapter named {opts.name!r} exists ({final}); choose another --name or add --force")
     if latest is not None and not opts.force:
         raise MacllmError(f"an unfinished training of {opts.name!r} exists ({latest.name}); add --resume to "
@@ -106,7 +107,8 @@ def _run(opts: RunOptions, cfg: TrainConfig, emit, group: Group) -> int:
     data = load_data(opts.data, loaded.tokenizer, cfg.max_seq, opts.val_fraction, cfg.seed, opts.mask_prompt)
     trainer = Trainer(loaded, data, cfg, group, emit, base_model=opts.model, name=opts.name)
     run_info = {**trainer.run_signature(), "name": opts.name, "model": opts.model, "data_dir": str(opts.data),
-                "force": opts.force}
+                "force": opts.force or opts.init_from is not None,  # a retrain replaces its adapter
+                "init_from": str(opts.init_from) if opts.init_from else None}
     if resume_from is not None:
         saved = checkpoint.read_run(work) or {}
         if final.exists() and not saved.get("force"):
@@ -117,11 +119,15 @@ def _run(opts: RunOptions, cfg: TrainConfig, emit, group: Group) -> int:
                 raise MacllmError(f"cannot resume {opts.name!r}: the {key.replace('_', ' ')} differs from the "
                                   f"interrupted run's (rerun with the same options, or --force to start over)")
         trainer.restore(*checkpoint.load(resume_from))
-    elif group.is_main and work.exists():
-        shutil.rmtree(work)  # --force: an earlier unfinished run's checkpoints
+    else:
+        if opts.init_from is not None:  # weights only: a finished adapter keeps no optimizer state
+            trainer.warm_start(formats.read_adapter(opts.init_from))
+        if group.is_main and work.exists():
+            shutil.rmtree(work)  # --force: an earlier unfinished run's checkpoints
     emit({"event": "start", "model": opts.model, "adapter": opts.name, "path": str(final),
           "compute": loaded.info.compute, "total_iters": trainer.total,
           "steps_per_epoch": trainer.per_epoch, "resumed_from": trainer.progress.step or None,
+          "warm_start": run_info["init_from"] if resume_from is None else None,
           "ranks": group.size, "config": run_info["config"],
           "data": {k: v for k, v in data.stats.items() if k != "file_hashes"}})  # hashes: in the adapter only
 
@@ -146,6 +152,9 @@ def _run(opts: RunOptions, cfg: TrainConfig, emit, group: Group) -> int:
               "checkpoint": str(path) if path else None})
         return EXIT_INTERRUPTED
     adapter = trainer.final_adapter(outcome, data.stats)
+    adapter.training = {**(adapter.training or {}), "retrained_from": run_info["init_from"],
+                        "run": {"val_fraction": opts.val_fraction, "keep_quantized": opts.keep_quantized,
+                                "mask_prompt": opts.mask_prompt}}  # what --retrain repeats
     if group.is_main:
         try:
             formats.write_adapter(adapter, final, loaded.config.num_hidden_layers, overwrite=True)

@@ -255,6 +255,16 @@ class Trainer:
             self.best = tree_unflatten(list(best.items()))
         mx.eval(self.lora.parameters(), self.optimizer.state)
 
+    def warm_start(self, adapter: Adapter) -> None:
+        """Start from a finished adapter's weights (a retrain): same layers, projections and rank, or refused."""
+        missing = [p for p in self.paths if p not in adapter.weights]
+        if missing or adapter.rank != self.cfg.rank:
+            raise MacllmError(f"adapter {adapter.name!r} does not match this run's layers, projections and rank "
+                              f"(missing {missing[0] if missing else 'none'}, rank {adapter.rank}); train a new one")
+        pairs = [{"a": adapter.weights[p][0], "b": adapter.weights[p][1]} for p in self.paths]
+        self.lora.update({"pairs": pairs})
+        mx.eval(self.lora.parameters())
+
     # --- the loop --------------------------------------------------------------------------
     def run(self, on_checkpoint=None) -> str:
         """Train until done, early stop or self.stop; returns "done", "early_stop" or "interrupted".

@@ -1,6 +1,7 @@
 """The adapters panel: every adapter (your store + the bundled examples) with its base model and
 training summary. Enter swaps one in alone; B builds a blend with per-adapter scales; N returns to
-the base model. Adapters made for another base are shown dimmed with the reason."""
+the base model; R retrains one whose notes changed since training (on the train screen, from its weights).
+Adapters made for another base are shown dimmed with the reason."""
 
 from __future__ import annotations
 
@@ -31,8 +32,17 @@ def training_line(row: dict) -> str:
             parts.append(f"{label} {t[key]:.2f}")
             break
     if row.get("notes_changed"):
-        parts.append(f"{row['notes_changed']} notes changed since training")
+        parts.append(f"{row['notes_changed']} notes changed since training (R: retrain)")
     return ", ".join(parts)
+
+
+def retrain_problem(row: dict) -> str | None:
+    """Why `macllm train --retrain` cannot take this adapter, in one line; None when it can."""
+    if row.get("where") != "user":
+        return f"{row['name']} is a bundled example; retraining works on adapters you trained"
+    if row.get("notes_changed") is None:
+        return f"{row['name']} was not trained here on a notes folder that still exists; nothing to retrain on"
+    return None
 
 
 def incompatibility(row: dict, model_fingerprint: str | None) -> str | None:
@@ -59,7 +69,8 @@ class AdaptersScreen(ModalScreen[dict | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog adapters"):
-            yield Label("Adapters — Enter: use alone · B: blend · +/−: scale · A: apply blend · N: none",
+            yield Label("Adapters — Enter: use alone · B: blend · +/−: scale · A: apply blend · N: none · "
+                        "R: retrain",
                         classes="dialog-title")
             yield DataTable(id="adapter-table", cursor_type="row", zebra_stripes=True)
             yield Label("", id="blend")
@@ -122,3 +133,15 @@ class AdaptersScreen(ModalScreen[dict | None]):
 
     def action_none(self) -> None:
         self.dismiss({})
+
+    def action_retrain(self) -> None:
+        """Close the panel and retrain the adapter under the cursor on the train screen."""
+        if not self.rows:
+            return
+        row = self.rows[self.query_one(DataTable).cursor_row]
+        problem = retrain_problem(row)
+        if problem:
+            self.notify(problem, severity="warning")
+            return
+        self.dismiss(None)
+        self.app.retrain_adapter(row["name"])  # type: ignore[attr-defined]  # MacllmApp

@@ -61,6 +61,11 @@ def train_command(model: str, folder: Path, name: str, params: dict[str, str], k
     return cmd + (["--keep-quantized"] if keep_quantized else [])
 
 
+def retrain_command(name: str) -> list[str]:
+    """The child process for the adapters panel's R: the adapter's own model, folder and options."""
+    return [sys.executable, "-m", "macllm.cli", "train", "--json", "--retrain", name]
+
+
 class TrainScreen(Screen):
     SCOPE = "train"
     BINDINGS = bindings(SCOPE)
@@ -84,6 +89,7 @@ class TrainScreen(Screen):
         self.proc: asyncio.subprocess.Process | None = None
         self.events: list[dict] = []
         self.finished: dict | None = None  # the done event of the last run
+        self.pending_retrain: str | None = None  # set by the adapters panel's R; started when shown
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="train-main"):
@@ -118,11 +124,15 @@ class TrainScreen(Screen):
         return folder if folder is not None and folder.is_dir() else None
 
     def on_screen_resume(self) -> None:
-        """Nothing chosen yet, but a folder indexed in the notes panel since: start from that one."""
+        """Nothing chosen yet, but a folder indexed in the notes panel since: start from that one. A retrain
+        asked for in the adapters panel starts now."""
         notes = self.notes_panel_folder()
         if self.folder is None and notes is not None:
             self.choose_folder(notes)
             self.query_one(FolderTree).path = notes
+        if self.pending_retrain:
+            name, self.pending_retrain = self.pending_retrain, None
+            self.start_retrain(name)
 
     def default_name(self) -> str:
         return self.folder.name.lower().replace(" ", "-") if self.folder else ""
@@ -194,13 +204,26 @@ class TrainScreen(Screen):
         if params is None:
             return
         self.show_error("")
+        self.begin_run(self.command(folder, params))
+
+    def begin_run(self, cmd: list[str]) -> None:
         self.events, self.finished = [], None
         self.query_one(LossPlot).reset()
         bar = self.query_one("#progress", ProgressBar)
         bar.update(total=None, progress=0)
         bar.display = True
         self.set_running(True)
-        self.run_training(self.command(folder, params))
+        self.run_training(cmd)
+
+    def start_retrain(self, name: str) -> None:
+        """Retrain the store's adapter `name` (its model, folder and options are its own, not the form's)."""
+        if self.running:
+            self.show_error("A training run is going on: cancel it (F4) before retraining.")
+            return
+        self.query_one("#name", Input).value = name
+        self.show_error("")
+        self.query_one("#train-status", Label).update(f"Retraining {name} on its notes, from its weights…")
+        self.begin_run(retrain_command(name))
 
     @on(Button.Pressed, "#cancel")
     def action_cancel(self) -> None:
@@ -247,6 +270,9 @@ class TrainScreen(Screen):
             bar.update(total=event["total_iters"], progress=event.get("resumed_from") or 0)
             status.update(f"{d['train_chunks']} chunks from {d.get('train_files', d['files'])} notes, "
                           f"{d['train_tokens']} tokens · {event['total_iters']} steps · loading…")
+            if event.get("warm_start"):
+                self.query_one("#folder-label", Label).update(
+                    f"Retraining {event['adapter']} from its weights on {d.get('source')}")
         elif kind == "step":
             bar.update(total=event["total"], progress=event["iteration"])
             plot.add_train(event["train_loss"])

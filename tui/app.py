@@ -13,12 +13,14 @@ from textual.app import App
 from macllm import hub
 from macllm.errors import MacllmError
 from macllm.hub.catalog import DEFAULT_MODEL
+from macllm.rag.store import index_path
 from macllm.storage.atomic import atomic_write
 from macllm.storage.chat_store import ChatStore, ChatStoreError, default_path, fresh_path, read_only_error
 from tui.bridge import EngineBridge
 from tui.commands import MacllmCommands
 from tui.events import AdaptersChanged, AdaptersFailed, ModelLoaded, ModelLoadFailed
 from tui.keymap import bindings
+from tui.last_notes import load_last_notes
 from tui.screens.chat import ChatScreen
 from tui.state import AppState
 
@@ -56,6 +58,18 @@ class MacllmApp(App):
     def on_mount(self) -> None:
         self.push_screen(ChatScreen(self.state))
         self.ensure_model(self.state.model_source)
+        self.watch_last_notes()
+
+    def watch_last_notes(self) -> None:
+        """Keep the folder last indexed in the notes panel indexed from launch: a catch-up pass for what
+        changed while the app was closed, then the watcher (rag/watch.py, on the engine thread)."""
+        last = load_last_notes()
+        if last is None or not index_path(last.index).exists():
+            return
+        self.state.notes_folder = last.folder
+        if self.state.notes_index is None:
+            self.state.notes_index = last.index
+        self.bridge.watch_notes(last.folder, last.index, catch_up=True)
 
     # --- chat file -----------------------------------------------------------------------------
     def use_fresh_store(self) -> ChatStore:

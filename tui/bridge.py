@@ -193,9 +193,10 @@ class EngineBridge:
 
         self.app.run_worker(run, thread=True, group="index", exit_on_error=False)
 
-    def watch_notes(self, folder: str, index: str | None) -> None:
+    def watch_notes(self, folder: str, index: str | None, catch_up: bool = False) -> None:
         """Keep `folder` indexed while the app runs: each batch of changes (rag/watch.py) is one incremental
-        pass on the engine thread, reported as a notification. Watching another folder ends the last watch."""
+        pass on the engine thread, reported as a notification. Watching another folder ends the last watch.
+        `catch_up` (at launch): one pass first, for what changed while the app was closed."""
         key = (str(Path(folder).expanduser().resolve()), index)
         if self._watch is not None:
             if self._watch[0] == key:
@@ -207,7 +208,7 @@ class EngineBridge:
         def run() -> None:
             from macllm.rag.embedder import Embedder  # start-up time: see index_folder
             from macllm.rag.indexer import index_notes
-            from macllm.rag.watch import describe_batch, watch_changes
+            from macllm.rag.watch import describe_batch, describe_pass, watch_changes
 
             def one_pass():
                 store = Store(index_path(index))
@@ -219,6 +220,15 @@ class EngineBridge:
                 finally:
                     store.close()
 
+            if catch_up:
+                try:
+                    summary = self.engine.submit(one_pass).result()
+                except BaseException as e:
+                    self.app.notify(_one_line(e), title="Notes: re-indexing failed", severity="error")
+                else:
+                    self._retrievers.pop(index, None)
+                    if summary.added or summary.changed or summary.removed:
+                        self.app.notify(describe_pass(summary), title="Notes re-indexed since last time")
             for changes in watch_changes([key[0]], index_path(index), stop):
                 try:
                     summary = self.engine.submit(one_pass).result()

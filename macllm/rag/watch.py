@@ -64,11 +64,16 @@ def watch_changes(roots: Sequence[str | Path], index: Path, stop: threading.Even
 
 def describe_batch(changes: int, s: IndexSummary) -> str:
     """One line for the CLI's watch log."""
+    return f"{changes} change{'s' if changes != 1 else ''}: " + describe_pass(s)
+
+
+def describe_pass(s: IndexSummary) -> str:
+    """What one incremental pass did, and the index after it."""
     parts = [f"{n} {what}" for n, what in ((s.added, "added"), (s.changed, "changed"), (s.removed, "removed"))
              if n]
     skipped = sum(s.skipped.values())
     if skipped:
         parts.append(f"{skipped} skipped (`macllm index --status` says why)")
-    return (f"{changes} change{'s' if changes != 1 else ''}: " + (", ".join(parts) or "nothing to re-index")
+    return ((", ".join(parts) or "nothing to re-index")
             + f"; {s.chunks_embedded} chunks embedded; index: {s.total_files} files, {s.total_chunks} chunks"
             + f" ({s.seconds:.2f} s)")

@@ -18,6 +18,7 @@ from macllm.rag.store import Store, index_path
 from tui.bridge import EngineBridge
 from tui.events import IndexFailed, IndexFinished, IndexProgress
 from tui.keymap import bindings
+from tui.last_notes import save_last_notes
 from tui.state import AppState
 
 
@@ -111,8 +112,12 @@ class NotesScreen(ModalScreen[None]):
             f"{s.unchanged} unchanged, {skipped} skipped; {s.total_chunks} chunks.")
         self.query_one("#index", Button).disabled = False
         self.show_status()
-        if self.state.notes_folder:  # from now on the app keeps this folder indexed as it changes
+        if self.state.notes_folder:  # from now on (and from the next launch) the app keeps it indexed
             self.bridge.watch_notes(self.state.notes_folder, self.index_name())
+            try:
+                save_last_notes(self.state.notes_folder, self.index_name())
+            except MacllmError as e:
+                self.notify(str(e), severity="warning", timeout=8)
 
     def on_index_failed(self, message: IndexFailed) -> None:
         self.query_one("#index-result", Label).update("")

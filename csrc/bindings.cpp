@@ -4,6 +4,7 @@
 #include <nanobind/stl/variant.h>
 #include <nanobind/stl/vector.h>
 
+#include "fused_ops.h"
 #include "qmm_dispatch.h"
 #include "qmm_primitive.h"
 #include "thread_pool.h"
@@ -19,6 +20,15 @@ NB_MODULE(_cpu_quant, m) {
   m.def("quantized_matmul_lora", &macllm_cpu::quantized_matmul_lora, "x"_a, "w"_a, "scales"_a, "biases"_a, "a"_a,
         "b"_a, "scale"_a, "group_size"_a, "bits"_a, nb::kw_only(), "stream"_a = nb::none(),
         "x @ dequantize(w)^T + scale * (x @ a) @ b in one node (a LoRA adapter on a quantized layer).");
+  m.def("rms_norm", &macllm_cpu::rms_norm, "x"_a, "w"_a, "eps"_a, nb::kw_only(), "stream"_a = nb::none(),
+        "mx.fast.rms_norm in one CPU node (float32).");
+  m.def("residual_rms_norm", &macllm_cpu::residual_rms_norm, "x"_a, "r"_a, "w"_a, "eps"_a, nb::kw_only(),
+        "stream"_a = nb::none(), "(x + r, rms_norm(x + r, w, eps)) in one CPU node (float32).");
+  m.def("rotate_heads", &macllm_cpu::rotate_heads, "x"_a, "cos"_a, "sin"_a, nb::kw_only(), "stream"_a = nb::none(),
+        "Half-split rotary embedding of x (B, L, H, D) from cos/sin tables (L, R); returns (B, H, L, D).");
+  m.def("attend", &macllm_cpu::attend, "q"_a, "k"_a, "v"_a, "scale"_a, "causal"_a, nb::kw_only(),
+        "stream"_a = nb::none(), "Grouped-query attention of q (B, H, Lq, D) over k, v; returns (B, Lq, H * Dv).");
+  m.def("silu_mul", &macllm_cpu::silu_mul, "g"_a, "u"_a, nb::kw_only(), "stream"_a = nb::none(), "silu(g) * u.");
   m.def("available_isas", &macllm_cpu::available_isas, "Kernel variants this CPU runs, best first.");
   m.def("isa", &macllm_cpu::current_isa, "The kernel variant in use.");
   m.def("set_isa", &macllm_cpu::set_isa, "name"_a, "Use another variant (tests compare them all).");

@@ -5,6 +5,7 @@ from __future__ import annotations
 import mlx.core as mx
 
 from macllm.cache.rows import RowCaches
+from macllm.cpu_kernels import fused
 
 
 def rotate_cache_attend(q: mx.array, k: mx.array, v: mx.array, rope, cache, scale: float, mask) -> mx.array:
@@ -16,10 +17,28 @@ def rotate_cache_attend(q: mx.array, k: mx.array, v: mx.array, rope, cache, scal
                                for i, row in enumerate(cache.rows)], axis=0)
     b, length, n_heads, _ = q.shape
     offset = cache.offset if cache is not None else 0
+    tables = rope.cpu_tables(offset, length) if fused.active(q) and k.dtype == mx.float32 else None
+    if tables is not None:
+        return _fused_rotate_cache_attend(q, k, v, tables, cache, scale, mask)
     # One rope call for queries and keys together: half the per-op overhead on CPU.
     qk = rope(mx.concatenate([q, k], axis=2).transpose(0, 2, 1, 3), offset)
     q, k = qk[:, :n_heads], qk[:, n_heads:]
     if cache is not None:
         k, v = cache.update(k, v)
+    out = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+    return out.transpose(0, 2, 1, 3).reshape(b, length, -1)
+
+
+def _fused_rotate_cache_attend(q: mx.array, k: mx.array, v: mx.array, tables: tuple[mx.array, mx.array], cache,
+                               scale: float, mask) -> mx.array:
+    """The same on the CPU with our fused ops: rope straight into the cache's (B, heads, L, D) layout, and
+    for decode-sized queries one attention node that writes o_proj's (B, L, H*D) input."""
+    b, length = q.shape[:2]
+    q, k = fused.rotate_heads(q, *tables), fused.rotate_heads(k, *tables)
+    if cache is not None:
+        k, v = cache.update(k, v)
+    causal = isinstance(mask, str) and mask == "causal"
+    if length <= fused.MAX_ATTEND_QUERIES and (mask is None or causal) and v.dtype == mx.float32:
+        return fused.attend(q, k, v, scale, causal=causal)
     out = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
     return out.transpose(0, 2, 1, 3).reshape(b, length, -1)

@@ -9,7 +9,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from macllm.config import ModelConfig
-from macllm.kernels import residual_rms_norm
+from macllm.models.norm import RMSNorm, add_and_norm
 
 
 class PreNormDecoderLayer(nn.Module):
@@ -17,14 +17,12 @@ class PreNormDecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = attention  # (x, mask, cache) -> x
         self.mlp = mlp
-        self.input_layernorm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
-        self.post_attention_layernorm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
 
     def __call__(self, x: mx.array, mask, cache) -> mx.array:
-        # The residual add and the post-attention norm: one fused kernel when decoding on Metal.
-        norm = self.post_attention_layernorm
-        h, normed = residual_rms_norm.apply(x, self.self_attn(self.input_layernorm(x), mask, cache),
-                                            norm.weight, norm.eps)
+        h, normed = add_and_norm(x, self.self_attn(self.input_layernorm(x), mask, cache),
+                                 self.post_attention_layernorm)
         return h + self.mlp(normed)
 
 
@@ -35,7 +33,7 @@ class DecoderStack(nn.Module):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = layers
-        self.norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
 
     def __call__(self, tokens: mx.array, cache) -> mx.array:
         h = self.embed_tokens(tokens)

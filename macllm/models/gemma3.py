@@ -19,6 +19,7 @@ from macllm.cache.base import LayerCache
 from macllm.cache.quantized import make_full_cache
 from macllm.cache.sliding import SlidingWindowCache, window_mask
 from macllm.config import ModelConfig
+from macllm.cpu_kernels import fused
 from macllm.models.attention import rotate_cache_attend
 from macllm.models.base import CausalLM
 from macllm.models.rope import RoPE
@@ -75,7 +76,10 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def __call__(self, x: mx.array) -> mx.array:
-        return mx.fast.rms_norm(x, 1.0 + self.weight, self.eps)
+        weight = 1.0 + self.weight
+        if fused.active(x):
+            return fused.rms_norm(x, weight, self.eps)
+        return mx.fast.rms_norm(x, weight, self.eps)
 
 
 class Attention(nn.Module):

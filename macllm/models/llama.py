@@ -6,6 +6,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from macllm.config import ModelConfig
+from macllm.cpu_kernels import fused
 from macllm.models.attention import rotate_cache_attend
 from macllm.models.base import CausalLM
 from macllm.models.decoder import DecoderStack, PreNormDecoderLayer
@@ -42,7 +43,8 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(hidden, dim, bias=False)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(fused.silu_mul(gate, up) if fused.active(gate) else nn.silu(gate) * up)
 
 
 class LlamaBody(DecoderStack):

@@ -18,6 +18,7 @@ from macllm.models.attention import rotate_cache_attend
 from macllm.models.base import CausalLM
 from macllm.models.decoder import DecoderStack, PreNormDecoderLayer
 from macllm.models.llama import MLP
+from macllm.models.norm import RMSNorm
 from macllm.models.rope import RoPE
 
 # Layer index -> that layer's feed-forward block (dense MLP or mixture of experts).
@@ -37,8 +38,8 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(dim, self.n_kv_heads * head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * head_dim, dim, bias=False)
         # Per-head norms over head_dim: they keep q.k in range however large the projections grow.
-        self.q_norm = nn.RMSNorm(head_dim, eps=cfg.rms_norm_eps)
-        self.k_norm = nn.RMSNorm(head_dim, eps=cfg.rms_norm_eps)
+        self.q_norm = RMSNorm(head_dim, eps=cfg.rms_norm_eps)
+        self.k_norm = RMSNorm(head_dim, eps=cfg.rms_norm_eps)
         self.rope = rope
 
     def __call__(self, x: mx.array, mask, cache) -> mx.array:

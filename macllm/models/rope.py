@@ -131,6 +131,11 @@ class RoPE(nn.Module):
             self._table_key = (offset, length)
         return self._table
 
+    def cpu_tables(self, offset: int, length: int) -> tuple[mx.array, mx.array] | None:
+        """The (cos, sin) tables (length, dims / 2) this rope rotates with on the CPU, None where it uses
+        mx.fast.rope instead (Metal, or the interleaved "traditional" pairs)."""
+        return self._cos_sin(offset, length) if self._use_tables() else None
+
     def __call__(self, x: mx.array, offset: int = 0) -> mx.array:
         """x: (B, heads, L, head_dim)."""
         if self._use_tables():

@@ -22,6 +22,10 @@ class NoRoPE(nn.Module):
     def __call__(self, x: mx.array, offset: int = 0) -> mx.array:
         return x
 
+    def cpu_tables(self, offset: int, length: int) -> None:
+        """No rotation, so no tables: such a layer attends through MLX's ops (see models/attention.py)."""
+        return None
+
 
 def rope_layers(cfg: ModelConfig) -> list[bool]:
     """Per layer: whether it applies RoPE."""

@@ -1,0 +1,107 @@
+// Attention for a few query rows over the KV cache: scores, softmax and the weighted sum in one pass
+// per head, reading the cache's buffers where they lie. Heads are split over the kernel thread pool
+// when the cache is long enough for it to pay.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "fused_common.h"
+#include "fused_ops.h"
+#include "thread_pool.h"
+
+namespace macllm_cpu {
+namespace {
+
+struct AttendJob {
+  const mx::array *q, *k, *v;
+  float* out;
+  float scale;
+  bool causal;
+  int H, KV, Lq, S, D, Dv;
+};
+
+// All query rows of one (batch, head) pair.
+void attend_head(void* ctx, int task) {
+  const AttendJob& j = *static_cast<const AttendJob*>(ctx);
+  const int b = task / j.H, h = task % j.H;
+  const int kvh = h / (j.H / j.KV);
+  const auto &qs = j.q->strides(), &ks = j.k->strides(), &vs = j.v->strides();
+  const float* kbase = j.k->data<float>() + b * ks[0] + kvh * ks[1];
+  const float* vbase = j.v->data<float>() + b * vs[0] + kvh * vs[1];
+  thread_local std::vector<float> scores, acc;
+  scores.resize(j.S);
+  acc.resize(j.Dv);
+  for (int i = 0; i < j.Lq; ++i) {
+    const float* qrow = j.q->data<float>() + b * qs[0] + h * qs[1] + i * qs[2];
+    // Causal: query i sits at position S - Lq + i and sees keys up to it.
+    const int visible = j.causal ? std::max(0, j.S - j.Lq + i + 1) : j.S;
+    float top = -std::numeric_limits<float>::infinity();
+    for (int t = 0; t < visible; ++t) {
+      const float* krow = kbase + t * ks[2];
+      float dot = 0.0f;
+      for (int d = 0; d < j.D; ++d) dot += qrow[d * qs[3]] * krow[d * ks[3]];
+      scores[t] = dot * j.scale;
+      top = std::max(top, scores[t]);
+    }
+    float total = 0.0f;
+    std::fill(acc.begin(), acc.end(), 0.0f);
+    for (int t = 0; t < visible; ++t) {
+      const float p = std::exp(scores[t] - top);
+      total += p;
+      const float* vrow = vbase + t * vs[2];
+      for (int d = 0; d < j.Dv; ++d) acc[d] += p * vrow[d * vs[3]];
+    }
+    float* dst = j.out + ((static_cast<size_t>(b) * j.Lq + i) * j.H + h) * j.Dv;
+    const float inv = visible > 0 ? 1.0f / total : 0.0f;
+    for (int d = 0; d < j.Dv; ++d) dst[d] = acc[d] * inv;
+  }
+}
+
+}  // namespace
+
+mx::array attend(const mx::array& q, const mx::array& k, const mx::array& v, float scale, bool causal,
+                 mx::StreamOrDevice s) {
+  const mx::Stream stream = mx::to_stream(s);
+  constexpr const char* op = "attend";
+  check_fused(stream.device == mx::Device::cpu, op, "runs on the CPU only");
+  check_fused(q.dtype() == mx::float32 && k.dtype() == mx::float32 && v.dtype() == mx::float32, op,
+              "q, k and v must be float32");
+  check_fused(q.ndim() == 4 && k.ndim() == 4 && v.ndim() == 4, op, "q, k and v must be (B, heads, length, D)");
+  check_fused(k.shape(0) == q.shape(0) && v.shape(0) == q.shape(0) && k.shape(3) == q.shape(3) &&
+                  v.shape(1) == k.shape(1) && v.shape(2) == k.shape(2),
+              op, "k and v must match q's batch and head width, and each other");
+  check_fused(k.shape(1) > 0 && q.shape(1) % k.shape(1) == 0, op, "query heads must be a multiple of kv heads");
+  return mx::array({q.shape(0), q.shape(2), q.shape(1) * v.shape(3)}, mx::float32,
+                   std::make_shared<Attend>(stream, scale, causal), {q, k, v});
+}
+
+void Attend::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
+  run_on_stream(stream(), inputs, outputs, [scale = scale_, causal = causal_](std::vector<mx::array>& in,
+                                                                              std::vector<mx::array>& out) {
+    AttendJob job{&in[0], &in[1], &in[2], out[0].data<float>(), scale, causal,
+                  in[0].shape(1), in[1].shape(1), in[0].shape(2), in[1].shape(2), in[0].shape(3), in[2].shape(3)};
+    const int tasks = in[0].shape(0) * job.H;
+    // Below ~64k multiply-adds a head is a few microseconds: waking the pool would cost more.
+    const int64_t work = static_cast<int64_t>(job.Lq) * job.S * (job.D + job.Dv);
+    if (work * tasks < (1 << 16)) {
+      for (int t = 0; t < tasks; ++t) attend_head(&job, t);
+    } else {
+      ThreadPool::instance().parallel_for(tasks, attend_head, &job);
+    }
+  });
+}
+
+std::vector<mx::array> Attend::reference(const std::vector<mx::array>& inputs) {
+  const mx::Stream s = stream();
+  const mx::array &q = inputs[0], &v = inputs[2];
+  const mx::array o = mx::fast::scaled_dot_product_attention(q, inputs[1], v, scale_, causal_ ? "causal" : "", {}, {},
+                                                             false, s);
+  return {mx::reshape(mx::transpose(o, {0, 2, 1, 3}, s), {q.shape(0), q.shape(2), q.shape(1) * v.shape(3)}, s)};
+}
+
+bool Attend::is_equivalent(const mx::Primitive& other) const {
+  const auto& o = static_cast<const Attend&>(other);
+  return scale_ == o.scale_ && causal_ == o.causal_;
+}
+
+}  // namespace macllm_cpu

@@ -27,7 +27,20 @@ void row_to_floats(ScaleType t, const void* base, size_t offset, int count, floa
       _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16)));
     }
   }
-  for (; i < count; ++i) dst[i] = scale_at(t, base, offset + i);
+  if (i < count) {  // the tail via a padded copy: scalar conversions here cost as much as a short row's dot
+    const int rest = count - i;
+    alignas(32) float wide[8];
+    if (t == ScaleType::F32) {
+      std::memcpy(wide, static_cast<const float*>(base) + offset + i, rest * sizeof(float));
+    } else {
+      alignas(16) uint16_t half[8] = {0};
+      std::memcpy(half, static_cast<const uint16_t*>(base) + offset + i, rest * sizeof(uint16_t));
+      const __m128i h = _mm_load_si128(reinterpret_cast<const __m128i*>(half));
+      _mm256_store_ps(wide, t == ScaleType::F16 ? _mm256_cvtph_ps(h)
+                                                : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
+    }
+    std::memcpy(dst + i, wide, rest * sizeof(float));
+  }
 }
 
 float hsum(__m256 v) {
@@ -56,8 +69,9 @@ void rows(const Problem& p, int n0, int n1) {
     row_to_floats(p.scale_type, p.scales, static_cast<size_t>(n) * G, G, sb);
     row_to_floats(p.scale_type, p.biases, static_cast<size_t>(n) * G, G, bb);
     const uint8_t* wr = p.w + n * row_bytes;
-    __m256 acc[M];
-    for (int m = 0; m < M; ++m) acc[m] = _mm256_setzero_ps();
+    // Two accumulators per row (even and odd groups): one chain of dependent FMAs was the limit.
+    __m256 acc[M], acc_odd[M];
+    for (int m = 0; m < M; ++m) acc[m] = acc_odd[m] = _mm256_setzero_ps();
     for (int g = 0; g < G; ++g) {
       __m256 t[M];
       for (int m = 0; m < M; ++m) t[m] = _mm256_setzero_ps();
@@ -85,10 +99,14 @@ void rows(const Problem& p, int n0, int n1) {
         }
       }
       const __m256 s = _mm256_set1_ps(sb[g]);
-      for (int m = 0; m < M; ++m) acc[m] = _mm256_fmadd_ps(s, t[m], acc[m]);
+      if (g & 1) {
+        for (int m = 0; m < M; ++m) acc_odd[m] = _mm256_fmadd_ps(s, t[m], acc_odd[m]);
+      } else {
+        for (int m = 0; m < M; ++m) acc[m] = _mm256_fmadd_ps(s, t[m], acc[m]);
+      }
     }
     for (int m = 0; m < M; ++m) {
-      p.out[static_cast<size_t>(m) * N + n] = hsum(acc[m]) + dot(bb, p.xsum + static_cast<size_t>(m) * G, G);
+      p.out[static_cast<size_t>(m) * N + n] = hsum(_mm256_add_ps(acc[m], acc_odd[m])) + dot(bb, p.xsum + static_cast<size_t>(m) * G, G);
     }
   }
 }
@@ -115,8 +133,9 @@ void rows_packed(const Problem& p, int n0, int n1) {
     row_to_floats(p.scale_type, p.scales, static_cast<size_t>(n) * G, G, sb);
     row_to_floats(p.scale_type, p.biases, static_cast<size_t>(n) * G, G, bb);
     const uint8_t* wr = p.w + n * row_bytes;
-    __m256 acc[M];
-    for (int m = 0; m < M; ++m) acc[m] = _mm256_setzero_ps();
+    // Two accumulators per row (even and odd groups): one chain of dependent FMAs was the limit.
+    __m256 acc[M], acc_odd[M];
+    for (int m = 0; m < M; ++m) acc[m] = acc_odd[m] = _mm256_setzero_ps();
     for (int g = 0; g < G; ++g) {
       __m256 t[M];
       for (int m = 0; m < M; ++m) t[m] = _mm256_setzero_ps();
@@ -137,10 +156,14 @@ void rows_packed(const Problem& p, int n0, int n1) {
         }
       }
       const __m256 s = _mm256_set1_ps(sb[g]);
-      for (int m = 0; m < M; ++m) acc[m] = _mm256_fmadd_ps(s, t[m], acc[m]);
+      if (g & 1) {
+        for (int m = 0; m < M; ++m) acc_odd[m] = _mm256_fmadd_ps(s, t[m], acc_odd[m]);
+      } else {
+        for (int m = 0; m < M; ++m) acc[m] = _mm256_fmadd_ps(s, t[m], acc[m]);
+      }
     }
     for (int m = 0; m < M; ++m) {
-      p.out[static_cast<size_t>(m) * N + n] = hsum(acc[m]) + dot(bb, p.xsum + static_cast<size_t>(m) * G, G);
+      p.out[static_cast<size_t>(m) * N + n] = hsum(_mm256_add_ps(acc[m], acc_odd[m])) + dot(bb, p.xsum + static_cast<size_t>(m) * G, G);
     }
   }
 }

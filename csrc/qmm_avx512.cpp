@@ -30,7 +30,18 @@ void row_to_floats(ScaleType t, const void* base, size_t offset, int count, floa
       _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16)));
     }
   }
-  for (; i < count; ++i) dst[i] = scale_at(t, base, offset + i);
+  if (i < count) {  // the tail through a masked load: a scalar loop here cost as much as a short row's dot
+    const __mmask16 mask = static_cast<__mmask16>((1u << (count - i)) - 1);
+    if (t == ScaleType::F32) {
+      _mm512_mask_storeu_ps(dst + i, mask, _mm512_maskz_loadu_ps(mask, static_cast<const float*>(base) + offset + i));
+    } else {
+      const __m256i h = _mm512_castsi512_si256(
+          _mm512_maskz_loadu_epi16(static_cast<__mmask32>(mask), static_cast<const uint16_t*>(base) + offset + i));
+      const __m512 f = t == ScaleType::F16 ? _mm512_cvtph_ps(h)
+                                           : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+      _mm512_mask_storeu_ps(dst + i, mask, f);
+    }
+  }
 }
 
 float dot(const float* a, const float* b, int count) {
@@ -54,11 +65,12 @@ void rows(const Problem& p, int n0, int n1) {
     row_to_floats(p.scale_type, p.scales, static_cast<size_t>(n) * G, G, sb);
     row_to_floats(p.scale_type, p.biases, static_cast<size_t>(n) * G, G, bb);
     const uint8_t* wr = p.w + n * row_bytes;
-    __m512 acc[M];
-    for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_ps();
+    // Two accumulators per row (even and odd groups): one chain of dependent FMAs was the limit.
+    __m512 acc[M], acc_odd[M];
+    for (int m = 0; m < M; ++m) acc[m] = acc_odd[m] = _mm512_setzero_ps();
     for (int g = 0; g < G; ++g) {
-      __m512 t[M];
-      for (int m = 0; m < M; ++m) t[m] = _mm512_setzero_ps();
+      __m512 t[M], t_hi[M];  // the low and high nibbles' sums: two chains again
+      for (int m = 0; m < M; ++m) t[m] = t_hi[m] = _mm512_setzero_ps();
       const int k_end = (g + 1) * p.group_size;
       if (BITS == 4) {
         for (int k0 = g * p.group_size; k0 < k_end; k0 += 32) {
@@ -68,23 +80,34 @@ void rows(const Problem& p, int n0, int n1) {
           for (int m = 0; m < M; ++m) {
             const float* xm = p.x + static_cast<size_t>(m) * K + k0;
             t[m] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xm), t[m]);
-            t[m] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xm + 16), t[m]);
+            t_hi[m] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xm + 16), t_hi[m]);
           }
         }
+        for (int m = 0; m < M; ++m) t[m] = _mm512_add_ps(t[m], t_hi[m]);
       } else {
-        for (int k0 = g * p.group_size; k0 < k_end; k0 += 16) {
-          const __m512 q = _mm512_cvtepi32_ps(
+        for (int k0 = g * p.group_size; k0 < k_end; k0 += 32) {  // group sizes are multiples of 32
+          const __m512 q0 = _mm512_cvtepi32_ps(
               _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + k0))));
+          const __m512 q1 = _mm512_cvtepi32_ps(
+              _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + k0 + 16))));
           for (int m = 0; m < M; ++m) {
-            t[m] = _mm512_fmadd_ps(q, _mm512_loadu_ps(p.x + static_cast<size_t>(m) * K + k0), t[m]);
+            const float* xm = p.x + static_cast<size_t>(m) * K + k0;
+            t[m] = _mm512_fmadd_ps(q0, _mm512_loadu_ps(xm), t[m]);
+            t_hi[m] = _mm512_fmadd_ps(q1, _mm512_loadu_ps(xm + 16), t_hi[m]);
           }
         }
+        for (int m = 0; m < M; ++m) t[m] = _mm512_add_ps(t[m], t_hi[m]);
       }
       const __m512 s = _mm512_set1_ps(sb[g]);
-      for (int m = 0; m < M; ++m) acc[m] = _mm512_fmadd_ps(s, t[m], acc[m]);
+      if (g & 1) {
+        for (int m = 0; m < M; ++m) acc_odd[m] = _mm512_fmadd_ps(s, t[m], acc_odd[m]);
+      } else {
+        for (int m = 0; m < M; ++m) acc[m] = _mm512_fmadd_ps(s, t[m], acc[m]);
+      }
     }
     for (int m = 0; m < M; ++m) {
-      p.out[static_cast<size_t>(m) * N + n] = _mm512_reduce_add_ps(acc[m]) + dot(bb, p.xsum + static_cast<size_t>(m) * G, G);
+      p.out[static_cast<size_t>(m) * N + n] =
+          _mm512_reduce_add_ps(_mm512_add_ps(acc[m], acc_odd[m])) + dot(bb, p.xsum + static_cast<size_t>(m) * G, G);
     }
   }
 }
@@ -112,8 +135,8 @@ void rows_packed(const Problem& p, int n0, int n1) {
     row_to_floats(p.scale_type, p.scales, static_cast<size_t>(n) * G, G, sb);
     row_to_floats(p.scale_type, p.biases, static_cast<size_t>(n) * G, G, bb);
     const uint8_t* wr = p.w + n * row_bytes;
-    __m512 acc[M];
-    for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_ps();
+    __m512 acc[M], acc_odd[M];
+    for (int m = 0; m < M; ++m) acc[m] = acc_odd[m] = _mm512_setzero_ps();
     for (int g = 0; g < G; ++g) {
       __m512 t[M];
       for (int m = 0; m < M; ++m) t[m] = _mm512_setzero_ps();
@@ -134,10 +157,15 @@ void rows_packed(const Problem& p, int n0, int n1) {
         }
       }
       const __m512 s = _mm512_set1_ps(sb[g]);
-      for (int m = 0; m < M; ++m) acc[m] = _mm512_fmadd_ps(s, t[m], acc[m]);
+      if (g & 1) {
+        for (int m = 0; m < M; ++m) acc_odd[m] = _mm512_fmadd_ps(s, t[m], acc_odd[m]);
+      } else {
+        for (int m = 0; m < M; ++m) acc[m] = _mm512_fmadd_ps(s, t[m], acc[m]);
+      }
     }
     for (int m = 0; m < M; ++m) {
-      p.out[static_cast<size_t>(m) * N + n] = _mm512_reduce_add_ps(acc[m]) + dot(bb, p.xsum + static_cast<size_t>(m) * G, G);
+      p.out[static_cast<size_t>(m) * N + n] =
+          _mm512_reduce_add_ps(_mm512_add_ps(acc[m], acc_odd[m])) + dot(bb, p.xsum + static_cast<size_t>(m) * G, G);
     }
   }
 }

@@ -2,13 +2,16 @@
 """Speculative decoding: decode tok/s with and without guesses, same model, same prompts, one run.
 
     .venv/bin/python scripts/bench_speculative.py [--target qwen2.5-coder-1.5b] [--draft qwen2.5-coder-0.5b]
-        [--notes-model qwen2.5-coder-1.5b] [--gen-tokens 64] [--draft-tokens 0] [--keep-quantized] [--prompts N]
+        [--notes-models smollm2-135m,qwen2.5-coder-0.5b] [--gen-tokens 128] [--rounds 2] [--draft-tokens 0]
+        [--keep-quantized] [--prompts N] [--only code|notes]
 
 Two parts. Code: Qwen2.5-Coder-0.5B drafts for the 1.5B on code prompts. Notes: prompt lookup on notes
-answers (the cited-answer prompt of macllm/rag/answer.py, built from ../shared/data/notes). Each prompt runs
-plain then speculative, greedy, back to back in this process on the same loaded weights, so load drifts hit
-both alike; the text must be identical. Prints the machine load, a row per run, the ratio of decode tok/s
-(tokens over decode time, summed over the prompts) and a JSON summary. Not a test.
+answers (the cited-answer prompt of macllm/rag/answer.py, built from ../shared/data/notes), on each of
+--notes-models. Each prompt is prefilled once; then plain and speculative runs alternate, greedy, in this
+process on the same loaded weights and the same prefilled cache (each run computes only the prompt's last
+token), `--rounds` times, the order flipped each round, so load drifts hit both alike; the text must be
+identical. Prints the machine load, a row per prompt, the ratio of decode tok/s (tokens over decode time,
+summed over prompts and rounds) and a JSON summary. Not a test.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import macllm  # noqa: F401  (OpenBLAS before MLX)
 
 REPO = Path(__file__).resolve().parents[1]
 # ../shared/data/notes beside the checkout (a worktree one level deeper finds it one more level up).
@@ -64,26 +69,52 @@ def notes_prompt(tokenizer, note: str, question: str) -> list[int]:
     return prompt_ids(question, [source], tokenizer)
 
 
-def run_pair(name: str, lm, prompt: list[int], gen_tokens: int, fast_params, draft=None) -> dict:
-    from macllm.generation import GenerationParams, generate
+def run_pair(name: str, lm, prompt: list[int], gen_tokens: int, fast_params, rounds: int, make_draft=None) -> dict:
+    """Plain and speculative, alternating `rounds` times (order flipped each round) on one prefilled cache."""
+    import mlx.core as mx
 
-    plain = generate(lm.model, lm.tokenizer, prompt, GenerationParams(max_tokens=gen_tokens))
-    fast = generate(lm.model, lm.tokenizer, prompt, fast_params, draft=draft)
-    s, f = plain.stats, fast.stats
-    row = {"prompt": name, "prompt_tokens": len(prompt), "tokens": f.generation_tokens,
-           "plain_tps": s.generation_tps, "fast_tps": f.generation_tps,
-           "plain_s": (s.generation_tokens - 1) / max(s.generation_tps, 1e-9),
-           "fast_s": (f.generation_tokens - 1) / max(f.generation_tps, 1e-9),
-           "acceptance": f.acceptance_rate, "identical": plain.token_ids == fast.token_ids, "load": load()}
-    print(f"  {name:<34} {len(prompt):>5} {f.generation_tokens:>4}  plain {s.generation_tps:6.2f}  "
-          f"speculative {f.generation_tps:6.2f} tok/s  x{f.generation_tps / max(s.generation_tps, 1e-9):.2f}  "
-          f"accepted {100 * (f.acceptance_rate or 0):3.0f}%  identical={row['identical']}  load {row['load']}",
+    from macllm.cache import make_cache
+    from macllm.generation import GenerationParams, generate
+    from macllm.generation.steps import prefill
+
+    cache = make_cache(lm.model)
+    mx.eval(prefill(lm.model, prompt[:-1], cache))
+    cached = prompt[:-1]
+    runs: dict[str, list] = {"plain": [], "fast": []}
+    for r in range(rounds):
+        for kind in (("plain", "fast") if r % 2 == 0 else ("fast", "plain")):
+            if kind == "plain":
+                out = generate(lm.model, lm.tokenizer, prompt, GenerationParams(max_tokens=gen_tokens),
+                               cache=cache, cached=cached)
+            else:
+                out = generate(lm.model, lm.tokenizer, prompt, fast_params, cache=cache, cached=cached,
+                               draft=make_draft() if make_draft is not None else None)
+            cached = out.fed_tokens
+            runs[kind].append(out)
+    plain, fast = runs["plain"], runs["fast"]
+
+    def seconds(outs) -> float:
+        return sum((o.stats.generation_tokens - 1) / max(o.stats.generation_tps, 1e-9) for o in outs)
+
+    tokens = sum(o.stats.generation_tokens - 1 for o in fast)
+    proposed = sum(o.stats.draft_proposed for o in fast)
+    accepted = sum(o.stats.draft_accepted for o in fast)
+    row = {"prompt": name, "prompt_tokens": len(prompt), "tokens": fast[0].stats.generation_tokens,
+           "rounds": rounds, "plain_s": seconds(plain), "fast_s": seconds(fast),
+           "plain_tps": tokens / seconds(plain), "fast_tps": tokens / seconds(fast),
+           "acceptance": accepted / proposed if proposed else None,
+           "drafted_share": accepted / max(tokens, 1),
+           "identical": all(o.token_ids == plain[0].token_ids for o in plain + fast), "load": load()}
+    print(f"  {name:<34} {len(prompt):>5} {row['tokens']:>4}  plain {row['plain_tps']:6.2f}  "
+          f"speculative {row['fast_tps']:6.2f} tok/s  x{row['fast_tps'] / max(row['plain_tps'], 1e-9):.2f}  "
+          f"kept {100 * (row['acceptance'] or 0):3.0f}% of {proposed // rounds} guesses, "
+          f"{100 * row['drafted_share']:3.0f}% of tokens drafted  identical={row['identical']}  load {row['load']}",
           flush=True)
     return row
 
 
 def summary(label: str, rows: list[dict]) -> dict:
-    tokens = sum(r["tokens"] - 1 for r in rows)
+    tokens = sum((r["tokens"] - 1) * r["rounds"] for r in rows)
     plain = tokens / sum(r["plain_s"] for r in rows)
     fast = tokens / sum(r["fast_s"] for r in rows)
     out = {"part": label, "plain_tps": round(plain, 3), "speculative_tps": round(fast, 3),
@@ -97,49 +128,58 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--target", default="qwen2.5-coder-1.5b")
     ap.add_argument("--draft", default="qwen2.5-coder-0.5b")
-    ap.add_argument("--notes-model", default=None, help="model for the prompt-lookup part (default: --target)")
-    ap.add_argument("--gen-tokens", type=int, default=64)
+    ap.add_argument("--notes-models", default="smollm2-135m,qwen2.5-coder-0.5b",
+                    help="comma-separated models for the prompt-lookup part")
+    ap.add_argument("--gen-tokens", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=2, help="plain/speculative pairs per prompt (order flipped)")
     ap.add_argument("--draft-tokens", type=int, default=0, help="guesses per round (0: adaptive)")
     ap.add_argument("--keep-quantized", action="store_true", help="compute on the stored quantized weights")
     ap.add_argument("--only", choices=("code", "notes"), default=None)
     ap.add_argument("--prompts", type=int, default=None, help="the first N prompts of each part (default: all)")
     args = ap.parse_args()
 
-    import macllm  # noqa: F401  (OpenBLAS before MLX)
+    import mlx.core as mx
+
     from macllm.generation import GenerationParams
     from macllm.generation.speculative import DraftModel, same_vocabulary
     from macllm.loader import load_model
 
     print(f"load {load()} at start; MACLLM_HOME={os.environ.get('MACLLM_HOME', '(default)')}", flush=True)
     results = []
-    import mlx.core as mx
-
-    target = load_model(args.target, keep_quantized=args.keep_quantized, progress=False)
-    mx.clear_cache()  # the load's freed buffers: 6 GB of float32 weights leave little room on a 24 GB machine
-    print(f"target {args.target}: {target.info.compute}", flush=True)
     if args.only != "notes":
+        target = load_model(args.target, keep_quantized=args.keep_quantized, progress=False)
+        mx.clear_cache()  # the load's freed buffers: 6 GB of float32 weights leave little room on a 24 GB machine
+        print(f"target {args.target}: {target.info.compute}", flush=True)
         draft = load_model(args.draft, keep_quantized=args.keep_quantized, progress=False)
         mx.clear_cache()
         print(f"draft {args.draft}: {draft.info.compute}", flush=True)
         assert same_vocabulary(draft.tokenizer, target.tokenizer), "the draft needs the target's tokenizer"
         params = GenerationParams(max_tokens=args.gen_tokens, draft_tokens=args.draft_tokens)
+
+        def make_draft():
+            return DraftModel(draft.model, draft.tokenizer)
+
         warm = code_prompt(target.tokenizer, "Say hi.")
-        run_pair("(warm-up)", target, warm, 4, GenerationParams(max_tokens=4),
-                 draft=DraftModel(draft.model, draft.tokenizer))
+        run_pair("(warm-up)", target, warm, 4, GenerationParams(max_tokens=4), 1, make_draft)
         rows = [run_pair(f"code {i + 1}", target, code_prompt(target.tokenizer, task), args.gen_tokens, params,
-                         draft=DraftModel(draft.model, draft.tokenizer))
+                         args.rounds, make_draft)
                 for i, task in enumerate(CODE_TASKS[:args.prompts])]
         results.append(summary(f"draft {args.draft} for {args.target}, code", rows))
-        del draft
+        del draft, target
+        mx.clear_cache()
     if args.only != "code":
-        lm = target
-        if args.notes_model and args.notes_model != args.target:
-            del target
-            lm = load_model(args.notes_model, keep_quantized=args.keep_quantized, progress=False)
         params = GenerationParams(max_tokens=args.gen_tokens, prompt_lookup=True, draft_tokens=args.draft_tokens)
-        rows = [run_pair(f"notes {note}", lm, notes_prompt(lm.tokenizer, note, q), args.gen_tokens, params)
-                for note, q in NOTES_QUESTIONS[:args.prompts]]
-        results.append(summary(f"prompt lookup on {args.notes_model or args.target}, notes answers", rows))
+        for name in args.notes_models.split(","):
+            lm = load_model(name, keep_quantized=args.keep_quantized, progress=False)
+            print(f"notes model {name}: {lm.info.compute}", flush=True)
+            run_pair("(warm-up)", lm, code_prompt(lm.tokenizer, "Say hi."), 4,
+                     GenerationParams(max_tokens=4, prompt_lookup=True), 1)
+            rows = [run_pair(f"notes {note}", lm, notes_prompt(lm.tokenizer, note, q), args.gen_tokens, params,
+                             args.rounds)
+                    for note, q in NOTES_QUESTIONS[:args.prompts]]
+            results.append(summary(f"prompt lookup on {name}, notes answers", rows))
+            del lm
+            mx.clear_cache()
     print(json.dumps({"load_end": load(), "results": results}))
     return 0
 

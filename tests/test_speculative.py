@@ -11,7 +11,7 @@ from mlx.utils import tree_map
 from scipy.stats import chisquare
 
 from macllm.cache import cache_length, make_cache
-from macllm.generation import GenerationParams, generate
+from macllm.generation import GenerationParams, generate, guess_plan
 from macllm.generation import speculative as spec
 from macllm.generation.prompt_lookup import PromptLookup
 from macllm.generation.steps import Step, prefill
@@ -244,22 +244,80 @@ def test_prompt_lookup_copies_what_followed_the_longest_tail():
     assert lone.propose(4) == []
 
 
+def test_prompt_lookup_says_how_far_back_its_match_reaches():
+    index = PromptLookup(max_ngram=3, min_ngram=2)
+    index.extend([9, 8, 1, 2, 3, 4, 5, 7, 8, 1, 2, 3])
+    found = index.match(2)
+    assert found is not None and found.guesses == [4, 5] and found.length == 4  # "8 1 2 3": the 3-gram and one more
+    index.extend([6, 2, 3])
+    short = index.match(4)
+    assert short is not None and short.length == 2  # only "2 3" recurs (followed by 4 the first time)
+    assert [spec.match_kind(n) for n in (2, 3, 4, 7, 8, 15, 16, 32)] == [0, 1, 2, 2, 3, 3, 4, 4]
+
+
 def test_adaptive_k_grows_while_guesses_land_and_shrinks_when_they_miss():
     free = spec.AdaptiveK(guess_cost=0.0)  # prompt lookup: a guess costs only its place in the check
-    for _ in range(20):
+    assert free.value == 0  # the first round times a plain step
+    free.observe(0, 1.0)
+    for _ in range(30):
         free.update(free.value, free.value)
-    assert free.value == spec.MAX_K
+    assert free.value >= 6  # kept nearly always: guess far even at ~0.3 of a step per guess
     for _ in range(20):
         free.update(free.value, 0)
     assert free.value == 1
-    # A draft a third of the model's size, kept 78% of the time: two or three guesses pay best, not ten.
+    # A draft a third of the model's size whose guess adds 0.4 of a step in all, kept 75% of the time: two or
+    # three pay best, not ten.
     drafted = spec.AdaptiveK(guess_cost=0.33)
     for _ in range(40):
         drafted.update(4, 3)  # 3 kept then a rejection: a = 0.75
+        drafted.observe(0, 1.0)
+        drafted.observe(4, 2.6)
     assert drafted.value in (2, 3)
     fixed = spec.AdaptiveK(3)
     fixed.update(3, 0)
     assert fixed.value == 3
+
+
+def test_a_kind_of_guess_that_keeps_missing_stops_guessing_but_probes():
+    plan = spec.AdaptiveK(least=0, priors={0: 0.3, 4: 0.8})
+    plan.observe(0, 1.0)
+    assert plan.k(4) > 0 and plan.best(0) == 0  # a long match guesses from the start, two tokens do not
+    asked = [plan.k(0) for _ in range(2 * guess_plan.PROBE_EVERY)]
+    assert asked.count(1) == 2 and asked.count(0) == 2 * guess_plan.PROBE_EVERY - 2  # a probe now and then
+    for _ in range(10):
+        plan.update(1, 1, kind=0)  # the probes land: the short matches copy after all
+    assert plan.best(0) > 0
+
+
+def test_the_cost_of_a_guess_is_measured_from_round_times():
+    cost = guess_plan.RoundCost(prior_step=0.3)
+    assert cost.step == 0.3  # nothing timed yet
+    for _ in range(30):
+        cost.observe(0, 0.100)  # a plain round: 100 ms
+        cost.observe(4, 0.120)  # four guesses add 20 ms: 0.05 of a step each
+    assert cost.step == pytest.approx(0.05, abs=0.03)  # (the prior still weighs a little)
+    for _ in range(30):
+        cost.observe(0, 0.100)
+        cost.observe(2, 0.200)  # the load changed: 0.5 of a step each
+    assert cost.step == pytest.approx(0.5, abs=0.05)
+    drafted = guess_plan.RoundCost(prior_step=0.6)
+    assert drafted.due()  # the first round times a plain step
+    drafted.observe(3, 0.5)  # guesses, but no plain round to compare with yet: the prior stands
+    assert drafted.step == 0.6
+    drafted.observe(0, 0.4)
+    for _ in range(guess_plan.RETIME_EVERY - 1):
+        drafted.observe(3, 0.5)
+    assert not drafted.due()
+    drafted.observe(3, 0.5)
+    assert drafted.due()  # every round guessed for a while: time a plain one again
+    # What a guess costs moves k: the same acceptance guesses fewer when a guess costs half a step.
+    cheap, dear = spec.AdaptiveK(least=0), spec.AdaptiveK(least=0)
+    for plan, extra in ((cheap, 0.005), (dear, 0.05)):
+        for _ in range(20):
+            plan.update(4, 3)
+            plan.observe(0, 0.1)
+            plan.observe(2, 0.1 + 2 * extra)
+    assert cheap.value > dear.value > 0
 
 
 def test_a_drafts_guess_costs_its_share_of_the_weights(target, tiny_llama_gguf):

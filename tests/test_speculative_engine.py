@@ -118,7 +118,7 @@ def test_prompt_lookup_through_the_engine(engine, monkeypatch):
     asked = []
     propose = speculative.LookupProposer.propose
     monkeypatch.setattr(speculative.LookupProposer, "propose",
-                        lambda self, history, k: asked.append(k) or propose(self, history, k))
+                        lambda self, history, plan, room: asked.append(room) or propose(self, history, plan, room))
     engine.set_adapters({})
     prompt = "hello world user hello world user hello world"
     plain = answer(engine.generate(prompt, GenerationParams(max_tokens=40)))

@@ -14,72 +14,33 @@ certain (q is one-hot), so the rule keeps d with probability p(d) and otherwise 
 
 One round builds the draft's k steps and the model's check as one lazy MLX graph, evaluated while the caller
 shows the previous token; the only wait is for the verdict. Rejected positions are trimmed from both caches.
-k adapts to the acceptance rate and to what a guess costs (`AdaptiveK`).
+How many to guess adapts to the acceptance rate and to what a guess is measured to cost (guess_plan.py).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol
+from typing import Callable, Generator, Protocol
 
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from macllm.cache import LayerCache, cache_length, make_cache, trim_cache
 from macllm.errors import MacllmError
+from macllm.generation.guess_plan import AdaptiveK
 from macllm.generation.params import GenerationParams
 from macllm.generation.prompt_lookup import PromptLookup
 from macllm.generation.sampling import apply_repetition_penalty, filter_logprobs
 from macllm.generation.steps import Step, common_prefix_length, prefill
-
-MAX_K = 10
-# What one more position costs the model's check, in decode steps. A check of k+1 positions costs about one
-# step while the forward pass is bound by reading the weights; measured on the 2-core CPU (Qwen2.5-Coder 0.5B,
-# float32): 8 positions ~1.4 steps.
-CHECK_COST_PER_GUESS = 0.05
-
-
-class AdaptiveK:
-    """How many tokens to guess next round: the k that maximises expected tokens per unit of time,
-    E(k) / cost(k), where E(k) = (1 - a^(k+1)) / (1 - a) tokens come out of a round whose guesses are each
-    kept with probability a, and cost(k) = 1 + k * (guess_cost + CHECK_COST_PER_GUESS) decode steps.
-    a is estimated from recent rounds (kept guesses, and the first rejected one), older rounds fading.
-    A caller's fixed k wins."""
-
-    def __init__(self, fixed: int = 0, guess_cost: float = 0.0, max_k: int = MAX_K):
-        self.fixed = fixed
-        self.guess_cost = guess_cost  # one guess, in decode steps of the model (a draft's size ratio; lookup: 0)
-        self.max_k = max_k
-        self.kept, self.missed = 1.2, 0.8  # a prior of a = 0.6, worth two guesses
-        self.value = fixed or self._best()
-
-    @property
-    def acceptance(self) -> float:
-        return self.kept / (self.kept + self.missed)
-
-    def _best(self) -> int:
-        a = min(self.acceptance, 0.999)
-        step = self.guess_cost + CHECK_COST_PER_GUESS
-
-        def rate(k: int) -> float:
-            return (1 - a ** (k + 1)) / (1 - a) / (1 + k * step)
-
-        return max(range(1, self.max_k + 1), key=rate)
-
-    def update(self, proposed: int, accepted: int) -> None:
-        if self.fixed or proposed == 0:
-            return
-        fade = 0.8
-        self.kept = fade * self.kept + accepted
-        self.missed = fade * self.missed + (1 if accepted < proposed else 0)
-        self.value = self._best()
 
 
 @dataclass
 class Proposal:
     tokens: mx.array  # (k,) int32, possibly still lazy
     probs: mx.array | None  # (k, vocab): the distribution each guess was drawn from; None: certain guesses
+    kind: int = 0  # what kind of guess, for the acceptance kept per kind (AdaptiveK)
 
     @property
     def size(self) -> int:
@@ -87,14 +48,18 @@ class Proposal:
 
 
 class Proposer(Protocol):
-    def propose(self, history: list[int], k: int) -> Proposal | None:
-        """Up to k guesses to follow `history` (the tokens so far, the last one not yet in any cache)."""
+    def propose(self, history: list[int], plan: AdaptiveK, room: int) -> Proposal | None:
+        """Guesses to follow `history` (the tokens so far, the last one not yet in any cache): as many as `plan`
+        says for their kind, at most `room`; None for none."""
 
     def settle(self, proposed: list[int]) -> None:
         """The guesses of the last proposal, now known (whether or not they were kept)."""
 
     def guess_cost(self, model) -> float:
-        """What one guess costs, in decode steps of `model`."""
+        """What making one guess costs, in decode steps of `model` (the check's share is measured)."""
+
+    def plan(self, model, fixed: int) -> AdaptiveK:
+        """The planner of how many to guess (`fixed` > 0: always that many)."""
 
 
 @dataclass
@@ -134,24 +99,42 @@ def _fit_width(logits: mx.array, width: int) -> mx.array:
     return logits
 
 
+# Prompt lookup's prior acceptance by how far its match reaches back (prompt_lookup.Match.length), as kinds
+# 0-4: 2 tokens, 3, 4-7, 8-15, 16 or more. With a guess costing ~0.3 of a step in the check, a match of two or three
+# tokens does not pay until the answer shows that it copies.
+LOOKUP_PRIORS = {0: 0.3, 1: 0.4, 2: 0.55, 3: 0.7, 4: 0.8}
+
+
+def match_kind(length: int) -> int:
+    return 0 if length <= 2 else 1 if length == 3 else min(length.bit_length() - 1, 4)
+
+
 class LookupProposer:
-    """Guesses copied from earlier in the prompt and the answer so far (prompt_lookup.py)."""
+    """Guesses copied from earlier in the prompt and the answer so far (prompt_lookup.py), planned per match
+    length: a short match that keeps missing stops guessing, a long one guesses far."""
 
     def __init__(self):
         self.index = PromptLookup()
 
-    def propose(self, history: list[int], k: int) -> Proposal | None:
+    def propose(self, history: list[int], plan: AdaptiveK, room: int) -> Proposal | None:
         self.index.extend(history[len(self.index.tokens):])
-        guesses = self.index.propose(k)
-        if not guesses:
+        found = self.index.match(min(plan.max_k, room))
+        if found is None:
             return None
-        return Proposal(mx.array(guesses, dtype=mx.int32), None)
+        kind = match_kind(found.length)
+        k = min(plan.k(kind), room)
+        if k == 0:
+            return None
+        return Proposal(mx.array(found.guesses[:k], dtype=mx.int32), None, kind)
 
     def settle(self, proposed: list[int]) -> None:
         pass
 
     def guess_cost(self, model) -> float:
         return 0.0  # a dictionary look-up
+
+    def plan(self, model, fixed: int) -> AdaptiveK:
+        return AdaptiveK(fixed, self.guess_cost(model), least=0, priors=LOOKUP_PRIORS)
 
 
 class DraftModel:
@@ -189,7 +172,10 @@ class DraftModel:
         self.cached = history[:common]
         return common
 
-    def propose(self, history: list[int], k: int) -> Proposal | None:
+    def propose(self, history: list[int], plan: AdaptiveK, room: int) -> Proposal | None:
+        k = min(plan.k(), room)
+        if k == 0:
+            return None
         common = self._catch_up(history, keep_last=True)
         logits = self.model(mx.array(history[common:])[None], cache=self.cache, last_only=True)[:, -1, :]
         tokens: list[mx.array] = []
@@ -212,11 +198,15 @@ class DraftModel:
         return mx.random.categorical(mx.log(q), key=self._keys.next()), q
 
     def settle(self, proposed: list[int]) -> None:
-        self.cached = self._base + proposed[:-1]  # what the draft's cache now holds
+        if proposed:  # (a round without guesses left the draft's cache as it was)
+            self.cached = self._base + proposed[:-1]  # what the draft's cache now holds
 
     def guess_cost(self, model) -> float:
         """A decode step reads every weight once, so a draft step costs about its weights' share in bytes."""
         return weight_bytes(self.model) / max(weight_bytes(model), 1)
+
+    def plan(self, model, fixed: int) -> AdaptiveK:
+        return AdaptiveK(fixed, self.guess_cost(model))
 
 
 def weight_bytes(model) -> int:
@@ -338,24 +328,30 @@ def check_rewindable(cache: list[LayerCache], who: str) -> None:
 
 def decode_steps(model, cache: list[LayerCache], first: Step, history: list[int], params: GenerationParams,
                  proposer: Proposer, max_new: int, stats: SpeculationStats,
-                 cancel: threading.Event | None = None) -> Iterator[Step]:
-    """Like steps.decode_steps, with guesses: yields up to `max_new` Steps from `first` (the token after the
-    prompt `history`); kept guesses come as Steps with `drafted` set. The caller stops by breaking."""
+                 cancel: threading.Event | None = None,
+                 hand_over: Callable[[], bool] | None = None) -> Generator[Step, None, Step | None]:
+    """Like steps.decode_steps, with guesses: yields up to `max_new` Steps from `first` (the token after
+    `history`, the tokens in the cache); kept guesses come as Steps with `drafted` set. The caller stops by
+    breaking. When `hand_over()` says so between rounds, it returns the next token, not yet yielded nor in the
+    cache, for plain decoding to go on from (the engine's batch, once a second request joins); else None."""
     keys = _Keys(params.seed)
-    adaptive = AdaptiveK(params.draft_tokens, proposer.guess_cost(model))
+    plan = proposer.plan(model, params.draft_tokens)
     history = list(history)
     pending = first
     produced = 0
     while True:
+        if hand_over is not None and hand_over():
+            return pending
         produced += 1
         room = max_new - produced  # tokens still allowed after `pending`
         if room <= 0 or (cancel is not None and cancel.is_set()):
             yield Step(pending.token_id, pending.logprob, pending.alternatives, False)
-            return
+            return None
         history.append(pending.token_id)
-        proposal = proposer.propose(history, min(adaptive.value, room))
+        proposal = proposer.propose(history, plan, room)
         if proposal is None:
             proposal = Proposal(mx.zeros((0,), dtype=mx.int32), None)
+        started = time.perf_counter()
         tokens = mx.concatenate([mx.array([pending.token_id], dtype=mx.int32), proposal.tokens])
         logits = model(tokens[None], cache=cache)[0]
         verdict = judge(logits, proposal, history, params, keys)
@@ -363,19 +359,20 @@ def decode_steps(model, cache: list[LayerCache], first: Step, history: list[int]
         yield Step(pending.token_id, pending.logprob, pending.alternatives, True, pending.drafted)
 
         outcome = resolve(verdict, room)
+        plan.observe(proposal.size, time.perf_counter() - started)
         proposer.settle(outcome.proposed)
         trim_cache(cache, proposal.size - outcome.kept)  # the cache keeps `pending` and the kept guesses
         if proposal.size:
             stats.rounds += 1
             stats.proposed += proposal.size
             stats.accepted += outcome.kept
-            adaptive.update(proposal.size, outcome.kept)
+            plan.update(proposal.size, outcome.kept, proposal.kind)
         for i in range(outcome.kept):
             produced += 1
             yield Step(outcome.tokens[i], outcome.logprobs[i], outcome.alternatives[i], True, drafted=True)
         history.extend(outcome.tokens[:outcome.kept])
         if produced >= max_new:
-            return
+            return None
         pending = Step(outcome.tokens[-1], outcome.logprobs[-1], outcome.alternatives[-1], False)
 
 

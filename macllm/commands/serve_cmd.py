@@ -5,7 +5,15 @@ from __future__ import annotations
 import os
 import sys
 
-from macllm.commands.options import add_adapter_option, add_model_option, apply_adapters, parse_adapter_specs
+from macllm.commands.options import (
+    MAX_DRAFT_TOKENS,
+    add_adapter_option,
+    add_model_option,
+    add_speculative_options,
+    apply_adapters,
+    checked_text,
+    parse_adapter_specs,
+)
 from macllm.errors import MacllmError
 
 DEFAULT_PORT = 8080
@@ -19,6 +27,7 @@ def add_parser(sub) -> None:
                                    "127.0.0.1 unless told otherwise.")
     add_model_option(p)
     add_adapter_option(p)
+    add_speculative_options(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; another needs --api-key or --insecure)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
@@ -36,7 +45,7 @@ def run(args) -> int:
     from macllm.engine import Engine
     from macllm.server.app import ServerConfig
     from macllm.server.runner import bind_problem, model_id, port_problem, serve
-    from macllm.server.scheduler import Scheduler
+    from macllm.server.scheduler import Scheduler, Speculation
 
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     problem = bind_problem(args.host, api_key, args.insecure)
@@ -47,18 +56,28 @@ def run(args) -> int:
     if not args.max_body_mb > 0:
         raise MacllmError(f"--max-body-mb must be positive, got {args.max_body_mb}")
     parse_adapter_specs(args.adapter)  # refuse a bad --adapter before the model loads
+    if not 0 <= args.draft_tokens <= MAX_DRAFT_TOKENS:
+        raise MacllmError(f"--draft-tokens must be 0 (adapt) or 1 to {MAX_DRAFT_TOKENS}, got {args.draft_tokens}")
+    if args.draft_model is not None:
+        checked_text(args.draft_model, "--draft-model")
+    speculation = Speculation(args.draft_model or None, bool(args.prompt_lookup), args.draft_tokens)
     problem = port_problem(args.host, args.port)
     if problem:
         raise MacllmError(problem)
     with Engine(args.model, keep_quantized=args.keep_quantized, kv_bits=args.kv_bits) as engine:
         apply_adapters(engine, args.adapter)
-        scheduler = Scheduler(engine, engine.adapters["active"])
+        if speculation.draft_model:  # another vocabulary is refused here, in one line, before serving
+            engine.load_draft(speculation.draft_model, keep_quantized=args.keep_quantized).result()
+        scheduler = Scheduler(engine, engine.adapters["active"], speculation)
         assert engine.info is not None, "the engine loaded its model"
         config = ServerConfig(model_id=model_id(engine.info), api_key=api_key,
                               max_body_bytes=int(args.max_body_mb * 1024 * 1024), embedder=args.embedder)
         shown = "localhost" if args.host in ("127.0.0.1", "::1") else args.host
+        guessing = (f", draft {speculation.draft_model}" if speculation.draft_model
+                    else ", prompt lookup" if speculation.prompt_lookup else "")
         print(f"macllm serve: {config.model_id} at http://{shown}:{args.port}/v1 "
-              f"({'API key required' if api_key else 'no API key'}); Ctrl-C stops", file=sys.stderr, flush=True)
+              f"({'API key required' if api_key else 'no API key'}{guessing}); Ctrl-C stops", file=sys.stderr,
+              flush=True)
         serve(scheduler, config, args.host, args.port)
     print("macllm serve: stopped", file=sys.stderr)
     return 0

@@ -29,8 +29,10 @@ import mlx.core as mx
 
 from macllm.cache.rows import row_caches
 from macllm.engine.prompt_slots import PromptSlots, Slot
+from macllm.engine.solo_guesses import Guesser, SoloGuesses
 from macllm.engine.token_stream import PrefillProgress, TokenStream
-from macllm.generation import GenerationParams, GenerationResult, GenerationStats, stream_generate
+from macllm.generation import GenerationParams, GenerationResult, GenerationStats, speculative, stream_generate
+from macllm.generation.speculative import SpeculationStats
 from macllm.generation.steps import Step, common_prefix_length
 
 MAX_ROWS = 8  # sequences decoded together; more costs memory for the caches and attention time per step
@@ -66,28 +68,83 @@ class Row:
     more: bool = True  # False once the row reported its last token
     blend: tuple = ()  # the adapter blend it runs under (blend_key)
     disk_key: dict | None = None  # the prompt cache's key for this row's model and blend
+    guesser: Guesser | None = None  # speculative decoding asked for: used while this row runs alone
+    speculate: bool = False  # the runner's word: decode speculatively (alone) from the next token on
+    in_batch: bool = False  # whether the decoder is in its batched phase (`upcoming` is the row's next token)
+    spec_stats: SpeculationStats = field(default_factory=SpeculationStats)
 
     def wants_feed(self) -> bool:
         """Whether the batch computes past `upcoming`: the same rule as steps.decode_steps."""
         return self.produced + 1 < self.max_new and not self.request.stream.cancelled.is_set()
 
     def decoder(self, model, cache, first, choose, max_new, cancel) -> Iterator[Step]:
-        """Stands in for steps.decode_steps: the first token's forward runs here alone; the rest come from the
-        batch, one per resume."""
+        """Stands in for steps.decode_steps. Batched: the first token's forward runs here alone; the rest come from
+        the batch, one per resume. While the runner says `speculate` (the row runs alone), tokens come from
+        speculative rounds run here, and go back to the batch between two rounds when another row joins."""
         self.cache, self.choose, self.max_new = cache, choose, max_new
-        token, logprob, alts = first
-        self.produced = 1
-        self.more = max_new > 1 and not (cancel is not None and cancel.is_set())
-        if self.more:
-            self.upcoming = choose(model(token[None], cache=cache)[:, -1, :])
-            mx.async_eval(self.upcoming)
-        yield Step(token.item(), logprob.item(), _alternatives(alts), self.more)
-        while self.more:
-            assert self.current is not None, "the batch moved this row on before resuming it"
-            token, logprob, alts = self.current
+        history = list(self.request.tokens)  # what the cache holds
+        choice = first  # the next token to report, not yet fed
+        while True:
+            if self.speculate and self.guesser is not None:
+                handed = yield from self._speculate(model, cache, _step_of(choice), history, cancel)
+                if handed is None:
+                    return
+                choice = _choice_of(handed)
+                choose.follow([*history, handed.token_id])
+            token, logprob, alts = choice
             self.produced += 1
-            self.more = self.feeding
+            self.more = self.produced < max_new and not (cancel is not None and cancel.is_set())
+            if self.more:
+                self.upcoming = choose(model(token[None], cache=cache)[:, -1, :])
+                mx.async_eval(self.upcoming)
+                history.append(token.item())
+            self.in_batch = True
             yield Step(token.item(), logprob.item(), _alternatives(alts), self.more)
+            while self.more and not self.speculate:
+                assert self.current is not None, "the batch moved this row on before resuming it"
+                token, logprob, alts = self.current
+                self.produced += 1
+                self.more = self.feeding
+                if self.more:
+                    history.append(token.item())
+                yield Step(token.item(), logprob.item(), _alternatives(alts), self.more)
+            self.in_batch = False
+            if not self.more:
+                return
+            choice, self.upcoming = self.upcoming, None  # the runner left it unfed: the rounds start from it
+
+    def _speculate(self, model, cache, pending: Step, history: list[int], cancel):
+        """Speculative rounds from `pending` until the answer ends (None) or the runner takes the row back into
+        the batch (the next token, unfed)."""
+        assert self.guesser is not None
+        proposer = self.guesser.proposer(history)
+        rounds = speculative.decode_steps(model, cache, pending, history, self.guesser.params, proposer,
+                                          self.max_new - self.produced, self.spec_stats, cancel,
+                                          hand_over=lambda: not self.speculate)
+        while True:
+            try:
+                step = next(rounds)
+            except StopIteration as done:
+                return done.value
+            self.produced += 1
+            self.more = step.fed
+            if step.fed:
+                history.append(step.token_id)
+            yield step
+
+
+def _step_of(choice: tuple) -> Step:
+    token, logprob, alts = choice
+    return Step(token.item(), logprob.item(), _alternatives(alts), False)
+
+
+def _choice_of(step: Step) -> tuple:
+    """A Step back into the (token, logprob, alternatives) arrays a TokenChooser gives."""
+    alts = None
+    if step.alternatives is not None:
+        ids, values = zip(*step.alternatives, strict=True) if step.alternatives else ((), ())
+        alts = (mx.array([list(ids)], dtype=mx.int32), mx.array([list(values)]))
+    return mx.array([step.token_id], dtype=mx.int32), mx.array(step.logprob), alts
 
 
 def decode_forward(model, tokens: mx.array, caches: list[list]) -> mx.array:
@@ -107,6 +164,7 @@ class BatchRunner:
         self._turn = 0  # which blend group steps next (round robin)
         self._lock = threading.Lock()
         self._pump_queued = False
+        self.guesses = SoloGuesses(engine)  # speculative decoding for a request that runs alone
 
     def submit(self, request: Request) -> None:
         """From any thread: queue a request and make sure a pump job will see it."""
@@ -130,6 +188,7 @@ class BatchRunner:
             self._slots.release(row.slot, keep=False)
             row.request.stream._fail(error)
         self._rows.clear()
+        self.guesses.drop()
 
     # --- the pump (engine thread) -----------------------------------------------------------------
     def _pump(self) -> None:
@@ -181,6 +240,8 @@ class BatchRunner:
             if found is not None:  # a longer prefix on disk than in any slot (e.g. after a restart)
                 slot.cache, slot.tokens = found.cache, found.tokens
             row.disk_key = key
+            row.guesser = self.guesses.guesser(loaded, request.params, slot.cache)
+            row.speculate = row.guesser is not None and self._alone(joining=True)
             stream = request.stream
 
             def on_prefill(done: int, total: int) -> None:
@@ -218,13 +279,24 @@ class BatchRunner:
         self._turn += 1
         return [r for r in self._rows if r.blend == blend]
 
+    def _alone(self, joining: bool = False) -> bool:
+        """Whether one row runs and none waits (`joining`: the row being started is that one)."""
+        with self._lock:
+            waiting = bool(self._pending)
+        return not waiting and len(self._rows) == (0 if joining else 1)
+
     def _step(self) -> None:
-        """One forward for the rows of one blend that go on; then each of them reports its token."""
+        """One forward for the rows of one blend that go on in the batch; then each row of the blend reports its
+        token (a row decoding speculatively, alone, runs its own round when resumed)."""
         group = self._next_group()
         if self._engine._active_blend() != group[0].blend:
             self._engine._swap(dict(group[0].blend))  # a few array re-points (adapter_swap)
-        feeding = [r for r in group if r.more and r.wants_feed()]
+        alone = self._alone()
         for row in group:
+            row.speculate = alone and row.guesser is not None
+        batched = [r for r in group if r.in_batch and not r.speculate]
+        feeding = [r for r in batched if r.more and r.wants_feed()]
+        for row in batched:
             row.current, row.feeding = row.upcoming, row in feeding
             row.upcoming = None
         if feeding:
@@ -251,6 +323,9 @@ class BatchRunner:
         stream = row.request.stream
         while True:
             event = next(row.events)
+            if isinstance(event, GenerationResult) and row.spec_stats.proposed:
+                event.stats.draft_proposed = row.spec_stats.proposed
+                event.stats.draft_accepted = row.spec_stats.accepted
             stream._put(event)
             if isinstance(event, GenerationResult):
                 self._finish(row, event)

@@ -142,6 +142,7 @@ class Engine:
         """Forget the draft model and its caches."""
         def job() -> None:
             if self._draft.drop():
+                self._batch.guesses.drop()
                 for conv in self._conversations.values():
                     conv.drop_draft_cache()
 

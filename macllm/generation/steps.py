@@ -76,6 +76,11 @@ class TokenChooser:
         self.constraint = params.constraint.start(free_until) if params.constraint is not None else None
         self.last: mx.array | None = None
 
+    def follow(self, tokens: list[int]) -> None:
+        """Go on after `tokens` (the prompt and the answer so far), which were chosen elsewhere (speculative
+        decoding's rounds): the repetition penalty sees them as if this chooser had picked them."""
+        self.recent = mx.array(tokens[-self.window:], dtype=mx.int32)
+
     def __call__(self, logits: mx.array):
         if self.constraint is not None:
             logits = self.constraint.mask(logits, self.last)

@@ -2,16 +2,18 @@
 
 Every generation is an `Engine.complete` request: they start in arrival order on the engine thread (fair: nobody
 overtakes), each under exactly its own adapter blend, and those running at once share each decode step
-(engine/batch.py). The engine's TokenStream is read by a small thread
-per request and handed to the event loop, so no MLX call and no blocking wait ever runs on the loop. A client
-that goes away cancels its stream (at the next token, or before it starts if still queued); shutdown cancels
-them all, and each ends with a final event.
+(engine/batch.py). With `serve --draft-model` or `--prompt-lookup` (`Speculation`) every request asks for
+speculative decoding, which the engine uses while that request runs alone (engine/solo_guesses.py). The
+engine's TokenStream is read by a small thread per request and handed to the event loop, so no MLX call and no
+blocking wait ever runs on the loop. A client that goes away cancels its stream (at the next token, or before it
+starts if still queued); shutdown cancels them all, and each ends with a final event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import dataclass, replace
 from typing import AsyncIterator
 
 from macllm.engine import Engine, TokenStream
@@ -23,14 +25,31 @@ from macllm.server.errors import ApiError
 _END = object()
 
 
+@dataclass(frozen=True)
+class Speculation:
+    """The server's speculative decoding, asked for on every request (same output, faster alone)."""
+
+    draft_model: str | None = None
+    prompt_lookup: bool = False
+    draft_tokens: int = 0  # 0: adapt
+
+    def apply(self, params: GenerationParams) -> GenerationParams:
+        if not self.draft_model and not self.prompt_lookup:
+            return params
+        return replace(params, draft_model=self.draft_model, prompt_lookup=self.prompt_lookup,
+                       draft_tokens=self.draft_tokens)
+
+
 class _Failed:
     def __init__(self, error: BaseException):
         self.error = error
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, default_adapters: dict[str, float] | None = None):
+    def __init__(self, engine: Engine, default_adapters: dict[str, float] | None = None,
+                 speculation: Speculation | None = None):
         self.engine = engine
+        self.speculation = speculation or Speculation()
         self._default: dict[str, float] = dict(default_adapters or {})
         self._loaded: set[str] = {a["name"] for a in engine.adapters["loaded"]}
         self._fitting = _fitting_adapters(engine)  # in the store and made for this model: loadable on first use
@@ -89,7 +108,7 @@ class Scheduler:
         await self.ensure_loaded(adapters)
         if self.shutting_down.is_set():
             raise ApiError(503, "the server is shutting down; retry on its next start", code="server_shutdown")
-        stream = self.engine.complete(prompt, params, adapters)
+        stream = self.engine.complete(prompt, self.speculation.apply(params), adapters)
         with self._lock:
             self._inflight.add(stream)
         try:

@@ -115,57 +115,88 @@ void rows(const Problem& p, int n0, int n1) {
 // 2, 3, 5 and 6 bits: a row is a little-endian bit stream, value k at bit k * BITS. Sixteen values
 // take 2 * BITS bytes; each 32-bit lane j gets the two bytes holding value j by a byte shuffle, then
 // a per-lane shift and mask.
+template <int BITS>
+struct PackedUnpacker {
+  __m512i ctrl, shift, mask;
+  PackedUnpacker() {
+    alignas(64) int8_t control[64];
+    alignas(64) int32_t shifts[16];
+    for (int j = 0; j < 16; ++j) {
+      const int bit = BITS * j;
+      for (int b = 0; b < 4; ++b) control[4 * j + b] = b < 2 ? static_cast<int8_t>((bit >> 3) + b) : -128;
+      shifts[j] = bit & 7;
+    }
+    ctrl = _mm512_load_si512(control);
+    shift = _mm512_load_si512(shifts);
+    mask = _mm512_set1_epi32((1 << BITS) - 1);
+  }
+  // Sixteen values starting at src (2 * BITS bytes; the load reads 16).
+  __m512 operator()(const uint8_t* src) const {
+    const __m512i v = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+    return _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srlv_epi32(_mm512_shuffle_epi8(v, ctrl), shift), mask));
+  }
+};
+
+// GUARDED: a row near the matrix's end, where a 16-byte load could read past it: chunks are copied first.
+template <int M, int BITS, bool GUARDED>
+void packed_row(const Problem& p, const PackedUnpacker<BITS>& unpack, const float* sb, const float* bb, int n) {
+  const int K = p.K, G = K / p.group_size;
+  const uint8_t* wr = p.w + static_cast<size_t>(n) * K * BITS / 8;
+  __m512 acc[M], acc_odd[M];
+  for (int m = 0; m < M; ++m) acc[m] = acc_odd[m] = _mm512_setzero_ps();
+  for (int g = 0; g < G; ++g) {
+    __m512 t[M], t2[M];  // alternate chunks: two chains
+    for (int m = 0; m < M; ++m) t[m] = t2[m] = _mm512_setzero_ps();
+    const int k_end = (g + 1) * p.group_size;
+    for (int k0 = g * p.group_size; k0 < k_end; k0 += 32) {  // group sizes are multiples of 32
+      const uint8_t* src = wr + static_cast<size_t>(k0) * BITS / 8;
+      __m512 q0, q1;
+      if constexpr (GUARDED) {
+        alignas(16) uint8_t bytes[32] = {0};
+        std::memcpy(bytes, src, 4 * BITS);
+        q0 = unpack(bytes);
+        q1 = unpack(bytes + 2 * BITS);
+      } else {
+        q0 = unpack(src);
+        q1 = unpack(src + 2 * BITS);
+      }
+      for (int m = 0; m < M; ++m) {
+        const float* xm = p.x + static_cast<size_t>(m) * K + k0;
+        t[m] = _mm512_fmadd_ps(q0, _mm512_loadu_ps(xm), t[m]);
+        t2[m] = _mm512_fmadd_ps(q1, _mm512_loadu_ps(xm + 16), t2[m]);
+      }
+    }
+    const __m512 s = _mm512_set1_ps(sb[g]);
+    if (g & 1) {
+      for (int m = 0; m < M; ++m) acc_odd[m] = _mm512_fmadd_ps(s, _mm512_add_ps(t[m], t2[m]), acc_odd[m]);
+    } else {
+      for (int m = 0; m < M; ++m) acc[m] = _mm512_fmadd_ps(s, _mm512_add_ps(t[m], t2[m]), acc[m]);
+    }
+  }
+  for (int m = 0; m < M; ++m) {
+    p.out[static_cast<size_t>(m) * p.N + n] =
+        _mm512_reduce_add_ps(_mm512_add_ps(acc[m], acc_odd[m])) + dot(bb, p.xsum + static_cast<size_t>(m) * G, G);
+  }
+}
+
+// 2, 3, 5 and 6 bits: a row is a little-endian bit stream, value k at bit k * BITS. Sixteen values
+// take 2 * BITS bytes; each 32-bit lane j gets the two bytes holding value j by a byte shuffle, then
+// a per-lane shift and mask.
 template <int M, int BITS>
 void rows_packed(const Problem& p, int n0, int n1) {
-  const int K = p.K, G = K / p.group_size, N = p.N;
-  const size_t row_bytes = static_cast<size_t>(K) * BITS / 8;
+  const int G = p.K / p.group_size;
+  const size_t row_bytes = static_cast<size_t>(p.K) * BITS / 8;
   float sb[kMaxGroups], bb[kMaxGroups];
-  alignas(64) int8_t control[64];
-  alignas(64) int32_t shifts[16];
-  for (int j = 0; j < 16; ++j) {
-    const int bit = BITS * j;
-    for (int b = 0; b < 4; ++b) control[4 * j + b] = b < 2 ? static_cast<int8_t>((bit >> 3) + b) : -128;
-    shifts[j] = bit & 7;
-  }
-  const __m512i ctrl = _mm512_load_si512(control);
-  const __m512i shift = _mm512_load_si512(shifts);
-  const __m512i mask = _mm512_set1_epi32((1 << BITS) - 1);
-  const uint8_t* w_end = p.w + static_cast<size_t>(p.N) * row_bytes;
+  const PackedUnpacker<BITS> unpack;
   for (int n = n0; n < n1; ++n) {
     row_to_floats(p.scale_type, p.scales, static_cast<size_t>(n) * G, G, sb);
     row_to_floats(p.scale_type, p.biases, static_cast<size_t>(n) * G, G, bb);
-    const uint8_t* wr = p.w + n * row_bytes;
-    __m512 acc[M], acc_odd[M];
-    for (int m = 0; m < M; ++m) acc[m] = acc_odd[m] = _mm512_setzero_ps();
-    for (int g = 0; g < G; ++g) {
-      __m512 t[M];
-      for (int m = 0; m < M; ++m) t[m] = _mm512_setzero_ps();
-      const int k_end = (g + 1) * p.group_size;
-      for (int k0 = g * p.group_size; k0 < k_end; k0 += 16) {
-        // A 16-byte load reads past this chunk: fine inside the matrix, not at its very end.
-        const uint8_t* src = wr + static_cast<size_t>(k0) * BITS / 8;
-        alignas(16) uint8_t bytes[16] = {0};
-        if (src + 16 > w_end) {
-          std::memcpy(bytes, src, 2 * BITS);
-          src = bytes;
-        }
-        const __m512i v = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
-        const __m512 q = _mm512_cvtepi32_ps(
-            _mm512_and_si512(_mm512_srlv_epi32(_mm512_shuffle_epi8(v, ctrl), shift), mask));
-        for (int m = 0; m < M; ++m) {
-          t[m] = _mm512_fmadd_ps(q, _mm512_loadu_ps(p.x + static_cast<size_t>(m) * K + k0), t[m]);
-        }
-      }
-      const __m512 s = _mm512_set1_ps(sb[g]);
-      if (g & 1) {
-        for (int m = 0; m < M; ++m) acc_odd[m] = _mm512_fmadd_ps(s, t[m], acc_odd[m]);
-      } else {
-        for (int m = 0; m < M; ++m) acc[m] = _mm512_fmadd_ps(s, t[m], acc[m]);
-      }
-    }
-    for (int m = 0; m < M; ++m) {
-      p.out[static_cast<size_t>(m) * N + n] =
-          _mm512_reduce_add_ps(_mm512_add_ps(acc[m], acc_odd[m])) + dot(bb, p.xsum + static_cast<size_t>(m) * G, G);
+    // A chunk's 16-byte load reads up to 16 bytes past its row: only rows that near the matrix's end
+    // copy their chunks first.
+    if ((static_cast<size_t>(n) + 1) * row_bytes + 16 <= static_cast<size_t>(p.N) * row_bytes) {
+      packed_row<M, BITS, false>(p, unpack, sb, bb, n);
+    } else {
+      packed_row<M, BITS, true>(p, unpack, sb, bb, n);
     }
   }
 }

@@ -86,6 +86,10 @@ class Embedder:
         self.dim = self.dense[-1][0].shape[0] if self.dense else hidden
         self.query_prompt, self.document_prompt = _prompts(self.folder)
         self.tokenizer = _load_tokenizer(model_dir, self.max_tokens)
+        # Counting (chunking) needs no truncation: a copy of its own, so that the indexer's reader thread never
+        # switches truncation off under an embedding on another thread.
+        self.counter = Tokenizer.from_str(self.tokenizer.to_str())
+        self.counter.no_truncation()
         self.pad_id = _pad_id(model_dir, self.tokenizer)
         self.batch_size = batch_size
         self.id = f"{self.folder.name}:{_fingerprint(model_dir, weights_file)}"
@@ -101,11 +105,7 @@ class Embedder:
 
     # Content tokens only (no [CLS]/[SEP]); chunking budgets against `content_limit`.
     def count_tokens(self, texts: list[str]) -> list[int]:
-        self.tokenizer.no_truncation()
-        try:
-            return [len(e.ids) for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
-        finally:
-            self.tokenizer.enable_truncation(self.max_tokens)
+        return [len(e.ids) for e in self.counter.encode_batch(texts, add_special_tokens=False)]
 
     @property
     def content_limit(self) -> int:
@@ -136,15 +136,8 @@ class Embedder:
         return out
 
     def _embed_cpu(self, cpu: BertCpu, rows: list[list[int]], out: np.ndarray) -> np.ndarray:
-        """Packed batches of whole texts up to TOKENS_PER_BATCH tokens, spread over the worker threads."""
-        batches: list[list[int]] = [[]]
-        tokens = 0
-        for i, row in enumerate(rows):
-            if batches[-1] and tokens + len(row) > TOKENS_PER_BATCH:
-                batches.append([])
-                tokens = 0
-            batches[-1].append(i)
-            tokens += len(row)
+        """Packed batches of whole texts of about TOKENS_PER_BATCH tokens, spread over the worker threads."""
+        batches = _balanced_batches([len(r) for r in rows], self.workers)
 
         def run(batch: list[int]) -> None:
             ids = np.fromiter((t for i in batch for t in rows[i]), dtype=np.int64)
@@ -198,6 +191,23 @@ def _bert_model(config: BertConfig, weights_file: Path) -> BertModel:
     model.eval()
     mx.eval(model.parameters())
     return model
+
+
+def _balanced_batches(lengths: list[int], workers: int) -> list[list[int]]:
+    """Consecutive texts in batches of about TOKENS_PER_BATCH tokens, as many batches as a multiple of
+    `workers`, of about equal tokens: greedy cuts at the 4,096-token limit left the last round of a call
+    to one worker while the other core idled."""
+    total = sum(lengths)
+    rounds = max(1, -(-total // (TOKENS_PER_BATCH * workers)))
+    target = total / (rounds * workers)
+    batches: list[list[int]] = [[]]
+    tokens = 0
+    for i, n in enumerate(lengths):
+        if batches[-1] and tokens + n / 2 > target * len(batches):  # cut where the running total crosses
+            batches.append([])
+        batches[-1].append(i)
+        tokens += n
+    return batches
 
 
 def _batches(order: list[int], lengths: list[int], size: int) -> list[list[int]]:

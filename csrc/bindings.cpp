@@ -5,6 +5,7 @@
 #include <nanobind/stl/vector.h>
 
 #include "fused_ops.h"
+#include "gather_qmm.h"
 #include "qmm_dispatch.h"
 #include "qmm_primitive.h"
 #include "thread_pool.h"
@@ -20,6 +21,9 @@ NB_MODULE(_cpu_quant, m) {
   m.def("quantized_matmul_lora", &macllm_cpu::quantized_matmul_lora, "x"_a, "w"_a, "scales"_a, "biases"_a, "a"_a,
         "b"_a, "scale"_a, "group_size"_a, "bits"_a, nb::kw_only(), "stream"_a = nb::none(),
         "x @ dequantize(w)^T + scale * (x @ a) @ b in one node (a LoRA adapter on a quantized layer).");
+  m.def("gather_quantized_matmul", &macllm_cpu::gather_quantized_matmul, "x"_a, "w"_a, "scales"_a, "biases"_a,
+        "indices"_a, "group_size"_a, "bits"_a, nb::kw_only(), "stream"_a = nb::none(),
+        "Each row of x times its expert's quantized matrix (mx.gather_qmm, rhs indices, transpose=True, affine).");
   m.def("rms_norm", &macllm_cpu::rms_norm, "x"_a, "w"_a, "eps"_a, nb::kw_only(), "stream"_a = nb::none(),
         "mx.fast.rms_norm in one CPU node (float32).");
   m.def("residual_rms_norm", &macllm_cpu::residual_rms_norm, "x"_a, "r"_a, "w"_a, "eps"_a, nb::kw_only(),

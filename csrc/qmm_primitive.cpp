@@ -9,6 +9,7 @@
 
 #include "mlx/backend/cpu/encoder.h"
 #include "qmm_dispatch.h"
+#include "qmm_prepare.h"
 #include "thread_pool.h"
 
 namespace macllm_cpu {
@@ -16,52 +17,6 @@ namespace {
 
 void check(bool ok, const std::string& what) {
   if (!ok) throw std::invalid_argument("[macllm quantized_matmul] " + what);
-}
-
-bool is_float(mx::Dtype t) { return t == mx::float32 || t == mx::float16 || t == mx::bfloat16; }
-
-ScaleType scale_type(mx::Dtype t) {
-  if (t == mx::float16) return ScaleType::F16;
-  if (t == mx::bfloat16) return ScaleType::BF16;
-  return ScaleType::F32;
-}
-
-// x's rows as floats in the kernels' order (see Problem::x), and each row's group sums. x may have
-// any strides.
-template <typename T>
-void prepare_rows(const mx::array& x, int K, int bits, int group_size, float* xp, float* xsum) {
-  const T* base = x.data<T>();
-  const auto& shape = x.shape();
-  const auto& strides = x.strides();
-  const int nd = static_cast<int>(x.ndim());
-  const int64_t inner = strides[nd - 1];
-  const size_t M = x.size() / K;
-  const int G = K / group_size;
-  for (size_t r = 0; r < M; ++r) {
-    int64_t offset = 0;
-    size_t rest = r;
-    for (int d = nd - 2; d >= 0; --d) {
-      offset += static_cast<int64_t>(rest % shape[d]) * strides[d];
-      rest /= shape[d];
-    }
-    const T* row = base + offset;
-    float* dst = xp + r * K;
-    if (bits == 4) {
-      for (int k0 = 0; k0 < K; k0 += 32) {
-        for (int j = 0; j < 16; ++j) {
-          dst[k0 + j] = static_cast<float>(row[(k0 + 2 * j) * inner]);
-          dst[k0 + 16 + j] = static_cast<float>(row[(k0 + 2 * j + 1) * inner]);
-        }
-      }
-    } else {
-      for (int k = 0; k < K; ++k) dst[k] = static_cast<float>(row[k * inner]);
-    }
-    for (int g = 0; g < G; ++g) {
-      float sum = 0.0f;
-      for (int k = g * group_size; k < (g + 1) * group_size; ++k) sum += static_cast<float>(row[k * inner]);
-      xsum[r * G + g] = sum;
-    }
-  }
 }
 
 struct Job {
@@ -236,10 +191,6 @@ void run_rows(Job& job) {
   pool.parallel_for(n_tasks, run_task, &job);
 }
 
-mx::array row_contiguous(const mx::array& a, const mx::Stream& s) {
-  if (a.is_available() && a.flags().row_contiguous) return a;
-  return mx::contiguous(a, false, s);
-}
 
 }  // namespace
 

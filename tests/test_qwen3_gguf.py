@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
+from macllm import cpu_kernels
 from macllm.errors import MacllmError
 from macllm.formats.gguf_model import load_gguf_model
 from macllm.generation import GenerationParams, generate
 from macllm.loader import load_model
+from macllm.models.qwen3_moe import KernelQuantizedSwitchLinear, QuantizedSwitchLinear
 from tests import tiny_models
 from tests.test_qwen3 import PROMPT, QWEN3, QWEN3_MOE, max_diff, mlx_lm_model, vocab_config
 from tests.tiny_gemma3 import random_kquant
@@ -143,15 +145,17 @@ def test_gguf_logits_and_greedy_tokens_match_mlx_lm(tmp_path, name, base, qtype)
     assert tokens == reference[: len(tokens)] and (len(tokens) == GREEDY_TOKENS or tokens[-1] == 2)
 
 
-def test_q8_experts_run_quantized_with_gather_qmm(tmp_path):
-    """--keep-quantized: the stacked Q8_0 experts stay 8-bit (group 32) and still agree with mlx-lm."""
+def test_q8_experts_run_quantized(tmp_path):
+    """--keep-quantized: the stacked Q8_0 experts stay 8-bit (group 32), on our CPU kernel where it is built
+    (mx.gather_qmm otherwise), and still agree with mlx-lm."""
     config = vocab_config(QWEN3_MOE_ALL_SPARSE)
     theirs = mlx_lm_model(config)
     used = write_gguf(theirs, config, tmp_path / "moe.gguf", "Q8_0")
     theirs.load_weights([(k, mx.array(v)) for k, v in used.items()])
     ours = load_model(str(tmp_path / "moe.gguf"), keep_quantized=True, progress=False)
     experts = ours.model.model.layers[0].mlp.switch_mlp.up_proj
-    assert (type(experts).__name__, experts.bits, experts.group_size) == ("QuantizedSwitchLinear", 8, 32)
+    assert isinstance(experts, QuantizedSwitchLinear) and (experts.bits, experts.group_size) == (8, 32)
+    assert (type(experts) is KernelQuantizedSwitchLinear) == cpu_kernels.handles_experts()
     # MLX reads Q8_0 scales as float16 and its quantized kernels round accordingly: dense Qwen3 at Q8_0
     # differs from the float reference by 2e-3 the same way, so this bound is about rounding, not routing.
     diff = max_diff(ours.model(mx.array([PROMPT])), theirs(mx.array([PROMPT])))

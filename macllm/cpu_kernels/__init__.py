@@ -80,6 +80,19 @@ def quantized_matmul(x: mx.array, w: mx.array, scales: mx.array, biases: mx.arra
     return extension.quantized_matmul(x, w, scales, biases, group_size, bits)
 
 
+def gather_quantized_matmul(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array, indices: mx.array,
+                            group_size: int, bits: int) -> mx.array:
+    """`mx.gather_qmm(x, w, scales, biases, rhs_indices=indices, transpose=True, ...)` on our kernel: each row of
+    x through the quantized matrix of the expert its index names (mixture-of-experts layers)."""
+    assert extension is not None, build_status
+    return extension.gather_quantized_matmul(x, w, scales, biases, indices, group_size, bits)
+
+
+def handles_experts() -> bool:
+    """Whether the built module has the experts' gathered product (a module from older sources lacks it)."""
+    return extension is not None and hasattr(extension, "gather_quantized_matmul")
+
+
 def quantized_matmul_lora(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array, a: mx.array, b: mx.array,
                           scale: float, group_size: int, bits: int) -> mx.array:
     """`quantized_matmul(...) + scale * (x @ a) @ b` as one node: an adapter on a kernel-backed layer costs

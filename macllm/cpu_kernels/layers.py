@@ -12,7 +12,13 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from macllm.cpu_kernels import handles, quantized_matmul, quantized_matmul_lora
+from macllm.cpu_kernels import (
+    gather_quantized_matmul,
+    handles,
+    handles_experts,
+    quantized_matmul,
+    quantized_matmul_lora,
+)
 
 
 class KernelQuantizedLinear(nn.QuantizedLinear):
@@ -43,16 +49,49 @@ class KernelQuantizedEmbedding(nn.QuantizedEmbedding):
         return quantized_matmul(x, self["weight"], self["scales"], self["biases"], self.group_size, self.bits)
 
 
+def expert_projection(layer: nn.Module, x: mx.array, indices: mx.array) -> mx.array:
+    """A quantized mixture-of-experts projection (ours or mlx-lm's QuantizedSwitchLinear) on our kernel."""
+    y = gather_quantized_matmul(x, layer["weight"], layer["scales"], layer["biases"], indices, layer.group_size,
+                                layer.bits)
+    if "bias" in layer:  # mlx-lm's experts may carry a bias per expert and output
+        y = y + mx.expand_dims(layer["bias"][indices], -2)
+    return y
+
+
 _KERNEL_CLASS: dict[type, type] = {nn.QuantizedLinear: KernelQuantizedLinear,
                                    nn.QuantizedEmbedding: KernelQuantizedEmbedding}
+
+
+def register_kernel_class(layer_class: type, kernel_class: type) -> None:
+    """A model family's own quantized layer and its kernel-backed subclass (e.g. the MoE experts)."""
+    _KERNEL_CLASS[layer_class] = kernel_class
+
+
+def _mlx_lm_experts_class(layer_class: type) -> type | None:
+    """mlx-lm's QuantizedSwitchLinear (the experts of the architectures it runs for us), switched to our kernel
+    by a subclass made the first time one is met (importing mlx-lm here would cost every start ~2 s)."""
+    if layer_class.__name__ != "QuantizedSwitchLinear" or not layer_class.__module__.startswith("mlx_lm."):
+        return None
+    if layer_class not in _KERNEL_CLASS:
+        def __call__(self, x: mx.array, indices: mx.array, sorted_indices: bool = False) -> mx.array:
+            return expert_projection(self, x, indices)
+
+        _KERNEL_CLASS[layer_class] = type("KernelQuantizedSwitchLinear", (layer_class,), {"__call__": __call__})
+    return _KERNEL_CLASS[layer_class]
+
+
+def _is_experts(module: nn.Module) -> bool:
+    return module["weight"].ndim == 3
 
 
 def use_cpu_kernel(model: nn.Module) -> int:
     """Switch the quantized layers the kernel handles to it; returns how many were switched."""
     switched = 0
     for _, module in model.named_modules():
-        kernel_class = _KERNEL_CLASS.get(type(module))
+        kernel_class = _KERNEL_CLASS.get(type(module)) or _mlx_lm_experts_class(type(module))
         if kernel_class is None or module.get("biases") is None:
+            continue
+        if _is_experts(module) and not handles_experts():
             continue
         in_dims = module["weight"].shape[-1] * 32 // module.bits
         if handles(module.bits, module.group_size, getattr(module, "mode", "affine"), in_dims):

@@ -17,6 +17,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from macllm.config import ModelConfig, MoEArgs
+from macllm.cpu_kernels.layers import expert_projection, register_kernel_class
 from macllm.errors import MacllmError
 from macllm.models.base import CausalLM
 from macllm.models.llama import MLP
@@ -57,6 +58,16 @@ class QuantizedSwitchLinear(nn.Module):
         return mx.gather_qmm(x, self.weight, self.scales, self.biases, rhs_indices=indices, transpose=True,
                              group_size=self.group_size, bits=self.bits, mode=self.mode,
                              sorted_indices=sorted_indices)
+
+
+class KernelQuantizedSwitchLinear(QuantizedSwitchLinear):
+    """The experts on our CPU kernel (cpu_kernels.layers.use_cpu_kernel switches them in place)."""
+
+    def __call__(self, x: mx.array, indices: mx.array, sorted_indices: bool = False) -> mx.array:
+        return expert_projection(self, x, indices)
+
+
+register_kernel_class(QuantizedSwitchLinear, KernelQuantizedSwitchLinear)
 
 
 class SwitchGLU(nn.Module):

@@ -7,6 +7,7 @@ are only split when one alone is bigger than a chunk.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -37,8 +38,8 @@ class Chunk:
         """What is embedded and keyword-indexed: the heading path, then the text."""
         return f"{self.heading}\n\n{self.text}" if self.heading else self.text
 
-    @property
-    def hash(self) -> str:
+    @functools.cached_property
+    def hash(self) -> str:  # cached: the indexer asks for it ~8 times per chunk
         return hashlib.sha256(self.embed_text.encode("utf-8")).hexdigest()
 
 

@@ -17,6 +17,7 @@ import functools
 import hashlib
 import json
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -86,10 +87,9 @@ class Embedder:
         self.dim = self.dense[-1][0].shape[0] if self.dense else hidden
         self.query_prompt, self.document_prompt = _prompts(self.folder)
         self.tokenizer = _load_tokenizer(model_dir, self.max_tokens)
-        # Counting (chunking) needs no truncation: a copy of its own, so that the indexer's reader thread never
-        # switches truncation off under an embedding on another thread.
-        self.counter = Tokenizer.from_str(self.tokenizer.to_str())
-        self.counter.no_truncation()
+        # Counting (chunking) switches truncation off for a moment; the indexer counts on its reader thread
+        # while embedding on another, so both take this lock (a copy of EmbeddingGemma's tokenizer took 11 s).
+        self._tokenizing = threading.Lock()
         self.pad_id = _pad_id(model_dir, self.tokenizer)
         self.batch_size = batch_size
         self.id = f"{self.folder.name}:{_fingerprint(model_dir, weights_file)}"
@@ -105,7 +105,12 @@ class Embedder:
 
     # Content tokens only (no [CLS]/[SEP]); chunking budgets against `content_limit`.
     def count_tokens(self, texts: list[str]) -> list[int]:
-        return [len(e.ids) for e in self.counter.encode_batch(texts, add_special_tokens=False)]
+        with self._tokenizing:
+            self.tokenizer.no_truncation()
+            try:
+                return [len(e.ids) for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+            finally:
+                self.tokenizer.enable_truncation(self.max_tokens)
 
     @property
     def content_limit(self) -> int:
@@ -125,7 +130,8 @@ class Embedder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
-        encodings = self.tokenizer.encode_batch(texts)
+        with self._tokenizing:
+            encodings = self.tokenizer.encode_batch(texts)
         self.truncated += sum(1 for e in encodings if e.overflowing)
         rows = [e.ids for e in encodings]
         if self.cpu is not None:

@@ -11,7 +11,8 @@ answers (the cited-answer prompt of macllm/rag/answer.py, built from ../shared/d
 process on the same loaded weights and the same prefilled cache (each run computes only the prompt's last
 token), `--rounds` times, the order flipped each round, so load drifts hit both alike; the text must be
 identical. Prints the machine load, a row per prompt, the ratio of decode tok/s (tokens over decode time,
-summed over prompts and rounds) and a JSON summary. Not a test.
+summed over prompts and rounds), the same ratio in process CPU time (less distorted by other processes on a
+busy machine) and a JSON summary. Not a test.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import macllm  # noqa: F401  (OpenBLAS before MLX)
@@ -81,14 +83,17 @@ def run_pair(name: str, lm, prompt: list[int], gen_tokens: int, fast_params, rou
     mx.eval(prefill(lm.model, prompt[:-1], cache))
     cached = prompt[:-1]
     runs: dict[str, list] = {"plain": [], "fast": []}
+    cpu = {"plain": 0.0, "fast": 0.0}  # process CPU time (all threads): what a busy machine distorts least
     for r in range(rounds):
         for kind in (("plain", "fast") if r % 2 == 0 else ("fast", "plain")):
+            started = time.process_time()
             if kind == "plain":
                 out = generate(lm.model, lm.tokenizer, prompt, GenerationParams(max_tokens=gen_tokens),
                                cache=cache, cached=cached)
             else:
                 out = generate(lm.model, lm.tokenizer, prompt, fast_params, cache=cache, cached=cached,
                                draft=make_draft() if make_draft is not None else None)
+            cpu[kind] += time.process_time() - started
             cached = out.fed_tokens
             runs[kind].append(out)
     plain, fast = runs["plain"], runs["fast"]
@@ -101,6 +106,7 @@ def run_pair(name: str, lm, prompt: list[int], gen_tokens: int, fast_params, rou
     accepted = sum(o.stats.draft_accepted for o in fast)
     row = {"prompt": name, "prompt_tokens": len(prompt), "tokens": fast[0].stats.generation_tokens,
            "rounds": rounds, "plain_s": seconds(plain), "fast_s": seconds(fast),
+           "plain_cpu_s": cpu["plain"], "fast_cpu_s": cpu["fast"],
            "plain_tps": tokens / seconds(plain), "fast_tps": tokens / seconds(fast),
            "acceptance": accepted / proposed if proposed else None,
            "drafted_share": accepted / max(tokens, 1),
@@ -108,7 +114,8 @@ def run_pair(name: str, lm, prompt: list[int], gen_tokens: int, fast_params, rou
     print(f"  {name:<34} {len(prompt):>5} {row['tokens']:>4}  plain {row['plain_tps']:6.2f}  "
           f"speculative {row['fast_tps']:6.2f} tok/s  x{row['fast_tps'] / max(row['plain_tps'], 1e-9):.2f}  "
           f"kept {100 * (row['acceptance'] or 0):3.0f}% of {proposed // rounds} guesses, "
-          f"{100 * row['drafted_share']:3.0f}% of tokens drafted  identical={row['identical']}  load {row['load']}",
+          f"{100 * row['drafted_share']:3.0f}% of tokens drafted  CPU x{cpu['plain'] / max(cpu['fast'], 1e-9):.2f}  "
+          f"identical={row['identical']}  load {row['load']}",
           flush=True)
     return row
 
@@ -117,10 +124,12 @@ def summary(label: str, rows: list[dict]) -> dict:
     tokens = sum((r["tokens"] - 1) * r["rounds"] for r in rows)
     plain = tokens / sum(r["plain_s"] for r in rows)
     fast = tokens / sum(r["fast_s"] for r in rows)
+    cpu_ratio = sum(r["plain_cpu_s"] for r in rows) / max(sum(r["fast_cpu_s"] for r in rows), 1e-9)
     out = {"part": label, "plain_tps": round(plain, 3), "speculative_tps": round(fast, 3),
-           "ratio": round(fast / plain, 3), "identical": all(r["identical"] for r in rows), "rows": rows}
-    print(f"{label}: plain {plain:.2f} tok/s, speculative {fast:.2f} tok/s, ratio x{fast / plain:.2f}, "
-          f"greedy text identical: {out['identical']}", flush=True)
+           "ratio": round(fast / plain, 3), "cpu_ratio": round(cpu_ratio, 3),
+           "identical": all(r["identical"] for r in rows), "rows": rows}
+    print(f"{label}: plain {plain:.2f} tok/s, speculative {fast:.2f} tok/s, ratio x{fast / plain:.2f} "
+          f"(CPU time x{cpu_ratio:.2f}), greedy text identical: {out['identical']}", flush=True)
     return out
 
 

@@ -363,3 +363,27 @@ def test_the_largest_seed_reproduces_a_sampled_drafted_answer(target, noisy_draf
     a = generate(target.model, target.tokenizer, ids, params, draft=draft_of(noisy_draft))
     b = generate(target.model, target.tokenizer, ids, params, draft=draft_of(noisy_draft))
     assert a.token_ids == b.token_ids and a.stats.draft_proposed > 0
+
+
+@pytest.mark.parametrize("after", [1, 2, 5, 9, 17])
+def test_handing_over_between_rounds_leaves_the_cache_at_the_text(target, after):
+    """The engine's batch takes a row back between two rounds: the returned token is in neither the text nor the
+    cache (a round without guesses may have fed it ahead), so plain decoding goes on from it exactly."""
+    ids = target.tokenizer.encode("hello world user hello world user hello world")
+    plain = generate(target.model, target.tokenizer, ids, GenerationParams(max_tokens=30))
+    cache = make_cache(target.model)
+    first = spec.Step(plain.token_ids[0], 0.0, None, False)
+    prefill(target.model, ids, cache)
+    rounds = spec.decode_steps(target.model, cache, first, ids, GenerationParams(prompt_lookup=True),
+                               spec.LookupProposer(), 30, spec.SpeculationStats(), hand_over=lambda: len(got) >= after)
+    got: list[int] = []
+    while True:
+        try:
+            got.append(next(rounds).token_id)
+        except StopIteration as done:
+            handed = done.value
+            break
+    assert handed is not None and cache_length(cache) == len(ids) + len(got)
+    rest = generate(target.model, target.tokenizer, ids + got, GenerationParams(max_tokens=30 - len(got)),
+                    cache=cache, cached=ids + got)
+    assert got + rest.token_ids == plain.token_ids and rest.token_ids[0] == handed.token_id

@@ -336,30 +336,52 @@ def decode_steps(model, cache: list[LayerCache], first: Step, history: list[int]
     cache, for plain decoding to go on from (the engine's batch, once a second request joins); else None."""
     keys = _Keys(params.seed)
     plan = proposer.plan(model, params.draft_tokens)
+    # A round without guesses feeds its token on ahead, still lazy, as the plain loop does, so that forward
+    # computes while this one is resolved and the next proposal made; the next round uses its logits whether
+    # or not it guesses (guesses then take a forward of their own). Not with a repetition penalty: judging
+    # the next position needs the token itself.
+    pipelined = params.repetition_penalty == 1.0
+    ahead: mx.array | None = None  # (1, vocab): the model's logits after `pending`, which the cache already holds
     history = list(history)
     pending = first
     produced = 0
+    last = time.perf_counter()
     while True:
         if hand_over is not None and hand_over():
+            if ahead is not None:
+                trim_cache(cache, 1)
             return pending
         produced += 1
         room = max_new - produced  # tokens still allowed after `pending`
         if room <= 0 or (cancel is not None and cancel.is_set()):
+            if ahead is not None:
+                trim_cache(cache, 1)
             yield Step(pending.token_id, pending.logprob, pending.alternatives, False)
             return None
         history.append(pending.token_id)
         proposal = proposer.propose(history, plan, room)
         if proposal is None:
             proposal = Proposal(mx.zeros((0,), dtype=mx.int32), None)
-        started = time.perf_counter()
-        tokens = mx.concatenate([mx.array([pending.token_id], dtype=mx.int32), proposal.tokens])
-        logits = model(tokens[None], cache=cache)[0]
+        if ahead is None:
+            tokens = mx.concatenate([mx.array([pending.token_id], dtype=mx.int32), proposal.tokens])
+            logits = model(tokens[None], cache=cache)[0]
+        elif proposal.size == 0:
+            logits = ahead
+        else:
+            logits = mx.concatenate([ahead, model(proposal.tokens[None], cache=cache)[0]])
         verdict = judge(logits, proposal, history, params, keys)
-        mx.async_eval(verdict.arrays())
+        ahead = None
+        if pipelined and proposal.size == 0 and room > 1:
+            ahead = model(verdict.replacement[None, :1], cache=cache)[0]
+            mx.async_eval([*verdict.arrays(), ahead])
+        else:
+            mx.async_eval(verdict.arrays())
         yield Step(pending.token_id, pending.logprob, pending.alternatives, True, pending.drafted)
 
         outcome = resolve(verdict, room)
-        plan.observe(proposal.size, time.perf_counter() - started)
+        now = time.perf_counter()
+        plan.observe(proposal.size, now - last)  # the whole round: proposing, graph building and the wait
+        last = now
         proposer.settle(outcome.proposed)
         trim_cache(cache, proposal.size - outcome.kept)  # the cache keeps `pending` and the kept guesses
         if proposal.size:
@@ -372,6 +394,8 @@ def decode_steps(model, cache: list[LayerCache], first: Step, history: list[int]
             yield Step(outcome.tokens[i], outcome.logprobs[i], outcome.alternatives[i], True, drafted=True)
         history.extend(outcome.tokens[:outcome.kept])
         if produced >= max_new:
+            if ahead is not None:
+                trim_cache(cache, 1)
             return None
         pending = Step(outcome.tokens[-1], outcome.logprobs[-1], outcome.alternatives[-1], False)
 

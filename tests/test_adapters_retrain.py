@@ -85,3 +85,36 @@ def test_retrain_refuses_what_it_cannot_retrain(tiny_llama_folder, tmp_path, cap
         path.unlink()
     notes.rmdir()
     assert "is gone" in refused("--retrain", "mine")
+
+
+def test_an_interrupted_retrain_resumes_and_replaces_the_adapter(tiny_llama_folder, tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+
+    from macllm.tuner import progress
+
+    notes = write_notes(tmp_path / "notes", count=8)
+    code, _, err = train(capsys, "--model", tiny_llama_folder, "--notes", notes, "--name", "mine", "--iters", 4,
+                         "--batch", 2, "--val-fraction", 0)
+    assert code == 0, err
+    old = rows(capsys)["mine"]["created"]
+    (notes / "note5.md").write_text("# Five\n\nchanged.\n")
+
+    class StopAtStepTwo(progress.JsonEvents):
+        def __call__(self, event):
+            super().__call__(event)
+            if event["event"] == "step" and event["iteration"] == 2:
+                os.kill(os.getpid(), signal.SIGINT)  # the trainer's handler: checkpoint, then exit 130
+
+    with monkeypatch.context() as patch:
+        patch.setattr(progress, "JsonEvents", StopAtStepTwo)
+        code, events, err = train(capsys, "--retrain", "mine")
+    assert code == 130 and events[-1]["event"] == "stopped", err
+    assert rows(capsys)["mine"]["notes_changed"] == 1  # the adapter is untouched until a retrain finishes
+    code, events, err = train(capsys, "--retrain", "mine")
+    assert code == 2 and "--resume" in err  # not silently restarted over the checkpoint
+    code, events, err = train(capsys, "--retrain", "mine", "--resume")
+    assert code == 0, err
+    assert events[0]["resumed_from"] == 2 and events[0]["warm_start"] is None
+    after = rows(capsys)["mine"]
+    assert after["notes_changed"] == 0 and after["created"] >= old and after["training"]["steps"] == 4

@@ -114,7 +114,8 @@ def bench_index(embedder, notes: Path, tmp: Path, copies: int) -> dict:
     load = os.getloadavg()[0]
     summary = index_notes(Store(tmp / "one.sqlite"), embedder, [folder], progress=True)
     out["notes"] = {"files": summary.total_files, "chunks": summary.total_chunks, "seconds": round(summary.seconds, 1),
-                    "chunks_per_s": round(summary.chunks_embedded / summary.seconds, 1), "load_avg": load}
+                    "chunks_per_s": round(summary.chunks_embedded / summary.seconds, 1), "load_avg": load,
+                    "load_avg_after": os.getloadavg()[0]}
     note = sorted(folder.rglob("*.md"))[0]
     note.write_text(note.read_text(encoding="utf-8") + "\n\n## Added later\n\nOne more paragraph.\n", encoding="utf-8")
     edit = index_notes(Store(tmp / "one.sqlite"), embedder, [folder])

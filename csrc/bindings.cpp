@@ -32,6 +32,8 @@ NB_MODULE(_cpu_quant, m) {
         "Half-split rotary embedding of x (B, L, H, D) from cos/sin tables (L, R); returns (B, H, L, D).");
   m.def("attend", &macllm_cpu::attend, "q"_a, "k"_a, "v"_a, "scale"_a, "causal"_a, nb::kw_only(),
         "stream"_a = nb::none(), "Grouped-query attention of q (B, H, Lq, D) over k, v; returns (B, Lq, H * Dv).");
+  m.def("causal_softmax", &macllm_cpu::causal_softmax, "scores"_a, "scale"_a, "queries"_a, nb::kw_only(),
+        "stream"_a = nb::none(), "softmax(scores * scale) with the causal mask, runs of `queries` rows per head.");
   m.def("silu_mul", &macllm_cpu::silu_mul, "g"_a, "u"_a, nb::kw_only(), "stream"_a = nb::none(), "silu(g) * u.");
   m.def("available_isas", &macllm_cpu::available_isas, "Kernel variants this CPU runs, best first.");
   m.def("isa", &macllm_cpu::current_isa, "The kernel variant in use.");

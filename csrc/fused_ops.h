@@ -32,6 +32,11 @@ mx::array rotate_heads(const mx::array& x, const mx::array& cos, const mx::array
 mx::array attend(const mx::array& q, const mx::array& k, const mx::array& v, float scale, bool causal,
                  mx::StreamOrDevice s = {});
 
+// softmax(scores * scale) over the last axis with the causal mask: scores (..., R, S) where each run of
+// `queries` rows holds one query head's rows (grouped-query heads stack several), query i seeing keys
+// up to S - queries + i. Prefill's attention: the matmuls around it stay MLX's (BLAS).
+mx::array causal_softmax(const mx::array& scores, float scale, int queries, mx::StreamOrDevice s = {});
+
 // silu(g) * u, SwiGLU's gate.
 mx::array silu_mul(const mx::array& g, const mx::array& u, mx::StreamOrDevice s = {});
 
@@ -85,6 +90,19 @@ class Attend : public FusedPrimitive {
  private:
   float scale_;
   bool causal_;
+};
+
+class CausalSoftmax : public FusedPrimitive {
+ public:
+  CausalSoftmax(mx::Stream s, float scale, int queries) : FusedPrimitive(s), scale_(scale), queries_(queries) {}
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
+  std::vector<mx::array> reference(const std::vector<mx::array>& inputs) override;
+  const char* name() const override { return "MacllmCausalSoftmax"; }
+  bool is_equivalent(const mx::Primitive& other) const override;
+
+ private:
+  float scale_;
+  int queries_;
 };
 
 class SiluMul : public FusedPrimitive {

@@ -154,3 +154,43 @@ def test_a_model_decodes_the_same_with_and_without_the_fused_ops(tiny_llama_gguf
     logits_plain = lm.model(mx.array([prompt]), cache=make_cache(lm.model))
     assert with_fused == without
     close(logits_fused, logits_plain, 1e-5)
+
+
+@pytest.mark.parametrize("shape,queries", [((1, 3, 768, 256), 256), ((2, 2, 6, 40), 3), ((1, 1, 5, 5), 5)])
+def test_causal_softmax_matches_mlx_masked_softmax(shape, queries):
+    mx.random.seed(8)
+    scores = mx.random.normal(shape) * 4
+    rows, keys = shape[-2], shape[-1]
+    visible = mx.arange(keys)[None] <= (mx.arange(rows) % queries)[:, None] + keys - queries
+    expected = mx.softmax(mx.where(visible, scores * 0.125, -mx.inf), axis=-1, precise=True)
+    close(fused.causal_softmax(scores, 0.125, queries), expected, 1e-6)
+    close(fused.causal_softmax(scores.swapaxes(-1, -2).swapaxes(-1, -2), 0.125, queries), expected, 1e-6)
+
+
+def test_causal_softmax_gradient_is_the_masked_softmaxs():
+    mx.random.seed(9)
+    scores, probe = mx.random.normal((1, 2, 8, 6)), mx.random.normal((1, 2, 8, 6))
+    visible = mx.arange(6)[None] <= (mx.arange(8) % 4)[:, None] + 2
+
+    def ours(s):
+        return (fused.causal_softmax(s, 0.5, 4) * probe).sum()
+
+    def theirs(s):
+        return (mx.softmax(mx.where(visible, s * 0.5, -mx.inf), axis=-1, precise=True) * probe).sum()
+
+    close(mx.grad(ours)(scores), mx.grad(theirs)(scores), 1e-5)
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(9, 3), (4, 4)])
+def test_prefill_attention_equals_mlx_sdpa(heads, kv_heads, monkeypatch):
+    from macllm.cache.full import KVCache
+    from macllm.models.attention import rotate_cache_attend
+    from macllm.models.rope import RoPE
+
+    mx.random.seed(10)
+    rope = RoPE(16, 10000.0)
+    q, k = mx.random.normal((1, 40, heads, 16)), mx.random.normal((1, 40, kv_heads, 16))
+    v = mx.random.normal((1, kv_heads, 40, 16))
+    ours = rotate_cache_attend(q, k, v, rope, KVCache(), 0.25, "causal")
+    monkeypatch.setattr(fused, "active", lambda x: False)
+    close(ours, rotate_cache_attend(q, k, v, rope, KVCache(), 0.25, "causal"), 1e-5)

@@ -16,7 +16,7 @@ from macllm.cpu_kernels import ENV
 from macllm.cpu_kernels import extension as _built
 
 # A module built from older sources (a failed rebuild leaves the previous one) may lack these ops.
-extension = _built if _built is not None and hasattr(_built, "attend") else None
+extension = _built if _built is not None and hasattr(_built, "causal_softmax") else None
 
 # Beyond this many query rows MLX's attention (two BLAS matmuls) is faster than our per-row loop.
 MAX_ATTEND_QUERIES = 16
@@ -51,6 +51,13 @@ def attend(q: mx.array, k: mx.array, v: mx.array, scale: float, causal: bool) ->
     """Grouped-query attention of q (B, H, Lq, D) over k, v (B, KV, S, D) -> (B, Lq, H * Dv)."""
     assert extension is not None
     return extension.attend(q, k, v, scale, causal)
+
+
+def causal_softmax(scores: mx.array, scale: float, queries: int) -> mx.array:
+    """softmax(scores * scale) with the causal mask over scores (..., R, S), each run of `queries` rows one
+    query head's (query i sees keys up to S - queries + i)."""
+    assert extension is not None
+    return extension.causal_softmax(scores, scale, queries)
 
 
 def silu_mul(gate: mx.array, up: mx.array) -> mx.array:

@@ -40,5 +40,12 @@ def _fused_rotate_cache_attend(q: mx.array, k: mx.array, v: mx.array, tables: tu
     causal = isinstance(mask, str) and mask == "causal"
     if length <= fused.MAX_ATTEND_QUERIES and (mask is None or causal) and v.dtype == mx.float32:
         return fused.attend(q, k, v, scale, causal=causal)
-    out = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+    if causal and v.dtype == mx.float32:
+        # Prefill: BLAS matmuls around our one-pass scaled, masked softmax (MLX's runs a scalar exp).
+        n_heads, n_kv = q.shape[1], k.shape[1]
+        grouped = q.reshape(b, n_kv, (n_heads // n_kv) * length, q.shape[-1])  # a kv head's query heads, stacked
+        probs = fused.causal_softmax(grouped @ k.swapaxes(-1, -2), scale, length)
+        out = (probs @ v).reshape(b, n_heads, length, -1)
+    else:
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
     return out.transpose(0, 2, 1, 3).reshape(b, length, -1)

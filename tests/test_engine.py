@@ -14,9 +14,8 @@ from macllm.engine import Engine, PrefillProgress
 from macllm.errors import MacllmError
 from macllm.generation import GenerationParams, GenerationResult, TokenEvent, steps
 from macllm.loaded import ModelInfo
-from macllm.lora.formats import write_adapter
 from macllm.lora.layers import LoRALinear
-from macllm.lora.random_adapter import random_adapter
+from tests.adapted_engine import engine_with_alpha_and_beta
 
 
 @pytest.fixture(scope="module")
@@ -187,12 +186,7 @@ def test_a_closed_engine_refuses_work(tiny_llama_gguf):
 # --- a failed adapter swap leaves the engine consistent -------------------------------------------
 @pytest.fixture(scope="module")
 def adapted(tiny_llama_folder, tmp_path_factory):
-    root = tmp_path_factory.mktemp("swap-adapters")
-    with Engine(str(tiny_llama_folder), progress=False) as e:
-        cfg = e.loaded.config
-        for seed, name in enumerate(("alpha", "beta")):
-            adapter = random_adapter(cfg, name, rank=4, seed=seed + 1, b_std=0.5, base_model="tiny")
-            e.load_adapter(str(write_adapter(adapter, root / name, cfg.num_hidden_layers)))
+    with engine_with_alpha_and_beta(tiny_llama_folder, tmp_path_factory.mktemp("swap-adapters")) as e:
         yield e
 
 

@@ -11,7 +11,7 @@ import mlx.core as mx
 import pytest
 
 from tests import tiny_gemma3
-from tests.conftest import optional_shared_data, pull_for_tests
+from tests.conftest import TEST_HOME, env_set, optional_shared_data, pull_for_tests
 
 REFERENCE = Path(__file__).resolve().parent / "data" / "gemma3_llamacpp_reference.json"
 TOKENS = [2, 270, 280, 290, 275, 285, 262, 293, 281, 289, 265, 271, 295, 288, 277, 268, 291, 284, 279, 296]
@@ -172,11 +172,11 @@ def test_real_teacher_forced_agreement_with_llamacpp(gemma_gguf, reference):
     """Float path: weights dequantized exactly as llama.cpp does; llama.cpp's quantized matmuls flip near-ties."""
     from macllm.formats.gguf_model import load_gguf_dequantized
     from macllm.loader import build_model
-    from tests.test_reference_llamacpp import agreement_table
+    from tests.test_reference_llamacpp import continuation_agreement
 
     cfg, weights, _, _ = load_gguf_dequantized(gemma_gguf)
     model, _ = build_model(cfg, weights)
-    overall, table = agreement_table(model, reference["prompts"])
+    overall, table = continuation_agreement(model, reference["prompts"])
     print(f"\nGemma 3 270M, exact dequantized float32 vs llama.cpp, teacher forced:\n{table}")
     assert overall >= 0.95, table
 
@@ -185,9 +185,10 @@ def test_real_teacher_forced_agreement_with_llamacpp(gemma_gguf, reference):
 def test_real_imported_model_agrees_with_llamacpp(gemma_gguf, reference):
     """The default load path (the cached import: affine types carried over exactly, Q6_K at 8 bits)."""
     from macllm.loader import load_model
-    from tests.test_reference_llamacpp import agreement_table
+    from tests.test_reference_llamacpp import continuation_agreement
 
-    loaded = load_model(str(gemma_gguf), progress=False)
-    overall, table = agreement_table(loaded.model, reference["prompts"])
+    with env_set("MACLLM_HOME", str(TEST_HOME)):  # the one-time import is kept in the test cache, across runs
+        loaded = load_model(str(gemma_gguf), progress=False)
+    overall, table = continuation_agreement(loaded.model, reference["prompts"])
     print(f"\nGemma 3 270M as imported on load vs llama.cpp, teacher forced:\n{table}")
     assert overall >= 0.95, table

@@ -23,18 +23,12 @@ from macllm.rag.indexer import index_notes
 from macllm.rag.retrieve import Retriever
 from macllm.rag.store import Store, delete_index
 from macllm.storage.chat_store import ChatStore
-from tests.tiny_bert import write_tiny_bert
 
 
 @pytest.fixture(autouse=True)
 def home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("MACLLM_HOME", str(tmp_path / "home"))
     return tmp_path / "home"
-
-
-@pytest.fixture(scope="module")
-def bert(tmp_path_factory) -> Path:
-    return write_tiny_bert(tmp_path_factory.mktemp("bert") / "tiny-bert")
 
 
 @pytest.fixture
@@ -47,10 +41,10 @@ def notes(tmp_path) -> Path:
 
 
 @pytest.fixture
-def index(tmp_path, notes, bert) -> Path:
+def index(tmp_path, notes, bert_folder) -> Path:
     path = tmp_path / "n.sqlite"
     store = Store(path)
-    index_notes(store, Embedder(bert), [notes])
+    index_notes(store, Embedder(bert_folder), [notes])
     store.close()
     return path
 
@@ -83,96 +77,96 @@ def other_apps_database(path: Path) -> Path:
 # ---------------------------------------------------------------- --rebuild replaces only our own files
 
 
-def test_rebuild_refuses_another_apps_sqlite_database(capsys, tmp_path, notes, bert):
+def test_rebuild_refuses_another_apps_sqlite_database(capsys, tmp_path, notes, bert_folder):
     db = other_apps_database(tmp_path / "accounts.db")
     before = fingerprint(db)
-    code, _, err = run(capsys, "index", notes, "--index", db, "--rebuild", "--embedder", bert)
+    code, _, err = run(capsys, "index", notes, "--index", db, "--rebuild", "--embedder", bert_folder)
     one_line_exit_2(code, err)
     assert "not a macllm notes index" in err and "--rebuild" not in err
     assert fingerprint(db) == before
 
 
-def test_rebuild_refuses_a_text_file(capsys, tmp_path, notes, bert):
+def test_rebuild_refuses_a_text_file(capsys, tmp_path, notes, bert_folder):
     text = tmp_path / "thesis.txt"
     text.write_text("Chapter 1. Four years of work.\n" * 100)
     before = fingerprint(text)
-    code, _, err = run(capsys, "index", notes, "--index", text, "--rebuild", "--embedder", bert)
+    code, _, err = run(capsys, "index", notes, "--index", text, "--rebuild", "--embedder", bert_folder)
     one_line_exit_2(code, err)
     assert "not a macllm notes index" in err and fingerprint(text) == before
 
 
-def test_rebuild_refuses_the_chat_store(capsys, home, notes, bert):
+def test_rebuild_refuses_the_chat_store(capsys, home, notes, bert_folder):
     chats = home / "chats.sqlite3"
     with ChatStore(chats) as store:
         conv = store.create_conversation("precious")
         store.add_message(conv.id, "user", "do not lose me")
         companions = [chats, Path(f"{chats}-wal"), Path(f"{chats}-shm")]
         before = fingerprint(*companions)
-        code, _, err = run(capsys, "index", notes, "--index", chats, "--rebuild", "--embedder", bert)
+        code, _, err = run(capsys, "index", notes, "--index", chats, "--rebuild", "--embedder", bert_folder)
         one_line_exit_2(code, err)
         assert "not a macllm notes index" in err and fingerprint(*companions) == before
     with ChatStore(chats) as store:
         assert [m.content for m in store.messages(conv.id)] == ["do not lose me"]
 
 
-def test_rebuild_refuses_a_folder(capsys, tmp_path, notes, bert):
+def test_rebuild_refuses_a_folder(capsys, tmp_path, notes, bert_folder):
     folder = tmp_path / "folder.sqlite"
     folder.mkdir()
     (folder / "keep.txt").write_text("mine")
-    code, _, err = run(capsys, "index", notes, "--index", folder, "--rebuild", "--embedder", bert)
+    code, _, err = run(capsys, "index", notes, "--index", folder, "--rebuild", "--embedder", bert_folder)
     one_line_exit_2(code, err)
     assert "is a folder" in err and "--rebuild" not in err and (folder / "keep.txt").read_text() == "mine"
 
 
-def test_index_into_a_folder_without_rebuild(capsys, tmp_path, notes, bert):
+def test_index_into_a_folder_without_rebuild(capsys, tmp_path, notes, bert_folder):
     folder = tmp_path / "folder.sqlite"
     folder.mkdir()
-    code, _, err = run(capsys, "index", notes, "--index", folder, "--embedder", bert)
+    code, _, err = run(capsys, "index", notes, "--index", folder, "--embedder", bert_folder)
     one_line_exit_2(code, err)
     assert "is a folder" in err and "--rebuild" not in err and list(folder.iterdir()) == []
 
 
-def test_foreign_database_error_does_not_recommend_rebuild(capsys, tmp_path, notes, bert):
+def test_foreign_database_error_does_not_recommend_rebuild(capsys, tmp_path, notes, bert_folder):
     """Without --rebuild the foreign file is refused too, and the message points elsewhere, not at --rebuild."""
     db = other_apps_database(tmp_path / "accounts.db")
     before = fingerprint(db)
-    for argv in (["index", notes, "--index", db, "--embedder", bert], ["search", "cats", "--index", db]):
+    for argv in (["index", notes, "--index", db, "--embedder", bert_folder], ["search", "cats", "--index", db]):
         code, _, err = run(capsys, *argv)
         one_line_exit_2(code, err)
         assert "not a macllm notes index" in err and "--rebuild" not in err
     assert fingerprint(db) == before
 
 
-def test_empty_sqlite_file_of_another_app_is_not_taken_over(capsys, tmp_path, notes, bert):
+def test_empty_sqlite_file_of_another_app_is_not_taken_over(capsys, tmp_path, notes, bert_folder):
     """No tables yet, but another application's id in the header: not ours to turn into an index."""
     db = tmp_path / "other.db"
     conn = sqlite3.connect(db)
     conn.execute("PRAGMA application_id=1234")
     conn.close()
     before = fingerprint(db)
-    code, _, err = run(capsys, "index", notes, "--index", db, "--embedder", bert)
+    code, _, err = run(capsys, "index", notes, "--index", db, "--embedder", bert_folder)
     one_line_exit_2(code, err)
     assert fingerprint(db) == before
 
 
-def test_rebuild_replaces_our_own_index(capsys, index, notes, bert):
-    code, out, err = run(capsys, "index", notes, "--index", index, "--rebuild", "--embedder", bert)
+def test_rebuild_replaces_our_own_index(capsys, index, notes, bert_folder):
+    code, out, err = run(capsys, "index", notes, "--index", index, "--rebuild", "--embedder", bert_folder)
     assert code == 0, err
     assert "2 added" in out
 
 
-def test_rebuild_replaces_a_damaged_index_of_ours(capsys, index, notes, bert):
+def test_rebuild_replaces_a_damaged_index_of_ours(capsys, index, notes, bert_folder):
     data = bytearray(index.read_bytes())
     data[4096:] = b"\xde\xad" * ((len(data) - 4096) // 2)
     index.write_bytes(bytes(data))
     code, _, err = run(capsys, "search", "cats", "--index", index)
     one_line_exit_2(code, err)
     assert "--rebuild" in err  # ours, so rebuilding it is the advice
-    code, out, err = run(capsys, "index", notes, "--index", index, "--rebuild", "--embedder", bert)
+    code, out, err = run(capsys, "index", notes, "--index", index, "--rebuild", "--embedder", bert_folder)
     assert code == 0 and "2 added" in out, err
 
 
-def test_rebuild_replaces_an_index_killed_before_its_first_checkpoint(capsys, tmp_path, notes, bert):
+def test_rebuild_replaces_an_index_killed_before_its_first_checkpoint(capsys, tmp_path, notes, bert_folder):
     """A fresh index whose header page still sits in the WAL (indexer killed) is recognised as ours."""
     path = tmp_path / "fresh.sqlite"
     store = Store(path)
@@ -180,19 +174,20 @@ def test_rebuild_replaces_an_index_killed_before_its_first_checkpoint(capsys, tm
     store.close()
     for suffix, data in copies.items():  # the files as a SIGKILL would have left them
         Path(f"{path}{suffix}").write_bytes(data)
-    code, out, err = run(capsys, "index", notes, "--index", path, "--rebuild", "--embedder", bert)
+    code, out, err = run(capsys, "index", notes, "--index", path, "--rebuild", "--embedder", bert_folder)
     assert code == 0 and "2 added" in out, err
 
 
-def test_rebuild_of_an_absent_index(capsys, tmp_path, notes, bert):
-    code, out, err = run(capsys, "index", notes, "--index", tmp_path / "new.sqlite", "--rebuild", "--embedder", bert)
+def test_rebuild_of_an_absent_index(capsys, tmp_path, notes, bert_folder):
+    new = tmp_path / "new.sqlite"
+    code, out, err = run(capsys, "index", notes, "--index", new, "--rebuild", "--embedder", bert_folder)
     assert code == 0 and "2 added" in out, err
 
 
-def test_index_under_a_file_is_one_line(capsys, tmp_path, notes, bert):
+def test_index_under_a_file_is_one_line(capsys, tmp_path, notes, bert_folder):
     blocker = tmp_path / "plain"
     blocker.write_text("a file, not a folder")
-    code, _, err = run(capsys, "index", notes, "--index", blocker / "n.sqlite", "--embedder", bert)
+    code, _, err = run(capsys, "index", notes, "--index", blocker / "n.sqlite", "--embedder", bert_folder)
     one_line_exit_2(code, err)
     assert blocker.read_text() == "a file, not a folder"
 
@@ -214,8 +209,8 @@ def test_ask_refuses_a_question_without_words_before_loading_a_model(capsys, ind
     assert "nothing to search for" in err
 
 
-def test_retriever_refuses_a_query_without_words(index, bert):
-    retriever = Retriever(Store(index, create=False), Embedder(bert))
+def test_retriever_refuses_a_query_without_words(index, bert_folder):
+    retriever = Retriever(Store(index, create=False), Embedder(bert_folder))
     for mode in ("hybrid", "bm25", "dense"):
         with pytest.raises(MacllmError, match="nothing to search for"):
             retriever.search("?!", mode=mode)
@@ -270,13 +265,13 @@ def test_any_query_text_is_results_or_a_one_line_refusal(fuzz_store, query):
 
 
 @pytest.fixture(scope="module")
-def index_bytes(tmp_path_factory, bert) -> bytes:
+def index_bytes(tmp_path_factory, bert_folder) -> bytes:
     """A real, checkpointed index file's bytes (notes of two files) to mutate."""
     folder = tmp_path_factory.mktemp("fuzz-notes")
     (folder / "a.md").write_text("# A\n\nalpha beta\n")
     path = folder / "i.sqlite"
     store = Store(path)
-    index_notes(store, Embedder(bert), [folder / "a.md"])
+    index_notes(store, Embedder(bert_folder), [folder / "a.md"])
     store.close()
     return path.read_bytes()
 

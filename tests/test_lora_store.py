@@ -18,19 +18,6 @@ from macllm.lora.random_adapter import random_adapter
 PROMPT = [1, 40, 50, 60, 70, 80, 90, 100]
 
 
-@pytest.fixture(scope="module")
-def tiny_cfg(tiny_llama_folder):
-    from macllm.loader import load_model
-
-    return load_model(str(tiny_llama_folder), progress=False).config
-
-
-@pytest.fixture
-def good(tiny_cfg, tmp_path):
-    a = random_adapter(tiny_cfg, "good", rank=4, seed=1, b_std=0.5, base_model="tiny-llama")
-    return write_adapter(a, tmp_path / "good", tiny_cfg.num_hidden_layers)
-
-
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("MACLLM_HOME", str(tmp_path / "home"))

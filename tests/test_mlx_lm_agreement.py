@@ -3,6 +3,9 @@
 mlx-lm runs the same MLX kernels on the same quantized weights, so our keep_quantized path should pick
 the same greedy tokens almost everywhere; the float32 path differs only by rounding. This also shows
 that folders from save_mlx_folder load in mlx-lm with the same tokenizer.
+
+mlx-lm's teacher-forced picks come from tests/data/smollm2_mlx_lm_reference.json (its 4-bit CPU path is slow;
+see tests/mlx_lm_reference.py); one prompt per peer, the tokenizer and greedy generation run mlx-lm live.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ import mlx.core as mx
 import pytest
 
 from tests.conftest import SMOLLM_PATHS, quantized_subset, took_path
-from tests.test_reference_llamacpp import load_reference, teacher_forced_argmax
+from tests.mlx_lm_reference import PEERS, RERUN, load_recording, mlx_lm_picks, write_mlx_lm_folder
+from tests.test_reference_llamacpp import agreement_table, load_reference, smollm_picks
 
 MIN_AGREEMENT = 0.99
 GENERATED_TOKENS = 20
 GENERATION_PROMPTS = ("prose", "chat_code")  # raw text and chat markup; neither ends within 20 tokens
+PEER_MODELS = {"4-bit": "mlx_lm_model", "float32": "mlx_lm_float32_model"}
 
 pytestmark = pytest.mark.real_model
 
@@ -27,51 +32,32 @@ def reference(smollm_gguf) -> dict:
     return load_reference(smollm_gguf)
 
 
-def write_mlx_lm_folder(gguf: Path, out: Path, dequantize: bool) -> Path:
-    from macllm.formats.mlx_folder import save_mlx_folder
-    from macllm.loader import read_model_files
-    from macllm.quant.weights import dequantize_all
-
-    cfg, weights, tokenizer, rope_periods = read_model_files(gguf)
-    assert rope_periods is None, "mlx-lm could not be given custom RoPE periods"
-    if dequantize:  # the same values in float32: what our CPU fast path computes with
-        weights = dequantize_all(weights, cfg.quantization)
-        cfg.quantization = None
-    return save_mlx_folder(cfg, weights, tokenizer, out)
+@pytest.fixture(scope="module")
+def recording(reference) -> dict:
+    return load_recording(reference)
 
 
 @pytest.fixture(scope="module")
-def mlx_lm_folder(smollm_gguf, tmp_path_factory) -> Path:
-    return write_mlx_lm_folder(Path(smollm_gguf), tmp_path_factory.mktemp("mlx-lm") / "smollm2", False)
-
-
-@pytest.fixture(scope="module")
-def mlx_lm_model(mlx_lm_folder):
+def mlx_lm_model(smollm_gguf, tmp_path_factory):
     """(model, tokenizer) as mlx-lm loads our folder (weights as stored, 4-bit)."""
     import mlx_lm
 
-    return mlx_lm.load(str(mlx_lm_folder))
+    folder = write_mlx_lm_folder(Path(smollm_gguf), tmp_path_factory.mktemp("mlx-lm") / "smollm2", PEERS["4-bit"])
+    return mlx_lm.load(str(folder))
 
 
 @pytest.fixture(scope="module")
 def mlx_lm_float32_model(smollm_gguf, tmp_path_factory):
     import mlx_lm
 
-    folder = write_mlx_lm_folder(Path(smollm_gguf), tmp_path_factory.mktemp("mlx-lm-f32") / "smollm2", True)
+    folder = write_mlx_lm_folder(Path(smollm_gguf), tmp_path_factory.mktemp("mlx-lm-f32") / "smollm2",
+                                 PEERS["float32"])
     return mlx_lm.load(str(folder))
 
 
-_PICKS: dict[tuple[int, str], list[int]] = {}  # (peer model, prompt) -> its picks: mlx-lm's 4-bit run is slow
-
-
-def mlx_lm_picks(model, prompts) -> list[list[int]]:
-    """mlx-lm's teacher-forced argmax per prompt, computed once per model and prompt for the module (the
-    default and quantized paths both compare with the 4-bit peer; its CPU quantized matmul is ~0.5 Gparam/s)."""
-    for p in prompts:
-        key = (id(model), p["name"])
-        if key not in _PICKS:
-            _PICKS[key] = teacher_forced_argmax(model, p["prompt_ids"], p["continuation_ids"])
-    return [_PICKS[(id(model), p["name"])] for p in prompts]
+def peer_of(compute: str) -> str:
+    """Like with like: a float32 path against mlx-lm in float32, a 4-bit path against mlx-lm on 4-bit."""
+    return "float32" if compute.startswith("float32") else "4-bit"
 
 
 def test_mlx_lm_tokenizer_matches_ours(mlx_lm_model, smollm, reference):
@@ -81,25 +67,28 @@ def test_mlx_lm_tokenizer_matches_ours(mlx_lm_model, smollm, reference):
         assert mlx_tokenizer.encode(p["text"]) == smollm.tokenizer.encode(p["text"]), p["name"]
 
 
+@pytest.mark.parametrize("peer", sorted(PEERS))
+def test_the_recorded_picks_are_what_the_installed_mlx_lm_computes(peer, request, reference, recording):
+    """The shortest prompt live, on folders written by this checkout: a new mlx-lm, or a change to our folder
+    writer or dequantizer that moves mlx-lm's picks, fails here instead of leaving the recording stale."""
+    prompt = min(reference["prompts"], key=lambda p: len(p["prompt_ids"]))
+    live = mlx_lm_picks(request.getfixturevalue(PEER_MODELS[peer])[0], [prompt])[prompt["name"]]
+    recorded = recording["peers"][peer][prompt["name"]]
+    assert live == recorded, (f"{peer} mlx-lm on {prompt['name']!r}: live {live} vs recorded {recorded} "
+                              f"(mlx-lm {recording['mlx_lm_version']}, mlx {recording['mlx_version']}): {RERUN}")
+
+
 @pytest.mark.parametrize("path", sorted(SMOLLM_PATHS))
-def test_teacher_forced_agreement_with_mlx_lm(path, request, reference):
+def test_teacher_forced_agreement_with_mlx_lm(path, request, reference, recording):
     """Like with like: our 4-bit paths (MLX's quantized matmul; the default, our CPU kernel where built)
     vs mlx-lm on the 4-bit weights, our float32 path vs mlx-lm on the same weights dequantized to float32."""
     loaded = request.getfixturevalue(SMOLLM_PATHS[path])
     assert took_path(path, loaded.info.compute), loaded.info.compute
-    float_peer = loaded.info.compute.startswith("float32")
-    peer = request.getfixturevalue("mlx_lm_float32_model" if float_peer else "mlx_lm_model")[0]
+    peer = peer_of(loaded.info.compute)
     prompts = quantized_subset(reference["prompts"]) if path == "quantized" else reference["prompts"]
-    lines, matched, total = [], 0, 0
-    for p, theirs in zip(prompts, mlx_lm_picks(peer, prompts), strict=True):
-        ours = teacher_forced_argmax(loaded.model, p["prompt_ids"], p["continuation_ids"])
-        misses = [i for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b]
-        lines.append(f"  {p['name']:11s} {len(ours) - len(misses):2d}/{len(ours)}"
-                     + (f"  differs at {misses}" if misses else ""))
-        matched, total = matched + len(ours) - len(misses), total + len(ours)
-    overall = matched / total
-    table = "\n".join(lines + [f"  overall     {matched}/{total} = {overall:.2%}"])
-    print(f"\nours ({loaded.info.compute}) vs mlx-lm ({path}), teacher forced:\n{table}")
+    overall, table = agreement_table(prompts, smollm_picks(path, loaded, prompts),
+                                     [recording["peers"][peer][p["name"]] for p in prompts])
+    print(f"\nours ({loaded.info.compute}) vs mlx-lm ({peer}, recorded), teacher forced:\n{table}")
     assert overall >= MIN_AGREEMENT, f"agreement {overall:.2%} < {MIN_AGREEMENT:.0%}\n{table}"
 
 
@@ -128,7 +117,7 @@ def test_greedy_generation_matches_mlx_lm(name, path, reference, request):
     tokenizer = loaded.tokenizer
     ours = generate(loaded.model, tokenizer, prompt["prompt_ids"],
                     GenerationParams(max_tokens=GENERATED_TOKENS)).token_ids
-    peer = "mlx_lm_float32_model" if loaded.info.compute.startswith("float32") else "mlx_lm_model"
-    theirs = mlx_lm_greedy(request.getfixturevalue(peer)[0], prompt["prompt_ids"], GENERATED_TOKENS,
+    peer = request.getfixturevalue(PEER_MODELS[peer_of(loaded.info.compute)])[0]
+    theirs = mlx_lm_greedy(peer, prompt["prompt_ids"], GENERATED_TOKENS,
                            tokenizer.eos_token_ids)
     assert ours == theirs, f"{name}: ours {tokenizer.decode(ours)!r} vs mlx-lm {tokenizer.decode(theirs)!r}"

@@ -26,10 +26,12 @@ from macllm.models.smollm3 import rope_layers
 from macllm.tuner.examples import Example, TrainingData
 from macllm.tuner.train import TrainConfig, Trainer
 from tests import tiny_models
-from tests.conftest import cpu_kernel_off, took_path
+from tests.conftest import cpu_kernel_off
 from tests.test_qwen3 import (
     GREEDY_TOKENS,
     PROMPT,
+    assert_4bit_folder_agrees_on_the_cpu_paths,
+    assert_matches_mlx_lm,
     assert_same_greedy,
     max_diff,
     mlx_lm_greedy,
@@ -86,32 +88,12 @@ CASES = [(name, False) for name in FAMILIES] + [(f"{n}-4bit", True) for n in ("p
 @pytest.mark.parametrize("name,keep_quantized", CASES)
 def test_logits_and_greedy_tokens_match_mlx_lm(folders, name, keep_quantized):
     """Float32 folders on our float path; 4-bit folders with --keep-quantized (the same quantized kernels)."""
-    import mlx_lm
-
-    ours = load_model(str(folders[name]), keep_quantized=keep_quantized, progress=False)
-    theirs, _ = mlx_lm.load(str(folders[name]))
-    assert ours.info.implementation == "own"
-    assert ours.info.quantization == ("4-bit g64" if keep_quantized else "none")
-    diff = max_diff(ours.model(mx.array([PROMPT])), theirs(mx.array([PROMPT])))
-    print(f"\n{name}: max abs logit diff vs mlx-lm {diff:.2e}")
-    assert diff <= MAX_DIFF
-    assert_same_greedy(our_greedy(ours, PROMPT[:8], GREEDY_TOKENS), mlx_lm_greedy(theirs, PROMPT[:8], GREEDY_TOKENS))
+    assert_matches_mlx_lm(folders[name], keep_quantized)
 
 
 @pytest.mark.parametrize("name", ["phi4-mini-4bit", "smollm3-4bit"])
 def test_4bit_folder_on_the_float32_fast_path_agrees(folders, name):
-    import mlx_lm
-
-    with cpu_kernel_off():
-        ours = load_model(str(folders[name]), progress=False)
-    assert ours.info.compute.startswith("float32")
-    theirs, _ = mlx_lm.load(str(folders[name]))
-    diff = max_diff(ours.model(mx.array([PROMPT])), theirs(mx.array([PROMPT])))
-    print(f"\n{name} dequantized: max abs logit diff vs mlx-lm 4-bit {diff:.2e}")
-    assert diff <= 1e-3
-    default = load_model(str(folders[name]), progress=False)  # our CPU kernel where it is built
-    assert took_path("default", default.info.compute), default.info.compute
-    assert max_diff(default.model(mx.array([PROMPT])), theirs(mx.array([PROMPT]))) <= 1e-3
+    assert_4bit_folder_agrees_on_the_cpu_paths(folders[name])
 
 
 def test_longrope_and_nope_really_act(folders):

@@ -108,13 +108,19 @@ CASES = [("qwen3", False), ("qwen3_moe", False), ("qwen3-4bit", True), ("qwen3_m
 @pytest.mark.parametrize("name,keep_quantized", CASES)
 def test_logits_and_greedy_tokens_match_mlx_lm(folders, name, keep_quantized):
     """Float32 folders on our float path; 4-bit folders with --keep-quantized (the same quantized kernels)."""
+    assert_matches_mlx_lm(folders[name], keep_quantized)
+
+
+def assert_matches_mlx_lm(folder: Path, keep_quantized: bool) -> None:
+    """Our own implementation's logits and greedy tokens equal mlx-lm's on the folder (also tests/test_phi3_smollm3)."""
     import mlx_lm
 
-    ours = load_model(str(folders[name]), keep_quantized=keep_quantized, progress=False)
-    theirs, _ = mlx_lm.load(str(folders[name]))
+    ours = load_model(str(folder), keep_quantized=keep_quantized, progress=False)
+    theirs, _ = mlx_lm.load(str(folder))
+    assert ours.info.implementation == "own"
     assert ours.info.quantization == ("4-bit g64" if keep_quantized else "none")
     diff = max_diff(ours.model(mx.array([PROMPT])), theirs(mx.array([PROMPT])))
-    print(f"\n{name}: max abs logit diff vs mlx-lm {diff:.2e}")
+    print(f"\n{folder.name}: max abs logit diff vs mlx-lm {diff:.2e}")
     assert diff <= MAX_DIFF
     assert_same_greedy(our_greedy(ours, PROMPT[:8], GREEDY_TOKENS), mlx_lm_greedy(theirs, PROMPT[:8], GREEDY_TOKENS))
 
@@ -122,16 +128,21 @@ def test_logits_and_greedy_tokens_match_mlx_lm(folders, name, keep_quantized):
 @pytest.mark.parametrize("name", ["qwen3-4bit", "qwen3_moe-4bit"])
 def test_4bit_folder_on_the_float32_fast_path_agrees(folders, name):
     """By default the CPU dequantizes to float32 (router included); the same weights, other rounding."""
+    assert_4bit_folder_agrees_on_the_cpu_paths(folders[name])
+
+
+def assert_4bit_folder_agrees_on_the_cpu_paths(folder: Path) -> None:
+    """The float32 fast path and the default path (our CPU kernel where built) within 1e-3 of mlx-lm on 4-bit."""
     import mlx_lm
 
     with cpu_kernel_off():
-        ours = load_model(str(folders[name]), progress=False)
+        ours = load_model(str(folder), progress=False)
     assert ours.info.compute.startswith("float32")
-    theirs, _ = mlx_lm.load(str(folders[name]))
+    theirs, _ = mlx_lm.load(str(folder))
     diff = max_diff(ours.model(mx.array([PROMPT])), theirs(mx.array([PROMPT])))
-    print(f"\n{name} dequantized: max abs logit diff vs mlx-lm 4-bit {diff:.2e}")
+    print(f"\n{folder.name} dequantized: max abs logit diff vs mlx-lm 4-bit {diff:.2e}")
     assert diff <= 1e-3
-    default = load_model(str(folders[name]), progress=False)  # our CPU kernel where it is built
+    default = load_model(str(folder), progress=False)  # our CPU kernel where it is built
     assert took_path("default", default.info.compute), default.info.compute
     assert max_diff(default.model(mx.array([PROMPT])), theirs(mx.array([PROMPT]))) <= 1e-3
 

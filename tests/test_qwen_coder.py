@@ -14,9 +14,6 @@ decodes Q4_K wrongly, so such files must take the import too; a tiny file writte
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import mlx.core as mx
@@ -27,10 +24,10 @@ from mlx.utils import tree_flatten
 from macllm.formats.gguf_model import NeedsImport, load_gguf_model
 from macllm.hub.catalog import CATALOG
 from macllm.loader import load_model
-from tests.conftest import TEST_HOME, took_path
+from tests.conftest import took_path
 from tests.test_qwen3 import QWEN3, mlx_lm_model, vocab_config
 from tests.test_qwen3_gguf import write_gguf
-from tests.test_reference_llamacpp import agreement_table
+from tests.test_reference_llamacpp import continuation_agreement
 
 DATA = Path(__file__).resolve().parent / "data"
 REFERENCES = {"qwen2.5-coder-0.5b": DATA / "qwen_coder_0.5b_llamacpp_reference.json",
@@ -38,20 +35,6 @@ REFERENCES = {"qwen2.5-coder-0.5b": DATA / "qwen_coder_0.5b_llamacpp_reference.j
 MIN_AGREEMENT = 0.95
 # Q4_K / Q6_K blocks hold 256 weights: every k-quant matrix's rows must be a multiple of that.
 KQUANT_QWEN3 = dict(QWEN3, hidden_size=256, head_dim=64, intermediate_size=256)
-
-
-@contextmanager
-def in_test_cache_home() -> Iterator[None]:
-    """MACLLM_HOME pointed at the test cache, where the pulled GGUF's one-time import is kept across runs."""
-    old = os.environ.get("MACLLM_HOME")
-    os.environ["MACLLM_HOME"] = str(TEST_HOME)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("MACLLM_HOME", None)
-        else:
-            os.environ["MACLLM_HOME"] = old
 
 
 def load_reference(name: str) -> dict:
@@ -67,13 +50,6 @@ def load_reference(name: str) -> dict:
 @pytest.fixture(scope="module")
 def reference() -> dict:
     return load_reference("qwen2.5-coder-0.5b")
-
-
-@pytest.fixture(scope="module")
-def qwen_coder(qwen_coder_gguf):
-    """The 0.5B as users get it on CPU: the cached import, through our CPU kernel (float32 without it)."""
-    with in_test_cache_home():
-        return load_model(str(qwen_coder_gguf), progress=False)
 
 
 @pytest.mark.real_model
@@ -108,7 +84,7 @@ def test_runs_our_own_qwen2_on_the_default_cpu_path(qwen_coder):
 
 @pytest.mark.real_model
 def test_teacher_forced_agreement_on_llamacpp_continuations(qwen_coder, reference):
-    overall, table = agreement_table(qwen_coder.model, reference["prompts"])
+    overall, table = continuation_agreement(qwen_coder.model, reference["prompts"])
     print(f"\nQwen2.5-Coder 0.5B ({qwen_coder.info.compute}) vs llama.cpp, teacher forced:\n{table}")
     assert overall >= MIN_AGREEMENT, f"agreement {overall:.2%} < {MIN_AGREEMENT:.0%}\n{table}"
 

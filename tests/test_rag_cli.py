@@ -8,17 +8,11 @@ from pathlib import Path
 import pytest
 
 from macllm.cli import main
-from tests.tiny_bert import write_tiny_bert
 
 
 @pytest.fixture(autouse=True)
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("MACLLM_HOME", str(tmp_path / "home"))
-
-
-@pytest.fixture(scope="module")
-def bert(tmp_path_factory) -> Path:
-    return write_tiny_bert(tmp_path_factory.mktemp("bert") / "tiny-bert")
 
 
 @pytest.fixture
@@ -37,9 +31,9 @@ def run(capsys, *argv) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_index_then_search(capsys, notes, bert, tmp_path):
+def test_index_then_search(capsys, notes, bert_folder, tmp_path):
     index = str(tmp_path / "n.sqlite")
-    code, out, err = run(capsys, "index", str(notes), "--index", index, "--embedder", str(bert))
+    code, out, err = run(capsys, "index", str(notes), "--index", index, "--embedder", str(bert_folder))
     assert code == 0, err
     assert "3 added, 0 changed, 0 removed, 0 unchanged, 0 skipped" in out
     assert "bad.txt: not UTF-8" in err
@@ -60,8 +54,8 @@ def test_index_then_search(capsys, notes, bert, tmp_path):
     assert [line["query"] for line in lines] == ["fish", "mailman"] and len(lines[0]["results"]) == 2
 
 
-def test_rebuild_and_named_index(capsys, notes, bert, tmp_path):
-    code, out, _ = run(capsys, "index", str(notes), "--embedder", str(bert))
+def test_rebuild_and_named_index(capsys, notes, bert_folder, tmp_path):
+    code, out, _ = run(capsys, "index", str(notes), "--embedder", str(bert_folder))
     assert code == 0 and (tmp_path / "home" / "indexes" / "notes.sqlite").exists()
     code, out, _ = run(capsys, "index", str(notes), "--rebuild")
     assert code == 0 and "3 added" in out
@@ -75,7 +69,7 @@ def test_rebuild_and_named_index(capsys, notes, bert, tmp_path):
     (["index", "{tmp}/nowhere"], "no such folder"),
     (["search", "--index", "{tmp}/empty.sqlite"], "give a query or --queries"),
 ])
-def test_bad_input_is_one_line_exit_2(capsys, tmp_path, bert, argv, message):
+def test_bad_input_is_one_line_exit_2(capsys, tmp_path, bert_folder, argv, message):
     (tmp_path / "junk.sqlite").write_bytes(b"not sqlite" * 200)
     from macllm.rag.store import Store
 
@@ -85,9 +79,9 @@ def test_bad_input_is_one_line_exit_2(capsys, tmp_path, bert, argv, message):
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
-def test_ask_cites_sources(capsys, notes, bert, tmp_path, tiny_llama_folder):
+def test_ask_cites_sources(capsys, notes, bert_folder, tmp_path, tiny_llama_folder):
     index = str(tmp_path / "n.sqlite")
-    assert run(capsys, "index", str(notes), "--index", index, "--embedder", str(bert))[0] == 0
+    assert run(capsys, "index", str(notes), "--index", index, "--embedder", str(bert_folder))[0] == 0
     code, out, err = run(capsys, "ask", "what do cats eat?", "--index", index, "--model", str(tiny_llama_folder),
                          "--max-tokens", "5", "-k", "2")
     assert code == 0, err
@@ -113,14 +107,14 @@ def test_prompt_fits_context_and_numbers_sources(tiny_llama_folder):
         fit_sources("long " * 500, results, tok, context_length=300, max_new_tokens=100)
 
 
-def test_store_damaged_past_its_header(capsys, notes, bert, tmp_path):
+def test_store_damaged_past_its_header(capsys, notes, bert_folder, tmp_path):
     from macllm.rag.embedder import Embedder
     from macllm.rag.indexer import index_notes
     from macllm.rag.store import Store
 
     db = tmp_path / "d.sqlite"
     store = Store(db)
-    index_notes(store, Embedder(bert), [notes])
+    index_notes(store, Embedder(bert_folder), [notes])
     store.close()  # checkpoints the WAL into the file
     data = bytearray(db.read_bytes())
     data[4096:] = b"\xde\xad" * ((len(data) - 4096) // 2)
@@ -129,10 +123,10 @@ def test_store_damaged_past_its_header(capsys, notes, bert, tmp_path):
     assert code == 2 and "--rebuild" in err and len(err.strip().splitlines()) == 1
 
 
-def test_index_status_lists_each_file_and_bad_flag_mixes_are_one_line(capsys, notes, bert, tmp_path):
+def test_index_status_lists_each_file_and_bad_flag_mixes_are_one_line(capsys, notes, bert_folder, tmp_path):
     index = str(tmp_path / "n.sqlite")
     (notes / "blob.md").write_bytes(b"\0\0binary")
-    assert run(capsys, "index", str(notes), "--index", index, "--embedder", str(bert))[0] == 0
+    assert run(capsys, "index", str(notes), "--index", index, "--embedder", str(bert_folder))[0] == 0
     (notes / "later.md").write_text("# Later\n\nwritten after indexing\n")
     code, out, _ = run(capsys, "index", "--status", str(notes), "--index", index)
     lines = out.splitlines()

@@ -12,19 +12,6 @@ from macllm.rag.retrieve import Retriever
 from macllm.rag.status import file_statuses
 from macllm.rag.store import Store
 from tests.pdf_files import make_pdf
-from tests.tiny_bert import write_tiny_bert
-
-
-@pytest.fixture(scope="module")
-def bert(tmp_path_factory) -> Path:
-    return write_tiny_bert(tmp_path_factory.mktemp("bert") / "tiny-bert")
-
-
-@pytest.fixture
-def embedder(bert):
-    from macllm.rag.embedder import Embedder
-
-    return Embedder(bert)
 
 
 @pytest.fixture
@@ -61,10 +48,10 @@ def test_pdf_pages_are_indexed_and_cited_by_page_and_line(tmp_path, notes, embed
     assert states["paper.pdf"][0] == "indexed" and "scanned page(s) without text skipped: 2" in states["paper.pdf"][1]
 
 
-def test_search_cli_shows_the_page(tmp_path, notes, bert, capsys, monkeypatch):
+def test_search_cli_shows_the_page(tmp_path, notes, bert_folder, capsys, monkeypatch):
     monkeypatch.setenv("MACLLM_HOME", str(tmp_path / "home"))
     index = str(tmp_path / "n.sqlite")
-    assert main(["index", str(notes), "--index", index, "--embedder", str(bert)]) == 0
+    assert main(["index", str(notes), "--index", index, "--embedder", str(bert_folder)]) == 0
     capsys.readouterr()
     assert main(["search", "purr", "--index", index, "--mode", "bm25", "-k", "1"]) == 0
     out = capsys.readouterr().out

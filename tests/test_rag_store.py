@@ -21,18 +21,6 @@ from tests.tiny_bert import write_tiny_bert
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def bert_folder(tmp_path_factory) -> Path:
-    return write_tiny_bert(tmp_path_factory.mktemp("bert") / "tiny-bert")
-
-
-@pytest.fixture
-def embedder(bert_folder):
-    from macllm.rag.embedder import Embedder
-
-    return Embedder(bert_folder)
-
-
 @pytest.fixture
 def notes(tmp_path) -> Path:
     root = tmp_path / "notes"

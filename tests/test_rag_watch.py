@@ -10,29 +10,14 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 from macllm.rag.chunking import chunk_file
 from macllm.rag.indexer import index_notes
 from macllm.rag.status import file_statuses
 from macllm.rag.store import Store
 from macllm.rag.watch import watch_notes
 from tests.test_rag_store import consistent
-from tests.tiny_bert import write_tiny_bert
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def bert_folder(tmp_path_factory) -> Path:
-    return write_tiny_bert(tmp_path_factory.mktemp("bert") / "tiny-bert")
-
-
-@pytest.fixture
-def embedder(bert_folder):
-    from macllm.rag.embedder import Embedder
-
-    return Embedder(bert_folder)
 
 
 def note(i: int) -> str:

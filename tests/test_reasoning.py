@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from tokenizers import AddedToken
 
-from macllm.cli import main
 from macllm.generation import GenerationParams, GenerationResult, TokenEvent
 from macllm.generation.reasoning import ReasoningSplitter, prompt_opens_thinking, template_thinks
 from macllm.tokenizer import Tokenizer
@@ -107,18 +106,6 @@ def write_thinking_folder(folder: Path) -> Path:
 @pytest.fixture(scope="module")
 def thinking_folder(tmp_path_factory) -> Path:
     return write_thinking_folder(tmp_path_factory.mktemp("thinking") / "tiny-thinker")
-
-
-@pytest.fixture
-def cli(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("MACLLM_HOME", str(tmp_path / "home"))
-
-    def run(*args):
-        code = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def test_generate_json_splits_reasoning_and_text(cli, thinking_folder):

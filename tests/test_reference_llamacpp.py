@@ -31,19 +31,40 @@ def teacher_forced_argmax(model, prompt_ids: list[int], continuation_ids: list[i
     return mx.argmax(logits[0, start:start + len(continuation_ids)], axis=-1).tolist()
 
 
-def agreement_table(model, prompts: list[dict]) -> tuple[float, str]:
-    """Overall fraction of positions where our argmax equals the recorded token, and a per-prompt table."""
+def model_picks(model, prompts: list[dict]) -> list[list[int]]:
+    """Our teacher-forced picks for each prompt's continuation."""
+    return [teacher_forced_argmax(model, p["prompt_ids"], p["continuation_ids"]) for p in prompts]
+
+
+# (SMOLLM_PATHS key, prompt name) -> our picks on the session's SmolLM2: the same forwards serve both oracles.
+_SMOLLM_PICKS: dict[tuple[str, str], list[int]] = {}
+
+
+def smollm_picks(path: str, loaded, prompts: list[dict]) -> list[list[int]]:
+    """Our picks on the session-scoped SmolLM2 of `path` (tests/conftest.py's SMOLLM_PATHS), computed once per
+    prompt for the session: this file and tests/test_mlx_lm_agreement.py compare them with two peers."""
+    missing = [p for p in prompts if (path, p["name"]) not in _SMOLLM_PICKS]
+    for p, picks in zip(missing, model_picks(loaded.model, missing), strict=True):
+        _SMOLLM_PICKS[(path, p["name"])] = picks
+    return [_SMOLLM_PICKS[(path, p["name"])] for p in prompts]
+
+
+def agreement_table(prompts: list[dict], ours: list[list[int]], theirs: list[list[int]]) -> tuple[float, str]:
+    """Overall fraction of positions where our pick equals theirs, and a per-prompt table."""
     lines, matched, total = [], 0, 0
-    for p in prompts:
-        ours = teacher_forced_argmax(model, p["prompt_ids"], p["continuation_ids"])
-        hits = sum(a == b for a, b in zip(ours, p["continuation_ids"], strict=True))
-        misses = [i for i, (a, b) in enumerate(zip(ours, p["continuation_ids"], strict=True)) if a != b]
-        lines.append(f"  {p['name']:11s} {hits:2d}/{len(ours)}  differs at {misses}" if misses
-                     else f"  {p['name']:11s} {hits:2d}/{len(ours)}")
-        matched, total = matched + hits, total + len(ours)
+    for p, mine, other in zip(prompts, ours, theirs, strict=True):
+        misses = [i for i, (a, b) in enumerate(zip(mine, other, strict=True)) if a != b]
+        hits = len(mine) - len(misses)
+        lines.append(f"  {p['name']:11s} {hits:2d}/{len(mine)}" + (f"  differs at {misses}" if misses else ""))
+        matched, total = matched + hits, total + len(mine)
     overall = matched / total
     lines.append(f"  overall     {matched}/{total} = {overall:.2%}")
     return overall, "\n".join(lines)
+
+
+def continuation_agreement(model, prompts: list[dict]) -> tuple[float, str]:
+    """agreement_table of the model's picks against the recorded llama.cpp continuations."""
+    return agreement_table(prompts, model_picks(model, prompts), [p["continuation_ids"] for p in prompts])
 
 
 def _sha256(path: Path) -> str:
@@ -86,6 +107,7 @@ def test_teacher_forced_agreement_with_llamacpp(path, request, reference):
     # Make sure each case really runs the path it names.
     assert took_path(path, loaded.info.compute), loaded.info.compute
     prompts = quantized_subset(reference["prompts"]) if path == "quantized" else reference["prompts"]
-    overall, table = agreement_table(loaded.model, prompts)
+    overall, table = agreement_table(prompts, smollm_picks(path, loaded, prompts),
+                                     [p["continuation_ids"] for p in prompts])
     print(f"\nours ({loaded.info.compute}) vs llama.cpp, teacher forced:\n{table}")
     assert overall >= MIN_AGREEMENT, f"agreement {overall:.2%} < {MIN_AGREEMENT:.0%}\n{table}"

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import shutil
 
-from tests.test_cli import cli, generate_json  # noqa: F401  (the in-process `macllm` fixture)
+from tests.test_cli import generate_json
 
 
-def test_generate_with_a_draft_or_prompt_lookup_gives_the_same_tokens(cli, tiny_llama_gguf):  # noqa: F811
+def test_generate_with_a_draft_or_prompt_lookup_gives_the_same_tokens(cli, tiny_llama_gguf):
     args = ("-p", "hello world user hello world", "--max-tokens", "24")
     plain = generate_json(cli, tiny_llama_gguf, *args)
     drafted = generate_json(cli, tiny_llama_gguf, *args, "--draft-model", tiny_llama_gguf, "--draft-tokens", "3")
@@ -19,7 +19,7 @@ def test_generate_with_a_draft_or_prompt_lookup_gives_the_same_tokens(cli, tiny_
     assert looked["draft_proposed"] > 0 and plain["draft_proposed"] == 0
 
 
-def test_bad_speculative_options_are_one_line(cli, tiny_llama_gguf, tiny_llama_folder, tmp_path):  # noqa: F811
+def test_bad_speculative_options_are_one_line(cli, tiny_llama_gguf, tiny_llama_folder, tmp_path):
     code, out, err = cli("generate", "--model", tiny_llama_gguf, "-p", "hi", "--draft-tokens", "-1")
     assert code == 2 and "--draft-tokens must be 0 (adapt) or 1 to 32" in err and len(err.strip().splitlines()) == 1
     code, out, err = cli("generate", "--model", tiny_llama_gguf, "-p", "hi", "--draft-model", tmp_path / "none.gguf")

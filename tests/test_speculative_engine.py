@@ -16,9 +16,8 @@ import pytest
 from macllm.engine import Engine
 from macllm.errors import MacllmError
 from macllm.generation import GenerationParams, GenerationResult, TokenEvent, speculative
-from macllm.lora.formats import write_adapter
-from macllm.lora.random_adapter import random_adapter
 from tests import tiny_models
+from tests.adapted_engine import engine_with_alpha_and_beta
 
 
 def write_shaken(folder: Path, *noise: tuple[float, int]) -> Path:
@@ -46,12 +45,7 @@ def draft_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def engine(target_folder, tmp_path_factory):
-    root = tmp_path_factory.mktemp("spec-adapters")
-    with Engine(str(target_folder), progress=False) as e:
-        cfg = e.loaded.config
-        for seed, name in enumerate(("alpha", "beta")):
-            adapter = random_adapter(cfg, name, rank=4, seed=seed + 1, b_std=0.5, base_model="tiny")
-            e.load_adapter(str(write_adapter(adapter, root / name, cfg.num_hidden_layers)))
+    with engine_with_alpha_and_beta(target_folder, tmp_path_factory.mktemp("spec-adapters")) as e:
         yield e
 
 

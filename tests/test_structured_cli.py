@@ -17,18 +17,6 @@ SCHEMA = {"type": "object",
           "required": ["answer", "confidence"], "additionalProperties": False}
 
 
-@pytest.fixture
-def cli(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("MACLLM_HOME", str(tmp_path / "home"))
-
-    def run(*args):
-        code = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
-
-
 def test_json_schema_output_validates(cli, tiny_llama_gguf, tmp_path):
     schema = tmp_path / "schema.json"
     schema.write_text(json.dumps(SCHEMA))

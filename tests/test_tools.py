@@ -304,10 +304,10 @@ def test_forced_call_on_the_real_qwen3_tokenizer_accepts_the_call_its_template_s
     assert len(allowed) == 1 and allowed[0] in ours.eos_token_ids  # complete: only the end may follow
 
 
-def test_real_qwen_coder_makes_a_forced_call_and_answers_from_its_result(qwen_coder_gguf):
+def test_real_qwen_coder_makes_a_forced_call_and_answers_from_its_result(qwen_coder):
     """Qwen2.5-Coder-0.5B's own template (hermes style) end to end: a forced call parses into valid arguments,
     and the history with that call and its result renders and is answered in plain text."""
-    loaded = load_model(str(qwen_coder_gguf), progress=False)
+    loaded = qwen_coder
     tok = loaded.tokenizer
     assert tool_style(tok.chat_template) == "hermes"
     messages = [{"role": "user", "content": "What's the weather like in Paris right now?"}]

@@ -1,0 +1,94 @@
+"""Record mlx-lm's teacher-forced picks on the real SmolLM2 for tests/test_mlx_lm_agreement.py.
+
+mlx-lm loads two folders that our save_mlx_folder writes from the SmolLM2 GGUF (weights as stored, 4-bit; and
+dequantized to float32) and takes its argmax at each continuation position of the prompts of
+tests/data/smollm2_llamacpp_reference.json, teacher forced on llama.cpp's continuations (one forward each).
+The test compares our model with these picks, and recomputes one prompt per peer live with the installed mlx-lm
+on freshly written folders: when that check fails (a new mlx-lm, or a change to our folder writer or
+dequantizer), rerun this script (~3 minutes on 2 cores: mlx-lm's 4-bit CPU matmul is slow).
+
+    cd /work/main
+    .venv/bin/python scripts/record_mlx_lm_reference.py              # pulls smollm2-135m via macllm.hub
+    .venv/bin/python scripts/record_mlx_lm_reference.py path/to/SmolLM2-135M-Instruct.Q4_1.gguf
+
+It rewrites tests/data/smollm2_mlx_lm_reference.json (use --out to write elsewhere). Rerun it after
+scripts/record_reference.py rewrites the llama.cpp reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import macllm  # noqa: F401  (loads OpenBLAS before MLX)
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.mlx_lm_reference import (  # noqa: E402  (needs the repo on sys.path)
+    PEERS,
+    RECORDING,
+    mlx_lm_picks,
+    prompts_sha256,
+    write_mlx_lm_folder,
+)
+from tests.test_reference_llamacpp import REFERENCE, _sha256  # noqa: E402
+
+
+def record(gguf: Path) -> dict:
+    import mlx.core as mx
+    import mlx_lm
+
+    reference = json.loads(REFERENCE.read_text(encoding="utf-8"))
+    if _sha256(gguf) != reference["model_sha256"]:
+        raise SystemExit(f"{gguf} is not the model {REFERENCE.name} was recorded from; rerun "
+                         "scripts/record_reference.py on it first")
+    prompts = reference["prompts"]
+    peers = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for peer, dequantize in PEERS.items():
+            folder = write_mlx_lm_folder(gguf, Path(tmp) / peer, dequantize)
+            model, _ = mlx_lm.load(str(folder))
+            start = time.perf_counter()
+            picks = mlx_lm_picks(model, prompts)
+            print(f"{peer:8s} {len(prompts)} prompts in {time.perf_counter() - start:.1f} s")
+            peers[peer] = picks
+    return {
+        "made_by": "scripts/record_mlx_lm_reference.py: mlx-lm's argmax at each continuation position of "
+                   f"{REFERENCE.name}'s prompts, teacher forced, on mlx-lm folders written by our "
+                   "save_mlx_folder from the GGUF (4-bit as stored; float32 dequantized)",
+        "model": gguf.name,
+        "model_sha256": reference["model_sha256"],
+        "mlx_lm_version": mlx_lm.__version__,
+        "mlx_version": mx.__version__,
+        "prompts_sha256": prompts_sha256(prompts),
+        "peers": peers,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("model", nargs="?", help="the SmolLM2 GGUF (default: pull smollm2-135m)")
+    parser.add_argument("--out", type=Path, default=RECORDING)
+    args = parser.parse_args(argv)
+    if args.model:
+        gguf = Path(args.model)
+    else:
+        from macllm.hub import pull
+
+        gguf = pull("smollm2-135m")
+    data = record(gguf)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(args.out)  # atomic: a test never reads half a recording
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -73,8 +73,8 @@ void rows(const Problem& p, int n0, int n1) {
     __m256 acc[M], acc_odd[M];
     for (int m = 0; m < M; ++m) acc[m] = acc_odd[m] = _mm256_setzero_ps();
     for (int g = 0; g < G; ++g) {
-      __m256 t[M];
-      for (int m = 0; m < M; ++m) t[m] = _mm256_setzero_ps();
+      __m256 t[M], t2[M];  // two chains of FMAs within the group
+      for (int m = 0; m < M; ++m) t[m] = t2[m] = _mm256_setzero_ps();
       const int k_end = (g + 1) * p.group_size;
       if (BITS == 4) {
         for (int k0 = g * p.group_size; k0 < k_end; k0 += 32) {
@@ -85,24 +85,28 @@ void rows(const Problem& p, int n0, int n1) {
             for (int m = 0; m < M; ++m) {
               const float* xm = p.x + static_cast<size_t>(m) * K + k0 + 8 * half;
               t[m] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(xm), t[m]);
-              t[m] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(xm + 16), t[m]);
+              t2[m] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(xm + 16), t2[m]);
             }
           }
         }
       } else {
-        for (int k0 = g * p.group_size; k0 < k_end; k0 += 8) {
-          const __m256 q = _mm256_cvtepi32_ps(
+        for (int k0 = g * p.group_size; k0 < k_end; k0 += 16) {  // group sizes are multiples of 32
+          const __m256 q0 = _mm256_cvtepi32_ps(
               _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(wr + k0))));
+          const __m256 q1 = _mm256_cvtepi32_ps(
+              _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(wr + k0 + 8))));
           for (int m = 0; m < M; ++m) {
-            t[m] = _mm256_fmadd_ps(q, _mm256_loadu_ps(p.x + static_cast<size_t>(m) * K + k0), t[m]);
+            const float* xm = p.x + static_cast<size_t>(m) * K + k0;
+            t[m] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(xm), t[m]);
+            t2[m] = _mm256_fmadd_ps(q1, _mm256_loadu_ps(xm + 8), t2[m]);
           }
         }
       }
       const __m256 s = _mm256_set1_ps(sb[g]);
       if (g & 1) {
-        for (int m = 0; m < M; ++m) acc_odd[m] = _mm256_fmadd_ps(s, t[m], acc_odd[m]);
+        for (int m = 0; m < M; ++m) acc_odd[m] = _mm256_fmadd_ps(s, _mm256_add_ps(t[m], t2[m]), acc_odd[m]);
       } else {
-        for (int m = 0; m < M; ++m) acc[m] = _mm256_fmadd_ps(s, t[m], acc[m]);
+        for (int m = 0; m < M; ++m) acc[m] = _mm256_fmadd_ps(s, _mm256_add_ps(t[m], t2[m]), acc[m]);
       }
     }
     for (int m = 0; m < M; ++m) {
@@ -136,15 +140,16 @@ void rows_packed(const Problem& p, int n0, int n1) {
     // Two accumulators per row (even and odd groups): one chain of dependent FMAs was the limit.
     __m256 acc[M], acc_odd[M];
     for (int m = 0; m < M; ++m) acc[m] = acc_odd[m] = _mm256_setzero_ps();
+    // A chunk's 16-byte load reads past its row: only rows near the matrix's end check each chunk.
+    const bool near_end = (static_cast<size_t>(n) + 1) * row_bytes + 16 > static_cast<size_t>(N) * row_bytes;
     for (int g = 0; g < G; ++g) {
       __m256 t[M];
       for (int m = 0; m < M; ++m) t[m] = _mm256_setzero_ps();
       const int k_end = (g + 1) * p.group_size;
       for (int k0 = g * p.group_size; k0 < k_end; k0 += 8) {
-        // A 16-byte load reads past this chunk: fine inside the matrix, not at its very end.
         const uint8_t* src = wr + static_cast<size_t>(k0) * BITS / 8;
         alignas(16) uint8_t bytes[16];  // zeroed only when used: clearing it per chunk cost measurable time
-        if (src + 16 > w_end) {
+        if (near_end && src + 16 > w_end) {
           std::memset(bytes, 0, sizeof bytes);
           std::memcpy(bytes, src, BITS);
           src = bytes;

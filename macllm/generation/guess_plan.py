@@ -6,7 +6,7 @@ and costs 1 + k * step plain decode steps; the plan takes the k with the most to
 (a plain step) when no k beats a plain step by MIN_GAIN. The cost of a guess is measured, not assumed: on a
 CPU the check of k+1 positions costs anywhere from a twentieth of a step per guess (float32, bound by reading the
 weights) to a third (the quantized kernel, bound by arithmetic), and the machine's load moves it further. So
-the first round, and one in RETIME_EVERY after it, goes without guesses to time a plain step.
+the first two rounds, and one in RETIME_EVERY after them, go without guesses to time a plain step.
 """
 
 from __future__ import annotations
@@ -26,20 +26,26 @@ RETIME_EVERY = 32  # rounds with guesses between two plain ones, which keep the 
 
 
 class RoundCost:
-    """Wall time of speculative rounds, by how many guesses they checked -> what one guess costs, in plain steps."""
+    """Time of speculative rounds, by how many guesses they checked -> what one guess costs, in plain steps.
+    The caller times rounds in process CPU time: on a shared machine wall time swings with other processes far
+    more than the ratio of two rounds' work does."""
 
     def __init__(self, prior_step: float):
         self.prior_step = prior_step
         self.plain_s: float | None = None  # faded mean seconds of a round without guesses
         self._guesses = self._seconds = self._rounds = 0.0  # faded sums over rounds with guesses
         self._since_plain = 0
+        self._warm = False  # the first round after the prefill carries one-time costs: not timed
 
     def due(self) -> bool:
-        """Whether the next round should go without guesses, to time a plain step (the first round, then now
-        and then when every round guessed)."""
+        """Whether the next round should go without guesses, to time a plain step (the first two rounds, then
+        now and then when every round guessed)."""
         return self.plain_s is None or self._since_plain >= RETIME_EVERY
 
     def observe(self, guesses: int, seconds: float) -> None:
+        if not self._warm:
+            self._warm = True
+            return
         if guesses == 0:
             self.plain_s = seconds if self.plain_s is None else FADE * self.plain_s + (1 - FADE) * seconds
             self._since_plain = 0

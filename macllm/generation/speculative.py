@@ -340,12 +340,13 @@ def decode_steps(model, cache: list[LayerCache], first: Step, history: list[int]
     # computes while this one is resolved and the next proposal made; the next round uses its logits whether
     # or not it guesses (guesses then take a forward of their own). Not with a repetition penalty: judging
     # the next position needs the token itself.
-    pipelined = params.repetition_penalty == 1.0
+    # Nor with a draft, which guesses every round but the timing ones: those must time a plain step alone.
+    pipelined = params.repetition_penalty == 1.0 and isinstance(proposer, LookupProposer)
     ahead: mx.array | None = None  # (1, vocab): the model's logits after `pending`, which the cache already holds
     history = list(history)
     pending = first
     produced = 0
-    last = time.perf_counter()
+    last = time.process_time()
     while True:
         if hand_over is not None and hand_over():
             if ahead is not None:
@@ -379,8 +380,8 @@ def decode_steps(model, cache: list[LayerCache], first: Step, history: list[int]
         yield Step(pending.token_id, pending.logprob, pending.alternatives, True, pending.drafted)
 
         outcome = resolve(verdict, room)
-        now = time.perf_counter()
-        plan.observe(proposal.size, now - last)  # the whole round: proposing, graph building and the wait
+        now = time.process_time()
+        plan.observe(proposal.size, now - last)  # the whole round's CPU time: proposing, graph building, the model
         last = now
         proposer.settle(outcome.proposed)
         trim_cache(cache, proposal.size - outcome.kept)  # the cache keeps `pending` and the kept guesses

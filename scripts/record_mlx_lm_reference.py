@@ -1,9 +1,10 @@
-"""Record mlx-lm's teacher-forced picks on the real SmolLM2 for tests/test_mlx_lm_agreement.py.
+"""Record mlx-lm's teacher-forced picks and greedy tokens on the real SmolLM2 for tests/test_mlx_lm_agreement.py.
 
 mlx-lm loads two folders that our save_mlx_folder writes from the SmolLM2 GGUF (weights as stored, 4-bit; and
-dequantized to float32) and takes its argmax at each continuation position of the prompts of
-tests/data/smollm2_llamacpp_reference.json, teacher forced on llama.cpp's continuations (one forward each).
-The test compares our model with these picks, and recomputes one prompt per peer live with the installed mlx-lm
+dequantized to float32), takes its argmax at each continuation position of the prompts of
+tests/data/smollm2_llamacpp_reference.json, teacher forced on llama.cpp's continuations (one forward each), and
+generates greedily (generate_step, argmax) from two of them, cut after the first end-of-sequence token.
+The test compares our model with these, and recomputes one prompt per peer live with the installed mlx-lm
 on freshly written folders: when that check fails (a new mlx-lm, or a change to our folder writer or
 dequantizer), rerun this script (~3 minutes on 2 cores: mlx-lm's 4-bit CPU matmul is slow).
 
@@ -30,8 +31,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.mlx_lm_reference import (  # noqa: E402  (needs the repo on sys.path)
+    GENERATED_TOKENS,
+    GENERATION_PROMPTS,
     PEERS,
     RECORDING,
+    mlx_lm_greedy,
     mlx_lm_picks,
     prompts_sha256,
     write_mlx_lm_folder,
@@ -47,26 +51,34 @@ def record(gguf: Path) -> dict:
     if _sha256(gguf) != reference["model_sha256"]:
         raise SystemExit(f"{gguf} is not the model {REFERENCE.name} was recorded from; rerun "
                          "scripts/record_reference.py on it first")
+    from macllm.loader import read_tokenizer
+
     prompts = reference["prompts"]
-    peers = {}
+    eos = read_tokenizer(gguf).eos_token_ids  # our generation loop stops after these; so is mlx-lm's cut
+    peers, greedy = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for peer, dequantize in PEERS.items():
             folder = write_mlx_lm_folder(gguf, Path(tmp) / peer, dequantize)
             model, _ = mlx_lm.load(str(folder))
             start = time.perf_counter()
-            picks = mlx_lm_picks(model, prompts)
-            print(f"{peer:8s} {len(prompts)} prompts in {time.perf_counter() - start:.1f} s")
-            peers[peer] = picks
+            peers[peer] = mlx_lm_picks(model, prompts)
+            greedy[peer] = {p["name"]: mlx_lm_greedy(model, p["prompt_ids"], eos)
+                            for p in prompts if p["name"] in GENERATION_PROMPTS}
+            print(f"{peer:8s} {len(prompts)} prompts and {len(greedy[peer])} generations in "
+                  f"{time.perf_counter() - start:.1f} s")
     return {
         "made_by": "scripts/record_mlx_lm_reference.py: mlx-lm's argmax at each continuation position of "
-                   f"{REFERENCE.name}'s prompts, teacher forced, on mlx-lm folders written by our "
-                   "save_mlx_folder from the GGUF (4-bit as stored; float32 dequantized)",
+                   f"{REFERENCE.name}'s prompts, teacher forced ('peers'), and its greedy generate_step tokens "
+                   "cut after the first EOS ('greedy'), on mlx-lm folders written by our save_mlx_folder from "
+                   "the GGUF (4-bit as stored; float32 dequantized)",
         "model": gguf.name,
         "model_sha256": reference["model_sha256"],
         "mlx_lm_version": mlx_lm.__version__,
         "mlx_version": mx.__version__,
         "prompts_sha256": prompts_sha256(prompts),
         "peers": peers,
+        "greedy_tokens": GENERATED_TOKENS,
+        "greedy": greedy,
     }
 
 

@@ -4,24 +4,31 @@ mlx-lm runs the same MLX kernels on the same quantized weights, so our keep_quan
 the same greedy tokens almost everywhere; the float32 path differs only by rounding. This also shows
 that folders from save_mlx_folder load in mlx-lm with the same tokenizer.
 
-mlx-lm's teacher-forced picks come from tests/data/smollm2_mlx_lm_reference.json (its 4-bit CPU path is slow;
-see tests/mlx_lm_reference.py); one prompt per peer, the tokenizer and greedy generation run mlx-lm live.
+mlx-lm's teacher-forced picks and greedy tokens come from tests/data/smollm2_mlx_lm_reference.json (its 4-bit
+CPU path is slow; see tests/mlx_lm_reference.py); the tokenizer, one prompt per peer and one greedy generation
+run mlx-lm live against the recording.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import mlx.core as mx
 import pytest
 
 from tests.conftest import SMOLLM_PATHS, quantized_subset, took_path
-from tests.mlx_lm_reference import PEERS, RERUN, load_recording, mlx_lm_picks, write_mlx_lm_folder
+from tests.mlx_lm_reference import (
+    GENERATED_TOKENS,
+    GENERATION_PROMPTS,
+    PEERS,
+    RERUN,
+    load_recording,
+    mlx_lm_greedy,
+    mlx_lm_picks,
+    write_mlx_lm_folder,
+)
 from tests.test_reference_llamacpp import agreement_table, load_reference, smollm_picks
 
 MIN_AGREEMENT = 0.99
-GENERATED_TOKENS = 20
-GENERATION_PROMPTS = ("prose", "chat_code")  # raw text and chat markup; neither ends within 20 tokens
 PEER_MODELS = {"4-bit": "mlx_lm_model", "float32": "mlx_lm_float32_model"}
 
 pytestmark = pytest.mark.real_model
@@ -92,22 +99,19 @@ def test_teacher_forced_agreement_with_mlx_lm(path, request, reference, recordin
     assert overall >= MIN_AGREEMENT, f"agreement {overall:.2%} < {MIN_AGREEMENT:.0%}\n{table}"
 
 
-def mlx_lm_greedy(model, prompt_ids: list[int], n: int, eos: set[int]) -> list[int]:
-    """mlx-lm's greedy tokens (its default sampler is argmax), cut after the first end-of-sequence token
-    as our generation loop stops there."""
-    from mlx_lm.generate import generate_step
-
-    out = []
-    for token, _ in generate_step(mx.array(prompt_ids), model, max_tokens=n):
-        out.append(int(token))
-        if out[-1] in eos:
-            break
-    return out
+def test_the_recorded_greedy_tokens_are_what_the_installed_mlx_lm_generates(mlx_lm_float32_model, smollm,
+                                                                          reference, recording):
+    """mlx-lm's generate_step live on the float32 peer (its 4-bit path is too slow to rerun each time): a change
+    in its decode loop fails here instead of leaving the recorded generations stale."""
+    prompt = next(p for p in reference["prompts"] if p["name"] == GENERATION_PROMPTS[0])
+    live = mlx_lm_greedy(mlx_lm_float32_model[0], prompt["prompt_ids"], smollm.tokenizer.eos_token_ids)
+    recorded = recording["greedy"]["float32"][prompt["name"]]
+    assert live == recorded, f"float32 mlx-lm greedy on {prompt['name']!r}: live {live} vs recorded {recorded}: {RERUN}"
 
 
 @pytest.mark.parametrize("path", ["quantized", "default"])
 @pytest.mark.parametrize("name", GENERATION_PROMPTS)
-def test_greedy_generation_matches_mlx_lm(name, path, reference, request):
+def test_greedy_generation_matches_mlx_lm(name, path, reference, recording, request):
     """The decode loop: MLX's quantized matmul and the default path (our CPU kernel where built) against
     mlx-lm on the 4-bit weights; a default path without the kernel (float32) against mlx-lm in float32."""
     from macllm.generation import GenerationParams, generate
@@ -117,7 +121,5 @@ def test_greedy_generation_matches_mlx_lm(name, path, reference, request):
     tokenizer = loaded.tokenizer
     ours = generate(loaded.model, tokenizer, prompt["prompt_ids"],
                     GenerationParams(max_tokens=GENERATED_TOKENS)).token_ids
-    peer = request.getfixturevalue(PEER_MODELS[peer_of(loaded.info.compute)])[0]
-    theirs = mlx_lm_greedy(peer, prompt["prompt_ids"], GENERATED_TOKENS,
-                           tokenizer.eos_token_ids)
+    theirs = recording["greedy"][peer_of(loaded.info.compute)][name]
     assert ours == theirs, f"{name}: ours {tokenizer.decode(ours)!r} vs mlx-lm {tokenizer.decode(theirs)!r}"

@@ -22,6 +22,7 @@ from macllm.loader import load_model
 from macllm.models.gemma3 import VISION_NOTICE
 from tests import tiny_models
 from tests.conftest import cpu_kernel_off, took_path
+from tests.test_qwen3 import save_as_mlx_lm
 
 MAX_DIFF = 1e-4
 GREEDY_TOKENS = 12
@@ -55,18 +56,6 @@ def mlx_lm_gemma3(config: dict, seed: int = 0) -> nn.Module:
     model.load_weights(norms, strict=False)
     mx.eval(model.parameters())
     return model
-
-
-def save_as_mlx_lm(model: nn.Module, config: dict, folder: Path, bits: int | None = None) -> Path:
-    from mlx_lm.utils import quantize_model, save_config, save_model
-
-    config = copy.deepcopy(config)
-    if bits:
-        model, config = quantize_model(model, config, group_size=64, bits=bits)
-    save_model(folder, model)
-    save_config(config, folder / "config.json")
-    tiny_models.write_tokenizer_files(folder)
-    return folder
 
 
 def vision_tensors(prefix: str) -> dict[str, mx.array]:

@@ -14,6 +14,7 @@ import mlx.core as mx
 
 from macllm.cpu_kernels import ENV
 from macllm.cpu_kernels import extension as _built
+from macllm.kernels import gate
 
 # A module built from older sources (a failed rebuild leaves the previous one) may lack these ops.
 extension = _built if _built is not None and hasattr(_built, "causal_softmax") else None
@@ -23,9 +24,11 @@ MAX_ATTEND_QUERIES = 16
 
 
 def active(x: mx.array) -> bool:
-    """Whether the fused ops compute x's layer (checked per call: cheap, and tests switch the env)."""
+    """Whether the fused ops compute x's layer (checked per call: cheap, and tests switch the env). Where
+    Metal exists its own kernels' gate decides (macllm/kernels), even for work sent to the CPU."""
     return (extension is not None and x.dtype == mx.float32
-            and os.environ.get(ENV, "auto").strip().lower() != "off" and mx.default_device() == mx.cpu)
+            and os.environ.get(ENV, "auto").strip().lower() != "off" and mx.default_device() == mx.cpu
+            and not gate.metal_available())
 
 
 def rms_norm(x: mx.array, weight: mx.array, eps: float) -> mx.array:

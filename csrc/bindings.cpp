@@ -8,6 +8,7 @@
 #include "gather_qmm.h"
 #include "qmm_dispatch.h"
 #include "qmm_primitive.h"
+#include "qmm_transposed.h"
 #include "thread_pool.h"
 
 namespace nb = nanobind;
@@ -21,6 +22,9 @@ NB_MODULE(_cpu_quant, m) {
   m.def("quantized_matmul_lora", &macllm_cpu::quantized_matmul_lora, "x"_a, "w"_a, "scales"_a, "biases"_a, "a"_a,
         "b"_a, "scale"_a, "group_size"_a, "bits"_a, nb::kw_only(), "stream"_a = nb::none(),
         "x @ dequantize(w)^T + scale * (x @ a) @ b in one node (a LoRA adapter on a quantized layer).");
+  m.def("quantized_matmul_transposed", &macllm_cpu::quantized_matmul_transposed, "cot"_a, "w"_a, "scales"_a,
+        "biases"_a, "group_size"_a, "bits"_a, nb::kw_only(), "stream"_a = nb::none(),
+        "cot @ dequantize(w) (mx.quantized_matmul with transpose=False): the gradient's product.");
   m.def("gather_quantized_matmul", &macllm_cpu::gather_quantized_matmul, "x"_a, "w"_a, "scales"_a, "biases"_a,
         "indices"_a, "group_size"_a, "bits"_a, nb::kw_only(), "stream"_a = nb::none(),
         "Each row of x times its expert's quantized matrix (mx.gather_qmm, rhs indices, transpose=True, affine).");

@@ -59,6 +59,13 @@ void prepare_rows(const mx::array& x, int K, int bits, int group_size, float* xp
 }
 
 
+using SgemmFn = void (*)(int order, int trans_a, int trans_b, int m, int n, int k, float alpha, const float* a,
+                         int lda, const float* b, int ldb, float beta, float* c, int ldc);
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;  // CBLAS enum values
+
+// The process's cblas_sgemm if it is a fast one (OpenBLAS or Accelerate), else nullptr (qmm_primitive.cpp).
+SgemmFn fast_sgemm();
+
 // The weights as the kernels read them: row-major (a copy node only where they are not already).
 inline mx::array row_contiguous(const mx::array& a, const mx::Stream& s) {
   if (a.is_available() && a.flags().row_contiguous) return a;

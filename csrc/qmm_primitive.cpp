@@ -10,6 +10,7 @@
 #include "mlx/backend/cpu/encoder.h"
 #include "qmm_dispatch.h"
 #include "qmm_prepare.h"
+#include "qmm_transposed.h"
 #include "thread_pool.h"
 
 namespace macllm_cpu {
@@ -46,22 +47,6 @@ void run_task(void* ctx, int task) {
 // BLAS's sgemm (MLX's OpenBLAS on Linux, Accelerate on macOS), ~2x faster than the row kernels at 256
 // rows (docs/kernels.md). 0 turns it off (set_prefill_rows, for tests and measurements).
 std::atomic<int> prefill_rows{32};
-
-using SgemmFn = void (*)(int order, int trans_a, int trans_b, int m, int n, int k, float alpha, const float* a,
-                         int lda, const float* b, int ldb, float beta, float* c, int ldc);
-constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;  // CBLAS enum values
-
-// The process's cblas_sgemm if it is a fast one: Accelerate on macOS; on Linux only OpenBLAS (which
-// macllm loads before MLX), never the reference BLAS MLX's wheel links otherwise.
-SgemmFn fast_sgemm() {
-  static const SgemmFn fn = []() -> SgemmFn {
-#if !defined(__APPLE__)
-    if (dlsym(RTLD_DEFAULT, "openblas_get_num_threads") == nullptr) return nullptr;
-#endif
-    return reinterpret_cast<SgemmFn>(dlsym(RTLD_DEFAULT, "cblas_sgemm"));
-  }();
-  return fn;
-}
 
 // out = x @ dequantize(w)^T through tiles of dequantized rows and sgemm (x in the kernels' order, and
 // the tiles in the same order, so the product is unchanged).
@@ -194,6 +179,19 @@ void run_rows(Job& job) {
 
 }  // namespace
 
+// The process's cblas_sgemm if it is a fast one: Accelerate on macOS; on Linux only OpenBLAS (which
+// macllm loads before MLX), never the reference BLAS MLX's wheel links otherwise.
+SgemmFn fast_sgemm() {
+  static const SgemmFn fn = []() -> SgemmFn {
+#if !defined(__APPLE__)
+    if (dlsym(RTLD_DEFAULT, "openblas_get_num_threads") == nullptr) return nullptr;
+#endif
+    return reinterpret_cast<SgemmFn>(dlsym(RTLD_DEFAULT, "cblas_sgemm"));
+  }();
+  return fn;
+}
+
+
 void set_prefill_rows(int rows) { prefill_rows.store(rows < 0 ? 0 : rows); }
 int get_prefill_rows() { return prefill_rows.load(); }
 bool prefill_uses_sgemm() { return fast_sgemm() != nullptr; }
@@ -272,9 +270,7 @@ std::vector<mx::array> QuantizedMatmul::jvp(const std::vector<mx::array>& primal
   return {quantized_matmul(tangents[0], primals[1], primals[2], primals[3], group_size_, bits_, stream())};
 }
 
-// d(x W^T)/dx is cotangent @ W: MLX's own quantized product with transpose=false (our kernels do
-// only the forward layout). Scales and biases go to the cotangent's dtype so the gradient keeps
-// its precision (MLX's CPU op wants one dtype for all three). With a LoRA delta, x, a and b also get
+// d(x W^T)/dx is cotangent @ W: our transposed product (qmm_transposed.cpp). With a LoRA delta, x, a and b also get
 // the delta's gradients (QLoRA training differentiates a and b).
 std::vector<mx::array> QuantizedMatmul::vjp(const std::vector<mx::array>& primals,
                                             const std::vector<mx::array>& cotangents,
@@ -287,8 +283,7 @@ std::vector<mx::array> QuantizedMatmul::vjp(const std::vector<mx::array>& primal
   std::vector<mx::array> grads;
   for (int arg : argnums) {
     if (arg == 0) {
-      mx::array g = mx::quantized_matmul(cot, primals[1], mx::astype(primals[2], dt, s),
-                                         mx::astype(primals[3], dt, s), false, group_size_, bits_, "affine", s);
+      mx::array g = quantized_matmul_transposed(cot, primals[1], primals[2], primals[3], group_size_, bits_, s);
       if (lora_) {  // + scale * cot @ b^T @ a^T
         const mx::array cb = mx::matmul(cot, mx::transpose(mx::astype(primals[5], dt, s), s), s);
         g = mx::add(g, mx::multiply(scale, mx::matmul(cb, mx::transpose(mx::astype(primals[4], dt, s), s), s), s), s);

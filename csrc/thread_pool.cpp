@@ -100,7 +100,10 @@ void ThreadPool::worker_loop() {
     int spins = 0;
     while (generation_of(state_.load(std::memory_order_acquire)) == seen && !stop_.load(std::memory_order_relaxed)) {
       MACLLM_PAUSE();
-      if (++spins % 128 == 0 && std::chrono::steady_clock::now() - start > spin_time()) {
+      // Now and then offer the core: when the threads outnumber the cores (Python building the next
+      // step's graph beside the kernels), a pure spin would hold a core that thread needs.
+      if (++spins % 32 == 0) std::this_thread::yield();
+      if (spins % 128 == 0 && std::chrono::steady_clock::now() - start > spin_time()) {
         std::unique_lock<std::mutex> lock(sleep_mutex_);
         sleepers_.fetch_add(1, std::memory_order_seq_cst);
         wake_.wait(lock, [&] {

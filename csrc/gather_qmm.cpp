@@ -73,12 +73,6 @@ void run_gather_task(void* ctx, int task) {
   }
 }
 
-template <typename T>
-void store(const std::vector<float>& src, mx::array& out) {
-  T* dst = out.data<T>();
-  for (size_t i = 0; i < src.size(); ++i) dst[i] = static_cast<T>(src[i]);
-}
-
 void compute(const mx::array& x, const mx::array& w, const mx::array& scales, const mx::array& biases,
              const mx::array& indices, mx::array& out, int group_size, int bits) {
   const int K = static_cast<int>(x.shape(-1)), M = static_cast<int>(x.shape(-2));
@@ -124,11 +118,7 @@ void compute(const mx::array& x, const mx::array& w, const mx::array& scales, co
     for (int c = 0; c < chunks; ++c) job.tasks.emplace_back(static_cast<int>(si), c);
   }
   pool.parallel_for(static_cast<int>(job.tasks.size()), run_gather_task, &job);
-  if (out.dtype() == mx::float16) {
-    store<mx::float16_t>(result, out);
-  } else if (out.dtype() == mx::bfloat16) {
-    store<mx::bfloat16_t>(result, out);
-  }
+  if (out.dtype() != mx::float32) store_floats(result.data(), result.size(), out);
 }
 
 }  // namespace
@@ -137,19 +127,12 @@ mx::array gather_quantized_matmul(const mx::array& x, const mx::array& w, const 
                                   const mx::array& biases, const mx::array& indices, int group_size, int bits,
                                   mx::StreamOrDevice s) {
   const mx::Stream stream = mx::to_stream(s);
-  check(stream.device == mx::Device::cpu, "runs on the CPU only");
-  check(bits == 2 || bits == 3 || bits == 4 || bits == 5 || bits == 6 || bits == 8, "bits must be 2, 3, 4, 5, 6 or 8");
-  check(group_size == 32 || group_size == 64 || group_size == 128, "group_size must be 32, 64 or 128");
   check(x.ndim() >= 2 && is_float(x.dtype()), "x must be a float array (..., rows, K)");
-  check(w.ndim() == 3 && w.dtype() == mx::uint32, "w must be a 3-D uint32 array (experts, N, packed K)");
+  check(w.ndim() == 3, "w must be a 3-D uint32 array (experts, N, packed K)");
   check(mx::issubdtype(indices.dtype(), mx::integer), "indices must be integers");
-  const int K = static_cast<int>(w.shape(2)) * 32 / bits;
+  const int K = bits > 0 ? static_cast<int>(w.shape(2)) * 32 / bits : 0;
+  check_quantized("gather_quantized_matmul", stream, w, scales, biases, group_size, bits, K);
   check(x.shape(-1) == K, "x's last dimension must match w's");
-  check(K % group_size == 0 && K / group_size <= kMaxGroups, "K must be a multiple of group_size");
-  check(scales.ndim() == 3 && scales.shape(0) == w.shape(0) && scales.shape(1) == w.shape(1) &&
-            scales.shape(2) == K / group_size && is_float(scales.dtype()),
-        "scales must be float (experts, N, K / group_size)");
-  check(biases.shape() == scales.shape() && biases.dtype() == scales.dtype(), "biases must match scales");
   const mx::Shape x_batch(x.shape().begin(), x.shape().end() - 2);
   const mx::Shape batch = mx::broadcast_shapes(x_batch, indices.shape());
   mx::Shape x_shape = batch, out_shape = batch;

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 
 #include "mlx/mlx.h"
 #include "qmm_kernels.h"
@@ -70,6 +72,38 @@ SgemmFn fast_sgemm();
 inline mx::array row_contiguous(const mx::array& a, const mx::Stream& s) {
   if (a.is_available() && a.flags().row_contiguous) return a;
   return mx::contiguous(a, false, s);
+}
+
+// Throws std::invalid_argument("[macllm <op>] <what>") unless ok: MLX turns it into a Python ValueError.
+inline void check_op(bool ok, const char* op, const std::string& what) {
+  if (!ok) throw std::invalid_argument(std::string("[macllm ") + op + "] " + what);
+}
+
+// The checks every quantized product shares: the CPU, the packing, and scales/biases of `groups` per
+// row matching w's rows (w's last two axes are the matrix; stacked experts lead).
+inline void check_quantized(const char* op, const mx::Stream& stream, const mx::array& w, const mx::array& scales,
+                            const mx::array& biases, int group_size, int bits, int K) {
+  check_op(stream.device == mx::Device::cpu, op, "runs on the CPU only");
+  check_op(bits == 2 || bits == 3 || bits == 4 || bits == 5 || bits == 6 || bits == 8, op,
+           "bits must be 2, 3, 4, 5, 6 or 8");
+  check_op(group_size == 32 || group_size == 64 || group_size == 128, op, "group_size must be 32, 64 or 128");
+  check_op(w.dtype() == mx::uint32, op, "w must be uint32 (MLX's packing)");
+  check_op(K % group_size == 0 && K / group_size <= kMaxGroups, op, "K must be a multiple of group_size");
+  mx::Shape expected = w.shape();
+  expected.back() = K / group_size;
+  check_op(scales.shape() == expected && is_float(scales.dtype()), op, "scales must be float (..., N, K / group_size)");
+  check_op(biases.shape() == scales.shape() && biases.dtype() == scales.dtype(), op, "biases must match scales");
+}
+
+// Float results into a float16 or bfloat16 output.
+inline void store_floats(const float* src, size_t count, mx::array& out) {
+  if (out.dtype() == mx::float16) {
+    auto* dst = out.data<mx::float16_t>();
+    for (size_t i = 0; i < count; ++i) dst[i] = static_cast<mx::float16_t>(src[i]);
+  } else {
+    auto* dst = out.data<mx::bfloat16_t>();
+    for (size_t i = 0; i < count; ++i) dst[i] = static_cast<mx::bfloat16_t>(src[i]);
+  }
 }
 
 // prepare_rows for any float dtype of x.

@@ -118,12 +118,6 @@ void add_lora(const float* xp, const mx::array& a, const mx::array& b, float sca
   }
 }
 
-template <typename T>
-void store(const std::vector<float>& src, mx::array& out) {
-  T* dst = out.data<T>();
-  for (size_t i = 0; i < src.size(); ++i) dst[i] = static_cast<T>(src[i]);
-}
-
 void compute(const mx::array& x, const mx::array& w, const mx::array& scales, const mx::array& biases,
              const mx::array* a, const mx::array* b, float lora_scale, mx::array& out, int group_size, int bits) {
   const int K = static_cast<int>(x.shape(-1));
@@ -160,11 +154,7 @@ void compute(const mx::array& x, const mx::array& w, const mx::array& scales, co
     run_rows(job);
   }
   if (a != nullptr) add_lora(xp.data(), *a, *b, lora_scale, M, K, N, bits, out_f);
-  if (out.dtype() == mx::float16) {
-    store<mx::float16_t>(result, out);
-  } else if (out.dtype() == mx::bfloat16) {
-    store<mx::bfloat16_t>(result, out);
-  }
+  if (out.dtype() != mx::float32) store_floats(result.data(), result.size(), out);
 }
 
 void run_rows(Job& job) {
@@ -213,20 +203,14 @@ mx::array quantized_matmul_lora(const mx::array& x, const mx::array& w, const mx
 mx::array quantized_matmul(const mx::array& x, const mx::array& w, const mx::array& scales,
                            const mx::array& biases, int group_size, int bits, mx::StreamOrDevice s) {
   const mx::Stream stream = mx::to_stream(s);
-  check(stream.device == mx::Device::cpu, "runs on the CPU only");
-  check(bits == 2 || bits == 3 || bits == 4 || bits == 5 || bits == 6 || bits == 8, "bits must be 2, 3, 4, 5, 6 or 8");
-  check(group_size == 32 || group_size == 64 || group_size == 128, "group_size must be 32, 64 or 128");
+  check(w.ndim() == 2, "w must be a 2-D uint32 array");
   check(x.ndim() >= 1 && is_float(x.dtype()), "x must be a float array");
-  check(w.ndim() == 2 && w.dtype() == mx::uint32, "w must be a 2-D uint32 array");
-  const int K = static_cast<int>(w.shape(1)) * 32 / bits;
+  const int K = bits > 0 ? static_cast<int>(w.shape(1)) * 32 / bits : 0;
   const int N = static_cast<int>(w.shape(0));
+  check_quantized("quantized_matmul", stream, w, scales, biases, group_size, bits, K);
   std::ostringstream shapes;
   shapes << "x has " << x.shape(-1) << " columns, w holds " << K;
   check(x.shape(-1) == K, shapes.str());
-  check(K % group_size == 0 && K / group_size <= kMaxGroups, "K must be a multiple of group_size");
-  check(scales.ndim() == 2 && scales.shape(0) == N && scales.shape(1) == K / group_size && is_float(scales.dtype()),
-        "scales must be float (N, K / group_size)");
-  check(biases.shape() == scales.shape() && biases.dtype() == scales.dtype(), "biases must match scales");
   mx::Shape out_shape = x.shape();
   out_shape.back() = N;
   return mx::array(out_shape, mx::promote_types(x.dtype(), scales.dtype()),

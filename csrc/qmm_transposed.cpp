@@ -34,12 +34,6 @@ void rows_to_floats(const mx::array& a, int width, float* dst) {
   }
 }
 
-template <typename T>
-void store_rows(const float* src, size_t count, mx::array& out) {
-  T* dst = out.data<T>();
-  for (size_t i = 0; i < count; ++i) dst[i] = static_cast<T>(src[i]);
-}
-
 void compute(const mx::array& cot, const mx::array& w, const mx::array& scales, const mx::array& biases,
              mx::array& out, int group_size, int bits) {
   const int N = static_cast<int>(w.shape(0));
@@ -101,10 +95,8 @@ void compute(const mx::array& cot, const mx::array& w, const mx::array& scales, 
   const size_t total = static_cast<size_t>(M) * K;
   if (out.dtype() == mx::float32) {
     std::copy(result.begin(), result.begin() + total, out.data<float>());
-  } else if (out.dtype() == mx::float16) {
-    store_rows<mx::float16_t>(result.data(), total, out);
   } else {
-    store_rows<mx::bfloat16_t>(result.data(), total, out);
+    store_floats(result.data(), total, out);
   }
 }
 
@@ -113,17 +105,11 @@ void compute(const mx::array& cot, const mx::array& w, const mx::array& scales, 
 mx::array quantized_matmul_transposed(const mx::array& cot, const mx::array& w, const mx::array& scales,
                                       const mx::array& biases, int group_size, int bits, mx::StreamOrDevice s) {
   const mx::Stream stream = mx::to_stream(s);
-  check(stream.device == mx::Device::cpu, "runs on the CPU only");
-  check(bits == 2 || bits == 3 || bits == 4 || bits == 5 || bits == 6 || bits == 8, "bits must be 2, 3, 4, 5, 6 or 8");
-  check(group_size == 32 || group_size == 64 || group_size == 128, "group_size must be 32, 64 or 128");
   check(cot.ndim() >= 1 && is_float(cot.dtype()), "the cotangent must be a float array");
-  check(w.ndim() == 2 && w.dtype() == mx::uint32, "w must be a 2-D uint32 array");
-  const int N = static_cast<int>(w.shape(0)), K = static_cast<int>(w.shape(1)) * 32 / bits;
+  check(w.ndim() == 2, "w must be a 2-D uint32 array");
+  const int N = static_cast<int>(w.shape(0)), K = bits > 0 ? static_cast<int>(w.shape(1)) * 32 / bits : 0;
+  check_quantized("quantized_matmul_transposed", stream, w, scales, biases, group_size, bits, K);
   check(cot.shape(-1) == N, "the cotangent's last dimension must be w's rows");
-  check(K % group_size == 0 && K / group_size <= kMaxGroups, "K must be a multiple of group_size");
-  check(scales.ndim() == 2 && scales.shape(0) == N && scales.shape(1) == K / group_size && is_float(scales.dtype()),
-        "scales must be float (N, K / group_size)");
-  check(biases.shape() == scales.shape() && biases.dtype() == scales.dtype(), "biases must match scales");
   mx::Shape shape = cot.shape();
   shape.back() = K;
   return mx::array(shape, mx::promote_types(cot.dtype(), scales.dtype()),

@@ -346,7 +346,7 @@ def decode_steps(model, cache: list[LayerCache], first: Step, history: list[int]
     history = list(history)
     pending = first
     produced = 0
-    last = time.process_time()
+    last = time.perf_counter()
     while True:
         if hand_over is not None and hand_over():
             if ahead is not None:
@@ -380,8 +380,8 @@ def decode_steps(model, cache: list[LayerCache], first: Step, history: list[int]
         yield Step(pending.token_id, pending.logprob, pending.alternatives, True, pending.drafted)
 
         outcome = resolve(verdict, room)
-        now = time.process_time()
-        plan.observe(proposal.size, now - last)  # the whole round's CPU time: proposing, graph building, the model
+        now = time.perf_counter()
+        plan.observe(proposal.size, now - last)  # the whole round: proposing, graph building and the wait
         last = now
         proposer.settle(outcome.proposed)
         trim_cache(cache, proposal.size - outcome.kept)  # the cache keeps `pending` and the kept guesses

@@ -16,8 +16,8 @@ class ThreadPool {
  public:
   using TaskFn = void (*)(void* ctx, int task);
 
-  // The process-wide pool: MACLLM_CPU_THREADS threads in all (default: the cores less one, at least
-  // one), the calling thread being one of them.
+  // The process-wide pool: MACLLM_CPU_THREADS threads in all (default: every core), the
+  // calling thread being one of them.
   static ThreadPool& instance();
 
   int threads() const { return static_cast<int>(workers_.size()) + 1; }

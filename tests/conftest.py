@@ -103,6 +103,14 @@ def shared_data(name: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def module_home(tmp_path_factory):
+    """A private $MACLLM_HOME for one test module (its engines, adapters and caches land there)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MACLLM_HOME", str(tmp_path_factory.mktemp("module-home")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_gguf(tmp_path_factory) -> Path:
     return tiny_models.write_tiny_gguf(tmp_path_factory.mktemp("tiny-gguf") / "tiny-llama.gguf")

@@ -30,14 +30,7 @@ HELLO = [{"role": "user", "content": "hello 0"}]  # its greedy answer runs past 
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MACLLM_HOME", str(tmp_path_factory.mktemp("serve-home")))
-        yield
-
-
-@pytest.fixture(scope="module")
-def engine(home, tmp_path_factory):
+def engine(module_home, tmp_path_factory):
     folder = write_talkative_folder(tmp_path_factory.mktemp("serve-model") / "tiny-llama")
     with Engine(str(folder), progress=False) as e:
         cfg = e.loaded.config

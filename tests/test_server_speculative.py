@@ -26,13 +26,6 @@ HELLO = [{"role": "user", "content": "hello 0"}]  # its greedy answer runs past 
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MACLLM_HOME", str(tmp_path_factory.mktemp("spec-serve-home")))
-        yield
-
-
-@pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     """The model, and a draft: the same weights with a little noise, so it agrees with the model often, not always."""
     root = tmp_path_factory.mktemp("spec-serve-models")
@@ -46,7 +39,7 @@ def folders(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def engine(home, folders):
+def engine(module_home, folders):
     with Engine(str(folders[0]), progress=False) as e:
         yield e
 
@@ -135,7 +128,7 @@ def test_a_second_request_sends_the_first_back_to_the_batch_and_both_stay_exact(
     assert len(rounds) >= 2 and not rounds[-1]["handed_over"]  # and guessed again, alone, to its end
 
 
-def test_serve_refuses_a_draft_with_another_vocabulary_in_one_line(home, folders, tmp_path, capsys):
+def test_serve_refuses_a_draft_with_another_vocabulary_in_one_line(module_home, folders, tmp_path, capsys):
     other = tmp_path / "other-vocab"
     shutil.copytree(folders[1], other)
     spec = json.loads((other / "tokenizer.json").read_text())

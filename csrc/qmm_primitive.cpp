@@ -24,7 +24,14 @@ struct Job {
   Problem base;  // M = all rows
   RowsFn rows;
   int rows_per_task;
+  // A LoRA delta, added per run of columns by the task that computed them: scale * xa @ b, with
+  // xa = x @ a (M x r) computed before the rows.
+  const float* lora_xa = nullptr;
+  const mx::array* lora_b = nullptr;
+  float lora_scale = 0.0f;
 };
+
+void lora_columns(const Job& job, int n0, int n1);
 
 // One task: a run of output columns for every row of x, in blocks of kMaxRows rows so the weights
 // of the run stay in cache while the blocks pass over them.
@@ -41,6 +48,7 @@ void run_task(void* ctx, int task) {
     p.out = job.base.out + static_cast<size_t>(m0) * job.base.N;
     job.rows(p, n0, n1);
   }
+  if (job.lora_b != nullptr) lora_columns(job, n0, n1);
 }
 
 // Prefill: from this many rows of x, weight tiles are dequantized to float32 and multiplied by the
@@ -64,31 +72,33 @@ void prefill_sgemm(SgemmFn sgemm, const Problem& p) {
 
 void run_rows(Job& job);
 
-// x[k] of a prepared row (undoing the 4-bit order).
-inline float original_x(const float* row, int k, int bits) {
-  if (bits != 4) return row[k];
-  const int k0 = k & ~31, j = (k - k0) >> 1;
-  return (k & 1) ? row[k0 + 16 + j] : row[k0 + j];
-}
-
 template <typename T>
 void lora_xa(const float* xp, const mx::array& a, int M, int K, int bits, float* xa) {
   const int r = static_cast<int>(a.shape(1));
   const T* ap = a.data<T>();
+  // dst += xk * a[k, :] over r contiguous values: the loop the compiler vectorizes.
+  auto accumulate = [r](float* dst, float xk, const T* arow) {
+    for (int j = 0; j < r; ++j) dst[j] += xk * static_cast<float>(arow[j]);
+  };
   for (int m = 0; m < M; ++m) {
     float* dst = xa + static_cast<size_t>(m) * r;
     for (int j = 0; j < r; ++j) dst[j] = 0.0f;
     const float* row = xp + static_cast<size_t>(m) * K;
-    for (int k = 0; k < K; ++k) {
-      const float xk = original_x(row, k, bits);
-      const T* arow = ap + static_cast<size_t>(k) * r;
-      for (int j = 0; j < r; ++j) dst[j] += xk * static_cast<float>(arow[j]);
+    if (bits == 4) {  // the prepared row holds each run of 32 as its 16 even then its 16 odd values
+      for (int k0 = 0; k0 < K; k0 += 32) {
+        for (int i = 0; i < 16; ++i) {
+          accumulate(dst, row[k0 + i], ap + static_cast<size_t>(k0 + 2 * i) * r);
+          accumulate(dst, row[k0 + 16 + i], ap + static_cast<size_t>(k0 + 2 * i + 1) * r);
+        }
+      }
+    } else {
+      for (int k = 0; k < K; ++k) accumulate(dst, row[k], ap + static_cast<size_t>(k) * r);
     }
   }
 }
 
 template <typename T>
-void lora_add(const float* xa, const mx::array& b, int M, int N, float scale, float* out) {
+void lora_add(const float* xa, const mx::array& b, int M, int N, int n0, int n1, float scale, float* out) {
   const int r = static_cast<int>(b.shape(0));
   const T* bp = b.data<T>();
   for (int m = 0; m < M; ++m) {
@@ -96,25 +106,30 @@ void lora_add(const float* xa, const mx::array& b, int M, int N, float scale, fl
     for (int j = 0; j < r; ++j) {
       const float c = scale * xa[static_cast<size_t>(m) * r + j];
       const T* brow = bp + static_cast<size_t>(j) * N;
-      for (int n = 0; n < N; ++n) orow[n] += c * static_cast<float>(brow[n]);
+      for (int n = n0; n < n1; ++n) orow[n] += c * static_cast<float>(brow[n]);
     }
   }
 }
 
-// out += scale * (x @ a) @ b, in float32.
-void add_lora(const float* xp, const mx::array& a, const mx::array& b, float scale, int M, int K, int N, int bits,
-              float* out) {
-  thread_local std::vector<float> xa;
+// out[:, n0:n1] += scale * xa @ b[:, n0:n1], in float32.
+void lora_columns(const Job& job, int n0, int n1) {
+  const Problem& p = job.base;
+  switch (job.lora_b->dtype()) {
+    case mx::float32: lora_add<float>(job.lora_xa, *job.lora_b, p.M, p.N, n0, n1, job.lora_scale, p.out); break;
+    case mx::float16:
+      lora_add<mx::float16_t>(job.lora_xa, *job.lora_b, p.M, p.N, n0, n1, job.lora_scale, p.out);
+      break;
+    default: lora_add<mx::bfloat16_t>(job.lora_xa, *job.lora_b, p.M, p.N, n0, n1, job.lora_scale, p.out); break;
+  }
+}
+
+// xa = x @ a (M x r), in float32, from x's prepared rows.
+void lora_input(const float* xp, const mx::array& a, int M, int K, int bits, std::vector<float>& xa) {
   xa.resize(static_cast<size_t>(M) * a.shape(1));
   switch (a.dtype()) {
     case mx::float32: lora_xa<float>(xp, a, M, K, bits, xa.data()); break;
     case mx::float16: lora_xa<mx::float16_t>(xp, a, M, K, bits, xa.data()); break;
     default: lora_xa<mx::bfloat16_t>(xp, a, M, K, bits, xa.data()); break;
-  }
-  switch (b.dtype()) {
-    case mx::float32: lora_add<float>(xa.data(), b, M, N, scale, out); break;
-    case mx::float16: lora_add<mx::float16_t>(xa.data(), b, M, N, scale, out); break;
-    default: lora_add<mx::bfloat16_t>(xa.data(), b, M, N, scale, out); break;
   }
 }
 
@@ -146,14 +161,21 @@ void compute(const mx::array& x, const mx::array& w, const mx::array& scales, co
                      scales.data<void>(), biases.data<void>(), scale_type(scales.dtype()), out_f,
                      M, N, K, group_size, bits};
   job.rows = current_rows();
+  thread_local std::vector<float> xa;
+  if (a != nullptr) {  // the adapter's delta rides on the same tasks as the rows it adds to
+    lora_input(xp.data(), *a, M, K, bits, xa);
+    job.lora_xa = xa.data();
+    job.lora_b = b;
+    job.lora_scale = lora_scale;
+  }
   const int sgemm_from = prefill_rows.load();
   const SgemmFn sgemm = fast_sgemm();
   if (sgemm != nullptr && sgemm_from > 0 && M >= sgemm_from) {
     prefill_sgemm(sgemm, job.base);
+    if (a != nullptr) lora_columns(job, 0, N);
   } else {
     run_rows(job);
   }
-  if (a != nullptr) add_lora(xp.data(), *a, *b, lora_scale, M, K, N, bits, out_f);
   if (out.dtype() != mx::float32) store_floats(result.data(), result.size(), out);
 }
 

@@ -59,6 +59,31 @@ float dot(const float* a, const float* b, int count) {
   return total;
 }
 
+// acc (even groups) or acc_odd (odd groups) += scale * t: two chains of FMAs across the groups of a row
+// (one chain of dependent FMAs was the limit).
+template <int M>
+__attribute__((always_inline)) inline void add_group(int g, float scale, const __m256* t, __m256* acc,
+                                                     __m256* acc_odd) {
+  const __m256 s = _mm256_set1_ps(scale);
+  // A branch, not a pointer chosen at run time: the accumulators must stay in registers.
+  if (g & 1) {
+    for (int m = 0; m < M; ++m) acc_odd[m] = _mm256_fmadd_ps(s, t[m], acc_odd[m]);
+  } else {
+    for (int m = 0; m < M; ++m) acc[m] = _mm256_fmadd_ps(s, t[m], acc[m]);
+  }
+}
+
+// out[m, n]: the row's weighted sums plus the biases' term (the row's biases . x's group sums).
+template <int M>
+__attribute__((always_inline)) inline void finish_row(const Problem& p, int n, const __m256* acc,
+                                                      const __m256* acc_odd, const float* bb) {
+  const int G = p.K / p.group_size;
+  for (int m = 0; m < M; ++m) {
+    p.out[static_cast<size_t>(m) * p.N + n] =
+        hsum(_mm256_add_ps(acc[m], acc_odd[m])) + dot(bb, p.xsum + static_cast<size_t>(m) * G, G);
+  }
+}
+
 template <int M, int BITS>
 void rows(const Problem& p, int n0, int n1) {
   const int K = p.K, G = K / p.group_size, N = p.N;
@@ -69,7 +94,6 @@ void rows(const Problem& p, int n0, int n1) {
     row_to_floats(p.scale_type, p.scales, static_cast<size_t>(n) * G, G, sb);
     row_to_floats(p.scale_type, p.biases, static_cast<size_t>(n) * G, G, bb);
     const uint8_t* wr = p.w + n * row_bytes;
-    // Two accumulators per row (even and odd groups): one chain of dependent FMAs was the limit.
     __m256 acc[M], acc_odd[M];
     for (int m = 0; m < M; ++m) acc[m] = acc_odd[m] = _mm256_setzero_ps();
     for (int g = 0; g < G; ++g) {
@@ -102,16 +126,10 @@ void rows(const Problem& p, int n0, int n1) {
           }
         }
       }
-      const __m256 s = _mm256_set1_ps(sb[g]);
-      if (g & 1) {
-        for (int m = 0; m < M; ++m) acc_odd[m] = _mm256_fmadd_ps(s, _mm256_add_ps(t[m], t2[m]), acc_odd[m]);
-      } else {
-        for (int m = 0; m < M; ++m) acc[m] = _mm256_fmadd_ps(s, _mm256_add_ps(t[m], t2[m]), acc[m]);
-      }
+      for (int m = 0; m < M; ++m) t[m] = _mm256_add_ps(t[m], t2[m]);
+      add_group<M>(g, sb[g], t, acc, acc_odd);
     }
-    for (int m = 0; m < M; ++m) {
-      p.out[static_cast<size_t>(m) * N + n] = hsum(_mm256_add_ps(acc[m], acc_odd[m])) + dot(bb, p.xsum + static_cast<size_t>(m) * G, G);
-    }
+    finish_row<M>(p, n, acc, acc_odd, bb);
   }
 }
 
@@ -137,7 +155,6 @@ void rows_packed(const Problem& p, int n0, int n1) {
     row_to_floats(p.scale_type, p.scales, static_cast<size_t>(n) * G, G, sb);
     row_to_floats(p.scale_type, p.biases, static_cast<size_t>(n) * G, G, bb);
     const uint8_t* wr = p.w + n * row_bytes;
-    // Two accumulators per row (even and odd groups): one chain of dependent FMAs was the limit.
     __m256 acc[M], acc_odd[M];
     for (int m = 0; m < M; ++m) acc[m] = acc_odd[m] = _mm256_setzero_ps();
     // A chunk's 16-byte load reads past its row: only rows near the matrix's end check each chunk.
@@ -161,16 +178,9 @@ void rows_packed(const Problem& p, int n0, int n1) {
           t[m] = _mm256_fmadd_ps(q, _mm256_loadu_ps(p.x + static_cast<size_t>(m) * K + k0), t[m]);
         }
       }
-      const __m256 s = _mm256_set1_ps(sb[g]);
-      if (g & 1) {
-        for (int m = 0; m < M; ++m) acc_odd[m] = _mm256_fmadd_ps(s, t[m], acc_odd[m]);
-      } else {
-        for (int m = 0; m < M; ++m) acc[m] = _mm256_fmadd_ps(s, t[m], acc[m]);
-      }
+      add_group<M>(g, sb[g], t, acc, acc_odd);
     }
-    for (int m = 0; m < M; ++m) {
-      p.out[static_cast<size_t>(m) * N + n] = hsum(_mm256_add_ps(acc[m], acc_odd[m])) + dot(bb, p.xsum + static_cast<size_t>(m) * G, G);
-    }
+    finish_row<M>(p, n, acc, acc_odd, bb);
   }
 }
 

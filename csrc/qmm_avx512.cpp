@@ -55,9 +55,34 @@ float dot(const float* a, const float* b, int count) {
   return _mm512_reduce_add_ps(acc);
 }
 
+// acc (even groups) or acc_odd (odd groups) += scale * t: two chains of FMAs across the groups of a row
+// (one chain of dependent FMAs was the limit).
+template <int M>
+__attribute__((always_inline)) inline void add_group(int g, float scale, const __m512* t, __m512* acc,
+                                                     __m512* acc_odd) {
+  const __m512 s = _mm512_set1_ps(scale);
+  // A branch, not a pointer chosen at run time: the accumulators must stay in registers.
+  if (g & 1) {
+    for (int m = 0; m < M; ++m) acc_odd[m] = _mm512_fmadd_ps(s, t[m], acc_odd[m]);
+  } else {
+    for (int m = 0; m < M; ++m) acc[m] = _mm512_fmadd_ps(s, t[m], acc[m]);
+  }
+}
+
+// out[m, n]: the row's weighted sums plus the biases' term (the row's biases . x's group sums).
+template <int M>
+__attribute__((always_inline)) inline void finish_row(const Problem& p, int n, const __m512* acc,
+                                                      const __m512* acc_odd, const float* bb) {
+  const int G = p.K / p.group_size;
+  for (int m = 0; m < M; ++m) {
+    p.out[static_cast<size_t>(m) * p.N + n] =
+        _mm512_reduce_add_ps(_mm512_add_ps(acc[m], acc_odd[m])) + dot(bb, p.xsum + static_cast<size_t>(m) * G, G);
+  }
+}
+
 template <int M, int BITS>
 void rows(const Problem& p, int n0, int n1) {
-  const int K = p.K, G = K / p.group_size, N = p.N;
+  const int K = p.K, G = K / p.group_size;
   const size_t row_bytes = static_cast<size_t>(K) * BITS / 8;
   float sb[kMaxGroups], bb[kMaxGroups];
   const __m512i low4 = _mm512_set1_epi32(15);
@@ -65,7 +90,6 @@ void rows(const Problem& p, int n0, int n1) {
     row_to_floats(p.scale_type, p.scales, static_cast<size_t>(n) * G, G, sb);
     row_to_floats(p.scale_type, p.biases, static_cast<size_t>(n) * G, G, bb);
     const uint8_t* wr = p.w + n * row_bytes;
-    // Two accumulators per row (even and odd groups): one chain of dependent FMAs was the limit.
     __m512 acc[M], acc_odd[M];
     for (int m = 0; m < M; ++m) acc[m] = acc_odd[m] = _mm512_setzero_ps();
     for (int g = 0; g < G; ++g) {
@@ -83,7 +107,6 @@ void rows(const Problem& p, int n0, int n1) {
             t_hi[m] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xm + 16), t_hi[m]);
           }
         }
-        for (int m = 0; m < M; ++m) t[m] = _mm512_add_ps(t[m], t_hi[m]);
       } else {
         for (int k0 = g * p.group_size; k0 < k_end; k0 += 32) {  // group sizes are multiples of 32
           const __m512 q0 = _mm512_cvtepi32_ps(
@@ -96,19 +119,11 @@ void rows(const Problem& p, int n0, int n1) {
             t_hi[m] = _mm512_fmadd_ps(q1, _mm512_loadu_ps(xm + 16), t_hi[m]);
           }
         }
-        for (int m = 0; m < M; ++m) t[m] = _mm512_add_ps(t[m], t_hi[m]);
       }
-      const __m512 s = _mm512_set1_ps(sb[g]);
-      if (g & 1) {
-        for (int m = 0; m < M; ++m) acc_odd[m] = _mm512_fmadd_ps(s, t[m], acc_odd[m]);
-      } else {
-        for (int m = 0; m < M; ++m) acc[m] = _mm512_fmadd_ps(s, t[m], acc[m]);
-      }
+      for (int m = 0; m < M; ++m) t[m] = _mm512_add_ps(t[m], t_hi[m]);
+      add_group<M>(g, sb[g], t, acc, acc_odd);
     }
-    for (int m = 0; m < M; ++m) {
-      p.out[static_cast<size_t>(m) * N + n] =
-          _mm512_reduce_add_ps(_mm512_add_ps(acc[m], acc_odd[m])) + dot(bb, p.xsum + static_cast<size_t>(m) * G, G);
-    }
+    finish_row<M>(p, n, acc, acc_odd, bb);
   }
 }
 
@@ -166,17 +181,10 @@ void packed_row(const Problem& p, const PackedUnpacker<BITS>& unpack, const floa
         t2[m] = _mm512_fmadd_ps(q1, _mm512_loadu_ps(xm + 16), t2[m]);
       }
     }
-    const __m512 s = _mm512_set1_ps(sb[g]);
-    if (g & 1) {
-      for (int m = 0; m < M; ++m) acc_odd[m] = _mm512_fmadd_ps(s, _mm512_add_ps(t[m], t2[m]), acc_odd[m]);
-    } else {
-      for (int m = 0; m < M; ++m) acc[m] = _mm512_fmadd_ps(s, _mm512_add_ps(t[m], t2[m]), acc[m]);
-    }
+    for (int m = 0; m < M; ++m) t[m] = _mm512_add_ps(t[m], t2[m]);
+    add_group<M>(g, sb[g], t, acc, acc_odd);
   }
-  for (int m = 0; m < M; ++m) {
-    p.out[static_cast<size_t>(m) * p.N + n] =
-        _mm512_reduce_add_ps(_mm512_add_ps(acc[m], acc_odd[m])) + dot(bb, p.xsum + static_cast<size_t>(m) * G, G);
-  }
+  finish_row<M>(p, n, acc, acc_odd, bb);
 }
 
 // 2, 3, 5 and 6 bits: a row is a little-endian bit stream, value k at bit k * BITS. Sixteen values

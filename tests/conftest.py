@@ -103,6 +103,21 @@ def shared_data(name: str) -> Path:
     return path
 
 
+# The start of a script run in a child process that writes a notes index slowly: each file's transaction
+# sleeps a little, so a kill -9 lands mid-write (argv: index path, embedder folder, notes folder).
+SLOW_INDEX_WRITES = """
+import sys, time
+import macllm
+from macllm.rag import store as store_module
+from macllm.rag.embedder import Embedder
+real = store_module.cjk_terms
+def slow(text):  # called inside each file's transaction: a kill lands mid-write
+    time.sleep(0.01)
+    return real(text)
+store_module.cjk_terms = slow
+"""
+
+
 @pytest.fixture(scope="module")
 def module_home(tmp_path_factory):
     """A private $MACLLM_HOME for one test module (its engines, adapters and caches land there)."""

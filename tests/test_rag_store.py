@@ -16,6 +16,7 @@ import pytest
 from macllm.errors import MacllmError
 from macllm.rag.indexer import index_notes
 from macllm.rag.store import Store
+from tests.conftest import SLOW_INDEX_WRITES
 from tests.tiny_bert import write_tiny_bert
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,17 +139,8 @@ def test_damaged_or_foreign_file_is_a_clear_error(tmp_path):
         Store(tmp_path / "missing.sqlite", create=False)
 
 
-KILL_SCRIPT = """
-import sys, time
-import macllm
-from macllm.rag import store as store_module
-from macllm.rag.embedder import Embedder
+KILL_SCRIPT = SLOW_INDEX_WRITES + """
 from macllm.rag.indexer import index_notes
-real = store_module.cjk_terms
-def slow(text):  # called inside each file's transaction: a kill lands mid-write
-    time.sleep(0.01)
-    return real(text)
-store_module.cjk_terms = slow
 index_notes(store_module.Store(sys.argv[1]), Embedder(sys.argv[2]), [sys.argv[3]])
 """
 

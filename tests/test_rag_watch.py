@@ -15,6 +15,7 @@ from macllm.rag.indexer import index_notes
 from macllm.rag.status import file_statuses
 from macllm.rag.store import Store
 from macllm.rag.watch import watch_notes
+from tests.conftest import SLOW_INDEX_WRITES
 from tests.test_rag_store import consistent
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,17 +79,8 @@ def test_a_burst_of_1000_changes_is_one_pass_and_later_edits_follow(tmp_path, em
     consistent(store.path)
 
 
-WATCH_SCRIPT = """
-import sys, time
-import macllm
-from macllm.rag import store as store_module
-from macllm.rag.embedder import Embedder
+WATCH_SCRIPT = SLOW_INDEX_WRITES + """
 from macllm.rag.watch import watch_notes
-real = store_module.cjk_terms
-def slow(text):  # called inside each file's transaction: a kill lands mid-write
-    time.sleep(0.01)
-    return real(text)
-store_module.cjk_terms = slow
 watch_notes(store_module.Store(sys.argv[1]), Embedder(sys.argv[2]), [sys.argv[3]], lambda n, s: None,
             ready=lambda: print("ready", flush=True))
 """

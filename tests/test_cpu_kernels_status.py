@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import types
 
 import pytest
 
@@ -43,3 +44,13 @@ def test_the_switch_turns_the_kernel_off_and_rejects_bad_values(monkeypatch, tmp
 def test_which_layers_the_kernel_takes(monkeypatch, bits, group_size, mode, dims, ok):
     monkeypatch.setattr(cpu_kernels, "extension", object())
     assert cpu_kernels.handles(bits, group_size, mode, dims) == ok
+
+
+def test_a_module_built_from_older_sources_is_not_used(monkeypatch):
+    # A failed rebuild leaves the previous module: one lacking an op of these sources is refused whole.
+    stale = types.SimpleNamespace(**{name: None for name in cpu_kernels.OPS if name != "causal_softmax"},
+                                  isa=lambda: "avx2", threads=lambda: 1)
+    monkeypatch.setattr(cpu_kernels, "_cpu_quant", stale, raising=False)
+    module, why = cpu_kernels._import()
+    assert module is None
+    assert why == "built from older sources, without causal_softmax (scripts/setup.sh rebuilds it)"

@@ -28,6 +28,11 @@ MAX_GROUPS = 4096  # per row: the kernels keep a row's scales on the stack (csrc
 BUILD_FAILURE = Path(__file__).resolve().parents[2] / "build" / "cpu_kernels" / "FAILED"
 
 
+# What the module provides (csrc/bindings.cpp); one absent means it predates these sources.
+OPS = ("quantized_matmul", "quantized_matmul_lora", "quantized_matmul_transposed", "gather_quantized_matmul",
+       "rms_norm", "residual_rms_norm", "rotate_heads", "attend", "causal_softmax", "silu_mul")
+
+
 def _import() -> tuple[ModuleType | None, str]:
     try:
         from macllm.cpu_kernels import _cpu_quant  # type: ignore[attr-defined]
@@ -38,6 +43,10 @@ def _import() -> tuple[ModuleType | None, str]:
         if "_cpu_quant" in str(e) and "cannot import name" in str(e):
             return None, "not built (scripts/setup.sh builds it: needs a C++ compiler and cmake)"
         return None, f"cannot be loaded ({str(e).splitlines()[0][:160]})"
+    # A failed rebuild leaves the module built from older sources: all of it or none of it is used.
+    missing = [name for name in OPS if not hasattr(_cpu_quant, name)]
+    if missing:
+        return None, f"built from older sources, without {missing[0]} (scripts/setup.sh rebuilds it)"
     return _cpu_quant, f"built, {_cpu_quant.isa()} x {_cpu_quant.threads()} threads"
 
 
@@ -86,11 +95,6 @@ def gather_quantized_matmul(x: mx.array, w: mx.array, scales: mx.array, biases: 
     x through the quantized matrix of the expert its index names (mixture-of-experts layers)."""
     assert extension is not None, build_status
     return extension.gather_quantized_matmul(x, w, scales, biases, indices, group_size, bits)
-
-
-def handles_experts() -> bool:
-    """Whether the built module has the experts' gathered product (a module from older sources lacks it)."""
-    return extension is not None and hasattr(extension, "gather_quantized_matmul")
 
 
 def quantized_matmul_lora(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array, a: mx.array, b: mx.array,

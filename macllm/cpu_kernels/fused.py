@@ -12,12 +12,8 @@ import os
 
 import mlx.core as mx
 
-from macllm.cpu_kernels import ENV
-from macllm.cpu_kernels import extension as _built
+from macllm.cpu_kernels import ENV, extension
 from macllm.kernels import gate
-
-# A module built from older sources (a failed rebuild leaves the previous one) may lack these ops.
-extension = _built if _built is not None and hasattr(_built, "causal_softmax") else None
 
 # Beyond this many query rows MLX's attention (two BLAS matmuls) is faster than our per-row loop.
 MAX_ATTEND_QUERIES = 16

@@ -15,7 +15,6 @@ import mlx.nn as nn
 from macllm.cpu_kernels import (
     gather_quantized_matmul,
     handles,
-    handles_experts,
     quantized_matmul,
     quantized_matmul_lora,
 )
@@ -80,18 +79,12 @@ def _mlx_lm_experts_class(layer_class: type) -> type | None:
     return _KERNEL_CLASS[layer_class]
 
 
-def _is_experts(module: nn.Module) -> bool:
-    return module["weight"].ndim == 3
-
-
 def use_cpu_kernel(model: nn.Module) -> int:
     """Switch the quantized layers the kernel handles to it; returns how many were switched."""
     switched = 0
     for _, module in model.named_modules():
         kernel_class = _KERNEL_CLASS.get(type(module)) or _mlx_lm_experts_class(type(module))
         if kernel_class is None or module.get("biases") is None:
-            continue
-        if _is_experts(module) and not handles_experts():
             continue
         in_dims = module["weight"].shape[-1] * 32 // module.bits
         if handles(module.bits, module.group_size, getattr(module, "mode", "affine"), in_dims):

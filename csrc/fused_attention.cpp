@@ -63,14 +63,14 @@ mx::array attend(const mx::array& q, const mx::array& k, const mx::array& v, flo
                  mx::StreamOrDevice s) {
   const mx::Stream stream = mx::to_stream(s);
   constexpr const char* op = "attend";
-  check_fused(stream.device == mx::Device::cpu, op, "runs on the CPU only");
-  check_fused(q.dtype() == mx::float32 && k.dtype() == mx::float32 && v.dtype() == mx::float32, op,
+  check_op(stream.device == mx::Device::cpu, op, "runs on the CPU only");
+  check_op(q.dtype() == mx::float32 && k.dtype() == mx::float32 && v.dtype() == mx::float32, op,
               "q, k and v must be float32");
-  check_fused(q.ndim() == 4 && k.ndim() == 4 && v.ndim() == 4, op, "q, k and v must be (B, heads, length, D)");
-  check_fused(k.shape(0) == q.shape(0) && v.shape(0) == q.shape(0) && k.shape(3) == q.shape(3) &&
+  check_op(q.ndim() == 4 && k.ndim() == 4 && v.ndim() == 4, op, "q, k and v must be (B, heads, length, D)");
+  check_op(k.shape(0) == q.shape(0) && v.shape(0) == q.shape(0) && k.shape(3) == q.shape(3) &&
                   v.shape(1) == k.shape(1) && v.shape(2) == k.shape(2),
               op, "k and v must match q's batch and head width, and each other");
-  check_fused(k.shape(1) > 0 && q.shape(1) % k.shape(1) == 0, op, "query heads must be a multiple of kv heads");
+  check_op(k.shape(1) > 0 && q.shape(1) % k.shape(1) == 0, op, "query heads must be a multiple of kv heads");
   return mx::array({q.shape(0), q.shape(2), q.shape(1) * v.shape(3)}, mx::float32,
                    std::make_shared<Attend>(stream, scale, causal), {q, k, v});
 }

@@ -2,31 +2,17 @@
 #pragma once
 
 #include <cstdint>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/mlx.h"
+#include "op_check.h"
+#include "strided.h"
 
 namespace macllm_cpu {
 
 namespace mx = mlx::core;
-
-inline void check_fused(bool ok, const char* op, const std::string& what) {
-  if (!ok) throw std::invalid_argument(std::string("[macllm ") + op + "] " + what);
-}
-
-// Element offset of row `r` of `a`, the row being the last axis and the leading axes flattened in
-// row-major order: inputs may be views (slices, transposes) and are read where they lie.
-inline int64_t row_offset(const mx::array& a, size_t r) {
-  int64_t offset = 0;
-  for (int d = static_cast<int>(a.ndim()) - 2; d >= 0; --d) {
-    offset += static_cast<int64_t>(r % a.shape(d)) * a.strides()[d];
-    r /= a.shape(d);
-  }
-  return offset;
-}
 
 // Allocates the outputs and runs fn(inputs, outputs) on the stream's worker thread, where MLX runs
 // every CPU kernel in graph order.

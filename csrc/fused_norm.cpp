@@ -10,9 +10,9 @@ namespace {
 constexpr const char* kOp = "rms_norm";
 
 void check_norm_inputs(const mx::array& x, const mx::array& w, const mx::Stream& s) {
-  check_fused(s.device == mx::Device::cpu, kOp, "runs on the CPU only");
-  check_fused(x.dtype() == mx::float32 && w.dtype() == mx::float32, kOp, "x and w must be float32");
-  check_fused(x.ndim() >= 1 && w.ndim() == 1 && w.shape(0) == x.shape(-1), kOp, "w must have x's last dimension");
+  check_op(s.device == mx::Device::cpu, kOp, "runs on the CPU only");
+  check_op(x.dtype() == mx::float32 && w.dtype() == mx::float32, kOp, "x and w must be float32");
+  check_op(x.ndim() >= 1 && w.ndim() == 1 && w.shape(0) == x.shape(-1), kOp, "w must have x's last dimension");
 }
 
 // One row: h = x (+ r), y = h * rsqrt(mean(h^2) + eps) * w. The sum of squares is float32, as MLX's.
@@ -42,7 +42,7 @@ std::vector<mx::array> residual_rms_norm(const mx::array& x, const mx::array& r,
                                          mx::StreamOrDevice s) {
   const mx::Stream stream = mx::to_stream(s);
   check_norm_inputs(x, w, stream);
-  check_fused(r.shape() == x.shape() && r.dtype() == mx::float32, kOp, "the residual must match x");
+  check_op(r.shape() == x.shape() && r.dtype() == mx::float32, kOp, "the residual must match x");
   return mx::array::make_arrays({x.shape(), x.shape()}, {mx::float32, mx::float32},
                                 std::make_shared<RmsNorm>(stream, eps, true), {x, r, w});
 }

@@ -7,12 +7,12 @@ namespace macllm_cpu {
 mx::array rotate_heads(const mx::array& x, const mx::array& cos, const mx::array& sin, mx::StreamOrDevice s) {
   const mx::Stream stream = mx::to_stream(s);
   constexpr const char* op = "rotate_heads";
-  check_fused(stream.device == mx::Device::cpu, op, "runs on the CPU only");
-  check_fused(x.dtype() == mx::float32 && cos.dtype() == mx::float32 && sin.dtype() == mx::float32, op,
+  check_op(stream.device == mx::Device::cpu, op, "runs on the CPU only");
+  check_op(x.dtype() == mx::float32 && cos.dtype() == mx::float32 && sin.dtype() == mx::float32, op,
               "x and the tables must be float32");
-  check_fused(x.ndim() == 4 && cos.ndim() == 2 && sin.shape() == cos.shape(), op,
+  check_op(x.ndim() == 4 && cos.ndim() == 2 && sin.shape() == cos.shape(), op,
               "x must be (B, L, H, D) and cos, sin (L, R)");
-  check_fused(cos.shape(0) == x.shape(1) && 2 * cos.shape(1) <= x.shape(3), op,
+  check_op(cos.shape(0) == x.shape(1) && 2 * cos.shape(1) <= x.shape(3), op,
               "the tables must have x's length and at most half its head width");
   return mx::array({x.shape(0), x.shape(2), x.shape(1), x.shape(3)}, mx::float32, std::make_shared<RotateHeads>(stream),
                    {x, cos, sin});

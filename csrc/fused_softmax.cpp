@@ -38,9 +38,9 @@ inline float exp_nonpositive(float x) {
 mx::array causal_softmax(const mx::array& scores, float scale, int queries, mx::StreamOrDevice s) {
   const mx::Stream stream = mx::to_stream(s);
   constexpr const char* op = "causal_softmax";
-  check_fused(stream.device == mx::Device::cpu, op, "runs on the CPU only");
-  check_fused(scores.dtype() == mx::float32 && scores.ndim() >= 2, op, "scores must be float32 (..., rows, keys)");
-  check_fused(queries >= 1 && scores.shape(-2) % queries == 0 && queries <= scores.shape(-1), op,
+  check_op(stream.device == mx::Device::cpu, op, "runs on the CPU only");
+  check_op(scores.dtype() == mx::float32 && scores.ndim() >= 2, op, "scores must be float32 (..., rows, keys)");
+  check_op(queries >= 1 && scores.shape(-2) % queries == 0 && queries <= scores.shape(-1), op,
               "rows must be a multiple of the query count, which cannot exceed the keys");
   return mx::array(scores.shape(), mx::float32, std::make_shared<CausalSoftmax>(stream, scale, queries), {scores});
 }

@@ -8,8 +8,8 @@ namespace macllm_cpu {
 
 mx::array silu_mul(const mx::array& g, const mx::array& u, mx::StreamOrDevice s) {
   const mx::Stream stream = mx::to_stream(s);
-  check_fused(stream.device == mx::Device::cpu, "silu_mul", "runs on the CPU only");
-  check_fused(g.dtype() == mx::float32 && u.dtype() == mx::float32 && g.shape() == u.shape() && g.ndim() >= 1,
+  check_op(stream.device == mx::Device::cpu, "silu_mul", "runs on the CPU only");
+  check_op(g.dtype() == mx::float32 && u.dtype() == mx::float32 && g.shape() == u.shape() && g.ndim() >= 1,
               "silu_mul", "g and u must be float32 arrays of one shape");
   return mx::array(g.shape(), mx::float32, std::make_shared<SiluMul>(stream), {g, u});
 }

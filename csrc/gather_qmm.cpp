@@ -14,9 +14,7 @@
 namespace macllm_cpu {
 namespace {
 
-void check(bool ok, const std::string& what) {
-  if (!ok) throw std::invalid_argument("[macllm gather_quantized_matmul] " + what);
-}
+void check(bool ok, const std::string& what) { check_op(ok, "gather_quantized_matmul", what); }
 
 // Element i (row-major over its shape) of an integer array, read where it lies.
 int64_t index_at(const mx::array& a, size_t i) {

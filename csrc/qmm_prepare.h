@@ -4,11 +4,11 @@
 #pragma once
 
 #include <cstdint>
-#include <stdexcept>
-#include <string>
 
 #include "mlx/mlx.h"
+#include "op_check.h"
 #include "qmm_kernels.h"
+#include "strided.h"
 
 namespace macllm_cpu {
 
@@ -27,20 +27,11 @@ inline ScaleType scale_type(mx::Dtype t) {
 template <typename T>
 void prepare_rows(const mx::array& x, int K, int bits, int group_size, float* xp, float* xsum) {
   const T* base = x.data<T>();
-  const auto& shape = x.shape();
-  const auto& strides = x.strides();
-  const int nd = static_cast<int>(x.ndim());
-  const int64_t inner = strides[nd - 1];
+  const int64_t inner = x.strides().back();
   const size_t M = x.size() / K;
   const int G = K / group_size;
   for (size_t r = 0; r < M; ++r) {
-    int64_t offset = 0;
-    size_t rest = r;
-    for (int d = nd - 2; d >= 0; --d) {
-      offset += static_cast<int64_t>(rest % shape[d]) * strides[d];
-      rest /= shape[d];
-    }
-    const T* row = base + offset;
+    const T* row = base + row_offset(x, r);
     float* dst = xp + r * K;
     if (bits == 4) {
       for (int k0 = 0; k0 < K; k0 += 32) {
@@ -72,11 +63,6 @@ SgemmFn fast_sgemm();
 inline mx::array row_contiguous(const mx::array& a, const mx::Stream& s) {
   if (a.is_available() && a.flags().row_contiguous) return a;
   return mx::contiguous(a, false, s);
-}
-
-// Throws std::invalid_argument("[macllm <op>] <what>") unless ok: MLX turns it into a Python ValueError.
-inline void check_op(bool ok, const char* op, const std::string& what) {
-  if (!ok) throw std::invalid_argument(std::string("[macllm ") + op + "] " + what);
 }
 
 // The checks every quantized product shares: the CPU, the packing, and scales/biases of `groups` per

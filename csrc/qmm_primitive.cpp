@@ -16,9 +16,7 @@
 namespace macllm_cpu {
 namespace {
 
-void check(bool ok, const std::string& what) {
-  if (!ok) throw std::invalid_argument("[macllm quantized_matmul] " + what);
-}
+void check(bool ok, const std::string& what) { check_op(ok, "quantized_matmul", what); }
 
 struct Job {
   Problem base;  // M = all rows

@@ -14,9 +14,7 @@
 namespace macllm_cpu {
 namespace {
 
-void check(bool ok, const std::string& what) {
-  if (!ok) throw std::invalid_argument("[macllm quantized_matmul_transposed] " + what);
-}
+void check(bool ok, const std::string& what) { check_op(ok, "quantized_matmul_transposed", what); }
 
 template <typename T>
 void rows_to_floats(const mx::array& a, int width, float* dst) {
@@ -24,12 +22,7 @@ void rows_to_floats(const mx::array& a, int width, float* dst) {
   const size_t rows = a.size() / width;
   const int64_t inner = a.strides().back();
   for (size_t r = 0; r < rows; ++r) {
-    int64_t offset = 0;
-    size_t rest = r;
-    for (int d = static_cast<int>(a.ndim()) - 2; d >= 0; --d) {
-      offset += static_cast<int64_t>(rest % a.shape(d)) * a.strides()[d];
-      rest /= a.shape(d);
-    }
+    const int64_t offset = row_offset(a, r);
     for (int i = 0; i < width; ++i) dst[r * width + i] = static_cast<float>(base[offset + i * inner]);
   }
 }

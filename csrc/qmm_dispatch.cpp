@@ -34,6 +34,17 @@ const std::vector<Isa>& isas() {
 }
 
 std::atomic<int> chosen{0};  // index into isas()
+std::atomic<bool> int8_on{false};
+
+bool cpu_has_vnni() {
+#if defined(__x86_64__) || defined(_M_X64)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+#else
+  return false;
+#endif
+}
 
 }  // namespace
 
@@ -58,5 +69,25 @@ void set_isa(const std::string& name) {
 RowsFn current_rows() { return isas()[chosen.load()].fn; }
 
 DequantFn current_dequant() { return isas()[chosen.load()].dequant; }
+
+bool int8_available() {
+  static const bool has = cpu_has_vnni();
+  return has;
+}
+
+bool int8_enabled() { return int8_on.load(); }
+
+void set_int8(bool on) {
+  if (on && !int8_available()) throw std::invalid_argument("int8 activations need a CPU with AVX-512 VNNI");
+  int8_on.store(on);
+}
+
+RowsFn current_int8_rows(int bits) {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (int8_on.load() && (bits == 4 || bits == 8) && current_rows() == rows_avx512) return rows_avx512_vnni;
+#endif
+  (void)bits;
+  return nullptr;
+}
 
 }  // namespace macllm_cpu

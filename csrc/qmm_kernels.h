@@ -34,7 +34,30 @@ struct Problem {
   ScaleType scale_type;
   float* out;          // rows of N floats (row stride N)
   int M, N, K, group_size, bits;
+  // The int8 path (4 and 8 bits, rows_avx512_vnni): x quantized per block of 32 by quantize_rows_int8
+  // (same order as `x`), and each block's scale repeated kScaleLanes times (row stride K / 32 *
+  // kScaleLanes). Null when the caller prepared floats only.
+  const int8_t* xq = nullptr;
+  const float* xq_scale = nullptr;
+
+  // The same problem from activation row `row` on (x, xsum, out and, when set, xq and xq_scale).
+  Problem from_row(size_t row) const;
 };
+
+// Each int8 block's scale is stored this many times over: one 256-bit vector, ready to multiply.
+constexpr int kScaleLanes = 8;
+
+inline Problem Problem::from_row(size_t row) const {
+  Problem p = *this;
+  p.x = x + row * K;
+  p.xsum = xsum + row * (K / group_size);
+  p.out = out + row * N;
+  if (xq != nullptr) {
+    p.xq = xq + row * K;
+    p.xq_scale = xq_scale + row * (K / 32) * kScaleLanes;
+  }
+  return p;
+}
 
 // Computes out[m, n] for all m < M (M <= kMaxRows) and n0 <= n < n1.
 using RowsFn = void (*)(const Problem&, int n0, int n1);
@@ -46,10 +69,22 @@ using DequantFn = void (*)(const Problem&, int n0, int n1, float* dst);
 
 void rows_scalar(const Problem& p, int n0, int n1);
 void dequant_scalar(const Problem& p, int n0, int n1, float* dst);
+
+// x (M rows of K floats, K a multiple of 32) to int8 per block of 32: scale d = absmax / 127, q =
+// round-half-even(x * (127 / absmax)), so |x - d * q| <= d / 2. A block of zeros gets d = 0; a block
+// with a non-finite value gets d = NaN (the row's result is NaN, as in float32). Writes xq (M * K)
+// and xq_scale (M * K / 32 * kScaleLanes).
+void quantize_rows_int8(const float* x, int M, int K, int8_t* xq, float* xq_scale);
+// The int8 path's semantics (4 and 8 bits; reads p.xq, p.xq_scale, p.xsum): per block of 32 the
+// exact integer dot of the weights' codes with xq, times the block's scale and the group's weight
+// scale, plus the biases' term from the float group sums as in rows_scalar. For tests (selftest).
+void rows_int8_scalar(const Problem& p, int n0, int n1);
 #if defined(__x86_64__) || defined(_M_X64)
 void rows_avx2(const Problem& p, int n0, int n1);
 void rows_avx512(const Problem& p, int n0, int n1);
 void dequant_avx512(const Problem& p, int n0, int n1, float* dst);
+// The int8 path on AVX-512 VNNI (vpdpbusd), 4 and 8 bits only; needs p.xq and p.xq_scale.
+void rows_avx512_vnni(const Problem& p, int n0, int n1);
 #endif
 #if defined(__aarch64__)
 void rows_neon(const Problem& p, int n0, int n1);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "mlx/mlx.h"
 #include "op_check.h"
@@ -90,6 +91,16 @@ inline void store_floats(const float* src, size_t count, mx::array& out) {
     auto* dst = out.data<mx::bfloat16_t>();
     for (size_t i = 0; i < count; ++i) dst[i] = static_cast<mx::bfloat16_t>(src[i]);
   }
+}
+
+// The int8 activations of p's prepared float rows (Problem::xq), in buffers the caller keeps; the
+// float rows stay for the biases' term and a LoRA delta.
+inline void prepare_int8(Problem& p, std::vector<int8_t>& xq, std::vector<float>& xq_scale) {
+  xq.resize(static_cast<size_t>(p.M) * p.K);
+  xq_scale.resize(static_cast<size_t>(p.M) * (p.K / 32) * kScaleLanes);
+  quantize_rows_int8(p.x, p.M, p.K, xq.data(), xq_scale.data());
+  p.xq = xq.data();
+  p.xq_scale = xq_scale.data();
 }
 
 // prepare_rows for any float dtype of x.

@@ -37,13 +37,9 @@ void run_task(void* ctx, int task) {
   const Job& job = *static_cast<const Job*>(ctx);
   const int n0 = task * job.rows_per_task;
   const int n1 = std::min(job.base.N, n0 + job.rows_per_task);
-  const int G = job.base.K / job.base.group_size;
   for (int m0 = 0; m0 < job.base.M; m0 += kMaxRows) {
-    Problem p = job.base;
+    Problem p = job.base.from_row(m0);
     p.M = std::min(kMaxRows, job.base.M - m0);
-    p.x = job.base.x + static_cast<size_t>(m0) * job.base.K;
-    p.xsum = job.base.xsum + static_cast<size_t>(m0) * G;
-    p.out = job.base.out + static_cast<size_t>(m0) * job.base.N;
     job.rows(p, n0, n1);
   }
   if (job.lora_b != nullptr) lora_columns(job, n0, n1);
@@ -172,6 +168,12 @@ void compute(const mx::array& x, const mx::array& w, const mx::array& scales, co
     prefill_sgemm(sgemm, job.base);
     if (a != nullptr) lora_columns(job, 0, N);
   } else {
+    if (const RowsFn int8_rows = current_int8_rows(bits)) {  // decode's rows on int8 activations
+      thread_local std::vector<int8_t> xq;
+      thread_local std::vector<float> xq_scale;
+      prepare_int8(job.base, xq, xq_scale);
+      job.rows = int8_rows;
+    }
     run_rows(job);
   }
   if (out.dtype() != mx::float32) store_floats(result.data(), result.size(), out);

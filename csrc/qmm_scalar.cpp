@@ -1,6 +1,8 @@
 // Portable row kernel: the semantics every SIMD variant must reproduce (up to summation order),
 // and the path on CPUs without AVX2 or NEON.
+#include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "qmm_kernels.h"
 
@@ -111,6 +113,70 @@ void dequant_scalar(const Problem& p, int n0, int n1, float* dst) {
       } else {
         for (int k = k_begin; k < k_end; ++k) out[k] = s * packed_value(wr, row_bytes, k, p.bits) + b;
       }
+    }
+  }
+}
+
+void quantize_rows_int8(const float* x, int M, int K, int8_t* xq, float* xq_scale) {
+  const int blocks = K / 32;
+  for (int m = 0; m < M; ++m) {
+    for (int b = 0; b < blocks; ++b) {
+      const float* src = x + static_cast<size_t>(m) * K + b * 32;
+      int8_t* dst = xq + static_cast<size_t>(m) * K + b * 32;
+      // Plain compares rather than fmax/isfinite: this loop runs over every row of every call, and
+      // these vectorize. A NaN fails `a <= max`, an infinity `a <= max` as well.
+      float absmax = 0.0f;
+      bool finite = true;
+      for (int i = 0; i < 32; ++i) {
+        const float a = std::fabs(src[i]);
+        absmax = a > absmax ? a : absmax;
+        finite = finite & (a <= std::numeric_limits<float>::max());
+      }
+      float d = absmax / 127.0f;
+      if (!finite) {
+        d = std::numeric_limits<float>::quiet_NaN();
+        for (int i = 0; i < 32; ++i) dst[i] = 0;
+      } else {
+        const float inv = absmax > 0.0f ? 127.0f / absmax : 0.0f;
+        for (int i = 0; i < 32; ++i) {
+          // Adding and subtracting 1.5 * 2^23 rounds half to even, like rint, without a libm call;
+          // |x * inv| <= 127 plus rounding, so the trick is exact here and the result needs no clamp.
+          const float r = (src[i] * inv + 12582912.0f) - 12582912.0f;
+          dst[i] = static_cast<int8_t>(static_cast<int>(r));
+        }
+      }
+      float* ds = xq_scale + (static_cast<size_t>(m) * blocks + b) * kScaleLanes;
+      for (int i = 0; i < kScaleLanes; ++i) ds[i] = d;
+    }
+  }
+}
+
+void rows_int8_scalar(const Problem& p, int n0, int n1) {
+  const int G = p.K / p.group_size, blocks = p.K / 32;
+  const size_t row_bytes = static_cast<size_t>(p.K) * p.bits / 8;
+  for (int n = n0; n < n1; ++n) {
+    const uint8_t* wr = p.w + n * row_bytes;
+    for (int m = 0; m < p.M; ++m) {
+      const int8_t* xm = p.xq + static_cast<size_t>(m) * p.K;
+      float total = 0.0f;
+      for (int b = 0; b < blocks; ++b) {
+        int32_t dot = 0;
+        if (p.bits == 4) {  // x's block holds the 16 even then the 16 odd values (the nibbles' order)
+          for (int j = 0; j < 16; ++j) {
+            const uint8_t byte = wr[b * 16 + j];
+            dot += (byte & 15) * xm[b * 32 + j] + (byte >> 4) * xm[b * 32 + 16 + j];
+          }
+        } else {
+          for (int k = b * 32; k < b * 32 + 32; ++k) dot += wr[k] * xm[k];
+        }
+        const float d = p.xq_scale[(static_cast<size_t>(m) * blocks + b) * kScaleLanes];
+        total += scale_at(p.scale_type, p.scales, static_cast<size_t>(n) * G + b * 32 / p.group_size) *
+                 (static_cast<float>(dot) * d);
+      }
+      for (int g = 0; g < G; ++g) {
+        total += scale_at(p.scale_type, p.biases, static_cast<size_t>(n) * G + g) * p.xsum[static_cast<size_t>(m) * G + g];
+      }
+      p.out[static_cast<size_t>(m) * p.N + n] = total;
     }
   }
 }

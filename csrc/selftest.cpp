@@ -1,5 +1,6 @@
 // Standalone check of the row kernels without MLX: every variant this CPU runs against the scalar
-// kernel on random packed weights (all bit widths, group sizes, 1..8 rows, three scale types).
+// kernel on random packed weights (all bit widths, group sizes, 1..8 rows, three scale types), and the
+// int8-activation kernel (AVX-512 VNNI) against rows_int8_scalar where the CPU has it.
 // Used to test the NEON kernel under emulation on an x86 machine (scripts/check_kernels_arm64.sh);
 // the tests against mx.quantized_matmul (tests/test_cpu_kernels.py) are the main oracle.
 #include <cmath>
@@ -66,6 +67,29 @@ int main() {
                     st == 0 ? static_cast<const void*>(bf.data()) : bh.data(),
                     static_cast<ScaleType>(st), nullptr, M, N, K, group_size, bits};
           std::vector<float> want(M * N), got(M * N);
+          if (int8_available() && (bits == 4 || bits == 8)) {  // the int8 path against its scalar semantics
+            std::vector<int8_t> xq(M * K);
+            std::vector<float> xq_scale(M * K / 32 * kScaleLanes);
+            quantize_rows_int8(x.data(), M, K, xq.data(), xq_scale.data());
+            Problem q = p;
+            q.xq = xq.data();
+            q.xq_scale = xq_scale.data();
+            q.out = want.data();
+            rows_int8_scalar(q, 0, N);
+            q.out = got.data();
+#if defined(__x86_64__) || defined(_M_X64)
+            rows_avx512_vnni(q, 0, N);
+#endif
+            for (int i = 0; i < M * N; ++i) {
+              ++checks;
+              if (std::fabs(got[i] - want[i]) > 1e-4f * (1.0f + std::fabs(want[i]))) {
+                if (failures++ < 10) {
+                  std::printf("MISMATCH int8 bits %d group %d rows %d scales %d: %g vs %g\n", bits, group_size, M,
+                              st, got[i], want[i]);
+                }
+              }
+            }
+          }
           p.out = want.data();
           rows_scalar(p, 0, N);
           for (const auto& isa : available_isas()) {
@@ -88,6 +112,7 @@ int main() {
   }
   std::printf("%s: %d values compared over", failures ? "FAILED" : "ok", checks);
   for (const auto& isa : available_isas()) std::printf(" %s", isa.c_str());
+  if (int8_available()) std::printf(" avx512_vnni (int8)");
   std::printf("\n");
   return failures ? 1 : 0;
 }

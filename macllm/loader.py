@@ -116,7 +116,7 @@ def build_model(cfg: ModelConfig, weights: dict, rope_periods=None, keep_quantiz
         compute = str(next(iter(weights.values())).dtype).replace("mlx.core.", "")
     _load_strict(model, weights, source)
     if kernel and use_cpu_kernel(model):
-        compute += f", our CPU kernel ({cpu_kernels.build_status.removeprefix('built, ')})"
+        compute += f", our CPU kernel ({cpu_kernels.summary()})"
     mx.eval(model.parameters())
     model.eval()
     info = ModelInfo(source=source, path="", architecture=cfg.model_type, context_length=cfg.max_position_embeddings,

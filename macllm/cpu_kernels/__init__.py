@@ -6,7 +6,9 @@ This module imports it if it was built and says why not otherwise: macllm then r
 had before (float32 when the model fits, else MLX's own quantized matmul).
 
 MACLLM_CPU_KERNEL=auto (default) uses it on the CPU when built; `off` keeps today's paths, which is
-also how to get the float32 fast path back.
+also how to get the float32 fast path back. MACLLM_CPU_INT8 (auto, on, off) chooses whether 4- and 8-bit
+layers compute on int8 activations where the CPU has AVX-512 VNNI (docs/kernels.md); `auto` follows
+INT8_BY_DEFAULT.
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ from macllm.errors import MacllmError
 
 ENV = "MACLLM_CPU_KERNEL"
 MODES = ("auto", "off")
+INT8_ENV = "MACLLM_CPU_INT8"
+INT8_MODES = ("auto", "on", "off")
+# Whether `auto` means int8 activations where the CPU has AVX-512 VNNI (docs/benchmarks.md, issue 15's
+# int8 section, has the figures this rests on).
+INT8_BY_DEFAULT = False
 BITS = (2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (32, 64, 128)
 MAX_GROUPS = 4096  # per row: the kernels keep a row's scales on the stack (csrc/qmm_kernels.h)
@@ -61,6 +68,32 @@ def mode() -> str:
     return value
 
 
+def int8_mode() -> str:
+    raw = os.environ.get(INT8_ENV, "")
+    value = raw.strip().lower() or "auto"
+    if value not in INT8_MODES:
+        raise MacllmError(f"{INT8_ENV}={raw!r} is not valid: use one of {', '.join(INT8_MODES)}")
+    return value
+
+
+def apply_int8() -> bool:
+    """Switches the kernel's int8 activations per MACLLM_CPU_INT8; returns whether they are on."""
+    if extension is None:
+        return False
+    value = int8_mode()
+    if value == "on" and not extension.int8_available():
+        raise MacllmError(f"{INT8_ENV}=on needs a CPU with AVX-512 VNNI, which this one lacks: use auto or off")
+    on = extension.int8_available() and (value == "on" or (value == "auto" and INT8_BY_DEFAULT))
+    extension.set_int8(on)
+    return on
+
+
+def summary() -> str:
+    """What the kernel runs on, for the model's compute line: e.g. `avx512 x 2 threads, int8 activations`."""
+    line = build_status.removeprefix("built, ")
+    return f"{line}, int8 activations" if extension is not None and extension.int8() else line
+
+
 def status() -> tuple[bool, str]:
     """(whether quantized layers on the CPU use our kernel, one line saying why or why not)."""
     if extension is None:
@@ -69,6 +102,8 @@ def status() -> tuple[bool, str]:
         return False, f"{ENV}=off ({build_status})"
     if mx.default_device() != mx.cpu:
         return False, f"the default device is the GPU ({build_status})"
+    if apply_int8():
+        return True, f"{build_status}, int8 activations for 4- and 8-bit layers (AVX-512 VNNI)"
     return True, build_status
 
 

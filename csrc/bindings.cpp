@@ -1,9 +1,12 @@
 // Python module macllm.cpu_kernels._cpu_quant (built by scripts/build_kernels.sh).
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
 #include <nanobind/stl/variant.h>
 #include <nanobind/stl/vector.h>
 
+#include "fused_layer.h"
 #include "fused_ops.h"
 #include "gather_qmm.h"
 #include "qmm_dispatch.h"
@@ -39,6 +42,10 @@ NB_MODULE(_cpu_quant, m) {
   m.def("causal_softmax", &macllm_cpu::causal_softmax, "scores"_a, "scale"_a, "queries"_a, nb::kw_only(),
         "stream"_a = nb::none(), "softmax(scores * scale) with the causal mask, runs of `queries` rows per head.");
   m.def("silu_mul", &macllm_cpu::silu_mul, "g"_a, "u"_a, nb::kw_only(), "stream"_a = nb::none(), "silu(g) * u.");
+  m.def("decoder_layer", &macllm_cpu::decoder_layer, "x"_a, "norm_in"_a, "norm_post"_a, "cos"_a, "sin"_a, "keys"_a,
+        "values"_a, "projections"_a, "n_heads"_a, "n_kv_heads"_a, "offset"_a, "eps_in"_a, "eps_post"_a, "scale"_a,
+        "causal"_a, nb::kw_only(), "stream"_a = nb::none(),
+        "A Llama-shaped decoder layer in one node: (out, keys, values), the cache buffers written at offset.");
   m.def("available_isas", &macllm_cpu::available_isas, "Kernel variants this CPU runs, best first.");
   m.def("isa", &macllm_cpu::current_isa, "The kernel variant in use.");
   m.def("set_isa", &macllm_cpu::set_isa, "name"_a, "Use another variant (tests compare them all).");

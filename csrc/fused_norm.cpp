@@ -1,8 +1,7 @@
 // RMSNorm, alone or after the residual add, in one pass over each row.
-#include <cmath>
-
 #include "fused_common.h"
 #include "fused_ops.h"
+#include "fused_rows.h"
 
 namespace macllm_cpu {
 namespace {
@@ -13,21 +12,6 @@ void check_norm_inputs(const mx::array& x, const mx::array& w, const mx::Stream&
   check_op(s.device == mx::Device::cpu, kOp, "runs on the CPU only");
   check_op(x.dtype() == mx::float32 && w.dtype() == mx::float32, kOp, "x and w must be float32");
   check_op(x.ndim() >= 1 && w.ndim() == 1 && w.shape(0) == x.shape(-1), kOp, "w must have x's last dimension");
-}
-
-// One row: h = x (+ r), y = h * rsqrt(mean(h^2) + eps) * w. The sum of squares is float32, as MLX's.
-void norm_row(const float* x, int64_t xs, const float* r, int64_t rs, const float* w, int64_t ws, int D, float eps,
-              float* h, float* y) {
-  float sum_sq = 0.0f;
-  for (int d = 0; d < D; ++d) {
-    float v = x[d * xs];
-    if (r != nullptr) v += r[d * rs];
-    if (h != nullptr) h[d] = v;
-    y[d] = v;
-    sum_sq += v * v;
-  }
-  const float inv = 1.0f / std::sqrt(sum_sq / static_cast<float>(D) + eps);
-  for (int d = 0; d < D; ++d) y[d] = (y[d] * inv) * w[d * ws];
 }
 
 }  // namespace

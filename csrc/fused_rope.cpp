@@ -1,6 +1,7 @@
 // Rotary embedding from precomputed cos/sin tables, writing the (B, H, L, D) layout directly.
 #include "fused_common.h"
 #include "fused_ops.h"
+#include "fused_rows.h"
 
 namespace macllm_cpu {
 
@@ -34,13 +35,7 @@ void RotateHeads::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx:
           const float* c = cos.data<float>() + l * cs[0];
           const float* sn = sin.data<float>() + l * ss[0];
           float* dst = y + ((static_cast<size_t>(b) * H + h) * L + l) * D;
-          for (int i = 0; i < R; ++i) {
-            const float x1 = row[i * xs[3]], x2 = row[(i + R) * xs[3]];
-            const float ci = c[i * cs[1]], si = sn[i * ss[1]];
-            dst[i] = x1 * ci - x2 * si;
-            dst[i + R] = x2 * ci + x1 * si;
-          }
-          for (int d = 2 * R; d < D; ++d) dst[d] = row[d * xs[3]];
+          rotate_row(row, xs[3], c, cs[1], sn, ss[1], R, D, dst);
         }
       }
     }

@@ -1,8 +1,7 @@
 // SwiGLU's gate, silu(g) * u, as one op (MLX: a compiled sigmoid-multiply and a multiply).
-#include <cmath>
-
 #include "fused_common.h"
 #include "fused_ops.h"
+#include "fused_rows.h"
 
 namespace macllm_cpu {
 
@@ -27,8 +26,7 @@ void SiluMul::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::arr
       const float* up = u.data<float>() + row_offset(u, row);
       float* yp = y + row * D;
       for (int d = 0; d < D; ++d) {
-        const float a = gp[d * gs];
-        yp[d] = a * (1.0f / (1.0f + std::exp(-a))) * up[d * us];
+        yp[d] = silu_times(gp[d * gs], up[d * us]);
       }
     }
   });

@@ -23,35 +23,36 @@ inline ScaleType scale_type(mx::Dtype t) {
   return ScaleType::F32;
 }
 
-// x's rows as floats in the kernels' order (see Problem::x), and each row's group sums. x may have
-// any strides.
+// One row of K values (element stride `inner`) as floats in the kernels' order (see Problem::x), and
+// its G group sums.
 template <typename T>
-void prepare_rows(const mx::array& x, int K, int bits, int group_size, float* xp, float* xsum) {
-  const T* base = x.data<T>();
-  const int64_t inner = x.strides().back();
-  const size_t M = x.size() / K;
-  const int G = K / group_size;
-  for (size_t r = 0; r < M; ++r) {
-    const T* row = base + row_offset(x, r);
-    float* dst = xp + r * K;
-    if (bits == 4) {
-      for (int k0 = 0; k0 < K; k0 += 32) {
-        for (int j = 0; j < 16; ++j) {
-          dst[k0 + j] = static_cast<float>(row[(k0 + 2 * j) * inner]);
-          dst[k0 + 16 + j] = static_cast<float>(row[(k0 + 2 * j + 1) * inner]);
-        }
+void prepare_row(const T* row, int64_t inner, int K, int bits, int group_size, float* dst, float* sums) {
+  if (bits == 4) {
+    for (int k0 = 0; k0 < K; k0 += 32) {
+      for (int j = 0; j < 16; ++j) {
+        dst[k0 + j] = static_cast<float>(row[(k0 + 2 * j) * inner]);
+        dst[k0 + 16 + j] = static_cast<float>(row[(k0 + 2 * j + 1) * inner]);
       }
-    } else {
-      for (int k = 0; k < K; ++k) dst[k] = static_cast<float>(row[k * inner]);
     }
-    for (int g = 0; g < G; ++g) {
-      float sum = 0.0f;
-      for (int k = g * group_size; k < (g + 1) * group_size; ++k) sum += static_cast<float>(row[k * inner]);
-      xsum[r * G + g] = sum;
-    }
+  } else {
+    for (int k = 0; k < K; ++k) dst[k] = static_cast<float>(row[k * inner]);
+  }
+  for (int g = 0; g < K / group_size; ++g) {
+    float sum = 0.0f;
+    for (int k = g * group_size; k < (g + 1) * group_size; ++k) sum += static_cast<float>(row[k * inner]);
+    sums[g] = sum;
   }
 }
 
+// x's rows prepared (prepare_row); x may have any strides.
+template <typename T>
+void prepare_rows(const mx::array& x, int K, int bits, int group_size, float* xp, float* xsum) {
+  const size_t M = x.size() / K;
+  const int G = K / group_size;
+  for (size_t r = 0; r < M; ++r) {
+    prepare_row(x.data<T>() + row_offset(x, r), x.strides().back(), K, bits, group_size, xp + r * K, xsum + r * G);
+  }
+}
 
 using SgemmFn = void (*)(int order, int trans_a, int trans_b, int m, int n, int k, float alpha, const float* a,
                          int lda, const float* b, int ldb, float beta, float* c, int ldc);

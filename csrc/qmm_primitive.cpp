@@ -10,6 +10,7 @@
 #include "mlx/backend/cpu/encoder.h"
 #include "qmm_dispatch.h"
 #include "qmm_prepare.h"
+#include "qmm_rows.h"
 #include "qmm_transposed.h"
 #include "thread_pool.h"
 
@@ -127,37 +128,18 @@ void lora_input(const float* xp, const mx::array& a, int M, int K, int bits, std
   }
 }
 
-void compute(const mx::array& x, const mx::array& w, const mx::array& scales, const mx::array& biases,
-             const mx::array* a, const mx::array* b, float lora_scale, mx::array& out, int group_size, int bits) {
-  const int K = static_cast<int>(x.shape(-1));
+// out_f (M x N floats) = the prepared rows times dequantize(w)^T, plus the LoRA delta when a is given.
+void multiply_prepared(const float* xp, const float* xsum, int M, int K, const mx::array& w, const mx::array& scales,
+                       const mx::array& biases, const mx::array* a, const mx::array* b, float lora_scale,
+                       float* out_f, int group_size, int bits) {
   const int N = static_cast<int>(w.shape(0));
-  const int M = static_cast<int>(x.size() / K);
-  const int G = K / group_size;
-  if (M == 0 || N == 0) return;
-  // The stream's worker thread calls this for every matmul: keep its buffers between calls.
-  thread_local std::vector<float> xp, xsum, result;
-  xp.resize(static_cast<size_t>(M) * K);
-  xsum.resize(static_cast<size_t>(M) * G);
-  switch (x.dtype()) {
-    case mx::float32: prepare_rows<float>(x, K, bits, group_size, xp.data(), xsum.data()); break;
-    case mx::float16: prepare_rows<mx::float16_t>(x, K, bits, group_size, xp.data(), xsum.data()); break;
-    default: prepare_rows<mx::bfloat16_t>(x, K, bits, group_size, xp.data(), xsum.data()); break;
-  }
-  float* out_f = nullptr;
-  if (out.dtype() == mx::float32) {
-    out_f = out.data<float>();
-  } else {
-    result.resize(static_cast<size_t>(M) * N);
-    out_f = result.data();
-  }
   Job job;
-  job.base = Problem{xp.data(), xsum.data(), reinterpret_cast<const uint8_t*>(w.data<uint32_t>()),
-                     scales.data<void>(), biases.data<void>(), scale_type(scales.dtype()), out_f,
-                     M, N, K, group_size, bits};
+  job.base = Problem{xp, xsum, reinterpret_cast<const uint8_t*>(w.data<uint32_t>()), scales.data<void>(),
+                     biases.data<void>(), scale_type(scales.dtype()), out_f, M, N, K, group_size, bits};
   job.rows = current_rows();
   thread_local std::vector<float> xa;
   if (a != nullptr) {  // the adapter's delta rides on the same tasks as the rows it adds to
-    lora_input(xp.data(), *a, M, K, bits, xa);
+    lora_input(xp, *a, M, K, bits, xa);
     job.lora_xa = xa.data();
     job.lora_b = b;
     job.lora_scale = lora_scale;
@@ -176,6 +158,28 @@ void compute(const mx::array& x, const mx::array& w, const mx::array& scales, co
     }
     run_rows(job);
   }
+}
+
+void compute(const mx::array& x, const mx::array& w, const mx::array& scales, const mx::array& biases,
+             const mx::array* a, const mx::array* b, float lora_scale, mx::array& out, int group_size, int bits) {
+  const int K = static_cast<int>(x.shape(-1));
+  const int N = static_cast<int>(w.shape(0));
+  const int M = static_cast<int>(x.size() / K);
+  const int G = K / group_size;
+  if (M == 0 || N == 0) return;
+  // The stream's worker thread calls this for every matmul: keep its buffers between calls.
+  thread_local std::vector<float> xp, xsum, result;
+  xp.resize(static_cast<size_t>(M) * K);
+  xsum.resize(static_cast<size_t>(M) * G);
+  prepare_x(x, K, bits, group_size, xp.data(), xsum.data());
+  float* out_f = nullptr;
+  if (out.dtype() == mx::float32) {
+    out_f = out.data<float>();
+  } else {
+    result.resize(static_cast<size_t>(M) * N);
+    out_f = result.data();
+  }
+  multiply_prepared(xp.data(), xsum.data(), M, K, w, scales, biases, a, b, lora_scale, out_f, group_size, bits);
   if (out.dtype() != mx::float32) store_floats(result.data(), result.size(), out);
 }
 
@@ -190,6 +194,21 @@ void run_rows(Job& job) {
 
 
 }  // namespace
+
+void quantized_rows(const float* x, int M, const QuantOperands& q, float* out) {
+  const int K = static_cast<int>(q.w->shape(1)) * 32 / q.bits;
+  const int G = K / q.group_size;
+  if (M == 0 || q.w->shape(0) == 0) return;
+  thread_local std::vector<float> xp, xsum;
+  xp.resize(static_cast<size_t>(M) * K);
+  xsum.resize(static_cast<size_t>(M) * G);
+  for (int r = 0; r < M; ++r) {
+    prepare_row(x + static_cast<size_t>(r) * K, 1, K, q.bits, q.group_size, xp.data() + static_cast<size_t>(r) * K,
+                xsum.data() + static_cast<size_t>(r) * G);
+  }
+  multiply_prepared(xp.data(), xsum.data(), M, K, *q.w, *q.scales, *q.biases, q.a, q.b, q.lora_scale, out,
+                    q.group_size, q.bits);
+}
 
 // The process's cblas_sgemm if it is a fast one: Accelerate on macOS; on Linux only OpenBLAS (which
 // macllm loads before MLX), never the reference BLAS MLX's wheel links otherwise.

@@ -36,6 +36,13 @@ class KernelQuantizedLinear(nn.QuantizedLinear):
         return y
 
 
+    def kernel_operands(self) -> tuple | None:
+        """What the decoder-layer op needs to compute this layer: (w, scales, biases, bias, a, b, lora_scale,
+        group_size, bits), without an adapter here."""
+        return (self["weight"], self["scales"], self["biases"], self.get("bias"), None, None, 0.0, self.group_size,
+                self.bits)
+
+
 class KernelQuantizedEmbedding(nn.QuantizedEmbedding):
     def __call__(self, x: mx.array) -> mx.array:
         # The looked-up rows in float32 (MLX's layer gives the scales' dtype, e.g. float16): the CPU path

@@ -107,6 +107,17 @@ class LoRALinear(SlottedLayer):
         """Training: the arrays being differentiated become the active delta."""
         self._slots.active = (a, b, scale)
 
+    def kernel_operands(self) -> tuple | None:
+        """The base layer's kernel operands with the active delta (KernelQuantizedLinear.kernel_operands), or
+        None where the kernel does not compute this layer (another base, or training)."""
+        if self.training or not isinstance(self.linear, KernelQuantizedLinear):
+            return None
+        base = self.linear.kernel_operands()
+        if base is None or self._slots.active is None:
+            return base
+        a, b, scale = self._slots.active
+        return (*base[:4], a, b, scale, *base[7:])
+
     # --- compute -----------------------------------------------------------------------------
     def __call__(self, x: mx.array) -> mx.array:
         active = self._slots.active

@@ -12,9 +12,11 @@
 #include "qmm_dispatch.h"
 #include "qmm_primitive.h"
 #include "qmm_transposed.h"
+#include "sample_token.h"
 #include "thread_pool.h"
 
 namespace nb = nanobind;
+namespace mx = mlx::core;
 using namespace nb::literals;
 
 NB_MODULE(_cpu_quant, m) {
@@ -46,6 +48,17 @@ NB_MODULE(_cpu_quant, m) {
         "values"_a, "projections"_a, "n_heads"_a, "n_kv_heads"_a, "offset"_a, "eps_in"_a, "eps_post"_a, "scale"_a,
         "causal"_a, nb::kw_only(), "stream"_a = nb::none(),
         "A Llama-shaped decoder layer in one node: (out, keys, values), the cache buffers written at offset.");
+  m.def(
+      "choose_token",
+      [](const mx::array& logits, const std::optional<mx::array>& u, float temperature, int top_k, double top_p,
+         double min_p, int alternatives, mx::StreamOrDevice s) {
+        return macllm_cpu::choose_token(logits, u, {temperature, top_k, top_p, min_p, alternatives}, s);
+      },
+      "logits"_a, "u"_a = nb::none(), "temperature"_a = 0.0f, "top_k"_a = 0, "top_p"_a = 1.0, "min_p"_a = 0.0,
+      "alternatives"_a = 0, nb::kw_only(), "stream"_a = nb::none(),
+      "The next token from float32 logits (..., vocab) in one node: [token, its log-probability] and with "
+      "alternatives > 0 [their ids, their log-probabilities]; greedy, or drawn with the uniforms u after "
+      "temperature, top-k, min-p and top-p, exactly as macllm.generation.sampling's MLX composition.");
   m.def("available_isas", &macllm_cpu::available_isas, "Kernel variants this CPU runs, best first.");
   m.def("isa", &macllm_cpu::current_isa, "The kernel variant in use.");
   m.def("set_isa", &macllm_cpu::set_isa, "name"_a, "Use another variant (tests compare them all).");

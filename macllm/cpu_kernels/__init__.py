@@ -38,7 +38,7 @@ BUILD_FAILURE = Path(__file__).resolve().parents[2] / "build" / "cpu_kernels" / 
 # What the module provides (csrc/bindings.cpp); one absent means it predates these sources.
 OPS = ("quantized_matmul", "quantized_matmul_lora", "quantized_matmul_transposed", "gather_quantized_matmul",
        "rms_norm", "residual_rms_norm", "rotate_heads", "attend", "causal_softmax", "silu_mul", "set_int8",
-       "decoder_layer")
+       "decoder_layer", "choose_token")
 
 
 def _import() -> tuple[ModuleType | None, str]:

@@ -63,3 +63,13 @@ def silu_mul(gate: mx.array, up: mx.array) -> mx.array:
     """silu(gate) * up."""
     assert extension is not None
     return extension.silu_mul(gate, up)
+
+
+def choose_token(logits: mx.array, u: mx.array | None, temperature: float, top_k: int, top_p: float, min_p: float,
+                 alternatives: int):
+    """The next token from logits (..., vocab) in one node (csrc/sample_token.cpp): (token, its logprob, None
+    or (the `alternatives` likeliest ids, their logprobs), most likely first); greedy at temperature 0, else
+    drawn with the uniforms u (...) exactly as macllm.generation.sampling's MLX composition draws."""
+    assert extension is not None
+    out = extension.choose_token(logits, u, temperature, top_k, top_p, min_p, alternatives)
+    return out[0], out[1], (out[2], out[3]) if alternatives > 0 else None

@@ -32,7 +32,7 @@ from macllm.errors import MacllmError
 from macllm.generation.guess_plan import AdaptiveK
 from macllm.generation.params import GenerationParams
 from macllm.generation.prompt_lookup import PromptLookup
-from macllm.generation.sampling import apply_repetition_penalty, filter_logprobs
+from macllm.generation.sampling import apply_repetition_penalty, filter_logprobs, top_alternatives
 from macllm.generation.steps import Step, common_prefix_length, prefill
 
 
@@ -282,8 +282,7 @@ def judge(logits: mx.array, proposal: Proposal, history: list[int], params: Gene
         replacement = mx.random.categorical(mx.log(pick_from), key=keys.next())
         verdict = Verdict(drafts, accept, replacement, logprobs)
     if params.top_alternatives > 0:
-        ids = mx.argpartition(-logprobs, kth=params.top_alternatives - 1, axis=-1)[:, :params.top_alternatives]
-        verdict.alternatives = (ids, mx.take_along_axis(logprobs, ids, axis=-1))
+        verdict.alternatives = top_alternatives(logprobs, params.top_alternatives)
     return verdict
 
 

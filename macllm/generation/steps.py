@@ -84,16 +84,12 @@ class TokenChooser:
     def __call__(self, logits: mx.array):
         if self.constraint is not None:
             logits = self.constraint.mask(logits, self.last)
-        token, logprobs = self.sampler(logits, self.recent if self.use_penalty else None)
+        token, logprob, alts = self.sampler.choose(logits, self.recent if self.use_penalty else None, self.k_alt)
         if self.use_penalty:
             keep = self.recent[-(self.window - 1):] if self.window > 1 else self.recent[:0]
             self.recent = mx.concatenate([keep, token])
         self.last = token
-        alts = None
-        if self.k_alt > 0:
-            ids = mx.argpartition(-logprobs, kth=self.k_alt - 1, axis=-1)[:, :self.k_alt]
-            alts = (ids, mx.take_along_axis(logprobs, ids, axis=-1))
-        return token, logprobs[0, token], alts
+        return token, logprob, alts
 
 
 # What decodes after the prefill: (model, cache, first choice, chooser, max new tokens, cancel) -> Steps.

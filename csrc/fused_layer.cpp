@@ -3,6 +3,7 @@
 #include "fused_layer.h"
 
 #include <cstring>
+#include <initializer_list>
 #include <sstream>
 #include <stdexcept>
 
@@ -88,12 +89,19 @@ QuantOperands operands(const std::vector<mx::array>& in, const ProjectionSpec& s
   return q;
 }
 
-// out (M x N) = x @ W^T (+ the adapter's delta) (+ bias, as the model's separate add would).
-void project(const float* x, int M, const std::vector<mx::array>& in, const ProjectionSpec& spec,
-             const ProjectionInputs& at, float* out) {
-  quantized_rows(x, M, operands(in, spec, at), out);
-  if (spec.bias) {
-    const mx::array& bias = in[at.bias];
+// outs[i] (M x N_i) = x @ W_i^T (+ the adapter's delta) (+ bias, as the model's separate add would) for
+// the projections `which`, all of one input: one pass of the thread pool for all of them.
+void project(const float* x, int M, const std::vector<mx::array>& in, const std::vector<ProjectionSpec>& specs,
+             const std::vector<ProjectionInputs>& at, std::initializer_list<int> which, float* const* outs) {
+  QuantOperands ops[kProjections];
+  int count = 0;
+  for (int p : which) ops[count++] = operands(in, specs[p], at[p]);
+  quantized_rows_many(x, M, ops, outs, count);
+  count = 0;
+  for (int p : which) {
+    float* out = outs[count++];
+    if (!specs[p].bias) continue;
+    const mx::array& bias = in[at[p].bias];
     const int N = static_cast<int>(bias.size());
     const float* bp = bias.data<float>();
     for (int r = 0; r < M; ++r) {
@@ -136,9 +144,8 @@ void run_layer(const LayerShape& shape, const std::vector<ProjectionSpec>& specs
     norm_row(x.data<float>() + row_offset(x, r), xs, nullptr, 0, w_in.data<float>(), w_in.strides()[0], D,
              shape.eps_in, nullptr, normed.data() + static_cast<size_t>(r) * D);
   }
-  project(normed.data(), M, in, specs[kQ], at[kQ], q.data());
-  project(normed.data(), M, in, specs[kK], at[kK], k.data());
-  project(normed.data(), M, in, specs[kV], at[kV], v.data());
+  float* const qkv[] = {q.data(), k.data(), v.data()};
+  project(normed.data(), M, in, specs, at, {kQ, kK, kV}, qkv);
 
   // Rope into the (B, H, L, Dh) layout for queries and straight into the cache for keys; values copied.
   const auto &cs = cos.strides(), &ss = sin.strides();
@@ -166,17 +173,19 @@ void run_layer(const LayerShape& shape, const std::vector<ProjectionSpec>& specs
                 {KV * cap64 * Dv, cap64 * Dv, Dv, 1},
                 attended.data(), shape.scale, shape.causal, B, H, KV, L, shape.offset + L, Dh, Dv};
   run_attend(job);
-  project(attended.data(), M, in, specs[kO], at[kO], o.data());
+  float* const attention_out[] = {o.data()};
+  project(attended.data(), M, in, specs, at, {kO}, attention_out);
 
   for (int r = 0; r < M; ++r) {
     const size_t row = static_cast<size_t>(r) * D;
     norm_row(x.data<float>() + row_offset(x, r), xs, o.data() + row, 1, w_post.data<float>(), w_post.strides()[0], D,
              shape.eps_post, h.data() + row, normed2.data() + row);
   }
-  project(normed2.data(), M, in, specs[kGate], at[kGate], gate.data());
-  project(normed2.data(), M, in, specs[kUp], at[kUp], up.data());
+  float* const gate_up[] = {gate.data(), up.data()};
+  project(normed2.data(), M, in, specs, at, {kGate, kUp}, gate_up);
   for (size_t i = 0; i < gate.size(); ++i) gate[i] = silu_times(gate[i], up[i]);
-  project(gate.data(), M, in, specs[kDown], at[kDown], down.data());
+  float* const mlp_out[] = {down.data()};
+  project(gate.data(), M, in, specs, at, {kDown}, mlp_out);
   float* result = out[0].data<float>();
   for (size_t i = 0; i < down.size(); ++i) result[i] = h[i] + down[i];
 }

@@ -128,36 +128,57 @@ void lora_input(const float* xp, const mx::array& a, int M, int K, int bits, std
   }
 }
 
-// out_f (M x N floats) = the prepared rows times dequantize(w)^T, plus the LoRA delta when a is given.
-void multiply_prepared(const float* xp, const float* xsum, int M, int K, const mx::array& w, const mx::array& scales,
-                       const mx::array& biases, const mx::array* a, const mx::array* b, float lora_scale,
-                       float* out_f, int group_size, int bits) {
-  const int N = static_cast<int>(w.shape(0));
+// What a job's rows read besides x: the adapter's x @ a and the int8 activations (caller-owned).
+struct JobBuffers {
+  std::vector<float> xa, xq_scale;
+  std::vector<int8_t> xq;
+};
+
+// A job for out_f (M x N floats) = the prepared rows times dequantize(w)^T (+ the LoRA delta when a is
+// given) on the row kernels: float or, where switched on, int8 activations.
+Job row_job(const float* xp, const float* xsum, int M, int K, const QuantOperands& q, float* out_f,
+            JobBuffers& buffers) {
   Job job;
-  job.base = Problem{xp, xsum, reinterpret_cast<const uint8_t*>(w.data<uint32_t>()), scales.data<void>(),
-                     biases.data<void>(), scale_type(scales.dtype()), out_f, M, N, K, group_size, bits};
+  job.base = Problem{xp, xsum, reinterpret_cast<const uint8_t*>(q.w->data<uint32_t>()), q.scales->data<void>(),
+                     q.biases->data<void>(), scale_type(q.scales->dtype()), out_f, M, static_cast<int>(q.w->shape(0)),
+                     K, q.group_size, q.bits};
   job.rows = current_rows();
-  thread_local std::vector<float> xa;
-  if (a != nullptr) {  // the adapter's delta rides on the same tasks as the rows it adds to
-    lora_input(xp, *a, M, K, bits, xa);
-    job.lora_xa = xa.data();
-    job.lora_b = b;
-    job.lora_scale = lora_scale;
+  if (q.a != nullptr) {  // the adapter's delta rides on the same tasks as the rows it adds to
+    lora_input(xp, *q.a, M, K, q.bits, buffers.xa);
+    job.lora_xa = buffers.xa.data();
+    job.lora_b = q.b;
+    job.lora_scale = q.lora_scale;
   }
+  if (const RowsFn int8_rows = current_int8_rows(q.bits)) {  // decode's rows on int8 activations
+    prepare_int8(job.base, buffers.xq, buffers.xq_scale);
+    job.rows = int8_rows;
+  }
+  return job;
+}
+
+// out_f (M x N floats) = the prepared rows times dequantize(w)^T, plus the LoRA delta when q.a is given:
+// prefill through sgemm, decode on the row kernels.
+void multiply_prepared(const float* xp, const float* xsum, int M, int K, const QuantOperands& q, float* out_f) {
   const int sgemm_from = prefill_rows.load();
   const SgemmFn sgemm = fast_sgemm();
+  thread_local JobBuffers buffers;
   if (sgemm != nullptr && sgemm_from > 0 && M >= sgemm_from) {
+    Job job;
+    job.base = Problem{xp, xsum, reinterpret_cast<const uint8_t*>(q.w->data<uint32_t>()), q.scales->data<void>(),
+                       q.biases->data<void>(), scale_type(q.scales->dtype()), out_f, M,
+                       static_cast<int>(q.w->shape(0)), K, q.group_size, q.bits};
     prefill_sgemm(sgemm, job.base);
-    if (a != nullptr) lora_columns(job, 0, N);
-  } else {
-    if (const RowsFn int8_rows = current_int8_rows(bits)) {  // decode's rows on int8 activations
-      thread_local std::vector<int8_t> xq;
-      thread_local std::vector<float> xq_scale;
-      prepare_int8(job.base, xq, xq_scale);
-      job.rows = int8_rows;
+    if (q.a != nullptr) {
+      lora_input(xp, *q.a, M, K, q.bits, buffers.xa);
+      job.lora_xa = buffers.xa.data();
+      job.lora_b = q.b;
+      job.lora_scale = q.lora_scale;
+      lora_columns(job, 0, job.base.N);
     }
-    run_rows(job);
+    return;
   }
+  Job job = row_job(xp, xsum, M, K, q, out_f, buffers);
+  run_rows(job);
 }
 
 void compute(const mx::array& x, const mx::array& w, const mx::array& scales, const mx::array& biases,
@@ -179,35 +200,76 @@ void compute(const mx::array& x, const mx::array& w, const mx::array& scales, co
     result.resize(static_cast<size_t>(M) * N);
     out_f = result.data();
   }
-  multiply_prepared(xp.data(), xsum.data(), M, K, w, scales, biases, a, b, lora_scale, out_f, group_size, bits);
+  QuantOperands q{&w, &scales, &biases, a, b, lora_scale, group_size, bits};
+  multiply_prepared(xp.data(), xsum.data(), M, K, q, out_f);
   if (out.dtype() != mx::float32) store_floats(result.data(), result.size(), out);
 }
 
-void run_rows(Job& job) {
-  const int N = job.base.N;
-  ThreadPool& pool = ThreadPool::instance();
+int tasks_for(Job& job) {
+  const ThreadPool& pool = ThreadPool::instance();
   // About 8 tasks per thread: enough for a busy core's share to move to an idle one.
-  job.rows_per_task = std::max(4, (N + pool.threads() * 8 - 1) / (pool.threads() * 8));
-  const int n_tasks = (N + job.rows_per_task - 1) / job.rows_per_task;
-  pool.parallel_for(n_tasks, run_task, &job);
+  job.rows_per_task = std::max(4, (job.base.N + pool.threads() * 8 - 1) / (pool.threads() * 8));
+  return (job.base.N + job.rows_per_task - 1) / job.rows_per_task;
 }
 
+void run_rows(Job& job) { ThreadPool::instance().parallel_for(tasks_for(job), run_task, &job); }
+
+// Several jobs' tasks in one pass of the pool: task t belongs to the job whose range holds it.
+struct Jobs {
+  std::vector<Job>* jobs;
+  std::vector<int> first;  // each job's first task, and the total at the end
+};
+
+void run_any_task(void* ctx, int task) {
+  const Jobs& all = *static_cast<const Jobs*>(ctx);
+  size_t j = 0;
+  while (task >= all.first[j + 1]) ++j;
+  run_task(&(*all.jobs)[j], task - all.first[j]);
+}
 
 }  // namespace
 
 void quantized_rows(const float* x, int M, const QuantOperands& q, float* out) {
-  const int K = static_cast<int>(q.w->shape(1)) * 32 / q.bits;
-  const int G = K / q.group_size;
-  if (M == 0 || q.w->shape(0) == 0) return;
-  thread_local std::vector<float> xp, xsum;
-  xp.resize(static_cast<size_t>(M) * K);
-  xsum.resize(static_cast<size_t>(M) * G);
-  for (int r = 0; r < M; ++r) {
-    prepare_row(x + static_cast<size_t>(r) * K, 1, K, q.bits, q.group_size, xp.data() + static_cast<size_t>(r) * K,
-                xsum.data() + static_cast<size_t>(r) * G);
+  float* outs[1] = {out};
+  quantized_rows_many(x, M, &q, outs, 1);
+}
+
+void quantized_rows_many(const float* x, int M, const QuantOperands* ops, float* const* outs, int count) {
+  if (M == 0 || count == 0) return;
+  // Each product's x prepared for its packing (the products of one input usually share one).
+  thread_local std::vector<std::vector<float>> xp, xsum;
+  thread_local std::vector<JobBuffers> buffers;
+  thread_local std::vector<Job> jobs;
+  xp.resize(count);
+  xsum.resize(count);
+  buffers.resize(count);
+  jobs.clear();
+  Jobs all{&jobs, {0}};
+  for (int i = 0; i < count; ++i) {
+    const QuantOperands& q = ops[i];
+    const int K = static_cast<int>(q.w->shape(1)) * 32 / q.bits, G = K / q.group_size;
+    int same = -1;
+    for (int j = 0; j < i && same < 0; ++j) {
+      if (ops[j].bits == q.bits && ops[j].group_size == q.group_size) same = j;
+    }
+    const int src = same < 0 ? i : same;
+    if (same < 0) {
+      xp[i].resize(static_cast<size_t>(M) * K);
+      xsum[i].resize(static_cast<size_t>(M) * G);
+      for (int r = 0; r < M; ++r) {
+        prepare_row(x + static_cast<size_t>(r) * K, 1, K, q.bits, q.group_size,
+                    xp[i].data() + static_cast<size_t>(r) * K, xsum[i].data() + static_cast<size_t>(r) * G);
+      }
+    }
+    const int sgemm_from = prefill_rows.load();
+    if (fast_sgemm() != nullptr && sgemm_from > 0 && M >= sgemm_from) {  // prefill-sized: one at a time
+      multiply_prepared(xp[src].data(), xsum[src].data(), M, K, q, outs[i]);
+      continue;
+    }
+    jobs.push_back(row_job(xp[src].data(), xsum[src].data(), M, K, q, outs[i], buffers[i]));
+    all.first.push_back(all.first.back() + tasks_for(jobs.back()));
   }
-  multiply_prepared(xp.data(), xsum.data(), M, K, *q.w, *q.scales, *q.biases, q.a, q.b, q.lora_scale, out,
-                    q.group_size, q.bits);
+  if (!jobs.empty()) ThreadPool::instance().parallel_for(all.first.back(), run_any_task, &all);
 }
 
 // The process's cblas_sgemm if it is a fast one: Accelerate on macOS; on Linux only OpenBLAS (which

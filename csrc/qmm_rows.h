@@ -20,4 +20,8 @@ struct QuantOperands {
 // out (M x N floats, row stride N) = x (M x K contiguous float32) @ dequantize(w)^T [+ scale * (x a) b].
 void quantized_rows(const float* x, int M, const QuantOperands& q, float* out);
 
+// Several products of the same x (the layer's q, k and v; gate and up) with one pass of the thread pool
+// instead of one each: outs[i] = x @ dequantize(ops[i].w)^T [+ delta]. Same arithmetic per product.
+void quantized_rows_many(const float* x, int M, const QuantOperands* ops, float* const* outs, int count);
+
 }  // namespace macllm_cpu

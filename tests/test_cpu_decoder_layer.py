@@ -67,9 +67,23 @@ def decode(model, fused: bool, monkeypatch, prompt=PROMPT, steps=STEPS) -> list[
     return outs
 
 
+@pytest.fixture(params=["float", "int8"])
+def activations(request, monkeypatch):
+    """The kernel's float activations, and its int8 ones (AVX-512 VNNI) where this CPU has them (loading a
+    model applies MACLLM_CPU_INT8)."""
+    if request.param == "int8":
+        if not cpu_kernels.extension.int8_available():
+            pytest.skip("this CPU has no AVX-512 VNNI")
+        monkeypatch.setenv(cpu_kernels.INT8_ENV, "on")
+    yield request.param
+    monkeypatch.delenv(cpu_kernels.INT8_ENV, raising=False)
+    cpu_kernels.apply_int8()
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_the_layer_op_equals_the_per_op_path_bit_for_bit(folders, family, monkeypatch):
+def test_the_layer_op_equals_the_per_op_path_bit_for_bit(folders, family, activations, monkeypatch):
     model = load_model(str(folders[family]), progress=False).model
+    assert cpu_kernels.extension.int8() == (activations == "int8")
     fused = decode(model, True, monkeypatch)
     per_op = decode(model, False, monkeypatch)
     for a, b in zip(fused, per_op, strict=True):

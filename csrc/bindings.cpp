@@ -62,9 +62,9 @@ NB_MODULE(_cpu_quant, m) {
   m.def("available_isas", &macllm_cpu::available_isas, "Kernel variants this CPU runs, best first.");
   m.def("isa", &macllm_cpu::current_isa, "The kernel variant in use.");
   m.def("set_isa", &macllm_cpu::set_isa, "name"_a, "Use another variant (tests compare them all).");
-  m.def("int8_available", &macllm_cpu::int8_available, "Whether the CPU runs the int8-activation kernel (AVX-512 VNNI).");
-  m.def("int8", &macllm_cpu::int8_enabled, "Whether 4- and 8-bit layers compute on int8 activations.");
-  m.def("set_int8", &macllm_cpu::set_int8, "on"_a, "Int8 activations for 4- and 8-bit layers (AVX-512 VNNI only).");
+  m.def("int8_available", &macllm_cpu::int8_available, "Whether the CPU runs the int8-activation kernel (AVX-512 VNNI and VBMI).");
+  m.def("int8", &macllm_cpu::int8_enabled, "Whether quantized layers compute on int8 activations.");
+  m.def("set_int8", &macllm_cpu::set_int8, "on"_a, "Int8 activations (AVX-512 VNNI and VBMI only).");
   m.def("set_prefill_rows", &macllm_cpu::set_prefill_rows, "rows"_a,
         "From how many rows prefill uses dequantized tiles + sgemm (0: never).");
   m.def("prefill_rows", &macllm_cpu::get_prefill_rows);

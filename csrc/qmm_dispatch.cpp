@@ -40,7 +40,8 @@ bool cpu_has_vnni() {
 #if defined(__x86_64__) || defined(_M_X64)
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+         __builtin_cpu_supports("avx512vbmi");
 #else
   return false;
 #endif
@@ -78,15 +79,15 @@ bool int8_available() {
 bool int8_enabled() { return int8_on.load(); }
 
 void set_int8(bool on) {
-  if (on && !int8_available()) throw std::invalid_argument("int8 activations need a CPU with AVX-512 VNNI");
+  if (on && !int8_available()) throw std::invalid_argument("int8 activations need a CPU with AVX-512 VNNI and VBMI");
   int8_on.store(on);
 }
 
 RowsFn current_int8_rows(int bits) {
+  (void)bits;  // every width has an int8 path
 #if defined(__x86_64__) || defined(_M_X64)
-  if (int8_on.load() && (bits == 4 || bits == 8) && current_rows() == rows_avx512) return rows_avx512_vnni;
+  if (int8_on.load() && current_rows() == rows_avx512) return rows_avx512_vnni;
 #endif
-  (void)bits;
   return nullptr;
 }
 

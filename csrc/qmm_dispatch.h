@@ -14,11 +14,11 @@ void set_isa(const std::string& name);  // throws std::invalid_argument if the C
 RowsFn current_rows();
 DequantFn current_dequant();
 
-// int8 activations (qmm_avx512_vnni.cpp) for 4- and 8-bit weights: available where the CPU has
-// AVX-512 VNNI; used when switched on (set_int8) and the chosen kernel is avx512.
+// int8 activations (qmm_avx512_vnni.cpp): available where the CPU has AVX-512 VNNI and VBMI; used when
+// switched on (set_int8) and the chosen kernel is avx512.
 bool int8_available();
 bool int8_enabled();
-void set_int8(bool on);  // throws std::invalid_argument if on and the CPU lacks AVX-512 VNNI
+void set_int8(bool on);  // throws std::invalid_argument if on and the CPU lacks them
 // The int8 row kernel for this many bits, or nullptr where the float kernels run.
 RowsFn current_int8_rows(int bits);
 

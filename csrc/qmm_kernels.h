@@ -34,7 +34,7 @@ struct Problem {
   ScaleType scale_type;
   float* out;          // rows of N floats (row stride N)
   int M, N, K, group_size, bits;
-  // The int8 path (4 and 8 bits, rows_avx512_vnni): x quantized per block of 32 by quantize_rows_int8
+  // The int8 path (rows_avx512_vnni): x quantized per block of 32 by quantize_rows_int8
   // (same order as `x`), and each block's scale repeated kScaleLanes times (row stride K / 32 *
   // kScaleLanes). Null when the caller prepared floats only.
   const int8_t* xq = nullptr;
@@ -75,7 +75,7 @@ void dequant_scalar(const Problem& p, int n0, int n1, float* dst);
 // with a non-finite value gets d = NaN (the row's result is NaN, as in float32). Writes xq (M * K)
 // and xq_scale (M * K / 32 * kScaleLanes).
 void quantize_rows_int8(const float* x, int M, int K, int8_t* xq, float* xq_scale);
-// The int8 path's semantics (4 and 8 bits; reads p.xq, p.xq_scale, p.xsum): per block of 32 the
+// The int8 path's semantics (reads p.xq, p.xq_scale, p.xsum): per block of 32 the
 // exact integer dot of the weights' codes with xq, times the block's scale and the group's weight
 // scale, plus the biases' term from the float group sums as in rows_scalar. For tests (selftest).
 void rows_int8_scalar(const Problem& p, int n0, int n1);
@@ -83,7 +83,7 @@ void rows_int8_scalar(const Problem& p, int n0, int n1);
 void rows_avx2(const Problem& p, int n0, int n1);
 void rows_avx512(const Problem& p, int n0, int n1);
 void dequant_avx512(const Problem& p, int n0, int n1, float* dst);
-// The int8 path on AVX-512 VNNI (vpdpbusd), 4 and 8 bits only; needs p.xq and p.xq_scale.
+// The int8 path on AVX-512 VNNI + VBMI (vpdpbusd), every width; without p.xq it is rows_avx512.
 void rows_avx512_vnni(const Problem& p, int n0, int n1);
 #endif
 #if defined(__aarch64__)

@@ -166,8 +166,12 @@ void rows_int8_scalar(const Problem& p, int n0, int n1) {
             const uint8_t byte = wr[b * 16 + j];
             dot += (byte & 15) * xm[b * 32 + j] + (byte >> 4) * xm[b * 32 + 16 + j];
           }
-        } else {
+        } else if (p.bits == 8) {
           for (int k = b * 32; k < b * 32 + 32; ++k) dot += wr[k] * xm[k];
+        } else {
+          for (int k = b * 32; k < b * 32 + 32; ++k) {
+            dot += static_cast<int32_t>(packed_value(wr, row_bytes, k, p.bits)) * xm[k];
+          }
         }
         const float d = p.xq_scale[(static_cast<size_t>(m) * blocks + b) * kScaleLanes];
         total += scale_at(p.scale_type, p.scales, static_cast<size_t>(n) * G + b * 32 / p.group_size) *

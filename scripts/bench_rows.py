@@ -4,7 +4,7 @@
     .venv/bin/python scripts/bench_rows.py [--threads N] [--rounds R]
 
 For 1, 2, 4 and 8 rows of x it times one evaluation of a Qwen2.5-Coder-0.5B-shaped MLP's matrices
-(gate and up 4864x896, down 896x4864, random weights; 4-bit group 32 and 64, 8-bit group 32) on the
+(gate and up 4864x896, down 896x4864, random weights; 4-bit group 32 and 64, 5- and 8-bit group 32) on the
 float kernel and on the int8 kernel, alternating the two in every round so that load on a shared
 machine hits both alike, and prints Gweights/s (weights read per second, best round) and the ratio.
 `--threads 1` (the default) measures CPU time of one thread, which load distorts least; more
@@ -50,7 +50,7 @@ def main() -> None:
     print(f"kernel {ext.isa()} x {ext.threads()} thread(s), {'CPU' if args.threads == 1 else 'wall'} time, "
           f"best of {args.rounds}; load average {os.getloadavg()[0]:.2f} before")
     print(f"{'weights':<14}{'rows':>5}{'float Gw/s':>12}{'int8 Gw/s':>11}{'int8/float':>12}")
-    for bits, group_size in ((4, 32), (4, 64), (8, 32)):
+    for bits, group_size in ((4, 32), (4, 64), (5, 32), (8, 32)):
         mx.random.seed(0)
         mats = [mx.quantize(mx.random.normal(s) * 0.05, group_size=group_size, bits=bits) for s in shapes]
         mx.eval(mats)

@@ -6,9 +6,9 @@ This module imports it if it was built and says why not otherwise: macllm then r
 had before (float32 when the model fits, else MLX's own quantized matmul).
 
 MACLLM_CPU_KERNEL=auto (default) uses it on the CPU when built; `off` keeps today's paths, which is
-also how to get the float32 fast path back. MACLLM_CPU_INT8 (auto, on, off) chooses whether 4- and 8-bit
-layers compute on int8 activations where the CPU has AVX-512 VNNI (docs/kernels.md); `auto` follows
-INT8_BY_DEFAULT.
+also how to get the float32 fast path back. MACLLM_CPU_INT8 (auto, on, off) chooses whether quantized
+layers compute on int8 activations where the CPU has AVX-512 VNNI and VBMI (docs/kernels.md); `auto`
+follows INT8_BY_DEFAULT.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ ENV = "MACLLM_CPU_KERNEL"
 MODES = ("auto", "off")
 INT8_ENV = "MACLLM_CPU_INT8"
 INT8_MODES = ("auto", "on", "off")
-# Whether `auto` means int8 activations where the CPU has AVX-512 VNNI (docs/benchmarks.md, issue 15's
-# int8 section, has the figures this rests on).
+# Whether `auto` means int8 activations where the CPU can (docs/benchmarks.md, "Int8 activations", has the
+# figures this rests on).
 INT8_BY_DEFAULT = False
 BITS = (2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (32, 64, 128)
@@ -83,7 +83,8 @@ def apply_int8() -> bool:
         return False
     value = int8_mode()
     if value == "on" and not extension.int8_available():
-        raise MacllmError(f"{INT8_ENV}=on needs a CPU with AVX-512 VNNI, which this one lacks: use auto or off")
+        raise MacllmError(f"{INT8_ENV}=on needs a CPU with AVX-512 VNNI and VBMI, which this one lacks: "
+                          "use auto or off")
     on = extension.int8_available() and (value == "on" or (value == "auto" and INT8_BY_DEFAULT))
     extension.set_int8(on)
     return on
@@ -104,7 +105,7 @@ def status() -> tuple[bool, str]:
     if mx.default_device() != mx.cpu:
         return False, f"the default device is the GPU ({build_status})"
     if apply_int8():
-        return True, f"{build_status}, int8 activations for 4- and 8-bit layers (AVX-512 VNNI)"
+        return True, f"{build_status}, int8 activations (AVX-512 VNNI, {INT8_ENV})"
     return True, build_status
 
 

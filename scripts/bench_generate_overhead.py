@@ -5,7 +5,8 @@
         [--prompt-tokens 256] [--gen-tokens 128] [--rounds 3]
 
 One process, one loaded model, one prefilled prompt that every variant decodes from (the cache is trimmed
-back between them), the variants interleaved over `--rounds` rounds, each variant's best round reported:
+back between them), the variants interleaved over `--rounds` rounds, each variant's best round reported
+in wall and in process CPU time per token:
 - bare loop: the model and an argmax, the next step queued before the token is read (the floor);
 - decode_steps: the token loop with the TokenChooser (log-probabilities, sampling, alternatives);
 - stream_generate: the whole text layer on top (detokenizing, stop strings, events, timing), also with
@@ -61,35 +62,51 @@ def with_mlx_ops(run):
     return wrapped
 
 
-def bare_loop(model, cache, logits: mx.array, n: int) -> float:
+class Clock:
+    """Wall and process CPU seconds per token (CPU time is less distorted by other processes' load)."""
+
+    def __init__(self, tokens: int):
+        self.tokens = tokens
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = (time.perf_counter() - self.wall) / self.tokens
+        self.cpu = (time.process_time() - self.cpu) / self.tokens
+
+
+def bare_loop(model, cache, logits: mx.array, n: int) -> Clock:
     token = mx.argmax(logits, axis=-1)
     mx.eval(token)
-    t = time.perf_counter()
-    for i in range(n):
-        nxt = mx.argmax(model(token[None], cache=cache)[:, -1, :], axis=-1) if i + 1 < n else None
-        if nxt is not None:
-            mx.async_eval(nxt)
-        token.item()
-        token = nxt
-    return (time.perf_counter() - t) / max(n - 1, 1)
+    with Clock(n) as clock:
+        for i in range(n):
+            nxt = mx.argmax(model(token[None], cache=cache)[:, -1, :], axis=-1) if i + 1 < n else None
+            if nxt is not None:
+                mx.async_eval(nxt)
+            token.item()
+            token = nxt
+    return clock
 
 
-def loop_steps(model, cache, logits: mx.array, prompt: list[int], n: int, params: GenerationParams) -> float:
+def loop_steps(model, cache, logits: mx.array, prompt: list[int], n: int, params: GenerationParams) -> Clock:
     choose = TokenChooser(params, prompt)
     first = choose(logits)
     mx.eval(first)
-    t = time.perf_counter()
-    for _ in decode_steps(model, cache, first, choose, n):
-        pass
-    return (time.perf_counter() - t) / max(n - 1, 1)
+    with Clock(n) as clock:
+        for _ in decode_steps(model, cache, first, choose, n):
+            pass
+    return clock
 
 
-def loop_stream(model, tokenizer, cache, prompt: list[int], n: int, params: GenerationParams) -> float:
-    for event in stream_generate(model, tokenizer, prompt, params, cache=cache, cached=prompt):
-        if isinstance(event, GenerationResult):
-            assert event.stats.generation_tokens == n, "an end of text came early: use another prompt"
-            return 1.0 / event.stats.generation_tps
-    raise AssertionError("no result")
+def loop_stream(model, tokenizer, cache, prompt: list[int], n: int, params: GenerationParams) -> Clock:
+    """The whole call, its one-token prefill (the prompt's last token, the rest reused) included."""
+    with Clock(n) as clock:
+        for event in stream_generate(model, tokenizer, prompt, params, cache=cache, cached=prompt):
+            if isinstance(event, GenerationResult):
+                assert event.stats.generation_tokens == n, "an end of text came early: use another prompt"
+    return clock
 
 
 def best_ms(fn, rounds: int = 50) -> float:
@@ -135,21 +152,25 @@ def main() -> None:
         variants[f"stream_generate, {name}"] = lambda p=params: loop_stream(model, tokenizer, cache, prompt, n, p)
         variants[f"stream_generate, {name}, MLX ops choose"] = with_mlx_ops(
             lambda p=params: loop_stream(model, tokenizer, cache, prompt, n, p))
-    best = {name: float("inf") for name in variants}
+    wall = {name: float("inf") for name in variants}
+    cpu = dict(wall)
     loads = [os.getloadavg()[0]]
     for _ in range(args.rounds):
         for name, run in variants.items():
-            best[name] = min(best[name], run())
+            clock = run()
+            wall[name], cpu[name] = min(wall[name], clock.wall), min(cpu[name], clock.cpu)
             reset()
         loads.append(os.getloadavg()[0])
     tokenizer.eos_token_ids = eos
 
-    floor = best["bare loop (model + argmax)"]
+    bare = "bare loop (model + argmax)"
     print(f"{args.model}: {args.prompt_tokens}-token prompt, {n} tokens, best of {args.rounds} rounds; "
           f"load average {min(loads):.1f}-{max(loads):.1f}")
-    print("| variant | ms per token | tok/s | over the bare loop (ms) |\n|---|---:|---:|---:|")
-    for name, s in best.items():
-        print(f"| {name} | {s * 1e3:.2f} | {1 / s:.1f} | {(s - floor) * 1e3:+.2f} |")
+    print("| variant | wall ms per token | tok/s | over the bare loop (ms) | CPU ms per token | over the bare loop |\n"
+          "|---|---:|---:|---:|---:|---:|")
+    for name in variants:
+        print(f"| {name} | {wall[name] * 1e3:.2f} | {1 / wall[name]:.1f} | {(wall[name] - wall[bare]) * 1e3:+.2f} | "
+              f"{cpu[name] * 1e3:.2f} | {(cpu[name] - cpu[bare]) * 1e3:+.2f} |")
 
     # The chooser alone: one choice from fixed logits, evaluated (what it adds to a step's graph).
     fixed = mx.random.normal((1, logits.shape[-1])) * 4

@@ -33,7 +33,7 @@ from macllm.engine.solo_guesses import Guesser, SoloGuesses
 from macllm.engine.token_stream import PrefillProgress, TokenStream
 from macllm.generation import GenerationParams, GenerationResult, GenerationStats, speculative, stream_generate
 from macllm.generation.speculative import SpeculationStats
-from macllm.generation.steps import Step, common_prefix_length
+from macllm.generation.steps import Step, common_prefix_length, read_alternatives
 
 MAX_ROWS = 8  # sequences decoded together; more costs memory for the caches and attention time per step
 STEPS_PER_JOB = 16  # decode steps one pump job runs before letting other engine jobs in
@@ -45,12 +45,6 @@ class Request:
     params: GenerationParams
     scales: dict[str, float] | None  # None: whatever blend is active
     stream: TokenStream
-
-
-def _alternatives(alts) -> list[tuple[int, float]] | None:
-    if alts is None:
-        return None
-    return list(zip(alts[0][0].tolist(), alts[1][0].tolist(), strict=True))
 
 
 @dataclass
@@ -99,7 +93,7 @@ class Row:
                 mx.async_eval(self.upcoming)
                 history.append(token.item())
             self.in_batch = True
-            yield Step(token.item(), logprob.item(), _alternatives(alts), self.more)
+            yield Step(token.item(), logprob.item(), read_alternatives(alts), self.more)
             while self.more and not self.speculate:
                 assert self.current is not None, "the batch moved this row on before resuming it"
                 token, logprob, alts = self.current
@@ -107,7 +101,7 @@ class Row:
                 self.more = self.feeding
                 if self.more:
                     history.append(token.item())
-                yield Step(token.item(), logprob.item(), _alternatives(alts), self.more)
+                yield Step(token.item(), logprob.item(), read_alternatives(alts), self.more)
             self.in_batch = False
             if not self.more:
                 return
@@ -135,7 +129,7 @@ class Row:
 
 def _step_of(choice: tuple) -> Step:
     token, logprob, alts = choice
-    return Step(token.item(), logprob.item(), _alternatives(alts), False)
+    return Step(token.item(), logprob.item(), read_alternatives(alts), False)
 
 
 def _choice_of(step: Step) -> tuple:

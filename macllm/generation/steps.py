@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, cast
 
 import mlx.core as mx
 
@@ -92,6 +92,17 @@ class TokenChooser:
         return token, logprob, alts
 
 
+def read_alternatives(alts: tuple[mx.array, mx.array] | None) -> list[tuple[int, float]] | None:
+    """A choice's alternatives ((1, k) ids, (1, k) logprobs) as Python pairs. Read whole and indexed in Python:
+    `ids[0].tolist()` would make a new MLX node whose evaluation waits behind the next step already queued on
+    the stream, so the caller's work would stop overlapping the model's (~1-3 ms a token with the inspector on)."""
+    if alts is None:
+        return None
+    ids = cast(list[list[int]], alts[0].tolist())
+    logprobs = cast(list[list[float]], alts[1].tolist())
+    return list(zip(ids[0], logprobs[0], strict=True))
+
+
 # What decodes after the prefill: (model, cache, first choice, chooser, max new tokens, cancel) -> Steps.
 Decoder = Callable[..., Iterator[Step]]
 
@@ -110,10 +121,7 @@ def decode_steps(model, cache: list[LayerCache], first: tuple, choose: TokenChoo
         if more:
             next_choice = choose(model(token[None], cache=cache)[:, -1, :])
             mx.async_eval(next_choice)
-        alternatives = None
-        if alts is not None:
-            alternatives = list(zip(alts[0][0].tolist(), alts[1][0].tolist(), strict=True))
-        yield Step(token.item(), logprob.item(), alternatives, more)
+        yield Step(token.item(), logprob.item(), read_alternatives(alts), more)
         if not more:
             return
         token, logprob, alts = next_choice

@@ -172,8 +172,7 @@ def _possible(alternatives: list[tuple[int, float]] | None) -> list[tuple[int, f
 
 def _first_step(first: tuple) -> steps.Step:
     token, logprob, alts = first
-    alternatives = list(zip(alts[0][0].tolist(), alts[1][0].tolist(), strict=True)) if alts is not None else None
-    return steps.Step(token.item(), logprob.item(), alternatives, False)
+    return steps.Step(token.item(), logprob.item(), steps.read_alternatives(alts), False)
 
 
 def generate(model, tokenizer, prompt: list[int], params: GenerationParams, **kw) -> GenerationResult:

@@ -186,3 +186,13 @@ def test_a_model_generates_the_same_with_and_without_the_op(tiny_llama_gguf, mon
     assert len(with_op) == 16 and with_op == without
     assert generate(lm.model, lm.tokenizer, prompt, params).token_ids  # and the plain path still runs
 
+
+
+def test_greedy_choices_per_row_are_the_mlx_compositions(monkeypatch):
+    """Speculative decoding's greedy verification: every row's choice, logprob and alternatives at once."""
+    x = mx.concatenate([logits_of(kind, 3000, seed) for seed, kind in enumerate(["spread", "ties", "masked"] * 3)])
+    ours = sampling.greedy_choices(x, 4)
+    monkeypatch.setattr(sampling, "one_node", lambda logits: False)
+    reference = sampling.greedy_choices(x, 4)
+    assert (ours[0] == reference[0]).all().item() and same_bits(ours[1], reference[1])
+    assert same_bits(ours[2][1], reference[2][1])

@@ -52,12 +52,24 @@ def top_alternatives(logprobs: mx.array, k: int) -> tuple[mx.array, mx.array]:
     return mx.take_along_axis(ids, order, axis=-1), mx.take_along_axis(values, order, axis=-1)
 
 
+def greedy_choices(logits: mx.array, alternatives: int = 0):
+    """Each row's greedy choice of logits (rows, vocab): (tokens (rows,), their logprobs (rows,), None or the
+    `alternatives` likeliest per row with their logprobs ((rows, k), (rows, k))), lazy; one node on the CPU."""
+    if one_node(logits):
+        return fused.choose_token(logits, None, 0.0, 0, 1.0, 0.0, alternatives)
+    logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    best = mx.argmax(logprobs, axis=-1)
+    chosen = mx.take_along_axis(logprobs, best[:, None], axis=-1)[:, 0]
+    return best, chosen, top_alternatives(logprobs, alternatives) if alternatives > 0 else None
+
+
 def one_node(logits: mx.array) -> bool:
     """Whether our CPU op makes the choice (csrc/sample_token.cpp) rather than the MLX ops below."""
     return fused.active(logits)
 
 
-__all__ = ["Sampler", "SamplingParams", "apply_repetition_penalty", "filter_logprobs", "top_alternatives"]
+__all__ = ["Sampler", "SamplingParams", "apply_repetition_penalty", "filter_logprobs", "greedy_choices",
+           "top_alternatives"]
 
 
 class Sampler:

@@ -32,7 +32,7 @@ from macllm.errors import MacllmError
 from macllm.generation.guess_plan import AdaptiveK
 from macllm.generation.params import GenerationParams
 from macllm.generation.prompt_lookup import PromptLookup
-from macllm.generation.sampling import apply_repetition_penalty, filter_logprobs, top_alternatives
+from macllm.generation.sampling import apply_repetition_penalty, filter_logprobs, greedy_choices, top_alternatives
 from macllm.generation.steps import Step, common_prefix_length, prefill
 
 
@@ -222,7 +222,9 @@ class Verdict:
     drafts: mx.array  # (k,)
     accept: mx.array  # (k,) bool: each guess on its own (only the leading run counts)
     replacement: mx.array  # (k+1,): the token to emit if the first rejection is at i (k: all kept)
-    logprobs: mx.array  # (k+1, vocab): the model's log-probabilities (after penalty) at each position
+    # Sampled rounds: (k+1, vocab), the model's log-probabilities (after penalty) at each position. Greedy
+    # rounds: (k+1,), the log-probability of each position's choice, the only ones a greedy round emits.
+    logprobs: mx.array
     alternatives: tuple[mx.array, mx.array] | None = None
 
     def arrays(self) -> list[mx.array]:
@@ -261,26 +263,27 @@ def judge(logits: mx.array, proposal: Proposal, history: list[int], params: Gene
     k = proposal.size
     drafts = proposal.tokens
     logits = _penalised(logits, history, drafts, params)
-    logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
     if params.temperature <= 0:
-        best = mx.argmax(logprobs, axis=-1)
-        verdict = Verdict(drafts, best[:k] == drafts, best, logprobs)
+        # A guess is kept when it is the model's own choice; each position's choice and its logprob (one
+        # node per round on the CPU) are all a greedy round needs.
+        best, chosen, alternatives = greedy_choices(logits, params.top_alternatives)
+        return Verdict(drafts, best[:k] == drafts, best, chosen, alternatives)
+    logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    p = _distribution(logprobs, params)
+    rows = mx.arange(k)
+    p_d = p[rows, drafts]
+    if proposal.probs is None:  # certain guesses: q is one-hot at d
+        q_d = mx.ones_like(p_d)
+        residual = mx.where(mx.arange(p.shape[-1])[None] == drafts[:, None], 0.0, p[:k])
     else:
-        p = _distribution(logprobs, params)
-        rows = mx.arange(k)
-        p_d = p[rows, drafts]
-        if proposal.probs is None:  # certain guesses: q is one-hot at d
-            q_d = mx.ones_like(p_d)
-            residual = mx.where(mx.arange(p.shape[-1])[None] == drafts[:, None], 0.0, p[:k])
-        else:
-            q_d = proposal.probs[rows, drafts]
-            residual = mx.maximum(p[:k] - proposal.probs, 0.0)
-        # Where p and q agree to rounding the residual is empty; a draw from p itself is then as good.
-        residual = mx.where(residual.sum(axis=-1, keepdims=True) > 0, residual, p[:k])
-        accept = mx.random.uniform(shape=(k,), key=keys.next()) * q_d < p_d
-        pick_from = mx.concatenate([residual, p[k:]])
-        replacement = mx.random.categorical(mx.log(pick_from), key=keys.next())
-        verdict = Verdict(drafts, accept, replacement, logprobs)
+        q_d = proposal.probs[rows, drafts]
+        residual = mx.maximum(p[:k] - proposal.probs, 0.0)
+    # Where p and q agree to rounding the residual is empty; a draw from p itself is then as good.
+    residual = mx.where(residual.sum(axis=-1, keepdims=True) > 0, residual, p[:k])
+    accept = mx.random.uniform(shape=(k,), key=keys.next()) * q_d < p_d
+    pick_from = mx.concatenate([residual, p[k:]])
+    replacement = mx.random.categorical(mx.log(pick_from), key=keys.next())
+    verdict = Verdict(drafts, accept, replacement, logprobs)
     if params.top_alternatives > 0:
         verdict.alternatives = top_alternatives(logprobs, params.top_alternatives)
     return verdict
@@ -300,7 +303,10 @@ def resolve(verdict: Verdict, limit: int) -> Resolved:
     while kept < min(len(drafts), limit) and accept[kept]:
         kept += 1
     tokens = drafts[:kept] + [verdict.replacement[kept].item()]
-    lp = _listed(verdict.logprobs[mx.arange(kept + 1), mx.array(tokens)])
+    if verdict.logprobs.ndim == 1:  # greedy: the emitted tokens are the positions' choices
+        lp = _listed(verdict.logprobs)[:kept + 1]
+    else:
+        lp = _listed(verdict.logprobs[mx.arange(kept + 1), mx.array(tokens)])
     alts: list[list[tuple[int, float]] | None] = [None] * len(tokens)
     if verdict.alternatives is not None:
         ids, vals = _listed(verdict.alternatives[0]), _listed(verdict.alternatives[1])

@@ -46,7 +46,8 @@ NB_MODULE(_cpu_quant, m) {
   m.def("silu_mul", &macllm_cpu::silu_mul, "g"_a, "u"_a, nb::kw_only(), "stream"_a = nb::none(), "silu(g) * u.");
   m.def("decoder_layer", &macllm_cpu::decoder_layer, "x"_a, "norm_in"_a, "norm_post"_a, "cos"_a, "sin"_a, "keys"_a,
         "values"_a, "projections"_a, "n_heads"_a, "n_kv_heads"_a, "offset"_a, "eps_in"_a, "eps_post"_a, "scale"_a,
-        "causal"_a, nb::kw_only(), "stream"_a = nb::none(),
+        "causal"_a, "q_norm"_a = nb::none(), "k_norm"_a = nb::none(), "eps_qk"_a = 0.0f, nb::kw_only(),
+        "stream"_a = nb::none(),
         "A Llama-shaped decoder layer in one node: (out, keys, values), the cache buffers written at offset.");
   m.def(
       "choose_token",

@@ -147,6 +147,17 @@ void run_layer(const LayerShape& shape, const std::vector<ProjectionSpec>& specs
   float* const qkv[] = {q.data(), k.data(), v.data()};
   project(normed.data(), M, in, specs, at, {kQ, kK, kV}, qkv);
 
+  if (shape.qk_norm) {  // each head's row normalised in place (the norm reads a value before writing it)
+    const float* qn = in[in.size() - 2].data<float>();
+    const float* kn = in.back().data<float>();
+    for (size_t row = 0; row < static_cast<size_t>(M) * H; ++row) {
+      norm_row(q.data() + row * Dh, 1, nullptr, 0, qn, 1, Dh, shape.eps_qk, nullptr, q.data() + row * Dh);
+    }
+    for (size_t row = 0; row < static_cast<size_t>(M) * KV; ++row) {
+      norm_row(k.data() + row * Dh, 1, nullptr, 0, kn, 1, Dh, shape.eps_qk, nullptr, k.data() + row * Dh);
+    }
+  }
+
   // Rope into the (B, H, L, Dh) layout for queries and straight into the cache for keys; values copied.
   const auto &cs = cos.strides(), &ss = sin.strides();
   for (int b = 0; b < B; ++b) {
@@ -196,7 +207,8 @@ std::vector<mx::array> decoder_layer(const mx::array& x, const mx::array& norm_i
                                      const mx::array& cos, const mx::array& sin, const mx::array& keys,
                                      const mx::array& values, const std::vector<Projection>& projections,
                                      int n_heads, int n_kv_heads, int offset, float eps_in, float eps_post,
-                                     float scale, bool causal, mx::StreamOrDevice s) {
+                                     float scale, bool causal, const std::optional<mx::array>& q_norm,
+                                     const std::optional<mx::array>& k_norm, float eps_qk, mx::StreamOrDevice s) {
   const mx::Stream stream = mx::to_stream(s);
   check(stream.device == mx::Device::cpu, "runs on the CPU only");
   check(x.ndim() == 3 && x.dtype() == mx::float32, "x must be float32 (B, L, D)");
@@ -249,7 +261,15 @@ std::vector<mx::array> decoder_layer(const mx::array& x, const mx::array& norm_i
     }
     specs.push_back(spec);
   }
-  const LayerShape shape{n_heads, n_kv_heads, offset, eps_in, eps_post, scale, causal};
+  check(q_norm.has_value() == k_norm.has_value(), "q_norm and k_norm come together");
+  if (q_norm) {
+    check(q_norm->ndim() == 1 && k_norm->ndim() == 1 && q_norm->shape(0) == Dh && k_norm->shape(0) == Dh &&
+              q_norm->dtype() == mx::float32 && k_norm->dtype() == mx::float32,
+          "q_norm and k_norm must be float32 of the head width");
+    inputs.push_back(row_contiguous(*q_norm, stream));
+    inputs.push_back(row_contiguous(*k_norm, stream));
+  }
+  const LayerShape shape{n_heads, n_kv_heads, offset, eps_in, eps_post, scale, causal, q_norm.has_value(), eps_qk};
   return mx::array::make_arrays({x.shape(), keys.shape(), values.shape()}, {mx::float32, mx::float32, mx::float32},
                                 std::make_shared<DecoderLayer>(stream, shape, std::move(specs)), inputs);
 }

@@ -25,19 +25,24 @@ struct LayerShape {
   int n_heads = 0, n_kv_heads = 0, offset = 0;
   float eps_in = 0.0f, eps_post = 0.0f, scale = 0.0f;
   bool causal = false;
+  bool qk_norm = false;  // Qwen3: an RMSNorm over each head's queries and keys before rope
+  float eps_qk = 0.0f;
 };
 
 // h = x + o_proj(attend(rope(q_proj(n)), cache + rope(k_proj(n)), cache + v_proj(n))), n = rms_norm(x);
 // out = h + down(silu(gate(m)) * up(m)), m = rms_norm(h). x is (B, L, D) float32; projections are
 // q, k, v, o, gate, up, down; cos, sin (L, R) the rope tables for positions offset..offset+L-1; keys
 // (B, KV, capacity, Dh) and values (B, KV, capacity, Dv) the cache's float32 buffers, holding `offset`
-// positions. Returns (out, keys, values): the buffers with the L new positions written after `offset`
+// positions; q_norm and k_norm (Dh), where given, normalise each head's queries and keys before rope
+// (Qwen3). Returns (out, keys, values): the buffers with the L new positions written after `offset`
 // (in place when MLX can hand the old buffers over). Inference only: it has no derivatives.
 std::vector<mx::array> decoder_layer(const mx::array& x, const mx::array& norm_in, const mx::array& norm_post,
                                      const mx::array& cos, const mx::array& sin, const mx::array& keys,
                                      const mx::array& values, const std::vector<Projection>& projections,
                                      int n_heads, int n_kv_heads, int offset, float eps_in, float eps_post,
-                                     float scale, bool causal, mx::StreamOrDevice s = {});
+                                     float scale, bool causal, const std::optional<mx::array>& q_norm,
+                                     const std::optional<mx::array>& k_norm, float eps_qk,
+                                     mx::StreamOrDevice s = {});
 
 struct ProjectionSpec {
   int group_size = 0, bits = 0;

@@ -9,6 +9,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from macllm.config import ModelConfig
+from macllm.models.fused_layer import decode_layer
 from macllm.models.norm import RMSNorm, add_and_norm
 
 
@@ -21,6 +22,9 @@ class PreNormDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
 
     def __call__(self, x: mx.array, mask, cache) -> mx.array:
+        fused = decode_layer(self, x, mask, cache)  # the whole layer as one CPU node while decoding, where it applies
+        if fused is not None:
+            return fused
         h, normed = add_and_norm(x, self.self_attn(self.input_layernorm(x), mask, cache),
                                  self.post_attention_layernorm)
         return h + self.mlp(normed)

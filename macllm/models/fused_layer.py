@@ -1,4 +1,5 @@
-"""A Llama-shaped decoder layer as one CPU node while decoding (csrc/fused_layer.cpp, docs/kernels.md).
+"""A Llama-shaped decoder layer as one CPU node while decoding (csrc/fused_layer.cpp, docs/kernels.md):
+Llama, Mistral, Qwen2 and Qwen3 (its per-head q/k norms) layers with a dense SwiGLU MLP.
 
 The per-op path schedules ~23 MLX nodes per layer (norms, seven projections, rope, cache writes, attention,
 adds): on the CPU their scheduling and the Python that builds them cost about as much as reading the
@@ -19,8 +20,8 @@ PROJECTIONS = (("self_attn", "q_proj"), ("self_attn", "k_proj"), ("self_attn", "
 
 def _operands(layer) -> list[tuple] | None:
     found = []
-    for block, name in PROJECTIONS:
-        get = getattr(getattr(getattr(layer, block), name), "kernel_operands", None)
+    for block, name in PROJECTIONS:  # absent in other layouts (Phi-3's fused qkv, a mixture of experts)
+        get = getattr(getattr(getattr(layer, block), name, None), "kernel_operands", None)
         operands = get() if get is not None else None
         if operands is None:
             return None
@@ -47,10 +48,14 @@ def decode_layer(layer, x: mx.array, mask, cache) -> mx.array | None:
         return None
     assert extension is not None and operands is not None
     norm_in, norm_post = layer.input_layernorm, layer.post_attention_layernorm
+    q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)  # Qwen3's per-head norms
     batch, length = x.shape[:2]
-    keys, values = cache.room_for(length, batch, attn.n_kv_heads, attn.head_dim, attn.head_dim)
+    head_dim = operands[1][0].shape[0] // attn.n_kv_heads  # k_proj's rows
+    keys, values = cache.room_for(length, batch, attn.n_kv_heads, head_dim, head_dim)
     out, keys, values = extension.decoder_layer(
         x, norm_in["weight"], norm_post["weight"], *tables, keys, values, operands, attn.n_heads, attn.n_kv_heads,
-        cache.offset, norm_in.eps, norm_post.eps, attn.scale, mask == "causal")
+        cache.offset, norm_in.eps, norm_post.eps, attn.scale, mask == "causal",
+        q_norm["weight"] if q_norm is not None else None, k_norm["weight"] if k_norm is not None else None,
+        q_norm.eps if q_norm is not None else 0.0)
     cache.wrote(keys, values, length)
     return out

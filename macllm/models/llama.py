@@ -10,7 +10,6 @@ from macllm.cpu_kernels import fused
 from macllm.models.attention import rotate_cache_attend
 from macllm.models.base import CausalLM
 from macllm.models.decoder import DecoderStack, PreNormDecoderLayer
-from macllm.models.fused_layer import decode_layer
 from macllm.models.rope import RoPE
 
 
@@ -48,18 +47,11 @@ class MLP(nn.Module):
         return self.down_proj(fused.silu_mul(gate, up) if fused.active(gate) else nn.silu(gate) * up)
 
 
-class LlamaDecoderLayer(PreNormDecoderLayer):
-    def __call__(self, x: mx.array, mask, cache) -> mx.array:
-        out = decode_layer(self, x, mask, cache)  # one CPU node while decoding, where it applies
-        return out if out is not None else super().__call__(x, mask, cache)
-
-
 class LlamaBody(DecoderStack):
     def __init__(self, cfg: ModelConfig, rope_periods: mx.array | None = None):
         rope = RoPE(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, periods=rope_periods)
-        layers: list[PreNormDecoderLayer] = [
-            LlamaDecoderLayer(cfg, Attention(cfg, rope), MLP(cfg.hidden_size, cfg.intermediate_size))
-            for _ in range(cfg.num_hidden_layers)]
+        layers = [PreNormDecoderLayer(cfg, Attention(cfg, rope), MLP(cfg.hidden_size, cfg.intermediate_size))
+                  for _ in range(cfg.num_hidden_layers)]
         super().__init__(cfg, layers)
 
 

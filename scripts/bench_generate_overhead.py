@@ -29,6 +29,7 @@ import macllm  # noqa: F401  (OpenBLAS before MLX)
 from macllm.cache import cache_length, make_cache, trim_cache
 from macllm.generation import GenerationParams, sampling, stream_generate
 from macllm.generation.params import GenerationResult
+from macllm.generation.sampling import greedy_choices
 from macllm.generation.steps import TokenChooser, decode_steps, prefill
 from macllm.generation.stop_strings import StopStringWatcher
 from macllm.loader import load_model
@@ -182,6 +183,14 @@ def main() -> None:
         print(f"| TokenChooser, {name} | {best_ms(lambda c=choose: mx.eval(c(fixed))):.3f} |")
         with mlx_ops_choose():
             print(f"| TokenChooser, {name}, MLX ops | {best_ms(lambda c=choose: mx.eval(c(fixed))):.3f} |")
+
+    # Speculative decoding's greedy verification: six rows (five guesses and the extra token) at once.
+    rows = mx.random.normal((6, logits.shape[-1])) * 4
+    mx.eval(rows)
+    print(f"| greedy_choices, 6 rows + 5 alternatives | {best_ms(lambda: mx.eval(greedy_choices(rows, 5))):.3f} |")
+    with mlx_ops_choose():
+        print(f"| greedy_choices, 6 rows + 5 alternatives, MLX ops | "
+              f"{best_ms(lambda: mx.eval(greedy_choices(rows, 5))):.3f} |")
 
     # The text layer alone on real output: detokenizing and stop strings per token.
     tokens = [e.token_id for e in stream_generate(model, tokenizer, prompt, GenerationParams(max_tokens=n),

@@ -8,6 +8,7 @@
 #include "fused_attend.h"
 #include "fused_common.h"
 #include "fused_ops.h"
+#include "fused_rows.h"
 #include "thread_pool.h"
 
 namespace macllm_cpu {
@@ -32,9 +33,10 @@ inline float dot_strided(const float* a, int64_t as, const float* b, int64_t bs,
   return dot;
 }
 
-// All query rows of one (batch, head) pair. Rows with unit inner strides (the cache's buffers, the
-// decoder layer's scratch) take the vectorised loops.
-void attend_head(void* ctx, int task) {
+// All query rows of one (batch, head) pair: scores, their max, exp and sum, then the weighted values,
+// each a loop of its own so each vectorises. Rows with unit inner strides (the cache's buffers, the
+// decoder layer's scratch) take the vectorised dot products.
+MACLLM_VECTOR_CLONES void attend_head(void* ctx, int task) {
   const AttendJob& j = *static_cast<const AttendJob*>(ctx);
   const int b = task / j.H, h = task % j.H;
   const int kvh = h / (j.H / j.KV);
@@ -45,23 +47,26 @@ void attend_head(void* ctx, int task) {
   thread_local std::vector<float> scores, acc;
   scores.resize(j.S);
   acc.resize(j.Dv);
+  float* sc = scores.data();
+  float* a = acc.data();
   for (int i = 0; i < j.Lq; ++i) {
     const float* qrow = j.q + b * qs[0] + h * qs[1] + i * qs[2];
     // Causal: query i sits at position S - Lq + i and sees keys up to it.
     const int visible = j.causal ? std::max(0, j.S - j.Lq + i + 1) : j.S;
-    float top = -std::numeric_limits<float>::infinity();
     for (int t = 0; t < visible; ++t) {
       const float* krow = kbase + t * ks[2];
-      const float dot = unit ? dot_unit(qrow, krow, j.D) : dot_strided(qrow, qs[3], krow, ks[3], j.D);
-      scores[t] = dot * j.scale;
-      top = std::max(top, scores[t]);
+      sc[t] = (unit ? dot_unit(qrow, krow, j.D) : dot_strided(qrow, qs[3], krow, ks[3], j.D)) * j.scale;
     }
+    float top = -std::numeric_limits<float>::infinity();
+    for (int t = 0; t < visible; ++t) top = std::max(top, sc[t]);
     float total = 0.0f;
-    float* a = acc.data();
+    for (int t = 0; t < visible; ++t) {
+      sc[t] = exp_nonpositive(sc[t] - top);
+      total += sc[t];
+    }
     std::fill(acc.begin(), acc.end(), 0.0f);
     for (int t = 0; t < visible; ++t) {
-      const float p = std::exp(scores[t] - top);
-      total += p;
+      const float p = sc[t];
       const float* vrow = vbase + t * vs[2];
       if (unit) {
         for (int d = 0; d < j.Dv; ++d) a[d] += p * vrow[d];

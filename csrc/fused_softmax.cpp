@@ -8,32 +8,9 @@
 
 #include "fused_common.h"
 #include "fused_ops.h"
+#include "fused_rows.h"
 
 namespace macllm_cpu {
-namespace {
-
-// exp(x) for x <= 0 (softmax arguments after the max is subtracted): 2^n * p(r), r in [-ln2/2, ln2/2],
-// p a degree-6 polynomial (relative error ~2e-7, float32's rounding). Below -87 it is 0.
-inline float exp_nonpositive(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  // Round to nearest by adding and removing 1.5 * 2^23 (vectorizes on baseline SSE2, unlike nearbyint).
-  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;  // ln 2 in two parts: r stays exact
-  float p = 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  static_assert(sizeof(scale) == sizeof(bits));
-  __builtin_memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
-}
-
-}  // namespace
 
 mx::array causal_softmax(const mx::array& scores, float scale, int queries, mx::StreamOrDevice s) {
   const mx::Stream stream = mx::to_stream(s);

@@ -129,7 +129,8 @@ void sort_descending(std::vector<float>& values, int n, std::vector<uint32_t>& k
 // The k-th largest value (with repeats) for top-k: a min-heap of the k largest seen, for the usual small k.
 float kth_largest(const float* s, int n, int k, std::vector<float>& work) {
   if (k > 256) {
-    std::copy(s, s + n, work.begin());
+    // NaN (a broken model's logits) would break nth_element's ordering; it never passes a filter anyway.
+    std::transform(s, s + n, work.begin(), [](float v) { return v != v ? kNegInf : v; });
     std::nth_element(work.begin(), work.begin() + (k - 1), work.begin() + n, std::greater<float>());
     return work[k - 1];
   }
@@ -152,7 +153,7 @@ void top_p_filter(float* s, int n, float top_p, Scratch& buf) {
   float* work = buf.work.data();
   int finite = 0;
   for (int i = 0; i < n; ++i) {
-    if (s[i] != kNegInf) sorted[finite++] = s[i];
+    if (s[i] > kNegInf) sorted[finite++] = s[i];  // finite values; NaN never reaches the sort
   }
   if (finite == 0) return;
   sort_descending(sorted, finite, buf.keys, buf.keys_tmp);

@@ -196,3 +196,30 @@ def test_greedy_choices_per_row_are_the_mlx_compositions(monkeypatch):
     reference = sampling.greedy_choices(x, 4)
     assert (ours[0] == reference[0]).all().item() and same_bits(ours[1], reference[1])
     assert same_bits(ours[2][1], reference[2][1])
+
+
+@pytest.mark.parametrize("filters", [(0.0, 0, 1.0, 0.0), *FILTERS, (1.0, 300, 0.9, 0.0)])
+def test_nan_logits_give_a_token_in_range_without_crashing(filters):
+    """A broken model's NaNs: no promise of MLX's token, but never a crash or an id outside the vocabulary."""
+    x = mx.where(mx.arange(1000)[None] % 3 == 0, mx.nan, logits_of("spread", 1000, 2))
+    for u in (0.0, 0.5, 0.999):
+        token, _, (ids, _) = fused.choose_token(x, mx.array([u]), *filters, 5)
+        assert 0 <= token.item() < 1000 and all(0 <= i < 1000 for i in ids[0].tolist())
+
+
+def test_smollm2_generates_the_same_with_and_without_the_op(smollm_gguf, monkeypatch):
+    """The real 49k vocabulary, greedy with the inspector's alternatives and the app's sampling."""
+    lm = load_model(str(smollm_gguf), progress=False)
+    prompt = lm.tokenizer.encode("The harbour town woke slowly. Fishing boats came in with the tide,")
+    settings = [GenerationParams(max_tokens=24, top_alternatives=5),
+                GenerationParams(max_tokens=24, temperature=0.7, top_p=0.95, min_p=0.05, top_alternatives=5, seed=2)]
+
+    def events(params):
+        out = stream_generate(lm.model, lm.tokenizer, prompt, params)
+        return [(e.token_id, e.logprob, e.alternatives) for e in out if isinstance(e, TokenEvent)]
+
+    with_op = [events(params) for params in settings]
+    assert sampling.one_node(mx.zeros((1, 8)))
+    monkeypatch.setattr(sampling, "one_node", lambda logits: False)
+    without = [events(params) for params in settings]
+    assert with_op == without and all(len(run) > 1 for run in with_op)

@@ -19,6 +19,7 @@
 
 #include "fused_common.h"
 #include "mlx_exp.h"
+#include "thread_pool.h"
 
 namespace macllm_cpu {
 namespace {
@@ -246,32 +247,56 @@ std::vector<mx::array> choose_token(const mx::array& logits, const std::optional
   return mx::array::make_arrays(shapes, dtypes, std::make_shared<ChooseToken>(stream, settings), inputs);
 }
 
+namespace {
+
+struct Rows {
+  const mx::array* logits;
+  const mx::array* u;  // nullptr when greedy
+  std::vector<mx::array>* out;
+  SampleSettings cfg;
+};
+
+// One row, on whichever thread runs it (scratch is per thread).
+void choose_row(void* ctx, int task) {
+  const Rows& job = *static_cast<const Rows*>(ctx);
+  const mx::array& logits = *job.logits;
+  const SampleSettings& cfg = job.cfg;
+  std::vector<mx::array>& out = *job.out;
+  const size_t row = static_cast<size_t>(task);
+  const int n = static_cast<int>(logits.shape(-1));
+  const int64_t stride = logits.strides().back();
+  Scratch& buf = scratch(n);
+  const float* src = logits.data<float>() + row_offset(logits, row);
+  const float* x = src;
+  if (stride != 1) {
+    for (int i = 0; i < n; ++i) buf.x[i] = src[i * stride];
+    x = buf.x.data();
+  }
+  const float lse = logsumexp(x, buf.work.data(), n);
+  float* lp = buf.lp.data();
+  for (int i = 0; i < n; ++i) lp[i] = x[i] - lse;
+  const uint32_t token = job.u != nullptr ? draw(lp, n, job.u->data<float>()[row_offset(*job.u, row)], cfg, buf)
+                                          : first_argmax(lp, n);
+  out[0].data<uint32_t>()[row] = token;
+  out[1].data<float>()[row] = lp[token];
+  if (cfg.alternatives > 0) {
+    const size_t k = static_cast<size_t>(cfg.alternatives);
+    top_alternatives(lp, n, cfg.alternatives, out[2].data<uint32_t>() + row * k, out[3].data<float>() + row * k);
+  }
+}
+
+}  // namespace
+
 void ChooseToken::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
   run_on_stream(stream(), inputs, outputs, [cfg = settings_](std::vector<mx::array>& in, std::vector<mx::array>& out) {
-    const mx::array& logits = in[0];
-    const int n = static_cast<int>(logits.shape(-1));
-    const size_t rows = logits.size() / n;
-    const int64_t stride = logits.strides().back();
-    Scratch& buf = scratch(n);
-    for (size_t row = 0; row < rows; ++row) {
-      const float* src = logits.data<float>() + row_offset(logits, row);
-      const float* x = src;
-      if (stride != 1) {
-        for (int i = 0; i < n; ++i) buf.x[i] = src[i * stride];
-        x = buf.x.data();
-      }
-      const float lse = logsumexp(x, buf.work.data(), n);
-      float* lp = buf.lp.data();
-      for (int i = 0; i < n; ++i) lp[i] = x[i] - lse;
-      const uint32_t token = cfg.temperature > 0.0f
-          ? draw(lp, n, in[1].data<float>()[row_offset(in[1], row)], cfg, buf)
-          : first_argmax(lp, n);
-      out[0].data<uint32_t>()[row] = token;
-      out[1].data<float>()[row] = lp[token];
-      if (cfg.alternatives > 0) {
-        const size_t k = static_cast<size_t>(cfg.alternatives);
-        top_alternatives(lp, n, cfg.alternatives, out[2].data<uint32_t>() + row * k, out[3].data<float>() + row * k);
-      }
+    const size_t rows = in[0].size() / in[0].shape(-1);
+    Rows job{&in[0], cfg.temperature > 0.0f ? &in[1] : nullptr, &out, cfg};
+    // Several rows (speculative verification, a batch) go to the kernels' pool; a decode step's one row
+    // stays on this thread (waking the pool would cost more than the ~0.1 ms it takes).
+    if (rows == 1) {
+      choose_row(&job, 0);
+    } else {
+      ThreadPool::instance().parallel_for(static_cast<int>(rows), choose_row, &job);
     }
   });
 }

@@ -21,7 +21,9 @@ PROJECTIONS = (("self_attn", "q_proj"), ("self_attn", "k_proj"), ("self_attn", "
 def _operands(layer) -> list[tuple] | None:
     found = []
     for block, name in PROJECTIONS:  # absent in other layouts (Phi-3's fused qkv, a mixture of experts)
-        get = getattr(getattr(getattr(layer, block), name, None), "kernel_operands", None)
+        # Modules are dicts: indexing them skips nn.Module's Python-level __getattr__ (this runs per layer
+        # and step, and was a third of building a decode step's graph).
+        get = getattr(layer[block].get(name), "kernel_operands", None)
         operands = get() if get is not None else None
         if operands is None:
             return None
@@ -41,14 +43,14 @@ def decode_layer(layer, x: mx.array, mask, cache) -> mx.array | None:
         return None
     if cache.keys is not None and cache.keys.dtype != mx.float32:
         return None
-    attn = layer.self_attn
+    attn = layer["self_attn"]
     operands = _operands(layer)
     tables = attn.rope.cpu_tables(cache.offset, x.shape[1]) if operands is not None else None
     if tables is None:
         return None
     assert extension is not None and operands is not None
-    norm_in, norm_post = layer.input_layernorm, layer.post_attention_layernorm
-    q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)  # Qwen3's per-head norms
+    norm_in, norm_post = layer["input_layernorm"], layer["post_attention_layernorm"]
+    q_norm, k_norm = attn.get("q_norm"), attn.get("k_norm")  # Qwen3's per-head norms
     batch, length = x.shape[:2]
     head_dim = operands[1][0].shape[0] // attn.n_kv_heads  # k_proj's rows
     keys, values = cache.room_for(length, batch, attn.n_kv_heads, head_dim, head_dim)

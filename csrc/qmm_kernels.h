@@ -72,12 +72,15 @@ void dequant_scalar(const Problem& p, int n0, int n1, float* dst);
 
 // x (M rows of K floats, K a multiple of 32) to int8 per block of 32: scale d = absmax / 127, q =
 // round-half-even(x * (127 / absmax)), so |x - d * q| <= d / 2. A block of zeros gets d = 0; a block
-// with a non-finite value gets d = NaN (the row's result is NaN, as in float32). Writes xq (M * K)
-// and xq_scale (M * K / 32 * kScaleLanes).
-void quantize_rows_int8(const float* x, int M, int K, int8_t* xq, float* xq_scale);
-// The int8 path's semantics (reads p.xq, p.xq_scale, p.xsum): per block of 32 the
-// exact integer dot of the weights' codes with xq, times the block's scale and the group's weight
-// scale, plus the biases' term from the float group sums as in rows_scalar. For tests (selftest).
+// with a non-finite value gets d = NaN (the row's result is NaN, as in float32). Writes xq (M * K),
+// xq_scale (M * K / 32 * kScaleLanes) and xq_sum (M * K / group_size): each group's sum of the
+// quantized values d * q, for the biases' term, so that the result is exactly dequantize(w) times the
+// quantized x (with the float sums the rounding errors of the codes' term, whose codes are all >= 0,
+// would not cancel against the biases').
+void quantize_rows_int8(const float* x, int M, int K, int group_size, int8_t* xq, float* xq_scale, float* xq_sum);
+// The int8 path's semantics (reads p.xq, p.xq_scale, p.xsum, which the int8 path points at xq_sum):
+// per block of 32 the exact integer dot of the weights' codes with xq, times the block's scale and the
+// group's weight scale, plus the biases' term as in rows_scalar. For tests (selftest).
 void rows_int8_scalar(const Problem& p, int n0, int n1);
 #if defined(__x86_64__) || defined(_M_X64)
 void rows_avx2(const Problem& p, int n0, int n1);

@@ -94,14 +94,17 @@ inline void store_floats(const float* src, size_t count, mx::array& out) {
   }
 }
 
-// The int8 activations of p's prepared float rows (Problem::xq), in buffers the caller keeps; the
-// float rows stay for the biases' term and a LoRA delta.
+// The int8 activations of p's prepared float rows (Problem::xq), in buffers the caller keeps: xq_scale
+// holds the blocks' scales, then the quantized group sums that p.xsum now points at (the float rows
+// stay for a LoRA delta).
 inline void prepare_int8(Problem& p, std::vector<int8_t>& xq, std::vector<float>& xq_scale) {
+  const size_t scales = static_cast<size_t>(p.M) * (p.K / 32) * kScaleLanes;
   xq.resize(static_cast<size_t>(p.M) * p.K);
-  xq_scale.resize(static_cast<size_t>(p.M) * (p.K / 32) * kScaleLanes);
-  quantize_rows_int8(p.x, p.M, p.K, xq.data(), xq_scale.data());
+  xq_scale.resize(scales + static_cast<size_t>(p.M) * (p.K / p.group_size));
+  quantize_rows_int8(p.x, p.M, p.K, p.group_size, xq.data(), xq_scale.data(), xq_scale.data() + scales);
   p.xq = xq.data();
   p.xq_scale = xq_scale.data();
+  p.xsum = xq_scale.data() + scales;
 }
 
 // prepare_rows for any float dtype of x.

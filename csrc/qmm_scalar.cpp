@@ -117,9 +117,10 @@ void dequant_scalar(const Problem& p, int n0, int n1, float* dst) {
   }
 }
 
-void quantize_rows_int8(const float* x, int M, int K, int8_t* xq, float* xq_scale) {
-  const int blocks = K / 32;
+void quantize_rows_int8(const float* x, int M, int K, int group_size, int8_t* xq, float* xq_scale, float* xq_sum) {
+  const int blocks = K / 32, G = K / group_size;
   for (int m = 0; m < M; ++m) {
+    for (int g = 0; g < G; ++g) xq_sum[static_cast<size_t>(m) * G + g] = 0.0f;
     for (int b = 0; b < blocks; ++b) {
       const float* src = x + static_cast<size_t>(m) * K + b * 32;
       int8_t* dst = xq + static_cast<size_t>(m) * K + b * 32;
@@ -147,6 +148,9 @@ void quantize_rows_int8(const float* x, int M, int K, int8_t* xq, float* xq_scal
       }
       float* ds = xq_scale + (static_cast<size_t>(m) * blocks + b) * kScaleLanes;
       for (int i = 0; i < kScaleLanes; ++i) ds[i] = d;
+      int32_t codes = 0;
+      for (int i = 0; i < 32; ++i) codes += dst[i];
+      xq_sum[static_cast<size_t>(m) * G + b * 32 / group_size] += d * static_cast<float>(codes);
     }
   }
 }

@@ -69,11 +69,12 @@ int main() {
           std::vector<float> want(M * N), got(M * N);
           if (int8_available()) {  // the int8 path against its scalar semantics
             std::vector<int8_t> xq(M * K);
-            std::vector<float> xq_scale(M * K / 32 * kScaleLanes);
-            quantize_rows_int8(x.data(), M, K, xq.data(), xq_scale.data());
+            std::vector<float> xq_scale(M * K / 32 * kScaleLanes), xq_sum(M * G);
+            quantize_rows_int8(x.data(), M, K, group_size, xq.data(), xq_scale.data(), xq_sum.data());
             Problem q = p;
             q.xq = xq.data();
             q.xq_scale = xq_scale.data();
+            q.xsum = xq_sum.data();
             q.out = want.data();
             rows_int8_scalar(q, 0, N);
             q.out = got.data();

@@ -1,11 +1,11 @@
 """The CPU kernel's int8-activation path (csrc/qmm_avx512_vnni.cpp, AVX-512 VNNI and VBMI), every bit width.
 
 Two oracles: a numpy reference that quantizes the activations exactly as the kernel does (per block of 32,
-d = absmax / 127, q = round-half-even(x * 127 / absmax)) and sums the exact integer block products in
-float64: the kernel must equal it up to float32 summation order; and `mx.quantized_matmul` on the float
-activations: the kernel must stay within the quantization's own bound, sum over k of |scale * code_k| *
-d_block / 2. A row's result must not depend on how many rows are computed with it (speculative decoding
-checks k rows where plain decoding computes one). Runs only where the CPU has AVX-512 VNNI and VBMI.
+d = absmax / 127, q = round-half-even(x * 127 / absmax)) and computes dequantize(w) times the quantized
+activations in float64 from the exact integer block products: the kernel must equal it up to float32
+summation order; and `mx.quantized_matmul` on the float activations: the kernel must stay within the
+quantization's own bound, sum over k of |w_k| * d_block / 2. A row's result must not depend on how many
+rows are computed with it (speculative decoding checks k rows where plain decoding computes one). Runs only where the CPU has AVX-512 VNNI and VBMI.
 """
 
 from __future__ import annotations
@@ -68,7 +68,9 @@ def reference(x, w, s, b, group_size: int, bits: int) -> tuple[np.ndarray, np.nd
     bf = np.array(b.astype(mx.float32)).astype(np.float64)
     dots = np.einsum("mbk,nbk->mnb", codes, wc)  # exact integers
     terms = dots * d.astype(np.float64)[:, None, :] * sf[None]
-    xsum = xf.astype(np.float64).reshape(xf.shape[0], -1, group_size).sum(axis=-1)
+    # The biases' term from the quantized activations' group sums: sum of d * q over each group.
+    block_sums = codes.sum(axis=-1) * d.astype(np.float64)
+    xsum = block_sums.reshape(xf.shape[0], -1, group_size // 32).sum(axis=-1)
     return terms.sum(axis=-1) + xsum @ bf.T, np.abs(terms).sum(axis=-1) + np.abs(xsum) @ np.abs(bf).T
 
 
@@ -140,18 +142,17 @@ def test_a_non_finite_activation_gives_nan_not_a_wrong_number():
 @pytest.mark.parametrize("bits", [2, 4, 5, 8])
 @pytest.mark.parametrize("group_size", [32, 128])
 def test_within_the_quantization_bound_of_mx_quantized_matmul(bits, group_size):
-    """|ours - mx.quantized_matmul| <= sum_k |scale * code_k| * d_block / 2, plus float32 rounding."""
+    """|ours - mx.quantized_matmul| <= sum_k |w_k| * d_block / 2 (w dequantized), plus float32 rounding."""
     m, n, k = 5, 77, 1024
     w, s, b = packed(n, k, bits, group_size, seed=5)
     x = mx.random.normal((m, k)) * 2
     got = run(x, w, s, b, group_size, bits)
     want = np.array(mx.quantized_matmul(x, w, s, b, transpose=True, group_size=group_size, bits=bits))
-    codes = weight_codes(w, group_size, bits, n).astype(np.float64)
-    scaled = np.abs(codes * np.repeat(np.array(s), group_size, axis=1))  # |scale * code|, (N, K)
+    dense = np.abs(np.array(mx.dequantize(w, s, b, group_size=group_size, bits=bits))).astype(np.float64)  # (N, K)
     _, d = quantize_blocks(np.array(x))
     half_step = np.repeat(d.astype(np.float64) / 2, 32, axis=1)  # (M, K)
-    bound = half_step @ scaled.T
-    magnitude = np.abs(np.array(x)) @ np.abs(np.array(mx.dequantize(w, s, b, group_size=group_size, bits=bits))).T
+    bound = half_step @ dense.T
+    magnitude = np.abs(np.array(x)) @ dense.T
     excess = np.abs(got - want) - (bound + 4e-6 * magnitude)
     assert np.max(excess) <= 0, f"beyond the quantization bound by {np.max(excess)}"
     assert np.max(np.abs(got - want)) > 0  # the int8 path really ran (float32 would agree to rounding)

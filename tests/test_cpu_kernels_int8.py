@@ -5,7 +5,8 @@ d = absmax / 127, q = round-half-even(x * 127 / absmax)) and computes dequantize
 activations in float64 from the exact integer block products: the kernel must equal it up to float32
 summation order; and `mx.quantized_matmul` on the float activations: the kernel must stay within the
 quantization's own bound, sum over k of |w_k| * d_block / 2. A row's result must not depend on how many
-rows are computed with it (speculative decoding checks k rows where plain decoding computes one). Runs only where the CPU has AVX-512 VNNI and VBMI.
+rows are computed with it (speculative decoding checks k rows where plain decoding computes one). Runs
+only where the CPU has AVX-512 VNNI and VBMI.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 // the sum of 4 byte products). Compiled with -mavx512f -mavx512bw -mavx512vl -mavx512vnni -mavx512vbmi;
 // called only when the CPU has them (qmm_dispatch.cpp). A Problem without xq takes rows_avx512.
 //
-// Per pair of blocks (64 values): the weights' codes as 64 bytes, shared by all rows (Codes). Per row, one vpdpbusd
-// puts block b's integer partial sums in lanes 0-7 and block b+1's in lanes 8-15; they are converted to
-// float, multiplied by the blocks' activation scales and multiply-added with the blocks' weight scales.
+// Per pair of blocks (64 values): the weights' codes as 64 bytes, shared by all rows (Codes). Per row,
+// one vpdpbusd puts block b's integer partial sums in lanes 0-7 and block b+1's in lanes 8-15; they are
+// converted to float, multiplied by the blocks' activation scales and multiply-added with the blocks'
+// weight scales. The biases' term uses the quantized activations' group sums (quantize_rows_int8).
 // A row's arithmetic does not depend on how many rows are computed with it.
 #include <immintrin.h>
 

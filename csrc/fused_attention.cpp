@@ -1,6 +1,5 @@
-// Attention for a few query rows over the KV cache: scores, softmax and the weighted sum in one pass
-// per head, reading the cache's buffers where they lie. Heads are split over the kernel thread pool
-// when the cache is long enough for it to pay.
+// Attention for a few query rows over the KV cache: scores, softmax and the weighted sum, reading the
+// cache's buffers where they lie, split over the kernel thread pool by kv head and run of keys.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -33,64 +32,126 @@ inline float dot_strided(const float* a, int64_t as, const float* b, int64_t bs,
   return dot;
 }
 
-// All query rows of one (batch, head) pair: scores, their max, exp and sum, then the weighted values,
-// each a loop of its own so each vectorises. Rows with unit inner strides (the cache's buffers, the
-// decoder layer's scratch) take the vectorised dot products.
-MACLLM_VECTOR_CLONES void attend_head(void* ctx, int task) {
-  const AttendJob& j = *static_cast<const AttendJob*>(ctx);
-  const int b = task / j.H, h = task % j.H;
-  const int kvh = h / (j.H / j.KV);
+// Work is split by (batch, kv head, run of keys): each task reads its keys and values once for all the
+// query heads that share them (grouped-query attention: 3 in SmolLM2, 7 in Qwen2.5-Coder-0.5B) and
+// leaves, per query row and head, a partial softmax (its max, its sum, its weighted values); the merge
+// rescales the runs to a common max. One read of the cache per kv head instead of one per query head,
+// and enough tasks for every thread even with one or two kv heads.
+struct Split {
+  const AttendJob* job;
+  int chunks, chunk;  // runs of keys per (batch, kv head), keys per run
+  float* partial;     // per (b, h, i, run): max, sum, Dv weighted values
+  int stride;         // Dv + 2
+};
+
+float* partial_at(const Split& sp, int b, int h, int i, int run) {
+  const AttendJob& j = *sp.job;
+  return sp.partial + ((((static_cast<size_t>(b) * j.H + h) * j.Lq + i) * sp.chunks + run) * sp.stride);
+}
+
+MACLLM_VECTOR_CLONES void attend_run(void* ctx, int task) {
+  const Split& sp = *static_cast<const Split*>(ctx);
+  const AttendJob& j = *sp.job;
+  const int run = task % sp.chunks, kvh = (task / sp.chunks) % j.KV, b = task / (sp.chunks * j.KV);
+  const int G = j.H / j.KV;
   const int64_t *qs = j.qs, *ks = j.ks, *vs = j.vs;
   const bool unit = qs[3] == 1 && ks[3] == 1 && vs[3] == 1;
   const float* kbase = j.k + b * ks[0] + kvh * ks[1];
   const float* vbase = j.v + b * vs[0] + kvh * vs[1];
-  thread_local std::vector<float> scores, acc;
-  scores.resize(j.S);
-  acc.resize(j.Dv);
-  float* sc = scores.data();
-  float* a = acc.data();
+  const int t0 = run * sp.chunk;
+  thread_local std::vector<float> scores;  // G rows of this run's keys
+  scores.resize(static_cast<size_t>(G) * sp.chunk);
   for (int i = 0; i < j.Lq; ++i) {
-    const float* qrow = j.q + b * qs[0] + h * qs[1] + i * qs[2];
     // Causal: query i sits at position S - Lq + i and sees keys up to it.
     const int visible = j.causal ? std::max(0, j.S - j.Lq + i + 1) : j.S;
-    for (int t = 0; t < visible; ++t) {
-      const float* krow = kbase + t * ks[2];
-      sc[t] = (unit ? dot_unit(qrow, krow, j.D) : dot_strided(qrow, qs[3], krow, ks[3], j.D)) * j.scale;
-    }
-    float top = -std::numeric_limits<float>::infinity();
-    for (int t = 0; t < visible; ++t) top = std::max(top, sc[t]);
-    float total = 0.0f;
-    for (int t = 0; t < visible; ++t) {
-      sc[t] = exp_nonpositive(sc[t] - top);
-      total += sc[t];
-    }
-    std::fill(acc.begin(), acc.end(), 0.0f);
-    for (int t = 0; t < visible; ++t) {
-      const float p = sc[t];
-      const float* vrow = vbase + t * vs[2];
-      if (unit) {
-        for (int d = 0; d < j.Dv; ++d) a[d] += p * vrow[d];
-      } else {
-        for (int d = 0; d < j.Dv; ++d) a[d] += p * vrow[d * vs[3]];
+    const int n = std::max(0, std::min(visible, std::min(j.S, t0 + sp.chunk)) - t0);
+    const float* q0 = j.q + b * qs[0] + static_cast<int64_t>(kvh) * G * qs[1] + i * qs[2];
+    for (int t = 0; t < n; ++t) {
+      const float* krow = kbase + (t0 + t) * ks[2];
+      for (int g = 0; g < G; ++g) {
+        const float* qrow = q0 + g * qs[1];
+        scores[static_cast<size_t>(g) * sp.chunk + t] =
+            (unit ? dot_unit(qrow, krow, j.D) : dot_strided(qrow, qs[3], krow, ks[3], j.D)) * j.scale;
       }
     }
-    float* dst = j.out + ((static_cast<size_t>(b) * j.Lq + i) * j.H + h) * j.Dv;
-    const float inv = visible > 0 ? 1.0f / total : 0.0f;
-    for (int d = 0; d < j.Dv; ++d) dst[d] = a[d] * inv;
+    for (int g = 0; g < G; ++g) {
+      float* sc = scores.data() + static_cast<size_t>(g) * sp.chunk;
+      float* out = partial_at(sp, b, kvh * G + g, i, run);
+      float top = -std::numeric_limits<float>::infinity();
+      for (int t = 0; t < n; ++t) top = std::max(top, sc[t]);
+      float total = 0.0f;
+      for (int t = 0; t < n; ++t) {
+        sc[t] = exp_nonpositive(sc[t] - top);
+        total += sc[t];
+      }
+      out[0] = top;
+      out[1] = total;
+      std::fill(out + 2, out + 2 + j.Dv, 0.0f);
+    }
+    for (int t = 0; t < n; ++t) {
+      const float* vrow = vbase + (t0 + t) * vs[2];
+      for (int g = 0; g < G; ++g) {
+        const float p = scores[static_cast<size_t>(g) * sp.chunk + t];
+        float* a = partial_at(sp, b, kvh * G + g, i, run) + 2;
+        if (unit) {
+          for (int d = 0; d < j.Dv; ++d) a[d] += p * vrow[d];
+        } else {
+          for (int d = 0; d < j.Dv; ++d) a[d] += p * vrow[d * vs[3]];
+        }
+      }
+    }
+  }
+}
+
+// out[b, i, h] = the runs' weighted values rescaled to their common max, over their rescaled sums.
+void merge_runs(const Split& sp) {
+  const AttendJob& j = *sp.job;
+  for (int b = 0; b < j.B; ++b) {
+    for (int i = 0; i < j.Lq; ++i) {
+      for (int h = 0; h < j.H; ++h) {
+        float* dst = j.out + ((static_cast<size_t>(b) * j.Lq + i) * j.H + h) * j.Dv;
+        float top = -std::numeric_limits<float>::infinity();
+        for (int r = 0; r < sp.chunks; ++r) {
+          const float* p = partial_at(sp, b, h, i, r);
+          if (p[1] > 0.0f) top = std::max(top, p[0]);
+        }
+        float total = 0.0f;
+        std::fill(dst, dst + j.Dv, 0.0f);
+        for (int r = 0; r < sp.chunks; ++r) {
+          const float* p = partial_at(sp, b, h, i, r);
+          if (p[1] <= 0.0f) continue;  // a run past this row's causal limit
+          const float w = exp_nonpositive(p[0] - top);
+          total += w * p[1];
+          for (int d = 0; d < j.Dv; ++d) dst[d] += w * p[2 + d];
+        }
+        const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+        for (int d = 0; d < j.Dv; ++d) dst[d] *= inv;
+      }
+    }
   }
 }
 
 }  // namespace
 
 void run_attend(AttendJob& job) {
-  const int tasks = job.B * job.H;
-  // Below ~64k multiply-adds a head is a few microseconds: waking the pool would cost more.
-  const int64_t work = static_cast<int64_t>(job.Lq) * job.S * (job.D + job.Dv);
-  if (work * tasks < (1 << 16)) {
-    for (int t = 0; t < tasks; ++t) attend_head(&job, t);
+  ThreadPool& pool = ThreadPool::instance();
+  const int groups = job.B * job.KV;
+  // Runs of at least 64 keys, enough of them that every thread gets about two tasks.
+  const int wanted = std::max(1, (2 * pool.threads() + groups - 1) / groups);
+  const int chunks = std::max(1, std::min(wanted, job.S / 64));
+  Split sp{&job, chunks, (job.S + chunks - 1) / chunks, nullptr, job.Dv + 2};
+  thread_local std::vector<float> partial;
+  partial.resize(static_cast<size_t>(job.B) * job.H * job.Lq * chunks * sp.stride);
+  sp.partial = partial.data();
+  const int tasks = groups * chunks;
+  // Below ~64k multiply-adds in all, waking the pool would cost more than the work.
+  const int64_t work = static_cast<int64_t>(job.B) * job.H * job.Lq * job.S * (job.D + job.Dv);
+  if (tasks == 1 || work < (1 << 16)) {
+    for (int t = 0; t < tasks; ++t) attend_run(&sp, t);
   } else {
-    ThreadPool::instance().parallel_for(tasks, attend_head, &job);
+    pool.parallel_for(tasks, attend_run, &sp);
   }
+  merge_runs(sp);
 }
 
 mx::array attend(const mx::array& q, const mx::array& k, const mx::array& v, float scale, bool causal,

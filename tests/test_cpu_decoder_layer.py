@@ -77,10 +77,9 @@ def decode(model, fused: bool, monkeypatch, prompt=PROMPT, steps=STEPS) -> list[
 def activations(request, monkeypatch):
     """The kernel's float activations, and its int8 ones (AVX-512 VNNI) where this CPU has them (loading a
     model applies MACLLM_CPU_INT8)."""
-    if request.param == "int8":
-        if not cpu_kernels.extension.int8_available():
-            pytest.skip("this CPU has no AVX-512 VNNI")
-        monkeypatch.setenv(cpu_kernels.INT8_ENV, "on")
+    if request.param == "int8" and not cpu_kernels.extension.int8_available():
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    monkeypatch.setenv(cpu_kernels.INT8_ENV, "on" if request.param == "int8" else "off")
     yield request.param
     monkeypatch.delenv(cpu_kernels.INT8_ENV, raising=False)
     cpu_kernels.apply_int8()
@@ -106,6 +105,7 @@ def test_across_the_cache_buffer_boundary(folders, monkeypatch):
 
 
 def test_close_to_mlx_own_float_path(folders, monkeypatch):
+    monkeypatch.setenv(cpu_kernels.INT8_ENV, "off")  # int8 activations round x: not within float tolerance
     model = load_model(str(folders["qwen2"]), progress=False).model
     fused = decode(model, True, monkeypatch)
     monkeypatch.setenv(cpu_kernels.ENV, "off")

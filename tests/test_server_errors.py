@@ -221,4 +221,5 @@ def test_a_failure_inside_the_engine_ends_the_stream_with_an_error_and_the_serve
     plain = post(server[0], "/v1/chat/completions", {**CHAT, "max_tokens": 20})
     assert_error(plain, 500)
     monkeypatch.undo()
-    assert post(server[0], "/v1/chat/completions", CHAT).json()["usage"]["completion_tokens"] == 4
+    # Greedy: a sampled answer may end at a drawn end-of-sequence before max_tokens (it did under load).
+    assert post(server[0], "/v1/chat/completions", {**CHAT, "temperature": 0}).json()["usage"]["completion_tokens"] == 4

@@ -39,7 +39,13 @@ int configured_threads() {
   return hw == 0 ? 1 : static_cast<int>(hw);
 }
 
-uint32_t generation_of(uint64_t state) { return static_cast<uint32_t>(state >> 32); }
+constexpr uint64_t kField = (1u << 24) - 1;  // the task count and the index: 24 bits each
+uint32_t generation_of(uint64_t state) { return static_cast<uint32_t>(state >> 48); }
+int tasks_of(uint64_t state) { return static_cast<int>((state >> 24) & kField); }
+int index_of(uint64_t state) { return static_cast<int>(state & kField); }
+uint64_t job_state(uint32_t generation, int n_tasks) {
+  return (static_cast<uint64_t>(generation & 0xffffu) << 48) | (static_cast<uint64_t>(n_tasks) << 24);
+}
 
 }  // namespace
 
@@ -65,9 +71,8 @@ ThreadPool::~ThreadPool() {
 void ThreadPool::run_tasks(uint32_t generation) {
   while (true) {
     uint64_t s = state_.load(std::memory_order_acquire);
-    if (generation_of(s) != generation) return;
-    const int index = static_cast<int>(s & 0xffffffffu);
-    if (index >= n_tasks_.load(std::memory_order_relaxed)) return;
+    if (generation_of(s) != generation || index_of(s) >= tasks_of(s)) return;
+    const int index = index_of(s);
     if (!state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel)) continue;
     fn_(ctx_, index);
     completed_.fetch_add(1, std::memory_order_acq_rel);
@@ -77,16 +82,15 @@ void ThreadPool::run_tasks(uint32_t generation) {
 void ThreadPool::parallel_for(int n_tasks, TaskFn fn, void* ctx) {
   if (n_tasks <= 0) return;
   std::unique_lock<std::mutex> job(job_mutex_, std::try_to_lock);
-  if (n_tasks == 1 || workers_.empty() || !job.owns_lock()) {
+  if (n_tasks == 1 || workers_.empty() || !job.owns_lock() || static_cast<uint64_t>(n_tasks) > kField) {
     for (int t = 0; t < n_tasks; ++t) fn(ctx, t);
     return;
   }
   fn_ = fn;
   ctx_ = ctx;
-  n_tasks_.store(n_tasks, std::memory_order_relaxed);
   completed_.store(0, std::memory_order_relaxed);
-  const uint32_t generation = generation_of(state_.load(std::memory_order_relaxed)) + 1;
-  state_.store(static_cast<uint64_t>(generation) << 32, std::memory_order_seq_cst);
+  const uint32_t generation = (generation_of(state_.load(std::memory_order_relaxed)) + 1) & 0xffffu;
+  state_.store(job_state(generation, n_tasks), std::memory_order_seq_cst);
   if (sleepers_.load(std::memory_order_seq_cst) > 0) {
     std::lock_guard<std::mutex> lock(sleep_mutex_);
     wake_.notify_all();

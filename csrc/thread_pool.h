@@ -36,11 +36,13 @@ class ThreadPool {
 
   std::vector<std::thread> workers_;
   std::mutex job_mutex_;  // one job at a time
-  // (generation << 32) | next task index: a claim is one compare-exchange, so a worker that wakes
-  // late can never take a task of a newer job with the old job's function.
+  // (generation << 48) | (task count << 24) | next task index, all in one word: a claim is one
+  // compare-exchange against the count of the same job, so a worker that wakes late can never take a
+  // task of a newer job, nor count a task of the old job against the new one's total (with the count
+  // in a separate atomic, a late worker could read the new count beside the old generation and run a
+  // task twice: the job then never finished).
   std::atomic<uint64_t> state_{0};
   std::atomic<int> completed_{0};
-  std::atomic<int> n_tasks_{0};
   TaskFn fn_ = nullptr;
   void* ctx_ = nullptr;
 

@@ -17,6 +17,7 @@ import pytest
 
 from macllm import cpu_kernels
 from macllm.errors import MacllmError
+from tests import tiny_models
 from tests.conftest import ON_CI
 
 if cpu_kernels.extension is None:
@@ -220,19 +221,10 @@ def lively_quantized(path, *noise: tuple[float, int]):
     """The tiny float model with noise (scale, seed) on every weight (it repeats one token otherwise),
     then quantized to 4 bits, group 32, and put on the kernel."""
     import mlx.nn as nn
-    from mlx.utils import tree_map
 
     from macllm.cpu_kernels.layers import use_cpu_kernel
-    from macllm.loader import load_model
 
-    lm = load_model(str(path), progress=False)
-    for scale, seed in noise:
-        rng = np.random.default_rng(seed)
-
-        def shaken(a, rng=rng, scale=scale):
-            return a + mx.array(rng.standard_normal(a.shape).astype(np.float32)) * scale
-
-        lm.model.update(tree_map(shaken, lm.model.parameters()))
+    lm = tiny_models.perturbed(path, *noise)
     nn.quantize(lm.model, group_size=32, bits=4,
                 class_predicate=lambda _, m: isinstance(m, nn.Linear) and m.weight.shape[1] % 32 == 0)
     assert use_cpu_kernel(lm.model) > 0

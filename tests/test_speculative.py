@@ -7,7 +7,6 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
-from mlx.utils import tree_map
 from scipy.stats import chisquare
 
 from macllm.cache import cache_length, make_cache
@@ -16,22 +15,7 @@ from macllm.generation import speculative as spec
 from macllm.generation.prompt_lookup import PromptLookup
 from macllm.generation.steps import Step, prefill
 from macllm.loader import load_model
-
-
-def perturbed(path, *noise: tuple[float, int]):
-    """The tiny model with noise (scale, seed) added to every weight, once per pair. The tiny model itself
-    repeats one token greedily; noise of 0.3 makes a livelier target, 0.02 more a draft that agrees with it
-    often (about half its guesses), not always."""
-    lm = load_model(str(path), progress=False)
-    for scale, seed in noise:
-        rng = np.random.default_rng(seed)
-
-        def shaken(a, rng=rng, scale=scale):
-            return a + mx.array(rng.standard_normal(a.shape).astype(np.float32)) * scale
-
-        lm.model.update(tree_map(shaken, lm.model.parameters()))
-    return lm
-
+from tests.tiny_models import perturbed
 
 LIVELY = (0.3, 7)
 

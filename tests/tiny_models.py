@@ -202,3 +202,23 @@ def write_tiny_folder(folder: Path, model_type: str = "llama", seed: int = 0, dt
         (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     write_tokenizer_files(folder)
     return folder
+
+
+def perturbed(path, *noise: tuple[float, int]):
+    """The model at `path`, loaded, with noise (scale, seed) added to every weight, once per pair. The tiny model
+    itself repeats one token greedily; noise of 0.3 makes a livelier target, 0.02 more a draft that agrees with
+    it often (about half its guesses), not always."""
+    import mlx.core as mx
+    from mlx.utils import tree_map
+
+    from macllm.loader import load_model
+
+    lm = load_model(str(path), progress=False)
+    for scale, seed in noise:
+        rng = np.random.default_rng(seed)
+
+        def shaken(a, rng=rng, scale=scale):
+            return a + mx.array(rng.standard_normal(a.shape).astype(np.float32)) * scale
+
+        lm.model.update(tree_map(shaken, lm.model.parameters()))
+    return lm

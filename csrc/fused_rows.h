@@ -5,10 +5,11 @@
 #include <cmath>
 #include <cstdint>
 
-// Where GCC or Clang build for x86-64 ELF, a function marked MACLLM_VECTOR_CLONES is compiled for AVX-512,
+// Where GCC 11+ builds for x86-64 ELF, a function marked MACLLM_VECTOR_CLONES is compiled for AVX-512,
 // AVX2 + FMA and the baseline, and the loader picks one for this CPU (an ifunc): the fused ops' loops
-// vectorise wider without a file per ISA. Elsewhere (macOS, arm64) the one baseline build runs.
-#if defined(__x86_64__) && defined(__ELF__) && (defined(__GNUC__) || defined(__clang__))
+// vectorise wider without a file per ISA. Elsewhere (macOS, arm64, Clang, older GCC without the x86-64-v3/v4
+// names) the one baseline build runs.
+#if defined(__x86_64__) && defined(__ELF__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
 #define MACLLM_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define MACLLM_VECTOR_CLONES

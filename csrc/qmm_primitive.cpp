@@ -134,10 +134,17 @@ struct JobBuffers {
   std::vector<int8_t> xq;
 };
 
-// A job for out_f (M x N floats) = the prepared rows times dequantize(w)^T (+ the LoRA delta when a is
-// given) on the row kernels: float or, where switched on, int8 activations.
-Job row_job(const float* xp, const float* xsum, int M, int K, const QuantOperands& q, float* out_f,
-            JobBuffers& buffers) {
+// Whether M rows go through dequantized tiles and sgemm (prefill) rather than the row kernels.
+bool prefill_sized(int M) {
+  const int from = prefill_rows.load();
+  return fast_sgemm() != nullptr && from > 0 && M >= from;
+}
+
+// The job for out_f (M x N floats) = the prepared rows times dequantize(w)^T, plus the LoRA delta when q.a
+// is given (its x @ a computed here, into the caller's buffers). For the row kernels, int8 activations are
+// prepared too where they are switched on.
+Job make_job(const float* xp, const float* xsum, int M, int K, const QuantOperands& q, float* out_f,
+             JobBuffers& buffers) {
   Job job;
   job.base = Problem{xp, xsum, reinterpret_cast<const uint8_t*>(q.w->data<uint32_t>()), q.scales->data<void>(),
                      q.biases->data<void>(), scale_type(q.scales->dtype()), out_f, M, static_cast<int>(q.w->shape(0)),
@@ -149,6 +156,7 @@ Job row_job(const float* xp, const float* xsum, int M, int K, const QuantOperand
     job.lora_b = q.b;
     job.lora_scale = q.lora_scale;
   }
+  if (prefill_sized(M)) return job;
   if (const RowsFn int8_rows = current_int8_rows(q.bits)) {  // decode's rows on int8 activations
     prepare_int8(job.base, buffers.xq, buffers.xq_scale);
     job.rows = int8_rows;
@@ -159,25 +167,13 @@ Job row_job(const float* xp, const float* xsum, int M, int K, const QuantOperand
 // out_f (M x N floats) = the prepared rows times dequantize(w)^T, plus the LoRA delta when q.a is given:
 // prefill through sgemm, decode on the row kernels.
 void multiply_prepared(const float* xp, const float* xsum, int M, int K, const QuantOperands& q, float* out_f) {
-  const int sgemm_from = prefill_rows.load();
-  const SgemmFn sgemm = fast_sgemm();
   thread_local JobBuffers buffers;
-  if (sgemm != nullptr && sgemm_from > 0 && M >= sgemm_from) {
-    Job job;
-    job.base = Problem{xp, xsum, reinterpret_cast<const uint8_t*>(q.w->data<uint32_t>()), q.scales->data<void>(),
-                       q.biases->data<void>(), scale_type(q.scales->dtype()), out_f, M,
-                       static_cast<int>(q.w->shape(0)), K, q.group_size, q.bits};
-    prefill_sgemm(sgemm, job.base);
-    if (q.a != nullptr) {
-      lora_input(xp, *q.a, M, K, q.bits, buffers.xa);
-      job.lora_xa = buffers.xa.data();
-      job.lora_b = q.b;
-      job.lora_scale = q.lora_scale;
-      lora_columns(job, 0, job.base.N);
-    }
+  Job job = make_job(xp, xsum, M, K, q, out_f, buffers);
+  if (prefill_sized(M)) {
+    prefill_sgemm(fast_sgemm(), job.base);
+    if (job.lora_b != nullptr) lora_columns(job, 0, job.base.N);
     return;
   }
-  Job job = row_job(xp, xsum, M, K, q, out_f, buffers);
   run_rows(job);
 }
 
@@ -261,12 +257,11 @@ void quantized_rows_many(const float* x, int M, const QuantOperands* ops, float*
                     xp[i].data() + static_cast<size_t>(r) * K, xsum[i].data() + static_cast<size_t>(r) * G);
       }
     }
-    const int sgemm_from = prefill_rows.load();
-    if (fast_sgemm() != nullptr && sgemm_from > 0 && M >= sgemm_from) {  // prefill-sized: one at a time
+    if (prefill_sized(M)) {  // one at a time, each through sgemm
       multiply_prepared(xp[src].data(), xsum[src].data(), M, K, q, outs[i]);
       continue;
     }
-    jobs.push_back(row_job(xp[src].data(), xsum[src].data(), M, K, q, outs[i], buffers[i]));
+    jobs.push_back(make_job(xp[src].data(), xsum[src].data(), M, K, q, outs[i], buffers[i]));
     all.first.push_back(all.first.back() + tasks_for(jobs.back()));
   }
   if (!jobs.empty()) ThreadPool::instance().parallel_for(all.first.back(), run_any_task, &all);

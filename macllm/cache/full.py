@@ -18,21 +18,23 @@ class KVCache(BufferedCache):
 
     def update(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
         """Append (B, heads, L, D) keys/values; return everything cached so far."""
-        new = keys.shape[2]
-        if self.keys is None or self.values is None or self.offset + new > self.keys.shape[2]:
-            self.keys = grown(self.keys, keys, self.offset, new, self.step)
-            self.values = grown(self.values, values, self.offset, new, self.step)
-        self.keys[..., self.offset:self.offset + new, :] = keys
-        self.values[..., self.offset:self.offset + new, :] = values
+        b, h, new, _ = keys.shape
+        # The buffers are self.keys / self.values: item assignment swaps in the updated arrays (written in place
+        # when MLX can donate the old ones).
+        buffer_k, buffer_v = self.room_for(new, b, h, keys.shape[-1], values.shape[-1], keys.dtype)
+        buffer_k[..., self.offset:self.offset + new, :] = keys
+        buffer_v[..., self.offset:self.offset + new, :] = values
         self.offset += new
-        return self.keys[..., :self.offset, :], self.values[..., :self.offset, :]
+        return buffer_k[..., :self.offset, :], buffer_v[..., :self.offset, :]
 
-    def room_for(self, new: int, batch: int, heads: int, key_dims: int, value_dims: int) -> tuple[mx.array, mx.array]:
-        """The float32 buffers, grown first if `new` more positions would not fit: for an op that writes the
-        positions itself (the CPU decoder-layer op) and hands back the buffers through `wrote`."""
+    def room_for(self, new: int, batch: int, heads: int, key_dims: int, value_dims: int,
+                 dtype: mx.Dtype = mx.float32) -> tuple[mx.array, mx.array]:
+        """The buffers, grown first if `new` more positions would not fit: for `update`, and for an op that
+        writes the positions itself (the CPU decoder-layer op) and hands back the buffers through `wrote`."""
         if self.keys is None or self.values is None or self.offset + new > self.keys.shape[2]:
-            self.keys = grown(self.keys, mx.zeros((batch, heads, 0, key_dims)), self.offset, new, self.step)
-            self.values = grown(self.values, mx.zeros((batch, heads, 0, value_dims)), self.offset, new, self.step)
+            self.keys = grown(self.keys, mx.zeros((batch, heads, 0, key_dims), dtype), self.offset, new, self.step)
+            self.values = grown(self.values, mx.zeros((batch, heads, 0, value_dims), dtype), self.offset, new,
+                                self.step)
         return self.keys, self.values
 
     def wrote(self, keys: mx.array, values: mx.array, new: int) -> None:

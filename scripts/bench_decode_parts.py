@@ -16,9 +16,11 @@ import re
 import sys
 import time
 
+import macllm  # noqa: F401  (OpenBLAS before MLX)
+
+# isort: split
 import mlx.core as mx
 
-import macllm  # noqa: F401  (OpenBLAS before MLX)
 from macllm.cache import make_cache
 from macllm.cpu_kernels.layers import KernelQuantizedLinear
 from macllm.generation.steps import prefill

@@ -16,9 +16,11 @@ import argparse
 import os
 import time
 
+import macllm  # noqa: F401  (OpenBLAS before MLX)
+
+# isort: split
 import mlx.core as mx
 
-import macllm  # noqa: F401  (OpenBLAS before MLX)
 from macllm import cpu_kernels
 
 

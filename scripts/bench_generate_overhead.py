@@ -23,9 +23,11 @@ import contextlib
 import os
 import time
 
+import macllm  # noqa: F401  (OpenBLAS before MLX)
+
+# isort: split
 import mlx.core as mx
 
-import macllm  # noqa: F401  (OpenBLAS before MLX)
 from macllm.cache import cache_length, make_cache, trim_cache
 from macllm.generation import GenerationParams, sampling, stream_generate
 from macllm.generation.params import GenerationResult

@@ -14,8 +14,8 @@ namespace macllm_cpu {
 
 namespace mx = mlx::core;
 
-// Allocates the outputs and runs fn(inputs, outputs) on the stream's worker thread, where MLX runs
-// every CPU kernel in graph order.
+// Allocates the outputs (those an op has not already given memory, e.g. a donated input's) and runs
+// fn(inputs, outputs) on the stream's worker thread, where MLX runs every CPU kernel in graph order.
 template <typename Fn>
 void run_on_stream(const mx::Stream& stream, const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs,
                    Fn fn) {
@@ -26,7 +26,7 @@ void run_on_stream(const mx::Stream& stream, const std::vector<mx::array>& input
     in.push_back(mx::array::unsafe_weak_copy(a));
   }
   for (auto& o : outputs) {
-    o.set_data(mx::allocator::malloc(o.nbytes()));
+    if (o.data_shared_ptr() == nullptr) o.set_data(mx::allocator::malloc(o.nbytes()));
     encoder.set_output_array(o);
     out.push_back(mx::array::unsafe_weak_copy(o));
   }

@@ -8,8 +8,8 @@
 #include <stdexcept>
 
 #include "fused_attend.h"
+#include "fused_common.h"
 #include "fused_rows.h"
-#include "mlx/backend/cpu/encoder.h"
 #include "op_check.h"
 #include "qmm_prepare.h"
 #include "qmm_rows.h"
@@ -51,12 +51,9 @@ std::vector<ProjectionInputs> locate(const std::vector<ProjectionSpec>& specs) {
 // The output buffer takes the input's memory when MLX says nobody else can see it (what slice_update
 // does); else it gets its own and the positions already cached are copied in the kernel.
 bool adopt(const mx::array& in, mx::array& out) {
-  if (in.is_donatable() && in.flags().row_contiguous && in.data_size() == in.size()) {
-    out.copy_shared_buffer(in);
-    return true;
-  }
-  out.set_data(mx::allocator::malloc(out.nbytes()));
-  return false;
+  if (!in.is_donatable() || !in.flags().row_contiguous || in.data_size() != in.size()) return false;
+  out.copy_shared_buffer(in);
+  return true;
 }
 
 // The first `positions` of each (batch, head) of a (B, heads, capacity, D) buffer, from any strides.
@@ -275,27 +272,18 @@ std::vector<mx::array> decoder_layer(const mx::array& x, const mx::array& norm_i
 }
 
 void DecoderLayer::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
-  auto& encoder = mx::cpu::get_command_encoder(stream());
   // MLX gives each output of a node its own copy of the inputs, so while the other two outputs hold
   // theirs the cache's old buffers can never look donatable. Those copies are dropped here (MLX drops
   // them all right after this evaluation anyway); only the evaluated output's list, `inputs`, stays.
   for (auto& o : outputs) {
     if (&o.inputs() != &inputs && !o.is_tracer()) o.inputs().clear();
   }
-  outputs[0].set_data(mx::allocator::malloc(outputs[0].nbytes()));
   const bool copy_keys = !adopt(inputs[kKeys], outputs[1]);
   const bool copy_values = !adopt(inputs[kValues], outputs[2]);
-  std::vector<mx::array> in, out;
-  for (const auto& a : inputs) {
-    encoder.set_input_array(a);
-    in.push_back(mx::array::unsafe_weak_copy(a));
-  }
-  for (auto& o : outputs) {
-    encoder.set_output_array(o);
-    out.push_back(mx::array::unsafe_weak_copy(o));
-  }
-  encoder.dispatch([in = std::move(in), out = std::move(out), shape = shape_, specs = specs_, copy_keys,
-                    copy_values]() mutable { run_layer(shape, specs, in, out, copy_keys, copy_values); });
+  run_on_stream(stream(), inputs, outputs, [shape = shape_, specs = specs_, copy_keys, copy_values](
+                                               std::vector<mx::array>& in, std::vector<mx::array>& out) {
+    run_layer(shape, specs, in, out, copy_keys, copy_values);
+  });
 }
 
 void DecoderLayer::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {

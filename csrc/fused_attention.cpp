@@ -37,6 +37,10 @@ inline float dot_strided(const float* a, int64_t as, const float* b, int64_t bs,
 // leaves, per query row and head, a partial softmax (its max, its sum, its weighted values); the merge
 // rescales the runs to a common max. One read of the cache per kv head instead of one per query head,
 // and enough tasks for every thread even with one or two kv heads.
+// Keys per run of a task: enough work per task to hide the pool's hand-off, and at long contexts many runs
+// for the threads to share even with one or two kv heads.
+constexpr int kKeysPerRun = 128;
+
 struct Split {
   const AttendJob* job;
   int chunks, chunk;  // runs of keys per (batch, kv head), keys per run
@@ -136,10 +140,12 @@ void merge_runs(const Split& sp) {
 void run_attend(AttendJob& job) {
   ThreadPool& pool = ThreadPool::instance();
   const int groups = job.B * job.KV;
-  // Runs of at least 64 keys, enough of them that every thread gets about two tasks.
-  const int wanted = std::max(1, (2 * pool.threads() + groups - 1) / groups);
-  const int chunks = std::max(1, std::min(wanted, job.S / 64));
-  Split sp{&job, chunks, (job.S + chunks - 1) / chunks, nullptr, job.Dv + 2};
+  // Runs of a fixed kKeysPerRun keys from position 0, whatever S and Lq: a query row then sums its keys in
+  // the same runs whether it is decoded alone or checked among speculative guesses (or prefilled), so its
+  // result is bit-identical and greedy speculative decoding gives exactly the plain tokens. (Runs sized
+  // from S moved the boundaries with every new key.)
+  const int chunks = std::max(1, (job.S + kKeysPerRun - 1) / kKeysPerRun);
+  Split sp{&job, chunks, kKeysPerRun, nullptr, job.Dv + 2};
   thread_local std::vector<float> partial;
   partial.resize(static_cast<size_t>(job.B) * job.H * job.Lq * chunks * sp.stride);
   sp.partial = partial.data();

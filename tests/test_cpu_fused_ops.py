@@ -97,6 +97,22 @@ def test_attend_splits_long_caches_over_the_pool_the_same_way():
     close(fused.attend(q, k, v, 0.125, True), attend_reference(q, k, v, 0.125, True))
 
 
+@pytest.mark.parametrize("keys", [100, 300, 700])
+def test_a_query_row_attends_bit_identically_alone_or_among_guesses(keys):
+    """Speculative decoding checks k+1 rows at once where plain decoding attends one row at a time over the
+    keys it sees: the same bits (the key runs must not move with the key count), or greedy output could
+    differ from plain decoding's at a near tie."""
+    mx.random.seed(6)
+    lq = 9
+    q = mx.random.normal((1, 14, lq, 64))
+    k, v = mx.random.normal((1, 2, keys, 64)), mx.random.normal((1, 2, keys, 64))
+    together = fused.attend(q, k, v, 0.125, True)
+    for i in range(lq):
+        visible = keys - lq + i + 1
+        alone = fused.attend(q[:, :, i:i + 1], k[:, :, :visible], v[:, :, :visible], 0.125, True)
+        assert mx.array_equal(together[:, i:i + 1], alone).item(), f"row {i} ({visible} keys)"
+
+
 def test_silu_mul_matches_swiglu():
     mx.random.seed(6)
     g, u = mx.random.normal((2, 3, 1536)) * 4, mx.random.normal((2, 3, 1536))

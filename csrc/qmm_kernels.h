@@ -39,6 +39,11 @@ struct Problem {
   // kScaleLanes). Null when the caller prepared floats only.
   const int8_t* xq = nullptr;
   const float* xq_scale = nullptr;
+  // For 4 and 8 bits, xq again per chunk of kChunkValues values in the order of the weights' codes after
+  // the kernel's in-register transpose (chunk_int8_rows), and each chunk's block scales in that order
+  // (kChunkScales floats). Null for other widths and when K < kChunkValues.
+  const int8_t* xq_chunks = nullptr;
+  const float* xq_chunk_scale = nullptr;
 
   // The same problem from activation row `row` on (x, xsum, out and, when set, xq and xq_scale).
   Problem from_row(size_t row) const;
@@ -46,6 +51,10 @@ struct Problem {
 
 // Each int8 block's scale is stored this many times over: one 256-bit vector, ready to multiply.
 constexpr int kScaleLanes = 8;
+// The int8 kernel's chunk: 16 blocks of 32, whose codes it transposes in registers so that each 32-bit
+// lane holds one block (its integer sums then need one conversion and scaling per 512 values, not per 64).
+constexpr int kChunkValues = 512;
+constexpr int kChunkScales = 32;  // 4 bits: one vector of 16 block scales; 8 bits: two
 
 inline Problem Problem::from_row(size_t row) const {
   Problem p = *this;
@@ -55,6 +64,10 @@ inline Problem Problem::from_row(size_t row) const {
   if (xq != nullptr) {
     p.xq = xq + row * K;
     p.xq_scale = xq_scale + row * (K / 32) * kScaleLanes;
+  }
+  if (xq_chunks != nullptr) {
+    p.xq_chunks = xq_chunks + row * (K / kChunkValues) * kChunkValues;
+    p.xq_chunk_scale = xq_chunk_scale + row * (K / kChunkValues) * kChunkScales;
   }
   return p;
 }
@@ -78,6 +91,12 @@ void dequant_scalar(const Problem& p, int n0, int n1, float* dst);
 // quantized x (with the float sums the rounding errors of the codes' term, whose codes are all >= 0,
 // would not cancel against the biases').
 void quantize_rows_int8(const float* x, int M, int K, int group_size, int8_t* xq, float* xq_scale, float* xq_sum);
+// Whether the int8 kernel reads chunks (Problem::xq_chunks) for this width and K.
+inline bool int8_chunked(int bits, int K) { return (bits == 4 || bits == 8) && K >= kChunkValues; }
+// quantize_rows_int8's xq and xq_scale rearranged for the int8 kernel's chunks (4 and 8 bits): writes
+// M * (K / kChunkValues) * kChunkValues codes and M * (K / kChunkValues) * kChunkScales scales.
+void chunk_int8_rows(const int8_t* xq, const float* xq_scale, int M, int K, int bits, int8_t* chunks,
+                     float* chunk_scale);
 // The int8 path's semantics (reads p.xq, p.xq_scale, p.xsum, which the int8 path points at xq_sum):
 // per block of 32 the exact integer dot of the weights' codes with xq, times the block's scale and the
 // group's weight scale, plus the biases' term as in rows_scalar. For tests (selftest).

@@ -98,13 +98,21 @@ inline void store_floats(const float* src, size_t count, mx::array& out) {
 // holds the blocks' scales, then the quantized group sums that p.xsum now points at (the float rows
 // stay for a LoRA delta).
 inline void prepare_int8(Problem& p, std::vector<int8_t>& xq, std::vector<float>& xq_scale) {
-  const size_t scales = static_cast<size_t>(p.M) * (p.K / 32) * kScaleLanes;
-  xq.resize(static_cast<size_t>(p.M) * p.K);
-  xq_scale.resize(scales + static_cast<size_t>(p.M) * (p.K / p.group_size));
+  const size_t codes = static_cast<size_t>(p.M) * p.K, scales = static_cast<size_t>(p.M) * (p.K / 32) * kScaleLanes;
+  const size_t sums = static_cast<size_t>(p.M) * (p.K / p.group_size);
+  const bool chunked = int8_chunked(p.bits, p.K);
+  const size_t chunks = chunked ? static_cast<size_t>(p.M) * (p.K / kChunkValues) : 0;
+  xq.resize(codes + chunks * kChunkValues);
+  xq_scale.resize(scales + sums + chunks * kChunkScales);
   quantize_rows_int8(p.x, p.M, p.K, p.group_size, xq.data(), xq_scale.data(), xq_scale.data() + scales);
   p.xq = xq.data();
   p.xq_scale = xq_scale.data();
   p.xsum = xq_scale.data() + scales;
+  if (chunked) {
+    chunk_int8_rows(p.xq, p.xq_scale, p.M, p.K, p.bits, xq.data() + codes, xq_scale.data() + scales + sums);
+    p.xq_chunks = xq.data() + codes;
+    p.xq_chunk_scale = xq_scale.data() + scales + sums;
+  }
 }
 
 // prepare_rows for any float dtype of x.

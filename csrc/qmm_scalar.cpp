@@ -155,6 +155,45 @@ void quantize_rows_int8(const float* x, int M, int K, int group_size, int8_t* xq
   }
 }
 
+namespace {
+
+// Where the kernel's chunk layout takes each 4-byte group from: output group o = 16 * i + P (vector i, lane P)
+// holds group src of the chunk's xq (8 groups per block of 32). See qmm_avx512_vnni.cpp for the transposes.
+int chunk_source(int bits, int o) {
+  const int i = o / 16, P = o % 16;
+  if (bits == 4) return (4 * (P % 4) + P / 4) * 8 + i;  // block 4 (P % 4) + P / 4, its i-th group
+  const int block = 8 * (i / 4) + 2 * (P % 4) + P / 8;  // 8 bits: vectors 0-3 blocks 0-7, vectors 4-7 blocks 8-15
+  return block * 8 + 4 * ((P / 4) % 2) + i % 4;
+}
+
+// The block whose scale lane P of the chunk's scale vectors holds (vector P / 16).
+int chunk_scale_block(int bits, int lane) {
+  const int P = lane % 16;
+  if (bits == 4) return 4 * (P % 4) + P / 4;  // the second vector is unused (a copy)
+  return 8 * (lane / 16) + 2 * (P % 4) + P / 8;
+}
+
+}  // namespace
+
+void chunk_int8_rows(const int8_t* xq, const float* xq_scale, int M, int K, int bits, int8_t* chunks,
+                     float* chunk_scale) {
+  const int per_row = K / kChunkValues, blocks = K / 32;
+  int source[kChunkValues / 4], scale_block[kChunkScales];
+  for (int o = 0; o < kChunkValues / 4; ++o) source[o] = chunk_source(bits, o);
+  for (int l = 0; l < kChunkScales; ++l) scale_block[l] = chunk_scale_block(bits, l);
+  for (int m = 0; m < M; ++m) {
+    for (int c = 0; c < per_row; ++c) {
+      const int8_t* src = xq + static_cast<size_t>(m) * K + static_cast<size_t>(c) * kChunkValues;
+      int8_t* dst = chunks + (static_cast<size_t>(m) * per_row + c) * kChunkValues;
+      for (int o = 0; o < kChunkValues / 4; ++o) std::memcpy(dst + 4 * o, src + 4 * source[o], 4);
+      float* ds = chunk_scale + (static_cast<size_t>(m) * per_row + c) * kChunkScales;
+      for (int l = 0; l < kChunkScales; ++l) {
+        ds[l] = xq_scale[(static_cast<size_t>(m) * blocks + c * 16 + scale_block[l]) * kScaleLanes];
+      }
+    }
+  }
+}
+
 void rows_int8_scalar(const Problem& p, int n0, int n1) {
   const int G = p.K / p.group_size, blocks = p.K / 32;
   const size_t row_bytes = static_cast<size_t>(p.K) * p.bits / 8;

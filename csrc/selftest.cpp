@@ -37,7 +37,7 @@ int main() {
     for (int group_size : groups) {
       for (int M = 1; M <= kMaxRows; ++M) {
         for (int st = 0; st < 3; ++st) {
-          const int N = 37, K = 384 / group_size * group_size;
+          const int N = 37, K = 896;  // one int8 chunk of 512 values and a tail of 384
           const int G = K / group_size;
           const size_t row_bytes = static_cast<size_t>(K) * bits / 8;
           std::vector<uint8_t> w(N * row_bytes);
@@ -75,6 +75,13 @@ int main() {
             q.xq = xq.data();
             q.xq_scale = xq_scale.data();
             q.xsum = xq_sum.data();
+            std::vector<int8_t> chunks(M * (K / kChunkValues) * kChunkValues);
+            std::vector<float> chunk_scale(M * (K / kChunkValues) * kChunkScales);
+            if (int8_chunked(bits, K)) {
+              chunk_int8_rows(xq.data(), xq_scale.data(), M, K, bits, chunks.data(), chunk_scale.data());
+              q.xq_chunks = chunks.data();
+              q.xq_chunk_scale = chunk_scale.data();
+            }
             q.out = want.data();
             rows_int8_scalar(q, 0, N);
             q.out = got.data();

@@ -91,9 +91,9 @@ def assert_equals_reference(x, w, s, b, group_size, bits):
     assert worst <= 0, f"beyond float32 summation rounding by {worst}"
 
 
-CASES = [  # (rows, out features, in features): odd N, odd block counts (96, 160, 416), 1..8 rows
+CASES = [  # (rows, out features, in features): odd N, odd block counts (96, 160, 416, 1120), 1..8 rows
     (1, 64, 256), (2, 97, 128), (3, 33, 384), (4, 5, 96), (5, 1, 512), (6, 31, 160), (7, 13, 1024), (8, 200, 640),
-    (8, 19, 416),
+    (8, 19, 416), (3, 29, 1120),  # 1120: two of the kernel's 512-value chunks and an odd tail of 3 blocks
 ]
 
 

@@ -7,6 +7,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "lora_delta.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "qmm_dispatch.h"
 #include "qmm_prepare.h"
@@ -24,18 +25,22 @@ struct Job {
   RowsFn rows;
   int rows_per_task;
   // A LoRA delta, added per run of columns by the task that computed them: scale * xa @ b, with
-  // xa = x @ a (M x r) computed before the rows.
+  // xa = x @ a (M x r) computed before the rows (a few microseconds with SIMD; as a task of the pool's job it
+  // measured slower under load: the runs of columns then wait on whichever thread took it).
   const float* lora_xa = nullptr;
   const mx::array* lora_b = nullptr;
   float lora_scale = 0.0f;
 };
 
-void lora_columns(const Job& job, int n0, int n1);
+// out[:, n0:n1] += scale * xa @ b[:, n0:n1], in float32.
+void add_lora(const Job& job, int n0, int n1) {
+  const Problem& p = job.base;
+  lora_columns(job.lora_xa, *job.lora_b, p.M, p.N, n0, n1, job.lora_scale, p.out);
+}
 
 // One task: a run of output columns for every row of x, in blocks of kMaxRows rows so the weights
 // of the run stay in cache while the blocks pass over them.
-void run_task(void* ctx, int task) {
-  const Job& job = *static_cast<const Job*>(ctx);
+void run_task(const Job& job, int task) {
   const int n0 = task * job.rows_per_task;
   const int n1 = std::min(job.base.N, n0 + job.rows_per_task);
   for (int m0 = 0; m0 < job.base.M; m0 += kMaxRows) {
@@ -43,7 +48,7 @@ void run_task(void* ctx, int task) {
     p.M = std::min(kMaxRows, job.base.M - m0);
     job.rows(p, n0, n1);
   }
-  if (job.lora_b != nullptr) lora_columns(job, n0, n1);
+  if (job.lora_b != nullptr) add_lora(job, n0, n1);
 }
 
 // Prefill: from this many rows of x, weight tiles are dequantized to float32 and multiplied by the
@@ -65,68 +70,7 @@ void prefill_sgemm(SgemmFn sgemm, const Problem& p) {
   }
 }
 
-void run_rows(Job& job);
-
-template <typename T>
-void lora_xa(const float* xp, const mx::array& a, int M, int K, int bits, float* xa) {
-  const int r = static_cast<int>(a.shape(1));
-  const T* ap = a.data<T>();
-  // dst += xk * a[k, :] over r contiguous values: the loop the compiler vectorizes.
-  auto accumulate = [r](float* dst, float xk, const T* arow) {
-    for (int j = 0; j < r; ++j) dst[j] += xk * static_cast<float>(arow[j]);
-  };
-  for (int m = 0; m < M; ++m) {
-    float* dst = xa + static_cast<size_t>(m) * r;
-    for (int j = 0; j < r; ++j) dst[j] = 0.0f;
-    const float* row = xp + static_cast<size_t>(m) * K;
-    if (bits == 4) {  // the prepared row holds each run of 32 as its 16 even then its 16 odd values
-      for (int k0 = 0; k0 < K; k0 += 32) {
-        for (int i = 0; i < 16; ++i) {
-          accumulate(dst, row[k0 + i], ap + static_cast<size_t>(k0 + 2 * i) * r);
-          accumulate(dst, row[k0 + 16 + i], ap + static_cast<size_t>(k0 + 2 * i + 1) * r);
-        }
-      }
-    } else {
-      for (int k = 0; k < K; ++k) accumulate(dst, row[k], ap + static_cast<size_t>(k) * r);
-    }
-  }
-}
-
-template <typename T>
-void lora_add(const float* xa, const mx::array& b, int M, int N, int n0, int n1, float scale, float* out) {
-  const int r = static_cast<int>(b.shape(0));
-  const T* bp = b.data<T>();
-  for (int m = 0; m < M; ++m) {
-    float* orow = out + static_cast<size_t>(m) * N;
-    for (int j = 0; j < r; ++j) {
-      const float c = scale * xa[static_cast<size_t>(m) * r + j];
-      const T* brow = bp + static_cast<size_t>(j) * N;
-      for (int n = n0; n < n1; ++n) orow[n] += c * static_cast<float>(brow[n]);
-    }
-  }
-}
-
-// out[:, n0:n1] += scale * xa @ b[:, n0:n1], in float32.
-void lora_columns(const Job& job, int n0, int n1) {
-  const Problem& p = job.base;
-  switch (job.lora_b->dtype()) {
-    case mx::float32: lora_add<float>(job.lora_xa, *job.lora_b, p.M, p.N, n0, n1, job.lora_scale, p.out); break;
-    case mx::float16:
-      lora_add<mx::float16_t>(job.lora_xa, *job.lora_b, p.M, p.N, n0, n1, job.lora_scale, p.out);
-      break;
-    default: lora_add<mx::bfloat16_t>(job.lora_xa, *job.lora_b, p.M, p.N, n0, n1, job.lora_scale, p.out); break;
-  }
-}
-
-// xa = x @ a (M x r), in float32, from x's prepared rows.
-void lora_input(const float* xp, const mx::array& a, int M, int K, int bits, std::vector<float>& xa) {
-  xa.resize(static_cast<size_t>(M) * a.shape(1));
-  switch (a.dtype()) {
-    case mx::float32: lora_xa<float>(xp, a, M, K, bits, xa.data()); break;
-    case mx::float16: lora_xa<mx::float16_t>(xp, a, M, K, bits, xa.data()); break;
-    default: lora_xa<mx::bfloat16_t>(xp, a, M, K, bits, xa.data()); break;
-  }
-}
+void run_jobs(Job* jobs, int count);
 
 // What a job's rows read besides x: the adapter's x @ a and the int8 activations (caller-owned).
 struct JobBuffers {
@@ -151,7 +95,8 @@ Job make_job(const float* xp, const float* xsum, int M, int K, const QuantOperan
                      K, q.group_size, q.bits};
   job.rows = current_rows();
   if (q.a != nullptr) {  // the adapter's delta rides on the same tasks as the rows it adds to
-    lora_input(xp, *q.a, M, K, q.bits, buffers.xa);
+    buffers.xa.resize(static_cast<size_t>(M) * q.a->shape(1));
+    lora_input(xp, *q.a, M, K, q.bits, buffers.xa.data());
     job.lora_xa = buffers.xa.data();
     job.lora_b = q.b;
     job.lora_scale = q.lora_scale;
@@ -171,10 +116,10 @@ void multiply_prepared(const float* xp, const float* xsum, int M, int K, const Q
   Job job = make_job(xp, xsum, M, K, q, out_f, buffers);
   if (prefill_sized(M)) {
     prefill_sgemm(fast_sgemm(), job.base);
-    if (job.lora_b != nullptr) lora_columns(job, 0, job.base.N);
+    if (job.lora_b != nullptr) add_lora(job, 0, job.base.N);
     return;
   }
-  run_rows(job);
+  run_jobs(&job, 1);
 }
 
 void compute(const mx::array& x, const mx::array& w, const mx::array& scales, const mx::array& biases,
@@ -208,11 +153,9 @@ int tasks_for(Job& job) {
   return (job.base.N + job.rows_per_task - 1) / job.rows_per_task;
 }
 
-void run_rows(Job& job) { ThreadPool::instance().parallel_for(tasks_for(job), run_task, &job); }
-
-// Several jobs' tasks in one pass of the pool: task t belongs to the job whose range holds it.
+// Jobs' tasks in one pass of the pool: task t belongs to the job whose range holds it.
 struct Jobs {
-  std::vector<Job>* jobs;
+  const Job* jobs = nullptr;
   std::vector<int> first;  // each job's first task, and the total at the end
 };
 
@@ -220,7 +163,15 @@ void run_any_task(void* ctx, int task) {
   const Jobs& all = *static_cast<const Jobs*>(ctx);
   size_t j = 0;
   while (task >= all.first[j + 1]) ++j;
-  run_task(&(*all.jobs)[j], task - all.first[j]);
+  run_task(all.jobs[j], task - all.first[j]);
+}
+
+void run_jobs(Job* jobs, int count) {
+  thread_local Jobs all;  // the stream's worker thread runs every product: keep the list's memory
+  all.jobs = jobs;
+  all.first.assign(1, 0);
+  for (int i = 0; i < count; ++i) all.first.push_back(all.first.back() + tasks_for(jobs[i]));
+  ThreadPool::instance().parallel_for(all.first.back(), run_any_task, &all);
 }
 
 }  // namespace
@@ -236,11 +187,14 @@ void quantized_rows_many(const float* x, int M, const QuantOperands* ops, float*
   thread_local std::vector<std::vector<float>> xp, xsum;
   thread_local std::vector<JobBuffers> buffers;
   thread_local std::vector<Job> jobs;
-  xp.resize(count);
-  xsum.resize(count);
-  buffers.resize(count);
+  // Grown, never shrunk: a layer's products alternate between 3, 1, 2 and 1 of them, and shrinking would
+  // free and allocate the buffers of the ones past the first every time.
+  if (xp.size() < static_cast<size_t>(count)) {
+    xp.resize(count);
+    xsum.resize(count);
+    buffers.resize(count);
+  }
   jobs.clear();
-  Jobs all{&jobs, {0}};
   for (int i = 0; i < count; ++i) {
     const QuantOperands& q = ops[i];
     const int K = static_cast<int>(q.w->shape(1)) * 32 / q.bits, G = K / q.group_size;
@@ -262,9 +216,8 @@ void quantized_rows_many(const float* x, int M, const QuantOperands* ops, float*
       continue;
     }
     jobs.push_back(make_job(xp[src].data(), xsum[src].data(), M, K, q, outs[i], buffers[i]));
-    all.first.push_back(all.first.back() + tasks_for(jobs.back()));
   }
-  if (!jobs.empty()) ThreadPool::instance().parallel_for(all.first.back(), run_any_task, &all);
+  if (!jobs.empty()) run_jobs(jobs.data(), static_cast<int>(jobs.size()));
 }
 
 // The process's cblas_sgemm if it is a fast one: Accelerate on macOS; on Linux only OpenBLAS (which

@@ -5,13 +5,17 @@ active adapters, and what mlx-lm needs to change adapter (a full mlx_lm.load of 
     .venv/bin/python scripts/bench_adapters.py [--gen-tokens 128] [--json-out FILE]
 
 Adapters are random rank-8 LoRAs on all attention and MLP projections of every layer (B nonzero, so
-the delta is really computed). One run; prints progress and a JSON summary.
+the delta is really computed). The decode speeds are interleaved: each of `--rounds` rounds measures bare
+(adapters unloaded), then 0, 1, 2 and 4 active, one generation each, and the median of the rounds is
+reported, so a burst of load elsewhere on the machine falls on every configuration alike rather than on
+one. Prints progress, the load average and a JSON summary.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -28,21 +32,36 @@ def ms(seconds: float) -> float:
     return round(seconds * 1000, 2)
 
 
-def decode_tps(engine, prompt, tokens: int, runs: int = 3) -> float:
+def decode_tps(engine, prompt, tokens: int) -> float:
     from macllm.generation import GenerationParams
 
     params = GenerationParams(max_tokens=tokens, temperature=0.0)
-    speeds = []
-    for _ in range(runs):
-        result = engine.generate(prompt, params).result()
-        speeds.append(result.stats.generation_tps)
-    return round(statistics.median(speeds), 1)
+    return engine.generate(prompt, params).result().stats.generation_tps
+
+
+BLENDS = (("0", {}), ("1", {"a0": 1.0}), ("2", {"a0": 1.0, "a1": 0.5}), ("4", {f"a{i}": 0.5 for i in range(4)}))
+
+
+def swap_times(engine, names: list[str]) -> dict:
+    swaps = []
+    for i in range(40):
+        t0 = time.perf_counter()
+        engine.set_adapters({names[i % 2]: 1.0})
+        swaps.append(time.perf_counter() - t0)
+    blend_swaps = []
+    for i in range(20):
+        t0 = time.perf_counter()
+        engine.set_adapters({names[i % 2]: 1.0, names[2]: 0.5 + 0.1 * (i % 3)})
+        blend_swaps.append(time.perf_counter() - t0)
+    return {"median": ms(statistics.median(swaps)), "max": ms(max(swaps)),
+            "blend_of_2_median": ms(statistics.median(blend_swaps))}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--gen-tokens", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the decode configurations")
     ap.add_argument("--json-out")
     args = ap.parse_args()
 
@@ -67,37 +86,36 @@ def main() -> int:
         summary["adapter_file_mb"] = round((dirs["a0"] / "adapters.safetensors").stat().st_size / 1e6, 2)
         prompt = engine.tokenize(PROSE * 4)[:128]
 
-        print("decode, no adapters loaded…", file=sys.stderr)
-        decode = {"bare": decode_tps(engine, prompt, args.gen_tokens)}
-
-        load_times = []
-        for name in names:
-            t0 = time.perf_counter()
-            engine.load_adapter(str(dirs[name]))
-            engine.set_adapters({name: 1.0})
-            load_times.append(time.perf_counter() - t0)
-        summary["load_and_activate_ms"] = {"first": ms(load_times[0]), "median": ms(statistics.median(load_times))}
-
-        swaps = []
-        for i in range(40):
-            t0 = time.perf_counter()
-            engine.set_adapters({names[i % 2]: 1.0})
-            swaps.append(time.perf_counter() - t0)
-        blend_swaps = []
-        for i in range(20):
-            t0 = time.perf_counter()
-            engine.set_adapters({names[i % 2]: 1.0, names[2]: 0.5 + 0.1 * (i % 3)})
-            blend_swaps.append(time.perf_counter() - t0)
-        summary["swap_ms"] = {"median": ms(statistics.median(swaps)), "max": ms(max(swaps)),
-                              "blend_of_2_median": ms(statistics.median(blend_swaps))}
-
-        for label, active in (("0", {}), ("1", {"a0": 1.0}), ("2", {"a0": 1.0, "a1": 0.5}),
-                              ("4", {n: 0.5 for n in names})):
-            print(f"decode, {label} active…", file=sys.stderr)
-            engine.set_adapters(active)
-            decode[label] = decode_tps(engine, prompt, args.gen_tokens)
-        summary["decode_tps"] = decode
-        summary["one_adapter_slowdown_pct"] = round(100 * (1 - decode["1"] / decode["0"]), 1)
+        decode_tps(engine, prompt, 16)  # warm-up: the first generation's one-off costs fall on no configuration
+        summary["load_average_before"] = round(os.getloadavg()[0], 2)
+        decode: dict[str, list[float]] = {"bare": [], **{label: [] for label, _ in BLENDS}}
+        for round_ in range(args.rounds):
+            print(f"decode round {round_ + 1}/{args.rounds}: bare, 0, 1, 2, 4 active…", file=sys.stderr)
+            loaded = {a["name"] for a in engine.adapters["loaded"]}
+            for name in names:
+                if name in loaded:
+                    engine.unload_adapter(name)
+            decode["bare"].append(decode_tps(engine, prompt, args.gen_tokens))
+            load_times = []
+            for name in names:
+                t0 = time.perf_counter()
+                engine.load_adapter(str(dirs[name]))
+                engine.set_adapters({name: 1.0})
+                load_times.append(time.perf_counter() - t0)
+            if round_ == 0:
+                summary["load_and_activate_ms"] = {"first": ms(load_times[0]),
+                                                   "median": ms(statistics.median(load_times))}
+                summary["swap_ms"] = swap_times(engine, names)
+            for label, active in BLENDS:
+                engine.set_adapters(active)
+                decode[label].append(decode_tps(engine, prompt, args.gen_tokens))
+        summary["load_average_after"] = round(os.getloadavg()[0], 2)
+        summary["decode_tps_per_round"] = {k: [round(v, 1) for v in runs] for k, runs in decode.items()}
+        medians = {k: round(statistics.median(runs), 1) for k, runs in decode.items()}
+        summary["decode_tps"] = medians
+        summary["one_adapter_slowdown_pct"] = round(100 * (1 - medians["1"] / medians["0"]), 1)
+        summary["one_adapter_slowdown_pct_per_round"] = [round(100 * (1 - one / none), 1)
+                                                         for one, none in zip(decode["1"], decode["0"], strict=True)]
 
     # mlx-lm: changing adapter means loading the model again with the new adapter_path.
     print("mlx-lm reload…", file=sys.stderr)

@@ -76,7 +76,7 @@ __attribute__((always_inline)) inline void transpose4(__m512i& a, __m512i& b, __
   d = _mm512_unpackhi_epi64(t1, t3);
 }
 
-// A chunk (kChunkValues = 16 blocks) of a 4- or 8-bit row's codes as 8 vectors in which each 32-bit lane
+// A chunk (kChunkValues = 16 blocks) of a row's codes as 8 vectors in which each 32-bit lane
 // P holds 4 codes of one block, the same block in every vector: 8 vpdpbusd then leave each block's integer
 // sum spread over the lanes of one accumulator (4 bits) or two (8 bits), and the conversion and scaling
 // happen once per chunk instead of once per 64 values. Per activation row that is 11-14 instructions per
@@ -87,9 +87,11 @@ __attribute__((always_inline)) inline void transpose4(__m512i& a, __m512i& b, __
 //     block 4v + q: vectors 0-3 its low nibbles' groups, 4-7 its high nibbles'.
 //   8 bits: load v holds blocks 2v, 2v+1 (two 128-bit lanes each); loads 0-3 and 4-7 are transposed apart, so
 //     vectors 0-3 hold blocks 0-7 (lane P: block 2 (P % 4) + P / 8) and vectors 4-7 blocks 8-15.
+//   2, 3, 5 and 6 bits: each pair of blocks unpacked to bytes (Codes::pair) is laid out as an 8-bit load.
 template <int BITS>
-__attribute__((always_inline)) inline void chunk_codes(const uint8_t* src, __m512i* v) {
+__attribute__((always_inline)) inline void chunk_codes(const Codes<BITS>& code, const uint8_t* wr, int c, __m512i* v) {
   if constexpr (BITS == 4) {
+    const uint8_t* src = wr + static_cast<size_t>(c) * kChunkValues / 2;
     const __m512i low4 = _mm512_set1_epi8(15);
     for (int i = 0; i < 4; ++i) {
       const __m512i raw = _mm512_loadu_si512(src + 64 * i);
@@ -97,7 +99,7 @@ __attribute__((always_inline)) inline void chunk_codes(const uint8_t* src, __m51
       v[4 + i] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low4);
     }
   } else {
-    for (int i = 0; i < 8; ++i) v[i] = _mm512_loadu_si512(src + 64 * i);
+    for (int i = 0; i < 8; ++i) v[i] = code.pair(wr, c * 16 + 2 * i);
   }
   transpose4(v[0], v[1], v[2], v[3]);
   transpose4(v[4], v[5], v[6], v[7]);
@@ -135,7 +137,7 @@ __attribute__((always_inline)) inline void tile(const Problem& p, const Codes<BI
   for (int m = 0; m < M; ++m)
     for (int j = 0; j < NB; ++j) acc[m][j] = _mm512_setzero_ps();
   int b = 0;
-  if constexpr (BITS == 4 || BITS == 8) {
+  {
     if (p.xq_chunks != nullptr) {
       const int chunks = p.K / kChunkValues;
       const __m512i blocks_lo = chunk_blocks<BITS>(0), blocks_hi = chunk_blocks<BITS>(1);
@@ -143,9 +145,9 @@ __attribute__((always_inline)) inline void tile(const Problem& p, const Codes<BI
         __m512i codes[NB][8];
         __m512 ws[NB][2];
         for (int j = 0; j < NB; ++j) {
-          chunk_codes<BITS>(p.w + (n + j) * row_bytes + static_cast<size_t>(c) * kChunkValues * BITS / 8, codes[j]);
+          chunk_codes<BITS>(code, p.w + (n + j) * row_bytes, c, codes[j]);
           ws[j][0] = chunk_weight_scales(sb[j], c, group_shift, blocks_lo);
-          if constexpr (BITS == 8) ws[j][1] = chunk_weight_scales(sb[j], c, group_shift, blocks_hi);
+          if constexpr (BITS != 4) ws[j][1] = chunk_weight_scales(sb[j], c, group_shift, blocks_hi);
         }
         for (int m = 0; m < M; ++m) {
           const int8_t* xc = p.xq_chunks + (static_cast<size_t>(m) * chunks + c) * kChunkValues;
@@ -231,7 +233,7 @@ void tiles(const Problem& p, int n0, int n1) {
 
 template <int M, int BITS>
 void rows(const Problem& p, int n0, int n1) {
-  if ((BITS == 4 || BITS == 8) && p.xq_chunks != nullptr) return tiles<M, chunk_tile_rows(M), BITS>(p, n0, n1);
+  if (p.xq_chunks != nullptr) return tiles<M, chunk_tile_rows(M), BITS>(p, n0, n1);
   tiles<M, tile_rows(M), BITS>(p, n0, n1);
 }
 

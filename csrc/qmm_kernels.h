@@ -39,9 +39,9 @@ struct Problem {
   // kScaleLanes). Null when the caller prepared floats only.
   const int8_t* xq = nullptr;
   const float* xq_scale = nullptr;
-  // For 4 and 8 bits, xq again per chunk of kChunkValues values in the order of the weights' codes after
-  // the kernel's in-register transpose (chunk_int8_rows), and each chunk's block scales in that order
-  // (kChunkScales floats). Null for other widths and when K < kChunkValues.
+  // xq again per chunk of kChunkValues values in the order of the weights' codes after the kernel's
+  // in-register transpose (chunk_int8_rows), and each chunk's block scales in that order (kChunkScales
+  // floats). Null when K < kChunkValues.
   const int8_t* xq_chunks = nullptr;
   const float* xq_chunk_scale = nullptr;
 
@@ -91,9 +91,10 @@ void dequant_scalar(const Problem& p, int n0, int n1, float* dst);
 // quantized x (with the float sums the rounding errors of the codes' term, whose codes are all >= 0,
 // would not cancel against the biases').
 void quantize_rows_int8(const float* x, int M, int K, int group_size, int8_t* xq, float* xq_scale, float* xq_sum);
-// Whether the int8 kernel reads chunks (Problem::xq_chunks) for this width and K.
-inline bool int8_chunked(int bits, int K) { return (bits == 4 || bits == 8) && K >= kChunkValues; }
-// quantize_rows_int8's xq and xq_scale rearranged for the int8 kernel's chunks (4 and 8 bits): writes
+// Whether the int8 kernel reads chunks (Problem::xq_chunks) for this K (any width).
+inline bool int8_chunked(int K) { return K >= kChunkValues; }
+// quantize_rows_int8's xq and xq_scale rearranged for the int8 kernel's chunks (4 bits have an order of
+// their own, every other width that of 8 bits): writes
 // M * (K / kChunkValues) * kChunkValues codes and M * (K / kChunkValues) * kChunkScales scales.
 void chunk_int8_rows(const int8_t* xq, const float* xq_scale, int M, int K, int bits, int8_t* chunks,
                      float* chunk_scale);

@@ -100,7 +100,7 @@ inline void store_floats(const float* src, size_t count, mx::array& out) {
 inline void prepare_int8(Problem& p, std::vector<int8_t>& xq, std::vector<float>& xq_scale) {
   const size_t codes = static_cast<size_t>(p.M) * p.K, scales = static_cast<size_t>(p.M) * (p.K / 32) * kScaleLanes;
   const size_t sums = static_cast<size_t>(p.M) * (p.K / p.group_size);
-  const bool chunked = int8_chunked(p.bits, p.K);
+  const bool chunked = int8_chunked(p.K);
   const size_t chunks = chunked ? static_cast<size_t>(p.M) * (p.K / kChunkValues) : 0;
   xq.resize(codes + chunks * kChunkValues);
   xq_scale.resize(scales + sums + chunks * kChunkScales);

@@ -162,7 +162,8 @@ namespace {
 int chunk_source(int bits, int o) {
   const int i = o / 16, P = o % 16;
   if (bits == 4) return (4 * (P % 4) + P / 4) * 8 + i;  // block 4 (P % 4) + P / 4, its i-th group
-  const int block = 8 * (i / 4) + 2 * (P % 4) + P / 8;  // 8 bits: vectors 0-3 blocks 0-7, vectors 4-7 blocks 8-15
+  // Other widths (laid out as 8 bits): vectors 0-3 blocks 0-7, vectors 4-7 blocks 8-15.
+  const int block = 8 * (i / 4) + 2 * (P % 4) + P / 8;
   return block * 8 + 4 * ((P / 4) % 2) + i % 4;
 }
 

@@ -77,7 +77,7 @@ int main() {
             q.xsum = xq_sum.data();
             std::vector<int8_t> chunks(M * (K / kChunkValues) * kChunkValues);
             std::vector<float> chunk_scale(M * (K / kChunkValues) * kChunkScales);
-            if (int8_chunked(bits, K)) {
+            if (int8_chunked(K)) {
               chunk_int8_rows(xq.data(), xq_scale.data(), M, K, bits, chunks.data(), chunk_scale.data());
               q.xq_chunks = chunks.data();
               q.xq_chunk_scale = chunk_scale.data();

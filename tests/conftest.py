@@ -251,6 +251,27 @@ def cpu_kernel_off():
         yield
 
 
+@pytest.fixture
+def float_activations(monkeypatch):
+    """Our CPU kernel on float activations during this test, where int8 ones are the default (CPUs with AVX-512
+    VNNI): for tests that hold our quantized paths to MLX's or mlx-lm's float arithmetic within 1e-4 or token
+    for token, which int8 rounding exceeds by design. The int8 path has its own exact reference and error
+    bound (tests/test_cpu_kernels_int8.py), and the parity tests on SmolLM2 run it as the default."""
+    from macllm import cpu_kernels
+
+    monkeypatch.setenv("MACLLM_CPU_INT8", "off")  # models loaded inside apply the setting again
+    ext = cpu_kernels.extension
+    if ext is None:
+        yield
+        return
+    before = ext.int8()
+    ext.set_int8(False)
+    try:
+        yield
+    finally:
+        ext.set_int8(before)
+
+
 @pytest.fixture(scope="session")
 def smollm(smollm_gguf):
     """The real model loaded once as users get it: on the CPU, the stored 4-bit weights through our CPU

@@ -57,6 +57,7 @@ def test_half_precision_scales_and_cotangent(blas):
     close(out, expected, 2e-3)
 
 
+@pytest.mark.usefixtures("float_activations")
 def test_the_kernel_layers_gradient_is_mlxs():
     mx.random.seed(2)
     layer = nn.QuantizedLinear(256, 96, bias=False, group_size=32, bits=4)

@@ -72,6 +72,7 @@ def test_sliding_cache_stays_bounded_and_trims():
     assert c.can_trim(10) and not c.can_trim(1000)
 
 
+@pytest.mark.usefixtures("float_activations")
 def test_kquant_gguf_imports_once_and_agrees_with_exact_dequantization(tmp_path, monkeypatch):
     from macllm.formats.gguf_import import import_cache_path
     from macllm.formats.gguf_model import load_gguf_dequantized

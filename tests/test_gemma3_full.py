@@ -107,6 +107,7 @@ def our_greedy(loaded, prompt: list[int], n: int) -> list[int]:
 
 @pytest.mark.parametrize("name,keep_quantized", [("float", False), ("4bit", True), ("transformers", False),
                                                  ("transformers-new", False)])
+@pytest.mark.usefixtures("float_activations")
 def test_logits_and_greedy_tokens_match_mlx_lm(folders, name, keep_quantized, capfd):
     import mlx_lm
 
@@ -125,6 +126,7 @@ def test_logits_and_greedy_tokens_match_mlx_lm(folders, name, keep_quantized, ca
                                                                  or ours_tokens[-1] == 2)
 
 
+@pytest.mark.usefixtures("float_activations")
 def test_4bit_on_the_float32_fast_path_agrees(folders):
     import mlx_lm
 

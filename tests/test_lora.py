@@ -138,6 +138,7 @@ def test_single_adapter_with_scale_equals_merged_weights(engine, tiny_llama_fold
     np.testing.assert_allclose(logits(engine), expected, atol=2e-4, rtol=1e-4)
 
 
+@pytest.mark.usefixtures("float_activations")
 def test_lora_on_a_quantized_base(tmp_path, adapter_dirs):
     from tests.tiny_models import write_tiny_folder
 

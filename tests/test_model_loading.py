@@ -47,6 +47,7 @@ def test_llama3_rope_scaling_matches_mlx_lm(tmp_path):
     assert not mx.allclose(ours, logits_of(tiny_models.write_tiny_folder(tmp_path / "plain")), atol=1e-4)
 
 
+@pytest.mark.usefixtures("float_activations")
 def test_mlx_quantized_folder_with_per_layer_overrides(tmp_path):
     quant = {"group_size": 32, "bits": 4, "model.layers.0.mlp.down_proj": {"group_size": 64, "bits": 8}}
     folder = tiny_models.write_tiny_folder(tmp_path / "q", quantize=quant, shards=2)
@@ -58,6 +59,7 @@ def test_mlx_quantized_folder_with_per_layer_overrides(tmp_path):
     assert mx.allclose(logits_of(folder), kept.model(TOKENS), atol=1e-3)
 
 
+@pytest.mark.usefixtures("float_activations")
 @pytest.mark.parametrize("quant", ["q4_1", "q8_0"])
 def test_quantized_gguf_float32_path_equals_quantized_path(tmp_path, quant):
     path = tiny_models.write_tiny_gguf(tmp_path / f"{quant}.gguf", quant=quant)

@@ -85,6 +85,7 @@ def test_both_families_are_ours():
 CASES = [(name, False) for name in FAMILIES] + [(f"{n}-4bit", True) for n in ("phi3-su", "phi4-mini", "smollm3")]
 
 
+@pytest.mark.usefixtures("float_activations")
 @pytest.mark.parametrize("name,keep_quantized", CASES)
 def test_logits_and_greedy_tokens_match_mlx_lm(folders, name, keep_quantized):
     """Float32 folders on our float path; 4-bit folders with --keep-quantized (the same quantized kernels)."""
@@ -292,6 +293,7 @@ GGUF_CASES = [("phi3", "F32"), ("phi3-su", "F32"), ("phi4-mini", "F32"), ("phi4-
               ("smollm3", "F32"), ("smollm3", "Q8_0")]
 
 
+@pytest.mark.usefixtures("float_activations")
 @pytest.mark.parametrize("name,qtype", GGUF_CASES, ids=[f"{n}-{q}" for n, q in GGUF_CASES])
 def test_gguf_logits_and_greedy_tokens_match_mlx_lm(tmp_path, name, qtype):
     config = vocab_config(GGUF_FAMILIES[name])

@@ -43,6 +43,7 @@ def test_smollm2_q4_1_reproduced_exactly(smollm_gguf, tmp_path):
     assert_q4_1_reproduced(smollm_gguf, tmp_path / "out")
 
 
+@pytest.mark.usefixtures("float_activations")
 @pytest.mark.parametrize("flags", [["--bits", "4", "--group-size", "64"], ["--bits", "8"], ["--mixed"]])
 def test_output_loads_in_macllm_and_mlx_lm_alike(tiny_llama_folder, tmp_path, flags, capsys):
     from mlx_lm import load

@@ -105,6 +105,7 @@ def assert_same_greedy(ours: list[int], theirs: list[int]) -> None:
 CASES = [("qwen3", False), ("qwen3_moe", False), ("qwen3-4bit", True), ("qwen3_moe-4bit", True)]
 
 
+@pytest.mark.usefixtures("float_activations")
 @pytest.mark.parametrize("name,keep_quantized", CASES)
 def test_logits_and_greedy_tokens_match_mlx_lm(folders, name, keep_quantized):
     """Float32 folders on our float path; 4-bit folders with --keep-quantized (the same quantized kernels)."""

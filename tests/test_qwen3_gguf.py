@@ -128,6 +128,7 @@ YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 
 CASES.append(("qwen3-yarn", dict(QWEN3, rope_scaling=YARN), "F32"))
 
 
+@pytest.mark.usefixtures("float_activations")
 @pytest.mark.parametrize("name,base,qtype", CASES, ids=[c[0] for c in CASES])
 def test_gguf_logits_and_greedy_tokens_match_mlx_lm(tmp_path, name, base, qtype):
     config = vocab_config(base)

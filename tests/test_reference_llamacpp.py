@@ -111,3 +111,22 @@ def test_teacher_forced_agreement_with_llamacpp(path, request, reference):
                                      [p["continuation_ids"] for p in prompts])
     print(f"\nours ({loaded.info.compute}) vs llama.cpp, teacher forced:\n{table}")
     assert overall >= MIN_AGREEMENT, f"agreement {overall:.2%} < {MIN_AGREEMENT:.0%}\n{table}"
+
+
+def test_teacher_forced_agreement_on_the_decode_kernels(smollm, reference):
+    """The default path with every position on the CPU kernel's row kernels, which decoding uses (int8
+    activations where the CPU has AVX-512 VNNI), instead of the sgemm prefill that whole prompts take above."""
+    from macllm import cpu_kernels
+
+    if not cpu_kernels.enabled():
+        pytest.skip(f"the CPU kernel is not in use: {cpu_kernels.status()[1]}")
+    ext = cpu_kernels.extension
+    before = ext.prefill_rows()
+    ext.set_prefill_rows(0)  # no sgemm prefill: every row through the decode kernels
+    try:
+        picks = model_picks(smollm.model, reference["prompts"])
+    finally:
+        ext.set_prefill_rows(before)
+    overall, table = agreement_table(reference["prompts"], picks, [p["continuation_ids"] for p in reference["prompts"]])
+    print(f"\nours ({cpu_kernels.summary()}, row kernels only) vs llama.cpp, teacher forced:\n{table}")
+    assert overall >= MIN_AGREEMENT, f"agreement {overall:.2%} < {MIN_AGREEMENT:.0%}\n{table}"

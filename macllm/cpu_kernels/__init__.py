@@ -27,7 +27,7 @@ INT8_ENV = "MACLLM_CPU_INT8"
 INT8_MODES = ("auto", "on", "off")
 # Whether `auto` means int8 activations where the CPU can (docs/benchmarks.md, "Int8 activations", has the
 # figures this rests on).
-INT8_BY_DEFAULT = False
+INT8_BY_DEFAULT = True
 BITS = (2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (32, 64, 128)
 MAX_GROUPS = 4096  # per row: the kernels keep a row's scales on the stack (csrc/qmm_kernels.h)

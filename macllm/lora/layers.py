@@ -110,12 +110,16 @@ class LoRALinear(SlottedLayer):
     def kernel_operands(self) -> tuple | None:
         """The base layer's kernel operands with the active delta (KernelQuantizedLinear.kernel_operands), or
         None where the kernel does not compute this layer (another base, or training)."""
-        if self.training or not isinstance(self.linear, KernelQuantizedLinear):
+        # Called for every projection of every layer per decode step: indexing the module dict skips nn.Module's
+        # Python-level __getattr__ (self.linear, twice, was most of this method's time).
+        linear = self["linear"]
+        if self.training or not isinstance(linear, KernelQuantizedLinear):
             return None
-        base = self.linear.kernel_operands()
-        if base is None or self._slots.active is None:
+        base = linear.kernel_operands()
+        active = self._slots.active
+        if base is None or active is None:
             return base
-        a, b, scale = self._slots.active
+        a, b, scale = active
         return (*base[:4], a, b, scale, *base[7:])
 
     # --- compute -----------------------------------------------------------------------------

@@ -10,8 +10,9 @@ GGUF converted to an mlx-lm folder with the same quantized weights. Every worker
 (it only matters for float32 matmuls, which only our fast path uses).
 
 macllm runs as users get it (on the CPU: the stored weights through our CPU kernel when it is built,
-docs/kernels.md) and on the float32 fast path (MACLLM_CPU_KERNEL=off), plus "macllm int8" (MACLLM_CPU_INT8=on)
-where the CPU has AVX-512 VNNI and int8 activations are not the default; --with-mlx-qmm adds the stored
+docs/kernels.md, with int8 activations by default where the CPU has AVX-512 VNNI) and on the float32 fast
+path (MACLLM_CPU_KERNEL=off), plus the kernel on the activations the default does not use on a VNNI CPU:
+"macllm float act" (MACLLM_CPU_INT8=off) or "macllm int8" (=on); --with-mlx-qmm adds the stored
 weights through MLX's own quantized matmul (slow on the CPU). With --repeats N the engines run N rounds,
 interleaved (all engines once, then again), and each engine's best round is reported: on a shared
 machine the best round is the one least disturbed. The load average is printed with the figures, and
@@ -199,8 +200,12 @@ def main() -> int:
         engines["macllm MLX qmm"] = ("ours", gguf, True, off)
     from macllm import cpu_kernels
 
-    if cpu_kernels.extension is not None and cpu_kernels.extension.int8_available() and not cpu_kernels.INT8_BY_DEFAULT:
-        engines["macllm int8"] = ("ours", gguf, False, {"MACLLM_CPU_INT8": "on"})  # the opt-in (docs/kernels.md)
+    if cpu_kernels.extension is not None and cpu_kernels.extension.int8_available():
+        # The activations the default does not use on this CPU (docs/kernels.md).
+        if cpu_kernels.INT8_BY_DEFAULT:
+            engines["macllm float act"] = ("ours", gguf, False, {"MACLLM_CPU_INT8": "off"})
+        else:
+            engines["macllm int8"] = ("ours", gguf, False, {"MACLLM_CPU_INT8": "on"})
     try:
         import llama_cpp  # noqa: F401
 

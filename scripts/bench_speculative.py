@@ -3,9 +3,10 @@
 
     .venv/bin/python scripts/bench_speculative.py [--target qwen2.5-coder-1.5b] [--draft qwen2.5-coder-0.5b]
         [--notes-models smollm2-135m,qwen2.5-coder-0.5b] [--gen-tokens 128] [--rounds 2] [--draft-tokens 0]
-        [--keep-quantized] [--prompts N] [--only code|notes]
+        [--keep-quantized] [--prompts N] [--only code|notes] [--wide-draft]
 
-Two parts. Code: Qwen2.5-Coder-0.5B drafts for the 1.5B on code prompts. Notes: prompt lookup on notes
+Two parts. Code: Qwen2.5-Coder-0.5B drafts for the 1.5B on code prompts (its layers narrowed to 4 bits as
+the engine holds a draft; --wide-draft keeps the stored 5/8 bits). Notes: prompt lookup on notes
 answers (the cited-answer prompt of macllm/rag/answer.py, built from ../shared/data/notes), on each of
 --notes-models. Each prompt is prefilled once; then plain and speculative runs alternate, greedy, in this
 process on the same loaded weights and the same prefilled cache (each run computes only the prompt's last
@@ -142,6 +143,8 @@ def main() -> int:
     ap.add_argument("--gen-tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=2, help="plain/speculative pairs per prompt (order flipped)")
     ap.add_argument("--draft-tokens", type=int, default=0, help="guesses per round (0: adaptive)")
+    ap.add_argument("--wide-draft", action="store_true",
+                    help="keep the draft's stored widths (the engine narrows a draft's wider layers to 4 bits)")
     ap.add_argument("--keep-quantized", action="store_true", help="compute on the stored quantized weights")
     ap.add_argument("--only", choices=("code", "notes"), default=None)
     ap.add_argument("--prompts", type=int, default=None, help="the first N prompts of each part (default: all)")
@@ -149,6 +152,7 @@ def main() -> int:
 
     import mlx.core as mx
 
+    from macllm.engine.draft_slot import narrowed_for_drafting
     from macllm.generation import GenerationParams
     from macllm.generation.speculative import DraftModel, same_vocabulary
     from macllm.loader import load_model
@@ -160,6 +164,8 @@ def main() -> int:
         mx.clear_cache()  # the load's freed buffers: 6 GB of float32 weights leave little room on a 24 GB machine
         print(f"target {args.target}: {target.info.compute}", flush=True)
         draft = load_model(args.draft, keep_quantized=args.keep_quantized, progress=False)
+        if not args.wide_draft:
+            draft = narrowed_for_drafting(draft)  # as the engine holds a draft
         mx.clear_cache()
         print(f"draft {args.draft}: {draft.info.compute}", flush=True)
         assert same_vocabulary(draft.tokenizer, target.tokenizer), "the draft needs the target's tokenizer"

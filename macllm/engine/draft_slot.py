@@ -5,9 +5,12 @@ it drafts for, since guesses in another vocabulary are noise. It runs bare: adap
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from macllm.errors import MacllmError
 from macllm.generation.speculative import same_vocabulary
 from macllm.loaded import LoadedModel
+from macllm.quant.narrow import DRAFT_BITS, narrow_to_bits
 
 
 class DraftSlot:
@@ -28,7 +31,7 @@ class DraftSlot:
                 loaded = load_model(source, keep_quantized=keep_quantized, progress=False)
             except MacllmError as e:
                 raise MacllmError(f"draft model: {e}") from None
-            self.loaded, self.source, self._fits = loaded, source, None
+            self.loaded, self.source, self._fits = narrowed_for_drafting(loaded), source, None
         assert self.loaded is not None
         if self._fits is not target:
             check_vocabulary(self.loaded, target, source)
@@ -39,6 +42,15 @@ class DraftSlot:
         held = self.loaded is not None
         self.loaded = self.source = self._fits = None
         return held
+
+
+def narrowed_for_drafting(draft: LoadedModel) -> LoadedModel:
+    """The draft with its layers stored wider than 4 bits re-quantized to 4 (macllm/quant/narrow.py): fewer
+    bytes per guess; the main model still checks every token, so the output is unchanged."""
+    if narrow_to_bits(draft.model) == 0:
+        return draft
+    return replace(draft, info=replace(draft.info, compute=f"{draft.info.compute}, narrowed to {DRAFT_BITS}-bit "
+                                                           "for drafting"))
 
 
 def check_vocabulary(draft: LoadedModel, target: LoadedModel, source: str) -> None:

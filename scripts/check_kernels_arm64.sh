@@ -18,7 +18,7 @@ trap 'rm -rf "$OUT"' EXIT
 qemu-aarch64 "$OUT/selftest"
 MLX_INCLUDE=$(../.venv/bin/python -c "import mlx, os; print(os.path.join(mlx.__path__[0], 'include'))")
 # Every source but the x86-only kernels, the self-test (built above) and the bindings (nanobind's headers).
-MLX_FACING=$(ls *.cpp | grep -v -E '^(qmm_avx|selftest|bindings)')
+MLX_FACING=$(ls *.cpp | grep -v -E '^(qmm_avx|lora_avx|selftest|bindings)')
 for f in $MLX_FACING; do
   "$CXX" -std=c++20 -fsyntax-only -Wall -Wno-psabi -I. -I"$MLX_INCLUDE" "$f"
 done

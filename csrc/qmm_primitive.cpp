@@ -86,9 +86,9 @@ bool prefill_sized(int M) {
 
 // The job for out_f (M x N floats) = the prepared rows times dequantize(w)^T, plus the LoRA delta when q.a
 // is given (its x @ a computed here, into the caller's buffers). For the row kernels, int8 activations are
-// prepared too where they are switched on.
+// prepared too where they are switched on, or taken from `int8_of` (a job on the same prepared rows).
 Job make_job(const float* xp, const float* xsum, int M, int K, const QuantOperands& q, float* out_f,
-             JobBuffers& buffers) {
+             JobBuffers& buffers, const Problem* int8_of = nullptr) {
   Job job;
   job.base = Problem{xp, xsum, reinterpret_cast<const uint8_t*>(q.w->data<uint32_t>()), q.scales->data<void>(),
                      q.biases->data<void>(), scale_type(q.scales->dtype()), out_f, M, static_cast<int>(q.w->shape(0)),
@@ -103,7 +103,15 @@ Job make_job(const float* xp, const float* xsum, int M, int K, const QuantOperan
   }
   if (prefill_sized(M)) return job;
   if (const RowsFn int8_rows = current_int8_rows(q.bits)) {  // decode's rows on int8 activations
-    prepare_int8(job.base, buffers.xq, buffers.xq_scale);
+    if (int8_of != nullptr && int8_of->xq != nullptr) {
+      job.base.xq = int8_of->xq;
+      job.base.xq_scale = int8_of->xq_scale;
+      job.base.xsum = int8_of->xsum;  // the quantized rows' group sums
+      job.base.xq_chunks = int8_of->xq_chunks;
+      job.base.xq_chunk_scale = int8_of->xq_chunk_scale;
+    } else {
+      prepare_int8(job.base, buffers.xq, buffers.xq_scale);
+    }
     job.rows = int8_rows;
   }
   return job;
@@ -195,6 +203,8 @@ void quantized_rows_many(const float* x, int M, const QuantOperands* ops, float*
     buffers.resize(count);
   }
   jobs.clear();
+  thread_local std::vector<int> job_of;  // each product's index in jobs (-1: through sgemm)
+  job_of.assign(count, -1);
   for (int i = 0; i < count; ++i) {
     const QuantOperands& q = ops[i];
     const int K = static_cast<int>(q.w->shape(1)) * 32 / q.bits, G = K / q.group_size;
@@ -215,7 +225,10 @@ void quantized_rows_many(const float* x, int M, const QuantOperands* ops, float*
       multiply_prepared(xp[src].data(), xsum[src].data(), M, K, q, outs[i]);
       continue;
     }
-    jobs.push_back(make_job(xp[src].data(), xsum[src].data(), M, K, q, outs[i], buffers[i]));
+    // Products on the same prepared rows (q, k and v; gate and up) share one int8 quantization of them.
+    const Problem* int8_of = same >= 0 && job_of[same] >= 0 ? &jobs[job_of[same]].base : nullptr;
+    jobs.push_back(make_job(xp[src].data(), xsum[src].data(), M, K, q, outs[i], buffers[i], int8_of));
+    job_of[i] = static_cast<int>(jobs.size()) - 1;
   }
   if (!jobs.empty()) run_jobs(jobs.data(), static_cast<int>(jobs.size()));
 }

@@ -76,6 +76,16 @@ void lora_input(const float* xp, const mx::array& a, int M, int K, int bits, flo
   }
 }
 
+void prefetch_columns(const mx::array& b, int n0, int n1) {
+  const size_t item = b.itemsize(), N = b.shape(1), bytes = (n1 - n0) * item;
+  const char* base = static_cast<const char*>(b.data<void>());
+  for (int j = 0; j < b.shape(0); ++j) {
+    const char* piece = base + (j * N + n0) * item;
+    for (size_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(piece + offset);
+    __builtin_prefetch(piece + bytes - 1);  // the piece's last line when it starts mid-line
+  }
+}
+
 void lora_columns(const float* xa, const mx::array& b, int M, int N, int n0, int n1, float scale, float* out) {
 #if defined(__x86_64__) || defined(_M_X64)
   if (simd()) {

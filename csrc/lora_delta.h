@@ -12,6 +12,10 @@ namespace mx = mlx::core;
 // (K, r) float32, float16 or bfloat16.
 void lora_input(const float* xp, const mx::array& a, int M, int K, int bits, float* xa);
 
+// Asks for b[:, n0:n1] in the cache ahead of lora_columns: r short pieces of rows far apart, which a task
+// otherwise waits for one after another once its rows are done.
+void prefetch_columns(const mx::array& b, int n0, int n1);
+
 // out[:, n0:n1] += scale * xa @ b[:, n0:n1] (out has row stride N, b is (r, N)).
 void lora_columns(const float* xa, const mx::array& b, int M, int N, int n0, int n1, float scale, float* out);
 

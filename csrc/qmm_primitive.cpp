@@ -43,6 +43,7 @@ void add_lora(const Job& job, int n0, int n1) {
 void run_task(const Job& job, int task) {
   const int n0 = task * job.rows_per_task;
   const int n1 = std::min(job.base.N, n0 + job.rows_per_task);
+  if (job.lora_b != nullptr) prefetch_columns(*job.lora_b, n0, n1);  // arrives while the rows compute
   for (int m0 = 0; m0 < job.base.M; m0 += kMaxRows) {
     Problem p = job.base.from_row(m0);
     p.M = std::min(kMaxRows, job.base.M - m0);

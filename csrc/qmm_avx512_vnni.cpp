@@ -220,7 +220,7 @@ __attribute__((always_inline)) inline void tile(const Problem& p, const Codes<BI
 // accumulators, NB unpacked weight vectors and their scales).
 constexpr int tile_rows(int M) { return M == 1 ? 1 : M == 2 ? 2 : M <= 3 ? 4 : M == 4 ? 3 : 2; }
 // With chunks: NB * 8 code vectors and M * NB accumulators.
-constexpr int chunk_tile_rows(int M) { return M <= 2 ? 2 : 1; }
+constexpr int chunk_tile_rows(int M) { return M == 2 ? 2 : 1; }
 
 template <int M, int NB, int BITS>
 void tiles(const Problem& p, int n0, int n1) {

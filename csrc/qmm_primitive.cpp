@@ -204,8 +204,6 @@ void quantized_rows_many(const float* x, int M, const QuantOperands* ops, float*
     buffers.resize(count);
   }
   jobs.clear();
-  thread_local std::vector<int> job_of;  // each product's index in jobs (-1: through sgemm)
-  job_of.assign(count, -1);
   for (int i = 0; i < count; ++i) {
     const QuantOperands& q = ops[i];
     const int K = static_cast<int>(q.w->shape(1)) * 32 / q.bits, G = K / q.group_size;
@@ -227,9 +225,9 @@ void quantized_rows_many(const float* x, int M, const QuantOperands* ops, float*
       continue;
     }
     // Products on the same prepared rows (q, k and v; gate and up) share one int8 quantization of them.
-    const Problem* int8_of = same >= 0 && job_of[same] >= 0 ? &jobs[job_of[same]].base : nullptr;
+    // Every product of a call has the same M, so none went through sgemm above and jobs[j] is product j's.
+    const Problem* int8_of = same >= 0 ? &jobs[same].base : nullptr;
     jobs.push_back(make_job(xp[src].data(), xsum[src].data(), M, K, q, outs[i], buffers[i], int8_of));
-    job_of[i] = static_cast<int>(jobs.size()) - 1;
   }
   if (!jobs.empty()) run_jobs(jobs.data(), static_cast<int>(jobs.size()));
 }

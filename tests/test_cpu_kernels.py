@@ -31,13 +31,10 @@ ROUNDING = {mx.float32: 2e-6, mx.float16: 2 ** -10, mx.bfloat16: 2 ** -7}
 
 
 @pytest.fixture(autouse=True)
-def best_isa():
+def best_isa(float_activations):
     """Float activations here (int8 ones: test_cpu_kernels_int8.py), the best variant after each test."""
-    int8 = ext.int8()
-    ext.set_int8(False)
     yield
     ext.set_isa(ISAS[0])
-    ext.set_int8(int8)
 
 
 def packed(n: int, k: int, bits: int, group_size: int, dtype, seed: int):

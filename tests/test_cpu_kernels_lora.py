@@ -32,12 +32,10 @@ EPS32 = 2.0 ** -24
 
 
 @pytest.fixture(autouse=True)
-def best_isa():
-    int8 = ext.int8()
-    ext.set_int8(False)
+def best_isa(float_activations):
+    """Float activations here (int8 ones: test_cpu_kernels_int8.py), the best variant after each test."""
     yield
     ext.set_isa(ISAS[0])
-    ext.set_int8(int8)
 
 
 def operands(n: int, k: int, r: int, bits: int, dtype, seed: int):

@@ -139,45 +139,43 @@ __attribute__((always_inline)) inline void tile(const Problem& p, const Codes<BI
   for (int m = 0; m < M; ++m)
     for (int j = 0; j < NB; ++j) acc[m][j] = _mm512_setzero_ps();
   int b = 0;
-  {
-    if (p.xq_chunks != nullptr) {
-      const int chunks = p.K / kChunkValues;
-      const __m512i blocks_lo = chunk_blocks<BITS>(0), blocks_hi = chunk_blocks<BITS>(1);
-      for (int c = 0; c < chunks; ++c) {
-        __m512i codes[NB][8];
-        __m512 ws[NB][2];
+  if (p.xq_chunks != nullptr) {
+    const int chunks = p.K / kChunkValues;
+    const __m512i blocks_lo = chunk_blocks<BITS>(0), blocks_hi = chunk_blocks<BITS>(1);
+    for (int c = 0; c < chunks; ++c) {
+      __m512i codes[NB][8];
+      __m512 ws[NB][2];
+      for (int j = 0; j < NB; ++j) {
+        // The same chunk kPrefetchRows weight rows on: the hardware prefetcher alone left two threads at
+        // ~20 GB/s on big matrices where llama.cpp reads ~30.
+        const uint8_t* ahead = p.w + (n + j + kPrefetchRows) * row_bytes + static_cast<size_t>(c) * kChunkValues * BITS / 8;
+        for (int l = 0; l < kChunkValues * BITS / 8; l += 64) _mm_prefetch(reinterpret_cast<const char*>(ahead + l), _MM_HINT_T0);
+        chunk_codes<BITS>(code, p.w + (n + j) * row_bytes, c, codes[j]);
+        ws[j][0] = chunk_weight_scales(sb[j], c, group_shift, blocks_lo);
+        if constexpr (BITS != 4) ws[j][1] = chunk_weight_scales(sb[j], c, group_shift, blocks_hi);
+      }
+      for (int m = 0; m < M; ++m) {
+        const int8_t* xc = p.xq_chunks + (static_cast<size_t>(m) * chunks + c) * kChunkValues;
+        const float* cs = p.xq_chunk_scale + (static_cast<size_t>(m) * chunks + c) * kChunkScales;
         for (int j = 0; j < NB; ++j) {
-          // The same chunk kPrefetchRows weight rows on: the hardware prefetcher alone left two threads at
-          // ~20 GB/s on big matrices where llama.cpp reads ~30.
-          const uint8_t* ahead = p.w + (n + j + kPrefetchRows) * row_bytes + static_cast<size_t>(c) * kChunkValues * BITS / 8;
-          for (int l = 0; l < kChunkValues * BITS / 8; l += 64) _mm_prefetch(reinterpret_cast<const char*>(ahead + l), _MM_HINT_T0);
-          chunk_codes<BITS>(code, p.w + (n + j) * row_bytes, c, codes[j]);
-          ws[j][0] = chunk_weight_scales(sb[j], c, group_shift, blocks_lo);
-          if constexpr (BITS != 4) ws[j][1] = chunk_weight_scales(sb[j], c, group_shift, blocks_hi);
-        }
-        for (int m = 0; m < M; ++m) {
-          const int8_t* xc = p.xq_chunks + (static_cast<size_t>(m) * chunks + c) * kChunkValues;
-          const float* cs = p.xq_chunk_scale + (static_cast<size_t>(m) * chunks + c) * kChunkScales;
-          for (int j = 0; j < NB; ++j) {
-            // Two chains of 4 (integer sums: the order does not change the result).
-            __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
-            for (int i = 0; i < 4; ++i) {
-              lo = _mm512_dpbusd_epi32(lo, codes[j][i], _mm512_loadu_si512(xc + 64 * i));
-              hi = _mm512_dpbusd_epi32(hi, codes[j][4 + i], _mm512_loadu_si512(xc + 64 * (4 + i)));
-            }
-            if constexpr (BITS == 4) {  // the same blocks in both halves
-              const __m512 sums = _mm512_cvtepi32_ps(_mm512_add_epi32(lo, hi));
-              acc[m][j] = _mm512_fmadd_ps(_mm512_mul_ps(sums, _mm512_loadu_ps(cs)), ws[j][0], acc[m][j]);
-            } else {
-              acc[m][j] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(lo), _mm512_loadu_ps(cs)), ws[j][0], acc[m][j]);
-              acc[m][j] =
-                  _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(hi), _mm512_loadu_ps(cs + 16)), ws[j][1], acc[m][j]);
-            }
+          // Two chains of 4 (integer sums: the order does not change the result).
+          __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
+          for (int i = 0; i < 4; ++i) {
+            lo = _mm512_dpbusd_epi32(lo, codes[j][i], _mm512_loadu_si512(xc + 64 * i));
+            hi = _mm512_dpbusd_epi32(hi, codes[j][4 + i], _mm512_loadu_si512(xc + 64 * (4 + i)));
+          }
+          if constexpr (BITS == 4) {  // the same blocks in both halves
+            const __m512 sums = _mm512_cvtepi32_ps(_mm512_add_epi32(lo, hi));
+            acc[m][j] = _mm512_fmadd_ps(_mm512_mul_ps(sums, _mm512_loadu_ps(cs)), ws[j][0], acc[m][j]);
+          } else {
+            acc[m][j] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(lo), _mm512_loadu_ps(cs)), ws[j][0], acc[m][j]);
+            acc[m][j] =
+                _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(hi), _mm512_loadu_ps(cs + 16)), ws[j][1], acc[m][j]);
           }
         }
       }
-      b = chunks * 16;
     }
+    b = chunks * 16;
   }
   for (; b + 2 <= blocks; b += 2) {
     __m512i codes[NB];

@@ -96,7 +96,7 @@ inline void store_floats(const float* src, size_t count, mx::array& out) {
 
 // The int8 activations of p's prepared float rows (Problem::xq), in buffers the caller keeps: xq_scale
 // holds the blocks' scales, then the quantized group sums that p.xsum now points at (the float rows
-// stay for a LoRA delta).
+// stay for a LoRA delta), then the chunks' scales; xq holds the codes, then their chunk order.
 inline void prepare_int8(Problem& p, std::vector<int8_t>& xq, std::vector<float>& xq_scale) {
   const size_t codes = static_cast<size_t>(p.M) * p.K, scales = static_cast<size_t>(p.M) * (p.K / 32) * kScaleLanes;
   const size_t sums = static_cast<size_t>(p.M) * (p.K / p.group_size);

@@ -2,6 +2,7 @@
 // cache's buffers where they lie, split over the kernel thread pool by kv head and run of keys.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "fused_attend.h"
@@ -30,6 +31,25 @@ inline float dot_strided(const float* a, int64_t as, const float* b, int64_t bs,
   float dot = 0.0f;
   for (int d = 0; d < n; ++d) dot += a[d * as] * b[d * bs];
   return dot;
+}
+
+// a = sum over t < n of p[t] * v[t] for rows of DV contiguous values, summed in t's order from zero (as
+// the general loop below it does): the accumulators stay in vector registers over the run instead of being
+// loaded and stored for every key.
+template <int DV>
+inline void weigh_values(const float* p, int n, const float* v, int64_t row_stride, float* a) {
+  typedef float Lanes __attribute__((vector_size(64)));
+  Lanes acc[DV / 16];
+  for (auto& x : acc) x = Lanes{};
+  for (int t = 0; t < n; ++t) {
+    const float* row = v + t * row_stride;
+    for (int i = 0; i < DV / 16; ++i) {
+      Lanes x;
+      std::memcpy(&x, row + 16 * i, sizeof x);
+      acc[i] += p[t] * x;
+    }
+  }
+  std::memcpy(a, acc, sizeof acc);
 }
 
 // Work is split by (batch, kv head, run of keys): each task reads its keys and values once for all the
@@ -83,24 +103,23 @@ MACLLM_VECTOR_CLONES void attend_run(void* ctx, int task) {
       float* out = partial_at(sp, b, kvh * G + g, i, run);
       float top = -std::numeric_limits<float>::infinity();
       for (int t = 0; t < n; ++t) top = std::max(top, sc[t]);
+      // The exponentials apart from their sum: this loop vectorizes, the sum keeps its order.
+      for (int t = 0; t < n; ++t) sc[t] = exp_nonpositive(sc[t] - top);
       float total = 0.0f;
-      for (int t = 0; t < n; ++t) {
-        sc[t] = exp_nonpositive(sc[t] - top);
-        total += sc[t];
-      }
+      for (int t = 0; t < n; ++t) total += sc[t];
       out[0] = top;
       out[1] = total;
-      std::fill(out + 2, out + 2 + j.Dv, 0.0f);
-    }
-    for (int t = 0; t < n; ++t) {
-      const float* vrow = vbase + (t0 + t) * vs[2];
-      for (int g = 0; g < G; ++g) {
-        const float p = scores[static_cast<size_t>(g) * sp.chunk + t];
-        float* a = partial_at(sp, b, kvh * G + g, i, run) + 2;
-        if (unit) {
-          for (int d = 0; d < j.Dv; ++d) a[d] += p * vrow[d];
-        } else {
-          for (int d = 0; d < j.Dv; ++d) a[d] += p * vrow[d * vs[3]];
+      const float* v0 = vbase + t0 * vs[2];
+      if (unit && j.Dv == 64) {
+        weigh_values<64>(sc, n, v0, vs[2], out + 2);
+      } else if (unit && j.Dv == 128) {
+        weigh_values<128>(sc, n, v0, vs[2], out + 2);
+      } else {
+        float* a = out + 2;
+        std::fill(a, a + j.Dv, 0.0f);
+        for (int t = 0; t < n; ++t) {
+          const float* vrow = v0 + t * vs[2];
+          for (int d = 0; d < j.Dv; ++d) a[d] += sc[t] * vrow[d * vs[3]];
         }
       }
     }

@@ -9,6 +9,7 @@
 // weight scales. The biases' term uses the quantized activations' group sums (quantize_rows_int8).
 // A row's arithmetic does not depend on how many rows are computed with it.
 #include <immintrin.h>
+#include <cstddef>
 
 #include "qmm_avx512_rows.h"
 #include "qmm_kernels.h"
@@ -24,7 +25,11 @@ namespace {
 template <int BITS>
 struct Codes {
   __m512i perm, shifts;
-  Codes() {
+  // The last address from which a whole 64-byte load stays inside the matrix's codes.
+  const uint8_t* last_full_load;
+  explicit Codes(const Problem& problem) {
+    const size_t bytes = static_cast<size_t>(problem.N) * problem.K * BITS / 8;
+    last_full_load = bytes >= 64 ? problem.w + bytes - 64 : nullptr;  // nullptr: every load masked
     alignas(64) uint8_t p[64], sh[64];
     for (int i = 0; i < 64; ++i) {
       const int lane = i / 8, j = i % 8;
@@ -35,7 +40,12 @@ struct Codes {
     shifts = _mm512_load_si512(sh);
   }
   __attribute__((always_inline)) __m512i packed(const uint8_t* src, int bytes) const {
-    const __m512i raw = _mm512_maskz_loadu_epi8(_cvtu64_mask64((~0ULL) >> (64 - bytes)), src);  // never past the row
+    // A plain load reads the next values too (unused); only at the matrix's end a masked one, which stays
+    // inside it: on AMD's Zen 5, masked loads ran the 5-bit matrices of Qwen2.5-Coder-0.5B at a third of
+    // the speed (a fault-suppressing load is slow when its masked-off bytes cross into another page).
+    const __m512i raw = last_full_load != nullptr && src <= last_full_load
+                            ? _mm512_loadu_si512(src)
+                            : _mm512_maskz_loadu_epi8(_cvtu64_mask64((~0ULL) >> (64 - bytes)), src);
     return _mm512_and_si512(_mm512_multishift_epi64_epi8(shifts, _mm512_permutexvar_epi8(perm, raw)),
                             _mm512_set1_epi8(static_cast<char>((1 << BITS) - 1)));
   }
@@ -122,7 +132,10 @@ __attribute__((always_inline)) inline __m512 chunk_weight_scales(const float* sb
   return _mm512_permutexvar_ps(_mm512_srli_epi32(blocks, group_shift), groups);
 }
 
-constexpr int kPrefetchRows = 4;
+// How far ahead of the codes being read the kernel prefetches. A fixed distance, not a number of rows:
+// four rows ahead (the first choice) ran Qwen2.5-Coder-0.5B's 560-byte rows ~20% slower than 2 KB on
+// AMD's Zen 5, and no distance tried did better on the other models' rows (docs/kernels.md).
+constexpr size_t kPrefetchBytes = 2048;
 
 // A tile of NB weight rows (n..n+NB-1) against M activation rows: each activation load serves NB
 // weight rows and each unpacked weight vector M activation rows, which keeps the loads from L1/L2
@@ -146,9 +159,9 @@ __attribute__((always_inline)) inline void tile(const Problem& p, const Codes<BI
       __m512i codes[NB][8];
       __m512 ws[NB][2];
       for (int j = 0; j < NB; ++j) {
-        // The same chunk kPrefetchRows weight rows on: the hardware prefetcher alone left two threads at
-        // ~20 GB/s on big matrices where llama.cpp reads ~30.
-        const uint8_t* ahead = p.w + (n + j + kPrefetchRows) * row_bytes + static_cast<size_t>(c) * kChunkValues * BITS / 8;
+        // The hardware prefetcher alone left two threads at ~20 GB/s on big matrices where llama.cpp reads
+        // ~30. (A prefetch past the matrix's end is harmless: prefetches never fault.)
+        const uint8_t* ahead = p.w + (n + j) * row_bytes + static_cast<size_t>(c) * kChunkValues * BITS / 8 + kPrefetchBytes;
         for (int l = 0; l < kChunkValues * BITS / 8; l += 64) _mm_prefetch(reinterpret_cast<const char*>(ahead + l), _MM_HINT_T0);
         chunk_codes<BITS>(code, p.w + (n + j) * row_bytes, c, codes[j]);
         ws[j][0] = chunk_weight_scales(sb[j], c, group_shift, blocks_lo);
@@ -229,7 +242,7 @@ constexpr int chunk_tile_rows(int M) { return M == 2 ? 2 : 1; }
 template <int M, int NB, int BITS>
 void tiles(const Problem& p, int n0, int n1) {
   float sb[NB][kMaxGroups], bb[kMaxGroups];
-  const Codes<BITS> code;
+  const Codes<BITS> code(p);
   int n = n0;
   for (; n + NB <= n1; n += NB) tile<M, NB, BITS>(p, code, n, sb, bb);
   for (; n < n1; ++n) tile<M, 1, BITS>(p, code, n, sb, bb);  // the same arithmetic per (m, n)

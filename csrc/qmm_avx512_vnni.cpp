@@ -9,6 +9,7 @@
 // weight scales. The biases' term uses the quantized activations' group sums (quantize_rows_int8).
 // A row's arithmetic does not depend on how many rows are computed with it.
 #include <immintrin.h>
+#include <algorithm>
 #include <cstddef>
 
 #include "qmm_avx512_rows.h"
@@ -25,11 +26,9 @@ namespace {
 template <int BITS>
 struct Codes {
   __m512i perm, shifts;
-  // The last address from which a whole 64-byte load stays inside the matrix's codes.
-  const uint8_t* last_full_load;
-  explicit Codes(const Problem& problem) {
-    const size_t bytes = static_cast<size_t>(problem.N) * problem.K * BITS / 8;
-    last_full_load = bytes >= 64 ? problem.w + bytes - 64 : nullptr;  // nullptr: every load masked
+  const uint8_t* end;  // one past the matrix's codes
+  explicit Codes(const Problem& problem)
+      : end(problem.w + static_cast<size_t>(problem.N) * problem.K * BITS / 8) {
     alignas(64) uint8_t p[64], sh[64];
     for (int i = 0; i < 64; ++i) {
       const int lane = i / 8, j = i % 8;
@@ -39,13 +38,17 @@ struct Codes {
     perm = _mm512_load_si512(p);
     shifts = _mm512_load_si512(sh);
   }
+  // 64 bytes from src, of which the first `bytes` are wanted. A plain load reads what follows too (unused);
+  // only at the matrix's end a masked one, which stays inside it: on AMD's Zen 5, masked loads ran the
+  // 5-bit matrices of Qwen2.5-Coder-0.5B at a third of the speed (a fault-suppressing load is slow when its
+  // masked-off bytes cross into another page).
+  __attribute__((always_inline)) __m512i load(const uint8_t* src, int bytes) const {
+    if (end - src >= 64) return _mm512_loadu_si512(src);
+    const int inside = static_cast<int>(std::min<ptrdiff_t>(bytes, end - src));
+    return _mm512_maskz_loadu_epi8(_cvtu64_mask64(inside <= 0 ? 0 : (~0ULL) >> (64 - inside)), src);
+  }
   __attribute__((always_inline)) __m512i packed(const uint8_t* src, int bytes) const {
-    // A plain load reads the next values too (unused); only at the matrix's end a masked one, which stays
-    // inside it: on AMD's Zen 5, masked loads ran the 5-bit matrices of Qwen2.5-Coder-0.5B at a third of
-    // the speed (a fault-suppressing load is slow when its masked-off bytes cross into another page).
-    const __m512i raw = last_full_load != nullptr && src <= last_full_load
-                            ? _mm512_loadu_si512(src)
-                            : _mm512_maskz_loadu_epi8(_cvtu64_mask64((~0ULL) >> (64 - bytes)), src);
+    const __m512i raw = load(src, bytes);
     return _mm512_and_si512(_mm512_multishift_epi64_epi8(shifts, _mm512_permutexvar_epi8(perm, raw)),
                             _mm512_set1_epi8(static_cast<char>((1 << BITS) - 1)));
   }
@@ -57,7 +60,7 @@ struct Codes {
       return _mm512_and_si512(_mm512_srlv_epi64(spread, _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4)),
                               _mm512_set1_epi8(15));
     } else if constexpr (BITS == 8) {
-      return _mm512_loadu_si512(wr + b * 32);
+      return load(wr + b * 32, 64);
     } else {
       return packed(wr + b * 4 * BITS, 8 * BITS);
     }
@@ -98,18 +101,21 @@ __attribute__((always_inline)) inline void transpose4(__m512i& a, __m512i& b, __
 //   8 bits: load v holds blocks 2v, 2v+1 (two 128-bit lanes each); loads 0-3 and 4-7 are transposed apart, so
 //     vectors 0-3 hold blocks 0-7 (lane P: block 2 (P % 4) + P / 8) and vectors 4-7 blocks 8-15.
 //   2, 3, 5 and 6 bits: each pair of blocks unpacked to bytes (Codes::pair) is laid out as an 8-bit load.
+//   A padded chunk (the row's last, `valid` < 16 blocks): loads wholly past the row give zeros, partly past it
+//   they read on (the activations there are zero); never past the matrix (Codes::load).
 template <int BITS>
-__attribute__((always_inline)) inline void chunk_codes(const Codes<BITS>& code, const uint8_t* wr, int c, __m512i* v) {
+__attribute__((always_inline)) inline void chunk_codes(const Codes<BITS>& code, const uint8_t* wr, int c, int valid,
+                                                       __m512i* v) {
   if constexpr (BITS == 4) {
     const uint8_t* src = wr + static_cast<size_t>(c) * kChunkValues / 2;
     const __m512i low4 = _mm512_set1_epi8(15);
     for (int i = 0; i < 4; ++i) {
-      const __m512i raw = _mm512_loadu_si512(src + 64 * i);
+      const __m512i raw = 4 * i < valid ? code.load(src + 64 * i, 16 * std::min(4, valid - 4 * i)) : _mm512_setzero_si512();
       v[i] = _mm512_and_si512(raw, low4);
       v[4 + i] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low4);
     }
   } else {
-    for (int i = 0; i < 8; ++i) v[i] = code.pair(wr, c * 16 + 2 * i);
+    for (int i = 0; i < 8; ++i) v[i] = 2 * i < valid ? code.pair(wr, c * 16 + 2 * i) : _mm512_setzero_si512();
   }
   transpose4(v[0], v[1], v[2], v[3]);
   transpose4(v[4], v[5], v[6], v[7]);
@@ -124,11 +130,12 @@ __m512i chunk_blocks(int half) {
   return _mm512_load_si512(idx);
 }
 
-// The weight scales of a chunk's lanes from one row's group scales (sb, floats): group = block >> shift.
-__attribute__((always_inline)) inline __m512 chunk_weight_scales(const float* sb, int c, int group_shift,
+// The weight scales of a chunk's lanes from one row's group scales (sb, floats): group = block >> shift; 0
+// for the blocks of a padded chunk past the row (`valid` blocks are the row's).
+__attribute__((always_inline)) inline __m512 chunk_weight_scales(const float* sb, int c, int valid, int group_shift,
                                                                  __m512i blocks) {
   const float* base = sb + ((c * 16) >> group_shift);
-  const __m512 groups = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << (16 >> group_shift)) - 1), base);
+  const __m512 groups = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << (valid >> group_shift)) - 1), base);
   return _mm512_permutexvar_ps(_mm512_srli_epi32(blocks, group_shift), groups);
 }
 
@@ -153,9 +160,10 @@ __attribute__((always_inline)) inline void tile(const Problem& p, const Codes<BI
     for (int j = 0; j < NB; ++j) acc[m][j] = _mm512_setzero_ps();
   int b = 0;
   if (p.xq_chunks != nullptr) {
-    const int chunks = p.K / kChunkValues;
+    const int chunks = int8_chunks(p.K);
     const __m512i blocks_lo = chunk_blocks<BITS>(0), blocks_hi = chunk_blocks<BITS>(1);
     for (int c = 0; c < chunks; ++c) {
+      const int valid = std::min(16, blocks - c * 16);
       __m512i codes[NB][8];
       __m512 ws[NB][2];
       for (int j = 0; j < NB; ++j) {
@@ -163,9 +171,9 @@ __attribute__((always_inline)) inline void tile(const Problem& p, const Codes<BI
         // ~30. (A prefetch past the matrix's end is harmless: prefetches never fault.)
         const uint8_t* ahead = p.w + (n + j) * row_bytes + static_cast<size_t>(c) * kChunkValues * BITS / 8 + kPrefetchBytes;
         for (int l = 0; l < kChunkValues * BITS / 8; l += 64) _mm_prefetch(reinterpret_cast<const char*>(ahead + l), _MM_HINT_T0);
-        chunk_codes<BITS>(code, p.w + (n + j) * row_bytes, c, codes[j]);
-        ws[j][0] = chunk_weight_scales(sb[j], c, group_shift, blocks_lo);
-        if constexpr (BITS != 4) ws[j][1] = chunk_weight_scales(sb[j], c, group_shift, blocks_hi);
+        chunk_codes<BITS>(code, p.w + (n + j) * row_bytes, c, valid, codes[j]);
+        ws[j][0] = chunk_weight_scales(sb[j], c, valid, group_shift, blocks_lo);
+        if constexpr (BITS != 4) ws[j][1] = chunk_weight_scales(sb[j], c, valid, group_shift, blocks_hi);
       }
       for (int m = 0; m < M; ++m) {
         const int8_t* xc = p.xq_chunks + (static_cast<size_t>(m) * chunks + c) * kChunkValues;
@@ -188,7 +196,7 @@ __attribute__((always_inline)) inline void tile(const Problem& p, const Codes<BI
         }
       }
     }
-    b = chunks * 16;
+    b = std::min(chunks * 16, blocks);
   }
   for (; b + 2 <= blocks; b += 2) {
     __m512i codes[NB];

@@ -101,7 +101,7 @@ inline void prepare_int8(Problem& p, std::vector<int8_t>& xq, std::vector<float>
   const size_t codes = static_cast<size_t>(p.M) * p.K, scales = static_cast<size_t>(p.M) * (p.K / 32) * kScaleLanes;
   const size_t sums = static_cast<size_t>(p.M) * (p.K / p.group_size);
   const bool chunked = int8_chunked(p.K);
-  const size_t chunks = chunked ? static_cast<size_t>(p.M) * (p.K / kChunkValues) : 0;
+  const size_t chunks = chunked ? static_cast<size_t>(p.M) * int8_chunks(p.K) : 0;
   xq.resize(codes + chunks * kChunkValues);
   xq_scale.resize(scales + sums + chunks * kChunkScales);
   quantize_rows_int8(p.x, p.M, p.K, p.group_size, xq.data(), xq_scale.data(), xq_scale.data() + scales);

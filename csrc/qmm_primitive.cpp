@@ -156,12 +156,15 @@ void compute(const mx::array& x, const mx::array& w, const mx::array& scales, co
 }
 
 int tasks_for(Job& job) {
-  const ThreadPool& pool = ThreadPool::instance();
-  // Two tasks per thread: a busy core's share can still move to an idle one, and each task streams a long
-  // run of rows (on SmolLM2's small matrices 8 tasks per thread made a decode step ~10% slower: each task
-  // starts a new stream that the prefetchers first have to find).
-  constexpr int kTasksPerThread = 2;
-  job.rows_per_task = std::max(4, (job.base.N + pool.threads() * kTasksPerThread - 1) / (pool.threads() * kTasksPerThread));
+  const int threads = ThreadPool::instance().threads();
+  // Tasks of ~256 KB of codes, between 2 and 8 per thread. Big matrices want many tasks, so that a busy
+  // core's share moves to an idle one (Qwen2.5-Coder-1.5B: 2 per thread ~10% slower than 8); small ones
+  // few, since each task starts a new stream that the prefetchers first have to find (SmolLM2's: 8 per
+  // thread ~10% slower than 2).
+  constexpr size_t kTaskBytes = 256 * 1024;
+  const size_t bytes = static_cast<size_t>(job.base.N) * job.base.K * job.base.bits / 8;
+  const int wanted = std::clamp(static_cast<int>(bytes / kTaskBytes), 2 * threads, 8 * threads);
+  job.rows_per_task = std::max(4, (job.base.N + wanted - 1) / wanted);
   return (job.base.N + job.rows_per_task - 1) / job.rows_per_task;
 }
 

@@ -1,5 +1,6 @@
 // Portable row kernel: the semantics every SIMD variant must reproduce (up to summation order),
 // and the path on CPUs without AVX2 or NEON.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -178,18 +179,26 @@ int chunk_scale_block(int bits, int lane) {
 
 void chunk_int8_rows(const int8_t* xq, const float* xq_scale, int M, int K, int bits, int8_t* chunks,
                      float* chunk_scale) {
-  const int per_row = K / kChunkValues, blocks = K / 32;
+  const int per_row = int8_chunks(K), blocks = K / 32;
   int source[kChunkValues / 4], scale_block[kChunkScales];
   for (int o = 0; o < kChunkValues / 4; ++o) source[o] = chunk_source(bits, o);
   for (int l = 0; l < kChunkScales; ++l) scale_block[l] = chunk_scale_block(bits, l);
   for (int m = 0; m < M; ++m) {
     for (int c = 0; c < per_row; ++c) {
+      const int valid = std::min(16, blocks - c * 16);  // blocks of the row in this chunk (a padded one: fewer)
       const int8_t* src = xq + static_cast<size_t>(m) * K + static_cast<size_t>(c) * kChunkValues;
       int8_t* dst = chunks + (static_cast<size_t>(m) * per_row + c) * kChunkValues;
-      for (int o = 0; o < kChunkValues / 4; ++o) std::memcpy(dst + 4 * o, src + 4 * source[o], 4);
+      for (int o = 0; o < kChunkValues / 4; ++o) {
+        if (source[o] / 8 < valid) {
+          std::memcpy(dst + 4 * o, src + 4 * source[o], 4);
+        } else {
+          std::memset(dst + 4 * o, 0, 4);
+        }
+      }
       float* ds = chunk_scale + (static_cast<size_t>(m) * per_row + c) * kChunkScales;
       for (int l = 0; l < kChunkScales; ++l) {
-        ds[l] = xq_scale[(static_cast<size_t>(m) * blocks + c * 16 + scale_block[l]) * kScaleLanes];
+        ds[l] = scale_block[l] < valid ? xq_scale[(static_cast<size_t>(m) * blocks + c * 16 + scale_block[l]) * kScaleLanes]
+                                       : 0.0f;
       }
     }
   }

@@ -75,8 +75,8 @@ int main() {
             q.xq = xq.data();
             q.xq_scale = xq_scale.data();
             q.xsum = xq_sum.data();
-            std::vector<int8_t> chunks(M * (K / kChunkValues) * kChunkValues);
-            std::vector<float> chunk_scale(M * (K / kChunkValues) * kChunkScales);
+            std::vector<int8_t> chunks(M * int8_chunks(K) * kChunkValues);
+            std::vector<float> chunk_scale(M * int8_chunks(K) * kChunkScales);
             if (int8_chunked(K)) {
               chunk_int8_rows(xq.data(), xq_scale.data(), M, K, bits, chunks.data(), chunk_scale.data());
               q.xq_chunks = chunks.data();

@@ -94,6 +94,7 @@ def assert_equals_reference(x, w, s, b, group_size, bits):
 CASES = [  # (rows, out features, in features): odd N, odd block counts (96, 160, 416, 1120), 1..8 rows
     (1, 64, 256), (2, 97, 128), (3, 33, 384), (4, 5, 96), (5, 1, 512), (6, 31, 160), (7, 13, 1024), (8, 200, 640),
     (8, 19, 416), (3, 29, 1120),  # 1120: two of the kernel's 512-value chunks and an odd tail of 3 blocks
+    (2, 21, 896),  # a chunk and 12 blocks, which the kernel computes as a padded chunk (256, 384, 416 too)
 ]
 
 

@@ -29,6 +29,10 @@ from tests.mlx_lm_reference import (
 from tests.test_reference_llamacpp import agreement_table, load_reference, smollm_picks
 
 MIN_AGREEMENT = 0.99
+# Greedy texts may part where the two best tokens are this close in our logits: summation order alone moves
+# logits by this much. On the chat_code prompt the first token's two best are 0.12 apart, and the prompt's
+# matmuls (OpenBLAS) pick one or the other depending on the CPU: Zen 4 gave mlx-lm's, Zen 5 the other.
+NEAR_TIE = 0.25
 PEER_MODELS = {"4-bit": "mlx_lm_model", "float32": "mlx_lm_float32_model"}
 
 pytestmark = pytest.mark.real_model
@@ -113,13 +117,21 @@ def test_the_recorded_greedy_tokens_are_what_the_installed_mlx_lm_generates(mlx_
 @pytest.mark.parametrize("name", GENERATION_PROMPTS)
 def test_greedy_generation_matches_mlx_lm(name, path, reference, recording, request):
     """The decode loop: MLX's quantized matmul and the default path (our CPU kernel where built) against
-    mlx-lm on the 4-bit weights; a default path without the kernel (float32) against mlx-lm in float32."""
-    from macllm.generation import GenerationParams, generate
+    mlx-lm on the 4-bit weights; a default path without the kernel (float32) against mlx-lm in float32.
+    Identical, or parting only where our own logits call it a near tie (see NEAR_TIE)."""
+    from macllm.generation import GenerationParams, TokenEvent, stream_generate
 
     loaded = request.getfixturevalue(SMOLLM_PATHS[path])
     prompt = next(p for p in reference["prompts"] if p["name"] == name)
     tokenizer = loaded.tokenizer
-    ours = generate(loaded.model, tokenizer, prompt["prompt_ids"],
-                    GenerationParams(max_tokens=GENERATED_TOKENS)).token_ids
+    events = [e for e in stream_generate(loaded.model, tokenizer, prompt["prompt_ids"],
+                                         GenerationParams(max_tokens=GENERATED_TOKENS, top_alternatives=5))
+              if isinstance(e, TokenEvent)]
+    ours = [e.token_id for e in events]
     theirs = recording["greedy"][peer_of(loaded.info.compute)][name]
-    assert ours == theirs, f"{name}: ours {tokenizer.decode(ours)!r} vs mlx-lm {tokenizer.decode(theirs)!r}"
+    if ours == theirs:
+        return
+    at = next(i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b)
+    margin = events[at].logprob - dict(events[at].alternatives or []).get(theirs[at], float("-inf"))
+    assert margin <= NEAR_TIE, (f"{name}: ours {tokenizer.decode(ours)!r} vs mlx-lm {tokenizer.decode(theirs)!r}: "
+                                f"they part at token {at}, where mlx-lm's pick is {margin:.3f} logits below ours")

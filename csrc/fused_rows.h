@@ -5,22 +5,12 @@
 #include <cmath>
 #include <cstdint>
 
-// Where GCC 11+ builds for x86-64 ELF, a function marked MACLLM_VECTOR_CLONES is compiled for AVX-512,
-// AVX2 + FMA and the baseline, and the loader picks one for this CPU (an ifunc): the fused ops' loops
-// vectorise wider without a file per ISA. Elsewhere (macOS, arm64, Clang, older GCC without the x86-64-v3/v4
-// names) the one baseline build runs.
-#if defined(__x86_64__) && defined(__ELF__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
-#define MACLLM_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define MACLLM_VECTOR_CLONES
-#endif
-
 namespace macllm_cpu {
 
 // exp(x) for x <= 0 (softmax arguments after the max is subtracted): 2^n * p(r), r in [-ln2/2, ln2/2],
 // p a degree-6 polynomial (relative error ~2e-7, float32's rounding). Below -87 it is 0. No branches or
 // calls, so loops over it vectorise (libm's expf is a scalar call).
-inline float exp_nonpositive(float x) {
+__attribute__((always_inline)) inline float exp_nonpositive(float x) {
   x = x < -87.0f ? -87.0f : x;
   // Round to nearest by adding and removing 1.5 * 2^23 (vectorizes on baseline SSE2, unlike nearbyint).
   const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;

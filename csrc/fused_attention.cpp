@@ -27,30 +27,6 @@ __attribute__((always_inline)) inline float dot_unit(const float* a, const float
   return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7])) + tail;
 }
 
-typedef float Lanes __attribute__((vector_size(64)));  // 16 floats: one AVX-512 register where built for it
-
-// q . k over D values (a multiple of 32) on 16-lane vectors: two chains of multiply-adds, then one sum
-// across the lanes. (dot_unit's eight partial sums made the AVX-512 build permute its loads into place.)
-template <int D>
-__attribute__((always_inline)) inline float dot_lanes(const float* a, const float* b) {
-  Lanes even = Lanes{}, odd = Lanes{};
-  for (int i = 0; i < D / 16; i += 2) {
-    Lanes x, y, z, w;
-    std::memcpy(&x, a + 16 * i, sizeof x);
-    std::memcpy(&y, b + 16 * i, sizeof y);
-    std::memcpy(&z, a + 16 * (i + 1), sizeof z);
-    std::memcpy(&w, b + 16 * (i + 1), sizeof w);
-    even += x * y;
-    odd += z * w;
-  }
-  const Lanes sum = even + odd;
-  float lanes[16];
-  std::memcpy(lanes, &sum, sizeof lanes);
-  float half[8];
-  for (int i = 0; i < 8; ++i) half[i] = lanes[i] + lanes[8 + i];
-  return ((half[0] + half[4]) + (half[1] + half[5])) + ((half[2] + half[6]) + (half[3] + half[7]));
-}
-
 __attribute__((always_inline)) inline float dot_strided(const float* a, int64_t as, const float* b, int64_t bs, int n) {
   float dot = 0.0f;
   for (int d = 0; d < n; ++d) dot += a[d * as] * b[d * bs];
@@ -62,6 +38,7 @@ __attribute__((always_inline)) inline float dot_strided(const float* a, int64_t 
 // loaded and stored for every key.
 template <int DV>
 __attribute__((always_inline)) inline void weigh_values(const float* p, int n, const float* v, int64_t row_stride, float* a) {
+  typedef float Lanes __attribute__((vector_size(64)));
   Lanes acc[DV / 16];
   for (auto& x : acc) x = Lanes{};
   for (int t = 0; t < n; ++t) {
@@ -117,11 +94,8 @@ __attribute__((always_inline)) inline void attend_run_body(void* ctx, int task) 
       const float* krow = kbase + (t0 + t) * ks[2];
       for (int g = 0; g < G; ++g) {
         const float* qrow = q0 + g * qs[1];
-        const float dot = !unit        ? dot_strided(qrow, qs[3], krow, ks[3], j.D)
-                          : j.D == 64  ? dot_lanes<64>(qrow, krow)
-                          : j.D == 128 ? dot_lanes<128>(qrow, krow)
-                                       : dot_unit(qrow, krow, j.D);
-        scores[static_cast<size_t>(g) * sp.chunk + t] = dot * j.scale;
+        scores[static_cast<size_t>(g) * sp.chunk + t] =
+            (unit ? dot_unit(qrow, krow, j.D) : dot_strided(qrow, qs[3], krow, ks[3], j.D)) * j.scale;
       }
     }
     for (int g = 0; g < G; ++g) {

@@ -163,7 +163,7 @@ __attribute__((always_inline)) inline void tile(const Problem& p, const Codes<BI
     const int chunks = int8_chunks(p.K);
     const __m512i blocks_lo = chunk_blocks<BITS>(0), blocks_hi = chunk_blocks<BITS>(1);
     for (int c = 0; c < chunks; ++c) {
-      const int valid = std::min(16, blocks - c * 16);
+      const int valid = int8_chunk_blocks(p.K, c);
       __m512i codes[NB][8];
       __m512 ws[NB][2];
       for (int j = 0; j < NB; ++j) {

@@ -64,6 +64,12 @@ constexpr int kPaddedChunkBlocks = 8;
 inline int int8_chunks(int K) {
   return K / kChunkValues + ((K % kChunkValues) / 32 >= kPaddedChunkBlocks ? 1 : 0);
 }
+// How many of chunk c's 16 blocks are the row's (fewer in a padded chunk): chunk_int8_rows and the kernel
+// must agree on it.
+inline int int8_chunk_blocks(int K, int c) {
+  const int left = K / 32 - c * 16;
+  return left < 16 ? left : 16;
+}
 
 inline Problem Problem::from_row(size_t row) const {
   Problem p = *this;

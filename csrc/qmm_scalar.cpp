@@ -1,6 +1,5 @@
 // Portable row kernel: the semantics every SIMD variant must reproduce (up to summation order),
 // and the path on CPUs without AVX2 or NEON.
-#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -185,7 +184,7 @@ void chunk_int8_rows(const int8_t* xq, const float* xq_scale, int M, int K, int 
   for (int l = 0; l < kChunkScales; ++l) scale_block[l] = chunk_scale_block(bits, l);
   for (int m = 0; m < M; ++m) {
     for (int c = 0; c < per_row; ++c) {
-      const int valid = std::min(16, blocks - c * 16);  // blocks of the row in this chunk (a padded one: fewer)
+      const int valid = int8_chunk_blocks(K, c);
       const int8_t* src = xq + static_cast<size_t>(m) * K + static_cast<size_t>(c) * kChunkValues;
       int8_t* dst = chunks + (static_cast<size_t>(m) * per_row + c) * kChunkValues;
       for (int o = 0; o < kChunkValues / 4; ++o) {

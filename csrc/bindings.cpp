@@ -67,7 +67,7 @@ NB_MODULE(_cpu_quant, m) {
   m.def("int8", &macllm_cpu::int8_enabled, "Whether quantized layers compute on int8 activations.");
   m.def("set_int8", &macllm_cpu::set_int8, "on"_a, "Int8 activations (AVX-512 VNNI and VBMI only).");
   m.def("set_prefill_rows", &macllm_cpu::set_prefill_rows, "rows"_a,
-        "From how many rows prefill uses dequantized tiles + sgemm (0: never).");
+        "From how many rows prefill uses dequantized tiles + sgemm (0: never; -1: 32 on float activations, 160 on int8 ones).");
   m.def("prefill_rows", &macllm_cpu::get_prefill_rows);
   m.def("has_fast_sgemm", &macllm_cpu::prefill_uses_sgemm, "Whether OpenBLAS/Accelerate's sgemm was found.");
   m.def("threads", [] { return macllm_cpu::ThreadPool::instance().threads(); }, "Threads a matmul is split over.");

@@ -53,15 +53,18 @@ void run_task(const Job& job, int task) {
 }
 
 // Prefill: from this many rows of x, weight tiles are dequantized to float32 and multiplied by the
-// BLAS's sgemm (MLX's OpenBLAS on Linux, Accelerate on macOS), ~2x faster than the row kernels at 256
-// rows (docs/kernels.md). 0 turns it off (set_prefill_rows, for tests and measurements).
-std::atomic<int> prefill_rows{32};
+// BLAS's sgemm (MLX's OpenBLAS on Linux, Accelerate on macOS), ~2x faster than the float row kernels at
+// 256 rows (docs/kernels.md). -1, the default, picks by the activations: 32 rows on float ones, 160 on
+// int8 ones, whose row kernels beat the tiles below ~128-256 rows (1.4-2.7x at 48 rows, even at 256).
+// 0 turns the tiles off (set_prefill_rows, for tests and measurements).
+std::atomic<int> prefill_rows{-1};
+constexpr int kFloatPrefillRows = 32, kInt8PrefillRows = 160;
 
 // out = x @ dequantize(w)^T through tiles of dequantized rows and sgemm (x in the kernels' order, and
 // the tiles in the same order, so the product is unchanged).
 void prefill_sgemm(SgemmFn sgemm, const Problem& p) {
   thread_local std::vector<float> tile;
-  const int rows = std::max(16, std::min(p.N, (1 << 18) / p.K));  // a tile of ~1 MB
+  const int rows = sgemm_tile_rows(p.N, p.K);
   tile.resize(static_cast<size_t>(rows) * p.K);
   const DequantFn dequant = current_dequant();
   for (int n0 = 0; n0 < p.N; n0 += rows) {
@@ -81,7 +84,8 @@ struct JobBuffers {
 
 // Whether M rows go through dequantized tiles and sgemm (prefill) rather than the row kernels.
 bool prefill_sized(int M) {
-  const int from = prefill_rows.load();
+  const int set = prefill_rows.load();
+  const int from = set >= 0 ? set : int8_enabled() ? kInt8PrefillRows : kFloatPrefillRows;
   return fast_sgemm() != nullptr && from > 0 && M >= from;
 }
 
@@ -251,7 +255,7 @@ SgemmFn fast_sgemm() {
 }
 
 
-void set_prefill_rows(int rows) { prefill_rows.store(rows < 0 ? 0 : rows); }
+void set_prefill_rows(int rows) { prefill_rows.store(rows < 0 ? -1 : rows); }
 int get_prefill_rows() { return prefill_rows.load(); }
 bool prefill_uses_sgemm() { return fast_sgemm() != nullptr; }
 

@@ -50,11 +50,11 @@ void compute(const mx::array& cot, const mx::array& w, const mx::array& scales, 
   p.K = K;
   p.group_size = group_size;
   p.bits = bits;
-  const int rows = std::max(16, std::min(N, (1 << 18) / K));  // tiles of ~1 MB
+  const int rows = sgemm_tile_rows(N, K);
   tile.resize(static_cast<size_t>(rows) * K);
   const DequantFn dequant = current_dequant();
   // set_prefill_rows(0) (tests) turns the BLAS off here too, to check the plain loop.
-  const SgemmFn sgemm = get_prefill_rows() > 0 ? fast_sgemm() : nullptr;
+  const SgemmFn sgemm = get_prefill_rows() != 0 ? fast_sgemm() : nullptr;
   for (int n0 = 0; n0 < N; n0 += rows) {
     const int count = std::min(rows, N - n0);
     dequant(p, n0, n0 + count, tile.data());

@@ -16,8 +16,10 @@ path (MACLLM_CPU_KERNEL=off), plus the kernel on the activations the default doe
 weights through MLX's own quantized matmul (slow on the CPU). With --repeats N the engines run N rounds,
 interleaved (all engines once, then again), and each engine's best round is reported: on a shared
 machine the best round is the one least disturbed. The load average is printed with the figures, and
-"weights GB/s" is the bytes of quantized weights one decoded token reads times decode tok/s, for
-comparison with the machine's memory bandwidth.
+"weights GB/s" is the bytes of quantized weights one decoded token reads times decode tok/s, and "of limit"
+that as a share of the machine's read bandwidth, measured first (numpy sums over 1 GiB, one thread per
+core). A worker killed by a signal is reported as a crash (llama.cpp's AMX path does that on some Xeons:
+the message says how to build it without).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 # Written for this benchmark: varied prose so the prompt tokenizes like real text.
@@ -129,9 +132,36 @@ def run_worker(name: str, model_path: str, ids_file: Path, gen_tokens: int, keep
     if keep_quantized:
         cmd.append("--keep-quantized")
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if out.returncode < 0:  # killed by a signal: a crash says nothing on stderr
+        hint = LLAMA_CPP_CRASH_HINT if name == "llama.cpp" else ""
+        return {"error": f"crashed (signal {-out.returncode}){hint}"}
     if out.returncode != 0:
         return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# llama.cpp's AMX path segfaults on some Xeons (llama.cpp issue 20824); its AVX-512 build is the peer there.
+LLAMA_CPP_CRASH_HINT = (
+    "; on a CPU with AMX, rebuild llama-cpp-python without it: CMAKE_ARGS=\"-DGGML_NATIVE=OFF -DGGML_AVX2=ON "
+    "-DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_VBMI=ON "
+    "-DGGML_AVX512_BF16=ON -DGGML_AMX_INT8=OFF\" pip install --force-reinstall --no-deps --no-cache-dir "
+    "llama-cpp-python")
+
+
+def read_bandwidth_gb_s(threads: int, gib: float = 1.0, rounds: int = 4) -> float:
+    """The machine's memory read bandwidth: `threads` numpy sums over parts of one array far larger than
+    the caches (numpy releases the GIL while it sums), best of `rounds`."""
+    import numpy as np
+
+    data = np.ones(int(gib * (1 << 30)) // 8, dtype=np.uint64)
+    parts = np.array_split(data, threads)
+    best = float("inf")
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(rounds):
+            t = time.perf_counter()
+            list(pool.map(np.sum, parts))
+            best = min(best, time.perf_counter() - t)
+    return data.nbytes / best / 1e9
 
 
 def load_average() -> str:
@@ -213,6 +243,8 @@ def main() -> int:
     except ImportError:
         pass
 
+    threads = os.cpu_count() or 2
+    bandwidth = read_bandwidth_gb_s(threads)
     rounds: dict[str, list[dict]] = {name: [] for name in engines}
     loads = [load_average()]
     for _ in range(max(1, args.repeats)):
@@ -229,9 +261,11 @@ def main() -> int:
     print(f"model {gguf.name}, prompt {len(ids)} tokens, {args.gen_tokens} new tokens, greedy, "
           f"best of {max(1, args.repeats)} interleaved round(s)")
     print(f"load average (1/5/15 min) before and after each round: {' | '.join(loads)}")
-    print(f"quantized weights read per decoded token: {weight_bytes / 1e6:.0f} MB")
-    print(f"{'engine':16} {'prefill tok/s':>14} {'decode tok/s':>13} {'weights GB/s':>13} {'peak MB':>9} "
-          f"{'vs mlx-lm (prefill/decode)':>28} {'decode vs llama.cpp':>20}")
+    limit = bandwidth * 1e9 / weight_bytes
+    print(f"quantized weights read per decoded token: {weight_bytes / 1e6:.0f} MB; the machine reads "
+          f"{bandwidth:.1f} GB/s with {threads} threads, so decode's limit is {limit:.0f} tok/s")
+    print(f"{'engine':16} {'prefill tok/s':>14} {'decode tok/s':>13} {'weights GB/s':>13} {'of limit':>9} "
+          f"{'peak MB':>9} {'vs mlx-lm (prefill/decode)':>28} {'decode vs llama.cpp':>20}")
     for name, r in runs.items():
         if "error" in r:
             print(f"{name:16} error: {r['error']}")
@@ -245,10 +279,12 @@ def main() -> int:
             r["decode_vs_llama_cpp"] = r["decode_tps"] / cpp["decode_tps"]
             cpp_ratio = f"{r['decode_vs_llama_cpp']:.2f}x"
         r["weights_gb_s"] = weight_bytes * r["decode_tps"] / 1e9
+        r["of_bandwidth_limit"] = r["weights_gb_s"] / bandwidth
         print(f"{name:16} {r['prefill_tps']:14.1f} {r['decode_tps']:13.1f} {r['weights_gb_s']:13.1f} "
-              f"{r['peak_memory_mb']:9.0f} {ratio:>28} {cpp_ratio:>20}")
+              f"{r['of_bandwidth_limit']:9.0%} {r['peak_memory_mb']:9.0f} {ratio:>28} {cpp_ratio:>20}")
     print(json.dumps({"model": gguf.name, "prompt_tokens": len(ids), "gen_tokens": args.gen_tokens,
-                      "weight_bytes": weight_bytes, "load_average": loads, "runs": runs}))
+                      "weight_bytes": weight_bytes, "read_bandwidth_gb_s": bandwidth, "load_average": loads,
+                      "runs": runs}))
     return 0
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Smoke test of the real app in a real terminal: start `macllm` (default model) in a detached tmux at
-# 120x40, ask "Which city is the capital of France?", wait for "Paris", open the token inspector (Ctrl+T),
+# 120x40, ask "Name the capital of France.", wait for "Paris", open the token inspector (Ctrl+T),
 # close it (Esc), open the train screen (F9: its labelled form) and the help (F1), quit (Ctrl+Q). Exits 0 when all of that worked, 1 with the screen printed when not.
 #
 # The model is pulled into $MACLLM_HOME (default: a temp folder, so a download) before anything is timed.
@@ -81,7 +81,7 @@ t new-session -d -s "$SESSION" -x 120 -y 40 \
 wait_for "$MODEL" 30 "\(loading"
 say "ready after $((SECONDS - start)) s"
 
-t send-keys -t "$SESSION" -l "Which city is the capital of France?"
+t send-keys -t "$SESSION" -l "Name the capital of France."
 t send-keys -t "$SESSION" Enter
 wait_for "Paris" "$ANSWER_TIMEOUT"
 wait_for "tok/s" 30  # the answer has finished: the status bar shows its speed

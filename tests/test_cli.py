@@ -204,8 +204,9 @@ def test_plain_chat_reads_stdin_until_quit(tmp_path, tiny_llama_gguf):
 
 @pytest.mark.real_model
 def test_real_model_knows_the_capital_of_france(cli, smollm_gguf):
-    # Not "What is the capital of France?": there SmolLM2-135M's first token is a near tie ("The" 0.08 above
-    # "L'" in float32), which int8 activations and llama.cpp itself resolve to "L'Étoile, ...".
-    result = generate_json(cli, smollm_gguf, "--chat", "-p", "Which city is the capital of France?",
+    # Not "What is the capital of France?" nor "Which city is the capital of France?": on those SmolLM2-135M's
+    # first token is a near tie, which int8 activations resolve like llama.cpp on the same file ("L'Étoile, ..."
+    # and "Le Grand Château, ..."). Here float, int8 and llama.cpp all answer "The capital of France is Paris."
+    result = generate_json(cli, smollm_gguf, "--chat", "-p", "Name the capital of France.",
                            "--max-tokens", "30")
     assert "Paris" in result["text"]

@@ -15,6 +15,7 @@ from pathlib import Path
 import mlx.core as mx
 import pytest
 
+from macllm import cpu_kernels
 from tests.conftest import SMOLLM_PATHS, quantized_subset, took_path
 
 REFERENCE = Path(__file__).resolve().parent / "data" / "smollm2_llamacpp_reference.json"
@@ -37,16 +38,18 @@ def model_picks(model, prompts: list[dict]) -> list[list[int]]:
 
 
 # (SMOLLM_PATHS key, prompt name) -> our picks on the session's SmolLM2: the same forwards serve both oracles.
-_SMOLLM_PICKS: dict[tuple[str, str], list[int]] = {}
+_SMOLLM_PICKS: dict[tuple[str, str, str], list[int]] = {}
 
 
 def smollm_picks(path: str, loaded, prompts: list[dict]) -> list[list[int]]:
     """Our picks on the session-scoped SmolLM2 of `path` (tests/conftest.py's SMOLLM_PATHS), computed once per
-    prompt for the session: this file and tests/test_mlx_lm_agreement.py compare them with two peers."""
-    missing = [p for p in prompts if (path, p["name"]) not in _SMOLLM_PICKS]
+    prompt and kind of activations for the session: this file and tests/test_mlx_lm_agreement.py compare them
+    with two peers (llama.cpp on the default int8 activations, mlx-lm on float ones)."""
+    activations = "int8" if cpu_kernels.extension is not None and cpu_kernels.extension.int8() else "float"
+    missing = [p for p in prompts if (path, activations, p["name"]) not in _SMOLLM_PICKS]
     for p, picks in zip(missing, model_picks(loaded.model, missing), strict=True):
-        _SMOLLM_PICKS[(path, p["name"])] = picks
-    return [_SMOLLM_PICKS[(path, p["name"])] for p in prompts]
+        _SMOLLM_PICKS[(path, activations, p["name"])] = picks
+    return [_SMOLLM_PICKS[(path, activations, p["name"])] for p in prompts]
 
 
 def agreement_table(prompts: list[dict], ours: list[list[int]], theirs: list[list[int]]) -> tuple[float, str]:

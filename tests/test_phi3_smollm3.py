@@ -92,6 +92,7 @@ def test_logits_and_greedy_tokens_match_mlx_lm(folders, name, keep_quantized):
     assert_matches_mlx_lm(folders[name], keep_quantized)
 
 
+@pytest.mark.usefixtures("float_activations")
 @pytest.mark.parametrize("name", ["phi4-mini-4bit", "smollm3-4bit"])
 def test_4bit_folder_on_the_float32_fast_path_agrees(folders, name):
     assert_4bit_folder_agrees_on_the_cpu_paths(folders[name])
@@ -152,6 +153,7 @@ def test_bad_longrope_factors_are_one_line(tmp_path, folders):
 # ---------------------------------------------------------------- LoRA adapters made by mlx-lm
 
 
+@pytest.mark.usefixtures("float_activations")
 @pytest.mark.parametrize("name,keep_quantized", [("phi3-su", False), ("phi4-mini-4bit", True), ("smollm3", False)])
 def test_mlx_lm_lora_adapter_loads_and_swaps(folders, tmp_path, name, keep_quantized):
     """mlx-lm's default LoRA keys (every linear layer: for Phi-3 the fused qkv_proj and gate_up_proj): same

@@ -126,6 +126,7 @@ def assert_matches_mlx_lm(folder: Path, keep_quantized: bool) -> None:
     assert_same_greedy(our_greedy(ours, PROMPT[:8], GREEDY_TOKENS), mlx_lm_greedy(theirs, PROMPT[:8], GREEDY_TOKENS))
 
 
+@pytest.mark.usefixtures("float_activations")
 @pytest.mark.parametrize("name", ["qwen3-4bit", "qwen3_moe-4bit"])
 def test_4bit_folder_on_the_float32_fast_path_agrees(folders, name):
     """By default the CPU dequantizes to float32 (router included); the same weights, other rounding."""
@@ -276,6 +277,7 @@ def save_mlx_lm_adapter(folder: Path, out: Path, keys: list[str] | None = None, 
     return out
 
 
+@pytest.mark.usefixtures("float_activations")
 @pytest.mark.parametrize("name,keep_quantized", [("qwen3", False), ("qwen3-4bit", True)])
 def test_mlx_lm_lora_adapter_loads_and_swaps_on_qwen3(folders, tmp_path, name, keep_quantized):
     """q/k/v/o and the MLP projections of every layer: same logits and greedy tokens as mlx-lm with the
@@ -301,6 +303,7 @@ def test_mlx_lm_lora_adapter_loads_and_swaps_on_qwen3(folders, tmp_path, name, k
     assert max_diff(ours.model(mx.array([PROMPT])), base) == 0.0
 
 
+@pytest.mark.usefixtures("float_activations")
 @pytest.mark.parametrize("name,keep_quantized", [("qwen3_moe", False), ("qwen3_moe-4bit", True)])
 def test_mlx_lm_default_lora_with_expert_adapters_matches_mlx_lm_on_qwen3_moe(folders, tmp_path, name,
                                                                               keep_quantized):

@@ -146,6 +146,7 @@ def test_gguf_logits_and_greedy_tokens_match_mlx_lm(tmp_path, name, base, qtype)
     assert tokens == reference[: len(tokens)] and (len(tokens) == GREEDY_TOKENS or tokens[-1] == 2)
 
 
+@pytest.mark.usefixtures("float_activations")
 def test_q8_experts_run_quantized(tmp_path):
     """--keep-quantized: the stacked Q8_0 experts stay 8-bit (group 32), on our CPU kernel where it is built
     (mx.gather_qmm otherwise), and still agree with mlx-lm."""

@@ -55,7 +55,7 @@ void run_task(const Job& job, int task) {
 // Prefill: from this many rows of x, weight tiles are dequantized to float32 and multiplied by the
 // BLAS's sgemm (MLX's OpenBLAS on Linux, Accelerate on macOS), ~2x faster than the float row kernels at
 // 256 rows (docs/kernels.md). -1, the default, picks by the activations: 32 rows on float ones, 160 on
-// int8 ones, whose row kernels beat the tiles below ~128-256 rows (1.4-2.7x at 48 rows, even at 256).
+// int8 ones, whose row kernels beat the tiles below ~128-256 rows (1.4-2.7x at 48 rows, about even at 256).
 // 0 turns the tiles off (set_prefill_rows, for tests and measurements).
 std::atomic<int> prefill_rows{-1};
 constexpr int kFloatPrefillRows = 32, kInt8PrefillRows = 160;

@@ -204,6 +204,33 @@ def test_other_variants_and_prefill_keep_float_activations():
             ext.set_prefill_rows(before)
 
 
+def test_prompts_under_160_rows_take_the_int8_row_kernels_by_default():
+    """The default threshold (set_prefill_rows(-1)) follows the activations: on int8 ones, 32-159 rows go
+    through the row kernels (the int8 reference, bit for bit what set_prefill_rows(0) computes) and 160 on
+    through the float sgemm tiles; on float ones the tiles start at 32 rows."""
+    if not ext.has_fast_sgemm():
+        pytest.skip("no OpenBLAS/Accelerate sgemm in this process")
+    before = ext.prefill_rows()
+    w, s, b = packed(48, 256, 4, 32, seed=11)
+    try:
+        for m, tiles in ((40, False), (159, False), (160, True)):
+            x = mx.random.normal((m, 256))
+            ext.set_prefill_rows(-1)
+            default = run(x, w, s, b, 32, 4)
+            ext.set_prefill_rows(1 if tiles else 0)
+            np.testing.assert_array_equal(default, run(x, w, s, b, 32, 4))
+            if not tiles:
+                assert_equals_reference(x, w, s, b, 32, 4)
+        ext.set_int8(False)
+        x = mx.random.normal((40, 256))
+        ext.set_prefill_rows(-1)
+        default = run(x, w, s, b, 32, 4)
+        ext.set_prefill_rows(1)
+        np.testing.assert_array_equal(default, run(x, w, s, b, 32, 4))
+    finally:
+        ext.set_prefill_rows(before)
+
+
 @pytest.mark.parametrize(("value", "on"), [("on", True), ("off", False), ("", cpu_kernels.INT8_BY_DEFAULT),
                                            ("auto", cpu_kernels.INT8_BY_DEFAULT)])
 def test_the_environment_switch(monkeypatch, value, on):

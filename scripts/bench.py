@@ -125,6 +125,14 @@ def worker_llama_cpp(args) -> dict:
 WORKERS = {"ours": worker_ours, "mlx-lm": worker_mlx_lm, "llama.cpp": worker_llama_cpp}
 
 
+# llama.cpp's AMX path segfaults on some Xeons (llama.cpp issue 20824); its AVX-512 build is the peer there.
+LLAMA_CPP_CRASH_HINT = (
+    "; on a CPU with AMX, rebuild llama-cpp-python without it: CMAKE_ARGS=\"-DGGML_NATIVE=OFF -DGGML_AVX2=ON "
+    "-DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_VBMI=ON "
+    "-DGGML_AVX512_BF16=ON -DGGML_AMX_INT8=OFF\" pip install --force-reinstall --no-deps --no-cache-dir "
+    "llama-cpp-python")
+
+
 def run_worker(name: str, model_path: str, ids_file: Path, gen_tokens: int, keep_quantized=False,
                env: dict | None = None) -> dict:
     cmd = [sys.executable, __file__, "--worker", name, "--model-path", model_path, "--ids", str(ids_file),
@@ -138,14 +146,6 @@ def run_worker(name: str, model_path: str, ids_file: Path, gen_tokens: int, keep
     if out.returncode != 0:
         return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-# llama.cpp's AMX path segfaults on some Xeons (llama.cpp issue 20824); its AVX-512 build is the peer there.
-LLAMA_CPP_CRASH_HINT = (
-    "; on a CPU with AMX, rebuild llama-cpp-python without it: CMAKE_ARGS=\"-DGGML_NATIVE=OFF -DGGML_AVX2=ON "
-    "-DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_VBMI=ON "
-    "-DGGML_AVX512_BF16=ON -DGGML_AMX_INT8=OFF\" pip install --force-reinstall --no-deps --no-cache-dir "
-    "llama-cpp-python")
 
 
 def read_bandwidth_gb_s(threads: int, gib: float = 1.0, rounds: int = 4) -> float:

@@ -37,7 +37,8 @@ def model_picks(model, prompts: list[dict]) -> list[list[int]]:
     return [teacher_forced_argmax(model, p["prompt_ids"], p["continuation_ids"]) for p in prompts]
 
 
-# (SMOLLM_PATHS key, prompt name) -> our picks on the session's SmolLM2: the same forwards serve both oracles.
+# (SMOLLM_PATHS key, "int8" or "float" activations, prompt name) -> our picks on the session's SmolLM2: the
+# same forwards serve both oracles where they run on the same activations.
 _SMOLLM_PICKS: dict[tuple[str, str, str], list[int]] = {}
 
 
@@ -45,7 +46,7 @@ def smollm_picks(path: str, loaded, prompts: list[dict]) -> list[list[int]]:
     """Our picks on the session-scoped SmolLM2 of `path` (tests/conftest.py's SMOLLM_PATHS), computed once per
     prompt and kind of activations for the session: this file and tests/test_mlx_lm_agreement.py compare them
     with two peers (llama.cpp on the default int8 activations, mlx-lm on float ones)."""
-    activations = "int8" if cpu_kernels.extension is not None and cpu_kernels.extension.int8() else "float"
+    activations = "int8" if cpu_kernels.int8_active() else "float"
     missing = [p for p in prompts if (path, activations, p["name"]) not in _SMOLLM_PICKS]
     for p, picks in zip(missing, model_picks(loaded.model, missing), strict=True):
         _SMOLLM_PICKS[(path, activations, p["name"])] = picks

@@ -90,10 +90,15 @@ def apply_int8() -> bool:
     return on
 
 
+def int8_active() -> bool:
+    """Whether quantized layers compute on int8 activations right now."""
+    return extension is not None and extension.int8()
+
+
 def summary() -> str:
     """What the kernel runs on, for the model's compute line: e.g. `avx512 x 2 threads, int8 activations`."""
     line = build_status.removeprefix("built, ")
-    return f"{line}, int8 activations" if extension is not None and extension.int8() else line
+    return f"{line}, int8 activations" if int8_active() else line
 
 
 def status() -> tuple[bool, str]:

@@ -149,7 +149,7 @@ constexpr size_t kPrefetchBytes = 2048;
 // below the arithmetic. One chain of FMAs per (m, n); the M * NB chains run side by side.
 template <int M, int NB, int BITS>
 __attribute__((always_inline)) inline void tile(const Problem& p, const Codes<BITS>& code, int n,
-                                                float (*sb)[kMaxGroups], float* bb) {
+                                                float (*sb)[kMaxGroups], float* bb, RowSums<M>& sums) {
   const int G = p.K / p.group_size, blocks = p.K / 32;
   const int group_shift = p.group_size == 32 ? 0 : p.group_size == 64 ? 1 : 2;  // block -> group, no division
   const size_t row_bytes = static_cast<size_t>(p.K) * BITS / 8;
@@ -234,10 +234,8 @@ __attribute__((always_inline)) inline void tile(const Problem& p, const Codes<BI
   }
   for (int j = 0; j < NB; ++j) {  // plus the biases' term, as the float kernel adds it
     row_to_floats(p.scale_type, p.biases, static_cast<size_t>(n + j) * G, G, bb);
-    for (int m = 0; m < M; ++m) {
-      p.out[static_cast<size_t>(m) * p.N + n + j] =
-          _mm512_reduce_add_ps(acc[m][j]) + dot(bb, p.xsum + static_cast<size_t>(m) * G, G);
-    }
+    for (int m = 0; m < M; ++m) sums.put(m, acc[m][j], dot_terms(bb, p.xsum + static_cast<size_t>(m) * G, G));
+    sums.next(p, n + j);
   }
 }
 
@@ -251,9 +249,11 @@ template <int M, int NB, int BITS>
 void tiles(const Problem& p, int n0, int n1) {
   float sb[NB][kMaxGroups], bb[kMaxGroups];
   const Codes<BITS> code(p);
+  RowSums<M> sums;
   int n = n0;
-  for (; n + NB <= n1; n += NB) tile<M, NB, BITS>(p, code, n, sb, bb);
-  for (; n < n1; ++n) tile<M, 1, BITS>(p, code, n, sb, bb);  // the same arithmetic per (m, n)
+  for (; n + NB <= n1; n += NB) tile<M, NB, BITS>(p, code, n, sb, bb, sums);
+  for (; n < n1; ++n) tile<M, 1, BITS>(p, code, n, sb, bb, sums);  // the same arithmetic per (m, n)
+  sums.flush(p);
 }
 
 template <int M, int BITS>

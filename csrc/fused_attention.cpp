@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 
+#include "cpu_features.h"
 #include "fused_attend.h"
 #include "fused_common.h"
 #include "fused_ops.h"
@@ -140,14 +141,8 @@ void attend_run_baseline(void* ctx, int task) { attend_run_body(ctx, task); }
 
 ThreadPool::TaskFn pick_attend_run() {
 #if defined(__x86_64__) && defined(__GNUC__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma")) {
-    return attend_run_avx512;
-  }
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
-    return attend_run_avx2;
-  }
+  if (cpu_has_avx512_attention()) return attend_run_avx512;
+  if (cpu_has_avx2()) return attend_run_avx2;
 #endif
   return attend_run_baseline;
 }

@@ -3,6 +3,8 @@
 #include <atomic>
 #include <stdexcept>
 
+#include "cpu_features.h"
+
 namespace macllm_cpu {
 namespace {
 
@@ -15,11 +17,8 @@ struct Isa {
 std::vector<Isa> supported() {
   std::vector<Isa> isas;
 #if defined(__x86_64__) || defined(_M_X64)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) isas.push_back({"avx512", rows_avx512, dequant_avx512});
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
-    isas.push_back({"avx2", rows_avx2, dequant_scalar});
-  }
+  if (cpu_has_avx512()) isas.push_back({"avx512", rows_avx512, dequant_avx512});
+  if (cpu_has_avx2()) isas.push_back({"avx2", rows_avx2, dequant_scalar});
 #endif
 #if defined(__aarch64__)
   isas.push_back({"neon", rows_neon, dequant_scalar});
@@ -35,17 +34,6 @@ const std::vector<Isa>& isas() {
 
 std::atomic<int> chosen{0};  // index into isas()
 std::atomic<bool> int8_on{false};
-
-bool cpu_has_vnni() {
-#if defined(__x86_64__) || defined(_M_X64)
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
-         __builtin_cpu_supports("avx512vbmi");
-#else
-  return false;
-#endif
-}
 
 }  // namespace
 

@@ -13,7 +13,7 @@ command -v "$CXX" >/dev/null && command -v qemu-aarch64 >/dev/null || {
 }
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
-"$CXX" -std=c++17 -O2 -Wall -static -I. selftest.cpp qmm_scalar.cpp qmm_dispatch.cpp qmm_neon.cpp thread_pool.cpp \
+"$CXX" -std=c++17 -O2 -Wall -static -I. selftest.cpp cpu_features.cpp qmm_scalar.cpp qmm_dispatch.cpp qmm_neon.cpp thread_pool.cpp \
   -o "$OUT/selftest"
 qemu-aarch64 "$OUT/selftest"
 MLX_INCLUDE=$(../.venv/bin/python -c "import mlx, os; print(os.path.join(mlx.__path__[0], 'include'))")

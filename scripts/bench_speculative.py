@@ -143,6 +143,9 @@ def main() -> int:
     ap.add_argument("--gen-tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=2, help="plain/speculative pairs per prompt (order flipped)")
     ap.add_argument("--draft-tokens", type=int, default=0, help="guesses per round (0: adaptive)")
+    ap.add_argument("--draft-confidence", type=float, default=None,
+                    help="end a draft's round after a guess it gives less than this probability "
+                         "(default: the engine's; 0: always guess the planned k)")
     ap.add_argument("--wide-draft", action="store_true",
                     help="keep the draft's stored widths (the engine narrows a draft's wider layers to 4 bits)")
     ap.add_argument("--keep-quantized", action="store_true", help="compute on the stored quantized weights")
@@ -172,7 +175,9 @@ def main() -> int:
         params = GenerationParams(max_tokens=args.gen_tokens, draft_tokens=args.draft_tokens)
 
         def make_draft():
-            return DraftModel(draft.model, draft.tokenizer)
+            if args.draft_confidence is None:
+                return DraftModel(draft.model, draft.tokenizer)
+            return DraftModel(draft.model, draft.tokenizer, confidence=args.draft_confidence)
 
         warm = code_prompt(target.tokenizer, "Say hi.")
         run_pair("(warm-up)", target, warm, 4, GenerationParams(max_tokens=4), 1, make_draft)

@@ -103,6 +103,47 @@ def _events(lm, ids, params, **kw):
             yield event
 
 
+class Planned:
+    """A plan that asks for k guesses; `fixed` says whether the caller fixed k (--draft-tokens)."""
+
+    def __init__(self, k: int, fixed: bool):
+        self.fixed = k if fixed else 0
+        self._k = k
+
+    def k(self, kind: int = 0) -> int:
+        return self._k
+
+
+def test_a_draft_ends_its_round_after_a_guess_it_is_unsure_of(target, noisy_draft):
+    ids = target.tokenizer.encode("the world is a user of hello")
+    params = GenerationParams(max_tokens=8)
+    width = target.model(mx.array([ids[:1]]))[0].shape[-1]
+    # The draft's own greedy guesses and its probability of each, decoding alone.
+    cache = make_cache(noisy_draft.model)
+    logits = prefill(noisy_draft.model, ids, cache)[0]
+    sure = []
+    for _ in range(6):
+        probs = mx.softmax(logits.astype(mx.float32))
+        token = int(mx.argmax(probs).item())
+        sure.append(float(probs[token].item()))
+        logits = noisy_draft.model(mx.array([[token]]), cache=cache)[0, -1]
+    # The first guess after the first one that the draft is less sure of than of every guess before it.
+    unsure = next(i for i in range(1, 5) if sure[i] < min(sure[:i]))
+    threshold = (sure[unsure] + min(sure[:unsure])) / 2
+
+    def guesses(confidence: float, fixed: bool) -> int:
+        draft = spec.DraftModel(noisy_draft.model, noisy_draft.tokenizer, confidence=confidence)
+        draft.start(ids[:-1], params, width)
+        proposal = draft.propose(ids, Planned(6, fixed), room=10)
+        assert proposal is not None
+        return proposal.size
+
+    assert guesses(0.0, fixed=False) == 6
+    assert guesses(threshold, fixed=False) == unsure + 1  # the unsure guess is still made, then the round ends
+    assert guesses(1.01, fixed=False) == 1  # a draft always guesses at least one
+    assert guesses(1.01, fixed=True) == 6  # --draft-tokens is exact
+
+
 def test_a_draft_cache_is_reused_across_turns(target, self_draft):
     draft = draft_of(self_draft)
     ids = target.tokenizer.encode("hello world user")
@@ -173,15 +214,30 @@ def test_certain_guesses_emit_exactly_the_models_distribution():
     assert chisquare(first, _expected(p[0], n)).pvalue > 1e-3
 
 
-def test_sampling_with_a_draft_matches_the_models_joint_distribution(target, noisy_draft):
+class CappedAtTwo(spec.AdaptiveK):
+    """An adaptive plan (so a draft may end its round early) that always allows two guesses."""
+
+    def k(self, kind: int = 0) -> int:
+        return 2
+
+
+class DraftCappedAtTwo(spec.DraftModel):
+    def plan(self, model, fixed: int) -> spec.AdaptiveK:
+        return CappedAtTwo()
+
+
+@pytest.mark.parametrize("unsure_below", [None, 0.5])
+def test_sampling_with_a_draft_matches_the_models_joint_distribution(target, noisy_draft, unsure_below):
     """Two tokens after a fixed context, many times: their joint frequencies against the model's own
-    probabilities (top-k 3 at temperature 1.2 keeps nine pairs)."""
-    params = GenerationParams(temperature=1.2, top_k=3, draft_tokens=2, seed=11)
+    probabilities (top-k 3 at temperature 1.2 keeps nine pairs). With `unsure_below`, the draft ends a round
+    early after a guess it gave less than that: the rounds' lengths then depend on the draft's draws."""
+    params = GenerationParams(temperature=1.2, top_k=3, draft_tokens=2 if unsure_below is None else 0, seed=11)
     ids = target.tokenizer.encode("hello world user")
     cache = make_cache(target.model)
     mx.eval(prefill(target.model, ids[:-1], cache))
     base = cache_length(cache)
-    draft = draft_of(noisy_draft)
+    draft = (draft_of(noisy_draft) if unsure_below is None
+             else DraftCappedAtTwo(noisy_draft.model, noisy_draft.tokenizer, confidence=unsure_below))
     draft.start(ids[:-1], params, width=target.model(mx.array([ids[:1]]))[0].shape[-1])
 
     def top3(context):

@@ -12,9 +12,11 @@ renormalised; when all are kept, one more token comes from p. Each emitted token
 p, the model's distribution after penalty, temperature and top-k/top-p/min-p. Prompt lookup's guesses are
 certain (q is one-hot), so the rule keeps d with probability p(d) and otherwise draws from p without d.
 
-One round builds the draft's k steps and the model's check as one lazy MLX graph, evaluated while the caller
-shows the previous token; the only wait is for the verdict. Rejected positions are trimmed from both caches.
-How many to guess adapts to the acceptance rate and to what a guess is measured to cost (guess_plan.py).
+One round builds the model's check (with the draft's steps, when k is fixed) as one lazy MLX graph, evaluated
+while the caller shows the previous token; the only wait is for the verdict. Rejected positions are trimmed from
+both caches. How many to guess adapts to the acceptance rate and to what a guess is measured to cost
+(guess_plan.py); a draft also ends its round early after a guess it is unsure of (DRAFT_CONFIDENCE), which needs
+each of its steps evaluated before the next is built.
 """
 
 from __future__ import annotations
@@ -137,14 +139,21 @@ class LookupProposer:
         return AdaptiveK(fixed, self.guess_cost(model), least=0, priors=LOOKUP_PRIORS)
 
 
+# A draft's round ends after a guess it gives less than this probability: such guesses are the ones the model
+# rejects. Chosen by simulating rounds from the 0.5B's teacher-forced guesses for the 1.5B on the code prompts
+# (docs/benchmarks.md, "Speculative decoding").
+DRAFT_CONFIDENCE = 0.8
+
+
 class DraftModel:
     """A small model with the same tokenizer that guesses by decoding k tokens itself, bare (no adapters).
 
     Owns its KV cache and the tokens it holds (`cached`), so a conversation can keep it between turns."""
 
     def __init__(self, model, tokenizer, cache: list[LayerCache] | None = None, cached: list[int] | None = None,
-                 kv_bits: int | None = None):
+                 kv_bits: int | None = None, confidence: float = DRAFT_CONFIDENCE):
         self.model, self.tokenizer = model, tokenizer
+        self.confidence = confidence  # an adaptive round's guesses end after one the draft gives less than this
         self.cache = cache if cache is not None else make_cache(model, kv_bits)
         self.cached = list(cached or [])
         self.params = GenerationParams()
@@ -176,26 +185,38 @@ class DraftModel:
         k = min(plan.k(), room)
         if k == 0:
             return None
+        # With an adaptive k (no --draft-tokens), k is a cap: the draft stops early at a guess it is unsure of.
+        # That costs an evaluation per draft step, which the lazy graph of k steps did not have (~0.1 ms of a
+        # 15 ms step for the 0.5B draft here).
+        stop_below = self.confidence if not plan.fixed else 0.0
         common = self._catch_up(history, keep_last=True)
         logits = self.model(mx.array(history[common:])[None], cache=self.cache, last_only=True)[:, -1, :]
         tokens: list[mx.array] = []
         probs: list[mx.array] = []
         for i in range(k):
-            token, q = self._choose(logits)
+            token, q, sure = self._choose(logits)
             tokens.append(token)
             if q is not None:
                 probs.append(q)
-            if i + 1 < k:  # the last guess's own continuation is not needed
-                logits = self.model(token[None], cache=self.cache)[:, -1, :]
+            if i + 1 == k:
+                break  # the last guess's own continuation is not needed
+            if stop_below > 0:
+                mx.eval(token, sure)
+                if float(sure.item()) < stop_below:  # type: ignore[arg-type]  # a float32 scalar
+                    break
+            logits = self.model(token[None], cache=self.cache)[:, -1, :]
         self._base = list(history)
         return Proposal(mx.concatenate(tokens).astype(mx.int32), mx.concatenate(probs) if probs else None)
 
-    def _choose(self, logits: mx.array) -> tuple[mx.array, mx.array | None]:
+    def _choose(self, logits: mx.array) -> tuple[mx.array, mx.array | None, mx.array]:
+        """The next guess, the distribution it was drawn from (None: greedy), and the draft's probability of it."""
         logits = _fit_width(logits, self.width)
         if self.params.temperature <= 0:
-            return mx.argmax(logits, axis=-1), None
+            top = logits.astype(mx.float32)
+            return mx.argmax(logits, axis=-1), None, mx.exp(mx.max(top) - mx.logsumexp(top))
         q = _distribution(logits - mx.logsumexp(logits, axis=-1, keepdims=True), self.params)
-        return mx.random.categorical(mx.log(q), key=self._keys.next()), q
+        token = mx.random.categorical(mx.log(q), key=self._keys.next())
+        return token, q, mx.take_along_axis(q, token[:, None], axis=-1).squeeze()
 
     def settle(self, proposed: list[int]) -> None:
         if proposed:  # (a round without guesses left the draft's cache as it was)

@@ -157,7 +157,7 @@ def main() -> int:
 
     from macllm.engine.draft_slot import narrowed_for_drafting
     from macllm.generation import GenerationParams
-    from macllm.generation.speculative import DraftModel, same_vocabulary
+    from macllm.generation.speculative import DRAFT_CONFIDENCE, DraftModel, same_vocabulary
     from macllm.loader import load_model
 
     print(f"load {load()} at start; MACLLM_HOME={os.environ.get('MACLLM_HOME', '(default)')}", flush=True)
@@ -174,10 +174,10 @@ def main() -> int:
         assert same_vocabulary(draft.tokenizer, target.tokenizer), "the draft needs the target's tokenizer"
         params = GenerationParams(max_tokens=args.gen_tokens, draft_tokens=args.draft_tokens)
 
+        confidence = DRAFT_CONFIDENCE if args.draft_confidence is None else args.draft_confidence
+
         def make_draft():
-            if args.draft_confidence is None:
-                return DraftModel(draft.model, draft.tokenizer)
-            return DraftModel(draft.model, draft.tokenizer, confidence=args.draft_confidence)
+            return DraftModel(draft.model, draft.tokenizer, confidence=confidence)
 
         warm = code_prompt(target.tokenizer, "Say hi.")
         run_pair("(warm-up)", target, warm, 4, GenerationParams(max_tokens=4), 1, make_draft)

@@ -103,15 +103,16 @@ def _events(lm, ids, params, **kw):
             yield event
 
 
-class Planned:
-    """A plan that asks for k guesses; `fixed` says whether the caller fixed k (--draft-tokens)."""
+class Capped(spec.AdaptiveK):
+    """A plan that always asks for `cap` guesses: adaptive (a draft may end its round early), or fixed as
+    --draft-tokens fixes it."""
 
-    def __init__(self, k: int, fixed: bool):
-        self.fixed = k if fixed else 0
-        self._k = k
+    def __init__(self, cap: int, fixed: bool = False):
+        super().__init__(fixed=cap if fixed else 0)
+        self.cap = cap
 
     def k(self, kind: int = 0) -> int:
-        return self._k
+        return self.cap
 
 
 def test_a_draft_ends_its_round_after_a_guess_it_is_unsure_of(target, noisy_draft):
@@ -134,7 +135,7 @@ def test_a_draft_ends_its_round_after_a_guess_it_is_unsure_of(target, noisy_draf
     def guesses(confidence: float, fixed: bool) -> int:
         draft = spec.DraftModel(noisy_draft.model, noisy_draft.tokenizer, confidence=confidence)
         draft.start(ids[:-1], params, width)
-        proposal = draft.propose(ids, Planned(6, fixed), room=10)
+        proposal = draft.propose(ids, Capped(6, fixed), room=10)
         assert proposal is not None
         return proposal.size
 
@@ -214,16 +215,9 @@ def test_certain_guesses_emit_exactly_the_models_distribution():
     assert chisquare(first, _expected(p[0], n)).pvalue > 1e-3
 
 
-class CappedAtTwo(spec.AdaptiveK):
-    """An adaptive plan (so a draft may end its round early) that always allows two guesses."""
-
-    def k(self, kind: int = 0) -> int:
-        return 2
-
-
 class DraftCappedAtTwo(spec.DraftModel):
     def plan(self, model, fixed: int) -> spec.AdaptiveK:
-        return CappedAtTwo()
+        return Capped(2)
 
 
 @pytest.mark.parametrize("unsure_below", [None, 0.5])
